@@ -1,0 +1,11 @@
+//! Test kit for the keepsake workspace (a dev-dependency only; never a normal dependency).
+//!
+//! - [`fixture`]: the real PBS 3.2.4 datastore `pbs-3.2.4-store1.tar`, unpacked into a temporary
+//!   folder per test, plus the facts its README states, as constants the tests can compare with.
+//!
+//! ```
+//! let store = keepsake_testkit::fixture::PbsFixture::unpack().unwrap();
+//! assert!(store.path().join("vm/100/owner").is_file());
+//! ```
+
+pub mod fixture;

@@ -1,0 +1,142 @@
+//! `cargo xtask`: the one entry point for the workspace's developer tasks.
+//!
+//! ```text
+//! cargo xtask ci        fmt check, clippy (-D warnings), tests (with the S3 server), rustdoc (-D warnings), layering
+//! cargo xtask test      every test of the workspace, with a real S3 server (moto) on loopback
+//! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
+//! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
+//! cargo xtask layering  only the crate layering check
+//! ```
+
+mod layering;
+mod moto;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)
+        .with_context(|| format!("cannot enter workspace root {}", root.display()))?;
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    match task {
+        "ci" => ci(&root),
+        "test" => test(&root, rest),
+        "bench" => bench(rest),
+        "s3" => s3(&root),
+        "layering" => layering::check_workspace(&root),
+        "help" | "--help" | "-h" => {
+            print_help();
+            Ok(())
+        }
+        other => {
+            print_help();
+            bail!("unknown task {other:?}")
+        }
+    }
+}
+
+fn print_help() {
+    eprintln!(
+        "usage: cargo xtask <task>\n\n\
+         tasks:\n  \
+         ci        fmt check, clippy -D warnings, tests (with S3), rustdoc -D warnings, layering\n  \
+         test      all tests with a real S3 server (moto) on loopback [-- extra cargo test args]\n  \
+         bench     criterion benches [extra cargo bench args]\n  \
+         s3        start the S3 test server and print its endpoint\n  \
+         layering  check the crate dependency edges against docs/ARCHITECTURE.md"
+    );
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives in <root>/xtask.
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or(manifest_dir)
+}
+
+fn ci(root: &Path) -> Result<()> {
+    step("fmt", || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    step("clippy", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step("layering", || layering::check_workspace(root))?;
+    step("test", || test(root, &[]))?;
+    step("rustdoc", || {
+        run(cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"))
+    })?;
+    eprintln!("xtask ci: all steps passed");
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    // Build first, so that the S3 server is not kept waiting through a cold build.
+    run(cargo().args(["test", "--workspace", "--locked", "--no-run"]))?;
+    let server = moto::MotoServer::start(root)?;
+    eprintln!("xtask: S3 test server at {}", server.endpoint());
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--locked"]).args(extra);
+    server.export_to(&mut cmd);
+    let result = run(&mut cmd);
+    drop(server);
+    result
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    run(cargo()
+        .args(["bench", "--workspace", "--locked"])
+        .args(extra))
+}
+
+fn s3(root: &Path) -> Result<()> {
+    let server = moto::MotoServer::start(root)?;
+    println!("export {}", server.env_lines().join(" "));
+    println!("# server running; press Ctrl-C to stop");
+    server.wait()
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("==> xtask ci: {name}");
+    let start = std::time::Instant::now();
+    let result = f().with_context(|| format!("xtask ci step {name:?} failed"));
+    eprintln!(
+        "<== xtask ci: {name} {} in {:.1}s",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    result
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
