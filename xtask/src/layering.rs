@@ -152,7 +152,8 @@ pub(crate) fn check(rules: &Rules, packages: &BTreeSet<String>, edges: &[Edge]) 
         }
     }
     let empty = BTreeSet::new();
-    for e in edges {
+    // A crate may dev-depend on itself (to enable a test-only feature such as `conformance`).
+    for e in edges.iter().filter(|e| !(e.dev && e.from == e.to)) {
         let normal = rules.normal.get(&e.from).unwrap_or(&empty);
         let allowed = normal.contains(&e.to)
             || (e.dev
@@ -238,6 +239,12 @@ mod tests {
             edge("c", "a", true),
         ];
         assert_eq!(check_edges(&edges), Vec::<String>::new());
+    }
+
+    #[test]
+    fn dev_dependency_on_itself_is_allowed_but_not_a_normal_one() {
+        assert_eq!(check_edges(&[edge("b", "b", true)]), Vec::<String>::new());
+        assert_eq!(check_edges(&[edge("b", "b", false)]).len(), 1);
     }
 
     #[test]

@@ -101,6 +101,14 @@ pub enum Error {
         /// The refused file name.
         input: String,
     },
+    /// A datastore name that is not a safe id of 3 to 32 bytes.
+    #[error("invalid datastore name {input:?}: {reason}")]
+    InvalidDatastoreName {
+        /// The refused input.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A group filter that does not parse.
     #[error("invalid group filter {input:?}: {reason}")]
     InvalidGroupFilter {

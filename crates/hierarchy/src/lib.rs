@@ -62,6 +62,7 @@ pub use group::{BackupGroup, BackupId, BackupType, MAX_BACKUP_ID_LENGTH};
 pub use namespace::{
     BackupNamespace, MAX_NAMESPACE_DEPTH, MAX_NAMESPACE_LENGTH, NAMESPACE_DIR_NAME,
 };
+pub use safe_id::check_datastore_name;
 pub use snapshot::{BackupDir, GroupPath, SnapshotPath};
 pub use time::BackupTime;
 

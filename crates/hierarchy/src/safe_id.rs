@@ -19,9 +19,43 @@ pub(crate) fn problem(s: &str) -> Option<&'static str> {
     None
 }
 
+/// Checks a datastore name: a safe id of 3 to 32 bytes, as PBS requires. The name is also the
+/// lock folder and the S3 key prefix of the datastore, so it must never contain a `/`.
+///
+/// ```
+/// use keepsake_hierarchy::check_datastore_name;
+/// assert!(check_datastore_name("store1").is_ok());
+/// assert!(check_datastore_name("..").is_err());
+/// assert!(check_datastore_name("a/b").is_err());
+/// ```
+pub fn check_datastore_name(name: &str) -> crate::Result<()> {
+    let reason = if !(3..=32).contains(&name.len()) {
+        Some("must be 3 to 32 bytes long")
+    } else {
+        problem(name)
+    };
+    match reason {
+        Some(reason) => Err(crate::Error::InvalidDatastoreName {
+            input: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::problem;
+    use super::{check_datastore_name, problem};
+
+    #[test]
+    fn datastore_names() {
+        for ok in ["abc", "store1", "a.b-c_d", &"x".repeat(32)] {
+            assert!(check_datastore_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "ab", ".ab", "a/bc", &"x".repeat(33), "störe"] {
+            assert!(check_datastore_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn grammar() {

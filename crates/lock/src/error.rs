@@ -1,0 +1,177 @@
+//! The one error type of this crate.
+//!
+//! Rules: every error names the lock it is about (a path, or a resource name for implementations
+//! that are not files). A busy lock is its own pair of variants ([`Error::WouldBlock`],
+//! [`Error::Timeout`]) carrying who holds it, so callers can tell "someone else has it" from "the
+//! lock machinery failed". Looking up the holders is best-effort and never changes which error is
+//! returned. Messages are keepsake's own; the cause of an I/O error is the `source`, not part of
+//! the message.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::{Holder, LockMode};
+
+/// Why a lock could not be taken or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock is held in a conflicting mode and the caller asked for a single try (timeout 0).
+    #[error("{mode} lock {path:?} is busy: {}", HolderList(holders))]
+    WouldBlock {
+        /// The lock file or directory.
+        path: PathBuf,
+        /// The mode that was asked for.
+        mode: LockMode,
+        /// Who holds it, as far as could be found out (may be empty).
+        holders: Vec<Holder>,
+    },
+    /// The lock stayed busy for the whole timeout.
+    #[error(
+        "{mode} lock {path:?} still busy after {timeout:?}: {}",
+        HolderList(holders)
+    )]
+    Timeout {
+        /// The lock file or directory.
+        path: PathBuf,
+        /// The mode that was asked for.
+        mode: LockMode,
+        /// How long the caller was willing to wait.
+        timeout: Duration,
+        /// Who held it when the wait ended, as far as could be found out (may be empty).
+        holders: Vec<Holder>,
+    },
+    /// Opening, creating, locking, checking or removing the lock failed.
+    #[error("I/O error on lock {path:?}")]
+    Io {
+        /// The lock file or directory (or the folder that could not be created).
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The locked file kept being unlinked or replaced between opening and locking it (the
+    /// double-stat check failed on every retry): other processes keep removing this lock.
+    #[error("lock {path:?} was replaced while it was being taken, retries exhausted")]
+    Replaced {
+        /// The lock file or directory.
+        path: PathBuf,
+    },
+    /// A datastore name that cannot be a lock folder name (PBS's safe-id rule, 3 to 32 bytes).
+    #[error(
+        "invalid datastore name {name:?}: expected 3 to 32 of [A-Za-z0-9_.-], not starting with . or -"
+    )]
+    InvalidStoreName {
+        /// The refused name.
+        name: String,
+    },
+    /// A failure of a lock implementation that is not built on local files (for example lease
+    /// locks in an object store), reported through this crate's interface.
+    #[error("lock backend error on {resource}")]
+    Backend {
+        /// What was being locked, in the implementation's own terms (for example an object key).
+        resource: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Whether the lock was simply held by someone else ([`Error::WouldBlock`] or
+    /// [`Error::Timeout`]), as opposed to a failure of the lock machinery.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Error::WouldBlock { .. } | Error::Timeout { .. })
+    }
+
+    /// The holders reported by a busy error; empty for every other error.
+    pub fn holders(&self) -> &[Holder] {
+        match self {
+            Error::WouldBlock { holders, .. } | Error::Timeout { holders, .. } => holders,
+            _ => &[],
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Formats holders for a message: `held by pid 12 (exclusive: keepsake prune), pid 13 (shared)`.
+struct HolderList<'a>(&'a [Holder]);
+
+impl fmt::Display for HolderList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("holder unknown");
+        }
+        f.write_str("held by ")?;
+        for (i, holder) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{holder}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_messages_name_path_mode_and_holders() {
+        let err = Error::WouldBlock {
+            path: "/locks/store1/vm-100".into(),
+            mode: LockMode::Shared,
+            holders: vec![
+                Holder::new(
+                    12,
+                    LockMode::Exclusive,
+                    Some("keepsake prune vm/100".into()),
+                ),
+                Holder::new(13, LockMode::Exclusive, None),
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "shared lock \"/locks/store1/vm-100\" is busy: held by pid 12 (exclusive: keepsake prune vm/100), pid 13 (exclusive)"
+        );
+        assert!(err.is_busy());
+        assert_eq!(err.holders().len(), 2);
+
+        let err = Error::Timeout {
+            path: "/l".into(),
+            mode: LockMode::Exclusive,
+            timeout: Duration::from_secs(5),
+            holders: Vec::new(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "exclusive lock \"/l\" still busy after 5s: holder unknown"
+        );
+        assert!(err.is_busy());
+    }
+
+    #[test]
+    fn other_errors_are_not_busy_and_keep_their_cause() {
+        let err = Error::io("/l", io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(!err.is_busy());
+        assert!(err.holders().is_empty());
+        let source = std::error::Error::source(&err).expect("cause");
+        assert_eq!(
+            source.to_string(),
+            io::Error::from(io::ErrorKind::PermissionDenied).to_string()
+        );
+        assert!(!Error::Replaced { path: "/l".into() }.is_busy());
+    }
+}

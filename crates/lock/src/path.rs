@@ -1,0 +1,273 @@
+//! Lock file names of PBS 4: systemd-style escaping and the `hashed/` fallback for long names.
+//!
+//! These are pure functions over bytes so that they can be checked against PBS's examples without
+//! a file system; [`FileLocker`](crate::FileLocker) joins the result to `<lock root>/<store>/`.
+//!
+//! Every lock acquisition derives a path, so the derivation writes into one byte buffer and escapes
+//! the relative path piece by piece (`vm`, `100`, the time) instead of formatting it first.
+
+use sha2::{Digest, Sha256};
+
+/// A lock file name of this many escaped bytes or more goes to the `hashed/` folder instead
+/// (255 is the longest file name Linux file systems accept).
+pub const MAX_PLAIN_LOCK_NAME: usize = 255;
+
+/// Escaped bytes kept from each end of a long name in its hashed form.
+const HASHED_KEEP: usize = 80;
+
+/// Folder (beneath the namespace folder) holding the lock files of long names.
+pub const HASHED_DIR_NAME: &str = "hashed";
+
+/// Escapes a relative path the way systemd escapes a path into a unit name (PBS uses this for lock
+/// file names).
+///
+/// Leading `/` are dropped (nothing left gives `-`); every other `/` becomes `-`; bytes other than
+/// `[A-Za-z0-9_.]`, and a `.` as the very first byte, become `\xNN` with two lowercase hex digits.
+/// Non-ASCII bytes are escaped one byte at a time, so the result is always ASCII.
+///
+/// ```
+/// use keepsake_lock::escape_unit_path;
+///
+/// assert_eq!(escape_unit_path(b"vm/100/2022-05-02T08:11:33Z"), r"vm-100-2022\x2d05\x2d02T08\x3a11\x3a33Z");
+/// assert_eq!(escape_unit_path(b".hidden/.x"), r"\x2ehidden-.x");
+/// assert_eq!(escape_unit_path(b"/"), "-");
+/// ```
+pub fn escape_unit_path(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 2);
+    push_escaped(&mut out, &[raw]);
+    ascii_string(out)
+}
+
+/// The path of a PBS 4 lock file relative to `<lock root>/<store>/`.
+///
+/// `relative` is the object's path without its namespace part (`vm/100`, `vm/100/<time>`,
+/// `vm/100/<time>/.index.json.lck`). The result is `[<ns components joined by ':'>/]<name>`, where
+/// `<name>` is [`escape_unit_path`] of `relative`, or — when that is [`MAX_PLAIN_LOCK_NAME`] bytes
+/// or longer — `hashed/<first 80>...<last 80>-<sha256 hex of the raw relative path>` (228 bytes).
+/// Namespace components are joined as they are, without escaping, as PBS does.
+///
+/// ```
+/// use keepsake_lock::relative_lock_path;
+///
+/// assert_eq!(relative_lock_path(&["a", "b"], b"host/my-host.example"), r"a:b/host-my\x2dhost.example");
+/// assert_eq!(relative_lock_path::<&str>(&[], b"vm/100"), "vm-100");
+/// ```
+pub fn relative_lock_path<S: AsRef<str>>(ns_components: &[S], relative: &[u8]) -> String {
+    let mut out = Vec::with_capacity(relative.len() * 2 + 32);
+    push_lock_path(
+        &mut out,
+        ns_components.iter().map(AsRef::as_ref),
+        &[relative],
+    );
+    ascii_string(out)
+}
+
+/// Appends the relative lock path of the object whose relative path is `pieces` joined by `/` to
+/// `out`; the one implementation behind [`relative_lock_path`] and the lockers.
+pub(crate) fn push_lock_path<'a>(
+    out: &mut Vec<u8>,
+    ns_components: impl Iterator<Item = &'a str>,
+    pieces: &[&[u8]],
+) {
+    let mut any_ns = false;
+    for component in ns_components {
+        if any_ns {
+            out.push(b':');
+        }
+        out.extend_from_slice(component.as_bytes());
+        any_ns = true;
+    }
+    if any_ns {
+        out.push(b'/');
+    }
+    let start = out.len();
+    push_escaped(out, pieces);
+    if out.len() - start < MAX_PLAIN_LOCK_NAME {
+        return;
+    }
+    let escaped = out.split_off(start);
+    out.extend_from_slice(HASHED_DIR_NAME.as_bytes());
+    out.push(b'/');
+    out.extend_from_slice(&escaped[..HASHED_KEEP]);
+    out.extend_from_slice(b"...");
+    out.extend_from_slice(&escaped[escaped.len() - HASHED_KEEP..]);
+    out.push(b'-');
+    // PBS hashes the raw (unescaped) path, whatever its documentation says.
+    let mut sha = Sha256::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            sha.update(b"/");
+        }
+        sha.update(piece);
+    }
+    out.extend_from_slice(hex::encode(sha.finalize()).as_bytes());
+}
+
+/// Escapes `pieces` joined by `/` (see [`escape_unit_path`]) onto `out`.
+fn push_escaped(out: &mut Vec<u8>, pieces: &[&[u8]]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Position in the path after the leading slashes; `None` while still among them.
+    let mut index: Option<usize> = None;
+    let mut push = |b: u8| {
+        let i = match index {
+            None if b == b'/' => return,
+            None => 0,
+            Some(i) => i,
+        };
+        index = Some(i + 1);
+        if b == b'/' {
+            out.push(b'-');
+        } else if (i == 0 && b == b'.') || !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.push(b);
+        }
+    };
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            push(b'/');
+        }
+        for &b in *piece {
+            push(b);
+        }
+    }
+    if index.is_none() {
+        out.push(b'-');
+    }
+}
+
+/// The escaped output (and namespace names, which are safe ids) is ASCII by construction.
+fn ascii_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).expect("escaped lock paths are ASCII")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time in the years 0 to 9999 (what
+/// [`BackupTime`](keepsake_hierarchy::BackupTime) displays), without the formatting machinery: it
+/// is on the path of every snapshot and manifest lock. Tests compare it with `BackupTime`'s own
+/// text across the whole range.
+pub(crate) fn format_time(epoch: i64) -> [u8; 20] {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Days to civil date (proleptic Gregorian), Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+
+    let mut text = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, width: usize, mut value: i64| {
+        for i in (at..at + width).rev() {
+            // `value % 10` is a digit: years are 0..=9999 and the rest below 100.
+            text[i] = b'0' + (value.rem_euclid(10)) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, secs / 3600);
+    put(14, 2, secs / 60 % 60);
+    put(17, 2, secs % 60);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keepsake_hierarchy::BackupTime;
+
+    #[test]
+    fn escapes_every_byte_class() {
+        let all: Vec<u8> = (0..=255).collect();
+        let escaped = escape_unit_path(&all);
+        assert!(escaped.starts_with(r"\x00\x01"));
+        assert!(escaped.contains(r"\x2d.-0123456789\x3a"));
+        assert!(escaped.contains(r"\x40ABC"));
+        assert!(escaped.contains(r"XYZ\x5b\x5c\x5d\x5e_\x60abc"));
+        assert!(escaped.contains(r"xyz\x7b\x7c\x7d\x7e\x7f\x80"));
+        assert!(escaped.ends_with(r"\xfe\xff"));
+        // 62 alphanumerics + '_' + '.' kept, '/' mapped, 191 bytes escaped to 4 chars each.
+        assert_eq!(escaped.len(), 64 + 1 + 191 * 4);
+    }
+
+    #[test]
+    fn only_leading_slashes_are_stripped() {
+        assert_eq!(escape_unit_path(b"//a//b/"), "a--b-");
+        assert_eq!(escape_unit_path(b""), "-");
+        assert_eq!(escape_unit_path(b"///"), "-");
+        assert_eq!(escape_unit_path(b"/.a"), r"\x2ea");
+    }
+
+    #[test]
+    fn pieces_escape_like_the_joined_path() {
+        let check = |pieces: &[&[u8]]| {
+            let mut joined = Vec::new();
+            push_escaped(&mut joined, pieces);
+            assert_eq!(
+                joined,
+                escape_unit_path(&pieces.join(&b'/')).into_bytes(),
+                "{pieces:?}"
+            );
+        };
+        check(&[b"vm", b"100", b"2024-06-05T15:06:40Z", b".index.json.lck"]);
+        check(&[b"", b".x"]);
+        check(&[b"/", b"", b"a"]);
+        check(&[b"", b""]);
+        check(&[b".", b"."]);
+    }
+
+    #[track_caller]
+    fn check_time(epoch: i64) {
+        let expected = BackupTime::from_epoch(epoch).unwrap().to_string();
+        assert_eq!(
+            std::str::from_utf8(&format_time(epoch)).unwrap(),
+            expected,
+            "epoch {epoch}"
+        );
+    }
+
+    #[test]
+    fn time_text_matches_hierarchy_everywhere() {
+        let (min, max) = (BackupTime::MIN.epoch(), BackupTime::MAX.epoch());
+        for epoch in [
+            min,
+            min + 1,
+            -1,
+            0,
+            1,
+            951_782_400,
+            951_868_799,
+            4_107_542_400,
+            max - 1,
+            max,
+        ] {
+            check_time(epoch);
+        }
+        // Every day around the century leap rules, at a time of day that wanders...
+        let day = |year: i64| (year - 1970) * 31_556_952 / 86_400;
+        let mut time_of_day = 0;
+        for year in [0, 100, 400, 1900, 2000, 2100, 9998] {
+            for d in day(year) - 400..day(year) + 400 {
+                let epoch = (d * 86_400 + time_of_day).clamp(min, max);
+                check_time(epoch);
+                time_of_day = (time_of_day + 7_919) % 86_400;
+            }
+        }
+        // ...and a sample of the whole range.
+        let mut epoch = min;
+        while epoch <= max {
+            check_time(epoch);
+            epoch += 11 * 86_400 + 3_607;
+        }
+    }
+}
