@@ -2,6 +2,9 @@
 //!
 //! - [`fixture`]: the real PBS 3.2.4 datastore `pbs-3.2.4-store1.tar`, unpacked into a temporary
 //!   folder per test, plus the facts its README states, as constants the tests can compare with.
+//! - [`s3`]: the S3 test server's settings (`KEEPSAKE_S3_*`), skip-or-fail, unique store prefixes.
+//! - `faults` (feature `object-store`): an `object_store::ObjectStore` wrapper that injects
+//!   failures (the Nth call, seeded random, partial batch deletes) and delays.
 //!
 //! ```
 //! let store = keepsake_testkit::fixture::PbsFixture::unpack().unwrap();
@@ -9,3 +12,7 @@
 //! ```
 
 pub mod fixture;
+pub mod s3;
+
+#[cfg(feature = "object-store")]
+pub mod faults;

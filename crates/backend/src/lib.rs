@@ -1,0 +1,360 @@
+//! Where a keepsake datastore's metadata lives: one blocking [`Backend`] trait, three places.
+//!
+//! - [`LocalBackend`]: a datastore directory on a local filesystem (PBS's classic datastore).
+//! - [`ObjectBackend`]: an object store through the `object_store` crate, S3 (any S3-compatible
+//!   endpoint) or in memory, with PBS's key layout (`<store>/.cnt/<path>`, see [`layout`]).
+//! - [`CachedBackend`]: PBS's S3 datastore: the bucket is the authority, a local directory is the
+//!   cache that reads come from.
+//!
+//! Every backend is addressed by [`BackendPath`], a validated relative path, and keeps the
+//! contract written on [`Backend`]: atomic writes (replace, create-only, compare-and-swap on a
+//! [`Version`]), streamed listings, prefix deletes with a [`KeepFilter`] (PBS's "keep protected
+//! snapshots" rule is ready-made), tree renames and stat. The API is blocking, like `std::fs`, and
+//! works from plain threads and from inside any tokio runtime: the object-store side runs its
+//! futures on a small runtime of its own.
+//!
+//! ```
+//! use keepsake_backend::{Backend, BackendPath, KeepFilter, LocalBackend, SyncLevel, WriteMode};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = LocalBackend::open(dir.path(), SyncLevel::File)?;
+//! let owner: BackendPath = "vm/100/owner".parse()?;
+//!
+//! let first = store.write(&owner, b"root@pam\n", WriteMode::CreateOnly)?;
+//! let read = store.read(&owner)?;
+//! assert_eq!(read.data, b"root@pam\n");
+//! assert_eq!(read.version, first);
+//!
+//! // Compare-and-swap: only the writer holding the current version wins.
+//! store.write(&owner, b"admin@pbs\n", WriteMode::Update(first.clone()))?;
+//! assert!(store.write(&owner, b"late\n", WriteMode::Update(first)).is_err());
+//!
+//! let names: Vec<String> = store
+//!     .list(&"vm".parse()?)?
+//!     .map(|entry| entry.map(|e| e.name))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(names, ["100"]);
+//!
+//! let report = store.remove_tree(&"vm".parse()?, &KeepFilter::protected_snapshots())?;
+//! assert_eq!((report.removed, report.kept), (1, 0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same code runs against the bucket with `ObjectBackend::s3(&config, "store1")` or
+//! `ObjectBackend::in_memory("store1")`.
+
+mod cached;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod error;
+mod keep;
+pub mod layout;
+mod local;
+mod object;
+mod path;
+mod requests;
+mod runtime;
+mod s3;
+mod version;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use cached::{CachedBackend, RefreshReport};
+pub use error::{Error, Result};
+pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
+pub use local::{LocalBackend, SyncLevel};
+pub use object::ObjectBackend;
+pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+pub use requests::{CountingConnector, RequestCounter, RequestCounts};
+pub use s3::{RetrySettings, S3Config};
+pub use version::Version;
+
+/// What kind of entry a listing or [`Backend::stat`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKind {
+    /// A file (an object, on object stores).
+    File,
+    /// A folder (a key prefix, on object stores).
+    Dir,
+    /// Something else on a local filesystem (a symbolic link, socket, FIFO or device). Backends
+    /// never follow or read it; object stores never report it.
+    Other,
+}
+
+/// One entry of a folder listing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Entry {
+    /// The entry's name: one valid path component.
+    pub name: String,
+    /// File, folder or other.
+    pub kind: EntryKind,
+}
+
+/// A folder listing: entries one by one, each exactly once; see the contract on [`Backend::list`].
+pub type Listing<'a> = Box<dyn Iterator<Item = Result<Entry>> + Send + 'a>;
+
+/// A file's bytes together with the version they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContents {
+    /// The whole file.
+    pub data: Vec<u8>,
+    /// The version of exactly these bytes, for [`WriteMode::Update`].
+    pub version: Version,
+}
+
+/// What [`Backend::stat`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stat {
+    /// File, folder or other.
+    pub kind: EntryKind,
+    /// The size in bytes, for files.
+    pub size: Option<u64>,
+}
+
+/// How [`Backend::write`] treats a file that exists already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever is there (or create).
+    Replace,
+    /// Create only: fail with [`Error::AlreadyExists`] if the file exists.
+    CreateOnly,
+    /// Compare-and-swap: replace the file only if it is still at this version (as returned by
+    /// [`Backend::read`] or [`Backend::write`]); fail with [`Error::Precondition`] otherwise,
+    /// also when the file is gone.
+    Update(Version),
+}
+
+/// What [`Backend::remove_tree`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RemoveReport {
+    /// Files (objects) removed.
+    pub removed: u64,
+    /// Files (objects) kept by the [`KeepFilter`].
+    pub kept: u64,
+}
+
+impl RemoveReport {
+    /// Whether the whole tree is gone (nothing was kept).
+    pub fn is_complete(&self) -> bool {
+        self.kept == 0
+    }
+}
+
+/// What a backend can and cannot do, for callers (and the conformance suite) that adapt to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Listings come in ascending byte order of the names (object stores); otherwise in no
+    /// particular order (a local directory's own order).
+    pub sorted_listing: bool,
+    /// A folder can exist without anything in it (local filesystem); on object stores folders
+    /// exist only through the keys below them.
+    pub empty_folders: bool,
+    /// [`Backend::rename`] is atomic (local filesystem); otherwise it copies and then deletes.
+    pub atomic_rename: bool,
+    /// [`WriteMode::Update`] is available.
+    pub compare_and_swap: bool,
+}
+
+/// A place where a datastore's metadata lives, addressed by [`BackendPath`].
+///
+/// # Contract
+///
+/// Every implementation keeps these rules; the conformance suite
+/// (`keepsake_backend::conformance`, feature `conformance`) checks them for each.
+///
+/// **Paths.** A path names either a file or a folder, never both. Folders are created as needed
+/// by writes and renames. On object stores a folder exists only while some key is below it: an
+/// empty folder does not exist there (PBS marks empty namespaces with a `.namespace` file for that
+/// reason), and [`Backend::create_dir_all`] does nothing.
+///
+/// **Atomicity.** A write replaces the whole file at once: a reader sees the old bytes or the new
+/// bytes, never a mix or a prefix, and a crashed writer leaves at most a temporary file whose name
+/// starts with `.` and contains `.tmp_` (no PBS listing matches it). [`WriteMode::CreateOnly`] has
+/// exactly one winner among concurrent writers, and the file is never visible half-written.
+/// [`WriteMode::Update`] replaces the file only if it is still at the version the caller read;
+/// among concurrent updates from one version exactly one wins. Versions are opaque: a content
+/// hash on the local filesystem, the ETag (and object version) on object stores, the bucket's
+/// version in the cached backend.
+///
+/// **Listing.** [`Backend::list`] streams a folder's direct entries, each exactly once, with
+/// their kind. Object stores list in ascending byte order of names, page by page (1,000 keys a
+/// request on S3); the local filesystem in directory order (see [`Capabilities::sorted_listing`]).
+/// A listing that runs while the folder changes may or may not show the changed entries.
+///
+/// **Durability.** On the local filesystem a write is durable when it returns if the
+/// [`SyncLevel`] is `Filesystem` (file and folder are fsynced); with `File` the bytes are on disk
+/// before they become visible, but the rename may be lost in a crash; with `None` nothing is
+/// forced. On object stores a write is durable when it returns. The cached backend writes the
+/// bucket first, then the cache.
+///
+/// **Removal.** [`Backend::remove_tree`] removes every file below a folder except what the
+/// [`KeepFilter`] keeps, and the folders left empty. It ends at a `/` boundary: removing `vm/100`
+/// never touches `vm/1000`. It is not atomic: a failure can leave part of the tree, which
+/// [`Error::Incomplete`] reports.
+///
+/// **Rename.** [`Backend::rename`] moves a file or a folder to a path that must not exist. It is
+/// atomic on the local filesystem; on object stores it copies every object and then deletes the
+/// sources, so a failure or a concurrent reader can see both or part of both.
+///
+/// **Errors.** Nothing at the path gives [`Error::NotFound`] (also for a folder where a file is
+/// expected, or the reverse). A path that would leave the datastore gives [`Error::RefusedPath`]:
+/// the local backend never follows a symbolic link, at any level.
+///
+/// **Threads.** Every method blocks until done and may be called from any thread, including one
+/// that runs a tokio runtime (of either flavour). Implementations are `Send + Sync`.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Streams the direct entries of `folder` (the root is always there).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such folder (on object stores: no key below it); errors
+    /// while streaming come as items.
+    fn list(&self, folder: &BackendPath) -> Result<Listing<'_>>;
+
+    /// Reads a whole file and the version of what was read.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no file at `file`.
+    fn read(&self, file: &BackendPath) -> Result<FileContents>;
+
+    /// Writes a whole file atomically (see the contract) and returns the new version.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] for a create-only write onto an existing file,
+    /// [`Error::Precondition`] for a compare-and-swap that lost, [`Error::RefusedPath`] for the
+    /// root.
+    fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version>;
+
+    /// Removes one file.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no file at `file`.
+    fn remove_file(&self, file: &BackendPath) -> Result<()>;
+
+    /// Removes every file below `folder` except those `keep` keeps, then the folders left empty
+    /// (`folder` included, unless something was kept in it).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such folder; [`Error::Incomplete`] if some entries
+    /// could not be removed (the rest were).
+    fn remove_tree(&self, folder: &BackendPath, keep: &KeepFilter) -> Result<RemoveReport>;
+
+    /// Moves the file or folder `from` to `to`, creating the folders above `to`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if nothing is at `from`; [`Error::AlreadyExists`] if something is at
+    /// `to`; [`Error::RefusedPath`] if `to` is inside `from`.
+    fn rename(&self, from: &BackendPath, to: &BackendPath) -> Result<()>;
+
+    /// Tells what is at `path`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if nothing is there.
+    fn stat(&self, path: &BackendPath) -> Result<Stat>;
+
+    /// Creates `folder` and the folders above it; succeeds if they exist. A no-op on object stores.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a file is in the way.
+    fn create_dir_all(&self, folder: &BackendPath) -> Result<()>;
+
+    /// Whether anything is at `path`.
+    ///
+    /// # Errors
+    /// Whatever [`Backend::stat`] fails with, except [`Error::NotFound`].
+    fn exists(&self, path: &BackendPath) -> Result<bool> {
+        match self.stat(path) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+macro_rules! forward_backend {
+    ($($wrapper:ty),*) => {$(
+        impl<T: Backend + ?Sized> Backend for $wrapper {
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            fn list(&self, folder: &BackendPath) -> Result<Listing<'_>> {
+                (**self).list(folder)
+            }
+            fn read(&self, file: &BackendPath) -> Result<FileContents> {
+                (**self).read(file)
+            }
+            fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
+                (**self).write(file, data, mode)
+            }
+            fn remove_file(&self, file: &BackendPath) -> Result<()> {
+                (**self).remove_file(file)
+            }
+            fn remove_tree(&self, folder: &BackendPath, keep: &KeepFilter) -> Result<RemoveReport> {
+                (**self).remove_tree(folder, keep)
+            }
+            fn rename(&self, from: &BackendPath, to: &BackendPath) -> Result<()> {
+                (**self).rename(from, to)
+            }
+            fn stat(&self, path: &BackendPath) -> Result<Stat> {
+                (**self).stat(path)
+            }
+            fn create_dir_all(&self, folder: &BackendPath) -> Result<()> {
+                (**self).create_dir_all(folder)
+            }
+            fn exists(&self, path: &BackendPath) -> Result<bool> {
+                (**self).exists(path)
+            }
+        }
+    )*};
+}
+
+forward_backend!(&T, Box<T>, Arc<T>);
+
+/// Refuses a rename into its own subtree, which no backend can carry out.
+pub(crate) fn check_rename(from: &BackendPath, to: &BackendPath) -> Result<()> {
+    if from.is_root() || to.is_root() {
+        return Err(Error::refused("", "the root cannot be renamed or replaced"));
+    }
+    if to.starts_with(from) {
+        return Err(Error::refused(
+            to.as_str(),
+            "a folder cannot be moved into itself",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses the root as a file path.
+pub(crate) fn check_file_path(file: &BackendPath) -> Result<()> {
+    if file.is_root() {
+        return Err(Error::refused("", "the root is a folder, not a file"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<T: Send + Sync>() {}
+
+    #[test]
+    fn everything_shared_is_send_and_sync() {
+        shared::<LocalBackend>();
+        shared::<ObjectBackend>();
+        shared::<CachedBackend>();
+        shared::<Box<dyn Backend>>();
+        shared::<KeepFilter>();
+        shared::<KeepPlan>();
+        shared::<Version>();
+        shared::<Error>();
+        shared::<RequestCounter>();
+        shared::<S3Config>();
+    }
+}

@@ -1,0 +1,890 @@
+//! [`LocalBackend`]: a datastore directory on a local filesystem.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::keep::KeepFilter;
+use crate::path::{BackendPath, check_component};
+use crate::version::Version;
+use crate::{
+    Backend, Capabilities, Entry, EntryKind, FileContents, Listing, RemoveReport, Stat, WriteMode,
+    check_file_path, check_rename,
+};
+
+/// How much a local write forces to disk (PBS's datastore tuning option `sync-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SyncLevel {
+    /// Nothing is forced: fastest, and a crash can lose recent writes or leave empty files.
+    None,
+    /// The file's bytes are fsynced before the file is renamed into place, so a crash never
+    /// leaves a visible empty or partial file; the rename itself may be lost.
+    File,
+    /// Like `File`, and the folder is fsynced after the rename, so a write is durable when it
+    /// returns. PBS's default. (PBS implements this level with a `syncfs` at the end of a
+    /// backup; per-write folder fsyncs give at least that durability for metadata.)
+    #[default]
+    Filesystem,
+}
+
+impl SyncLevel {
+    /// The name PBS uses in the `tuning` option.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncLevel::None => "none",
+            SyncLevel::File => "file",
+            SyncLevel::Filesystem => "filesystem",
+        }
+    }
+}
+
+impl fmt::Display for SyncLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SyncLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(SyncLevel::None),
+            "file" => Ok(SyncLevel::File),
+            "filesystem" => Ok(SyncLevel::Filesystem),
+            other => Err(format!(
+                "unknown sync level `{other}` (expected none, file or filesystem)"
+            )),
+        }
+    }
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+// NONBLOCK so that a FIFO planted in the datastore cannot make an open hang.
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+const TEMP_FLAGS: OFlags = OFlags::WRONLY
+    .union(OFlags::CREATE)
+    .union(OFlags::EXCL)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The marker in every temporary file name; no PBS listing regex matches a name holding it at
+/// the end (`.tmp_` followed by hex), and the leading `.` hides it from PBS's GC walk too.
+const TEMP_INFIX: &str = ".tmp_";
+
+/// A datastore directory on a local filesystem.
+///
+/// Implements the [`Backend`] contract with these specifics:
+/// - **Never leaves the root.** Every path is walked component by component from a handle on
+///   the root with `openat(O_NOFOLLOW)`: a symbolic link anywhere on the way, or as the final
+///   component, is refused with [`Error::RefusedPath`], never followed. (The root itself may be a
+///   symbolic link: it is resolved once, when opening.) Listings report links as
+///   [`EntryKind::Other`], and tree removal unlinks them without following.
+/// - **Writes**: a temporary file `.<name>.tmp_<hex>` in the same folder, fsynced per
+///   [`SyncLevel`], renamed into place; create-only uses `renameat2(RENAME_NOREPLACE)` (or
+///   `link` where the filesystem lacks it), so exactly one concurrent creator wins and nothing
+///   half-written is ever visible. Files are created with mode 0644 (less the umask), folders
+///   0755.
+/// - **Versions** are the length and SHA-256 of the content (reads hash what they read).
+/// - **Compare-and-swap** takes an exclusive `flock` on the current file, checks that the path
+///   still names that file and that its content is at the expected version, and renames the new
+///   file over it while holding the lock; replace and remove take the same lock. So concurrent
+///   writers through `LocalBackend` (any process) are linearizable per file. Writers that
+///   rename files without this lock (PBS itself) are not excluded: against them, callers must
+///   hold the PBS manifest lock, as PBS's own `update_manifest` does.
+/// - **Listings** stream the directory in its own order (`getdents`), without sorting, and
+///   skip names that are not valid [`BackendPath`] components (not UTF-8, control characters).
+pub struct LocalBackend {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    sync: SyncLevel,
+    temp_counter: AtomicU64,
+}
+
+impl fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("root", &self.root)
+            .field("sync", &self.sync)
+            .finish()
+    }
+}
+
+/// What is currently at a file path, for writers.
+enum Current {
+    Missing,
+    Dir,
+    /// The file, opened and exclusively flocked; the lock goes with the descriptor.
+    Locked(File),
+}
+
+impl LocalBackend {
+    /// Opens the datastore directory `root`, which must exist.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `root` cannot be opened as a directory.
+    pub fn open(root: impl AsRef<Path>, sync: SyncLevel) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let root_fd = rfs::open(
+            &root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Io {
+            path: root.clone(),
+            source: e.into(),
+        })?;
+        Ok(Self {
+            root,
+            root_fd,
+            sync,
+            temp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The datastore directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The sync level writes use.
+    pub fn sync_level(&self) -> SyncLevel {
+        self.sync
+    }
+
+    /// The local path of `path`, for messages and for tools that need one. Opening it with
+    /// `std::fs` follows symbolic links; this backend's own methods do not.
+    pub fn local_path(&self, path: &BackendPath) -> PathBuf {
+        if path.is_root() {
+            self.root.clone()
+        } else {
+            self.root.join(path.as_str())
+        }
+    }
+
+    fn io_error(&self, path: &BackendPath, errno: Errno) -> Error {
+        Error::Io {
+            path: self.local_path(path),
+            source: errno.into(),
+        }
+    }
+
+    fn io_error_name(&self, folder: &BackendPath, name: &str, errno: Errno) -> Error {
+        Error::Io {
+            path: self.local_path(folder).join(name),
+            source: errno.into(),
+        }
+    }
+
+    /// Opens the folder `dir`, walking from the root without following links; with `create`,
+    /// makes missing folders on the way.
+    fn open_dir(&self, dir: &BackendPath, create: bool) -> Result<OwnedFd> {
+        self.open_dir_from(self.root_fd.as_fd(), &BackendPath::root(), dir, create)
+    }
+
+    /// Opens `base_path/rel` starting from `base`, an open handle on `base_path`.
+    fn open_dir_from(
+        &self,
+        base: BorrowedFd<'_>,
+        base_path: &BackendPath,
+        rel: &BackendPath,
+        create: bool,
+    ) -> Result<OwnedFd> {
+        let mut current = rfs::openat(base, c".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| self.io_error(base_path, e))?;
+        let mut walked = base_path.clone();
+        for name in rel.components() {
+            let next = loop {
+                match rfs::openat(&current, name, DIR_FLAGS, Mode::empty()) {
+                    Ok(fd) => break fd,
+                    Err(Errno::NOENT) if create => {
+                        match rfs::mkdirat(&current, name, Mode::from_raw_mode(0o755)) {
+                            // A new folder is only durable once its parent is synced too.
+                            Ok(()) => self.sync_dir(&current, &walked)?,
+                            // Another writer made it first: fine, open it.
+                            Err(Errno::EXIST) => {}
+                            Err(e) => return Err(self.io_error_name(&walked, name, e)),
+                        }
+                        continue;
+                    }
+                    Err(Errno::NOENT) => {
+                        return Err(Error::NotFound {
+                            path: base_path.join_path(rel)?,
+                        });
+                    }
+                    Err(Errno::LOOP) => return Err(symlink_refused(&walked, name)),
+                    Err(Errno::NOTDIR) => {
+                        // Some kernels report a link to a non-folder as "not a folder".
+                        if is_symlink(&current, name) {
+                            return Err(symlink_refused(&walked, name));
+                        }
+                        if create {
+                            return Err(self.io_error_name(&walked, name, Errno::NOTDIR));
+                        }
+                        return Err(Error::NotFound {
+                            path: base_path.join_path(rel)?,
+                        });
+                    }
+                    Err(e) => return Err(self.io_error_name(&walked, name, e)),
+                }
+            };
+            current = next;
+            walked = walked.join(name)?;
+        }
+        Ok(current)
+    }
+
+    /// Looks at the file at `folder/name` for a writer, locking it if it is a regular file.
+    fn lock_current(&self, parent: &OwnedFd, folder: &BackendPath, name: &str) -> Result<Current> {
+        // A replace between our open and our lock would leave us holding a stale file: after
+        // locking, check that the name still points at it, and start over if not.
+        loop {
+            let before = match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => return Ok(Current::Missing),
+                Err(e) => return Err(self.io_error_name(folder, name, e)),
+            };
+            match FileType::from_raw_mode(before.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Directory => return Ok(Current::Dir),
+                FileType::Symlink => return Err(symlink_refused(folder, name)),
+                _ => return Err(not_regular_refused(folder, name)),
+            }
+            let fd = match rfs::openat(parent, name, READ_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => continue,
+                Err(Errno::LOOP) => return Err(symlink_refused(folder, name)),
+                Err(e) => return Err(self.io_error_name(folder, name, e)),
+            };
+            rfs::flock(&fd, FlockOperation::LockExclusive)
+                .map_err(|e| self.io_error_name(folder, name, e))?;
+            let locked = rfs::fstat(&fd).map_err(|e| self.io_error_name(folder, name, e))?;
+            match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(now) if now.st_dev == locked.st_dev && now.st_ino == locked.st_ino => {
+                    return Ok(Current::Locked(File::from(fd)));
+                }
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(self.io_error_name(folder, name, e)),
+            }
+        }
+    }
+
+    /// Creates and fills a temporary file next to `name`; returns its name.
+    fn write_temp(
+        &self,
+        parent: &OwnedFd,
+        folder: &BackendPath,
+        name: &str,
+        data: &[u8],
+    ) -> Result<String> {
+        let (temp, fd) = loop {
+            let temp = self.temp_name(name);
+            match rfs::openat(
+                parent,
+                temp.as_str(),
+                TEMP_FLAGS,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => break (temp, fd),
+                // Names are unique per backend; a collision means another process: draw again.
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(self.io_error_name(folder, &temp, e)),
+            }
+        };
+        let mut file = File::from(fd);
+        let written = file.write_all(data).and_then(|()| {
+            if self.sync == SyncLevel::None {
+                Ok(())
+            } else {
+                file.sync_all()
+            }
+        });
+        if let Err(source) = written {
+            let _ = rfs::unlinkat(parent, temp.as_str(), AtFlags::empty());
+            return Err(Error::Io {
+                path: self.local_path(folder).join(&temp),
+                source,
+            });
+        }
+        Ok(temp)
+    }
+
+    fn temp_name(&self, name: &str) -> String {
+        // Keep the name recognisable but short enough that the temp name fits NAME_MAX.
+        let mut cut = name.len().min(200);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let count = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        format!(
+            ".{}{TEMP_INFIX}{:x}{:x}{:08x}",
+            &name[..cut],
+            std::process::id(),
+            count,
+            nanos
+        )
+    }
+
+    fn sync_dir(&self, fd: &OwnedFd, folder: &BackendPath) -> Result<()> {
+        if self.sync == SyncLevel::Filesystem {
+            rfs::fsync(fd).map_err(|e| self.io_error(folder, e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the temporary file into place per `mode`; the caller removes it on error.
+    fn commit(
+        &self,
+        parent: &OwnedFd,
+        folder: &BackendPath,
+        file: &BackendPath,
+        name: &str,
+        temp: &str,
+        mode: &WriteMode,
+    ) -> Result<()> {
+        match mode {
+            WriteMode::Replace => {
+                let _lock = match self.lock_current(parent, folder, name)? {
+                    Current::Dir => return Err(self.io_error(file, Errno::ISDIR)),
+                    current => current,
+                };
+                rfs::renameat(parent, temp, parent, name).map_err(|e| self.io_error(file, e))
+            }
+            WriteMode::CreateOnly => {
+                match rfs::renameat_with(parent, temp, parent, name, RenameFlags::NOREPLACE) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::EXIST) => Err(Error::AlreadyExists { path: file.clone() }),
+                    // Filesystems without RENAME_NOREPLACE: link() fails atomically on an
+                    // existing name, and the temp name goes afterwards.
+                    Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                        match rfs::linkat(parent, temp, parent, name, AtFlags::empty()) {
+                            Ok(()) => {
+                                let _ = rfs::unlinkat(parent, temp, AtFlags::empty());
+                                Ok(())
+                            }
+                            Err(Errno::EXIST) => Err(Error::AlreadyExists { path: file.clone() }),
+                            Err(e) => Err(self.io_error(file, e)),
+                        }
+                    }
+                    Err(e) => Err(self.io_error(file, e)),
+                }
+            }
+            WriteMode::Update(expected) => {
+                let mut locked = match self.lock_current(parent, folder, name)? {
+                    Current::Locked(f) => f,
+                    Current::Missing | Current::Dir => {
+                        return Err(Error::Precondition { path: file.clone() });
+                    }
+                };
+                let mut current = Vec::new();
+                locked
+                    .read_to_end(&mut current)
+                    .map_err(|source| Error::Io {
+                        path: self.local_path(file),
+                        source,
+                    })?;
+                if Version::of_content(&current) != *expected {
+                    return Err(Error::Precondition { path: file.clone() });
+                }
+                rfs::renameat(parent, temp, parent, name).map_err(|e| self.io_error(file, e))
+            }
+        }
+    }
+
+    /// Collects every file (and link or other non-folder) and every folder below `folder`.
+    fn collect_tree(
+        &self,
+        folder_fd: &OwnedFd,
+        folder: &BackendPath,
+    ) -> Result<(Vec<BackendPath>, Vec<BackendPath>)> {
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        let first = rfs::openat(folder_fd, c".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| self.io_error(folder, e))?;
+        let mut stack = vec![(folder.clone(), first)];
+        while let Some((path, fd)) = stack.pop() {
+            let mut dir = rfs::Dir::new(fd).map_err(|e| self.io_error(&path, e))?;
+            while let Some(entry) = dir.read() {
+                let entry = entry.map_err(|e| self.io_error(&path, e))?;
+                let Some(name) = entry_name(entry.file_name(), &path) else {
+                    continue;
+                };
+                let child = path.join(name)?;
+                let kind = match entry.file_type() {
+                    FileType::Unknown => {
+                        let fd = dir.fd().map_err(|e| self.io_error(&path, e))?;
+                        match rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                            Ok(st) => FileType::from_raw_mode(st.st_mode),
+                            Err(Errno::NOENT) => continue,
+                            Err(e) => return Err(self.io_error(&child, e)),
+                        }
+                    }
+                    known => known,
+                };
+                if kind == FileType::Directory {
+                    let fd = dir.fd().map_err(|e| self.io_error(&path, e))?;
+                    match rfs::openat(fd, name, DIR_FLAGS, Mode::empty()) {
+                        Ok(sub) => {
+                            dirs.push(child.clone());
+                            stack.push((child, sub));
+                        }
+                        Err(Errno::NOENT) => {}
+                        // Replaced by a link or file since the listing: remove it as a file.
+                        Err(Errno::LOOP | Errno::NOTDIR) => files.push(child),
+                        Err(e) => return Err(self.io_error(&child, e)),
+                    }
+                } else {
+                    files.push(child);
+                }
+            }
+        }
+        Ok((files, dirs))
+    }
+}
+
+fn symlink_refused(folder: &BackendPath, name: &str) -> Error {
+    Error::refused(
+        join_display(folder, name),
+        "a symbolic link is on the way; links are never followed",
+    )
+}
+
+fn not_regular_refused(folder: &BackendPath, name: &str) -> Error {
+    Error::refused(join_display(folder, name), "not a regular file")
+}
+
+fn join_display(folder: &BackendPath, name: &str) -> String {
+    if folder.is_root() {
+        name.to_owned()
+    } else {
+        format!("{folder}/{name}")
+    }
+}
+
+fn is_symlink(dir: &OwnedFd, name: &str) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+        .unwrap_or(false)
+}
+
+/// The entry's name if it can be a path component; `.`/`..` and unusable names give `None`.
+fn entry_name<'a>(raw: &'a CStr, folder: &BackendPath) -> Option<&'a str> {
+    let bytes = raw.to_bytes();
+    if bytes == b"." || bytes == b".." {
+        return None;
+    }
+    match raw.to_str() {
+        Ok(name) if check_component(name).is_ok() => Some(name),
+        _ => {
+            tracing::warn!(
+                folder = %folder,
+                name = %raw.to_string_lossy(),
+                "skipping a name that is not a valid path component"
+            );
+            None
+        }
+    }
+}
+
+fn split_file(file: &BackendPath) -> Result<(BackendPath, &str)> {
+    check_file_path(file)?;
+    let folder = file.parent().unwrap_or_default();
+    let name = file.file_name().unwrap_or_default();
+    Ok((folder, name))
+}
+
+fn kind_of(file_type: FileType) -> EntryKind {
+    match file_type {
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Dir,
+        _ => EntryKind::Other,
+    }
+}
+
+/// A streamed local listing.
+struct LocalListing {
+    dir: rfs::Dir,
+    folder: BackendPath,
+    root: PathBuf,
+}
+
+impl LocalListing {
+    fn error(&self, errno: Errno) -> Error {
+        Error::Io {
+            path: if self.folder.is_root() {
+                self.root.clone()
+            } else {
+                self.root.join(self.folder.as_str())
+            },
+            source: errno.into(),
+        }
+    }
+}
+
+impl Iterator for LocalListing {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        loop {
+            let entry = match self.dir.read()? {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(self.error(e))),
+            };
+            let Some(name) = entry_name(entry.file_name(), &self.folder) else {
+                continue;
+            };
+            let kind = match entry.file_type() {
+                // Filesystems without d_type: one stat, never following.
+                FileType::Unknown => {
+                    let fd = match self.dir.fd() {
+                        Ok(fd) => fd,
+                        Err(e) => return Some(Err(self.error(e))),
+                    };
+                    match rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => kind_of(FileType::from_raw_mode(st.st_mode)),
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Some(Err(self.error(e))),
+                    }
+                }
+                known => kind_of(known),
+            };
+            return Some(Ok(Entry {
+                name: name.to_owned(),
+                kind,
+            }));
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            sorted_listing: false,
+            empty_folders: true,
+            atomic_rename: true,
+            compare_and_swap: true,
+        }
+    }
+
+    fn list(&self, folder: &BackendPath) -> Result<Listing<'_>> {
+        let fd = self.open_dir(folder, false)?;
+        let dir = rfs::Dir::new(fd).map_err(|e| self.io_error(folder, e))?;
+        Ok(Box::new(LocalListing {
+            dir,
+            folder: folder.clone(),
+            root: self.root.clone(),
+        }))
+    }
+
+    fn read(&self, file: &BackendPath) -> Result<FileContents> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        // Look before opening: opening a device can have effects (a tape rewinds).
+        match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Directory => return Err(Error::NotFound { path: file.clone() }),
+                FileType::Symlink => return Err(symlink_refused(&folder, name)),
+                _ => return Err(not_regular_refused(&folder, name)),
+            },
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(e) => return Err(self.io_error(file, e)),
+        }
+        let fd = match rfs::openat(&parent, name, READ_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(Errno::LOOP) => return Err(symlink_refused(&folder, name)),
+            Err(e) => return Err(self.io_error(file, e)),
+        };
+        let st = rfs::fstat(&fd).map_err(|e| self.io_error(file, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(not_regular_refused(&folder, name));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+        File::from(fd)
+            .read_to_end(&mut data)
+            .map_err(|source| Error::Io {
+                path: self.local_path(file),
+                source,
+            })?;
+        let version = Version::of_content(&data);
+        Ok(FileContents { data, version })
+    }
+
+    fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, true)?;
+        let temp = self.write_temp(&parent, &folder, name, data)?;
+        if let Err(e) = self.commit(&parent, &folder, file, name, &temp, &mode) {
+            let _ = rfs::unlinkat(&parent, temp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        self.sync_dir(&parent, &folder)?;
+        Ok(Version::of_content(data))
+    }
+
+    fn remove_file(&self, file: &BackendPath) -> Result<()> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        let _lock = match self.lock_current(&parent, &folder, name)? {
+            Current::Missing | Current::Dir => return Err(Error::NotFound { path: file.clone() }),
+            locked => locked,
+        };
+        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(e) => return Err(self.io_error(file, e)),
+        }
+        self.sync_dir(&parent, &folder)
+    }
+
+    fn remove_tree(&self, folder: &BackendPath, keep: &KeepFilter) -> Result<RemoveReport> {
+        let tree = self.open_dir(folder, false)?;
+        let (mut files, mut dirs) = self.collect_tree(&tree, folder)?;
+        let plan = keep.plan(&files);
+        files.sort();
+        let mut report = RemoveReport::default();
+        let mut failed = 0usize;
+        let mut first_error = None;
+        let mut note = |e: Error| {
+            failed += 1;
+            first_error.get_or_insert(e);
+        };
+        // Files only from the first pass: a `.protected` created meanwhile is never removed
+        // unseen. Sorted, so each folder is opened once.
+        let mut open: Option<(BackendPath, OwnedFd)> = None;
+        for file in &files {
+            if plan.keeps(file) {
+                report.kept += 1;
+                continue;
+            }
+            let parent_path = file.parent().unwrap_or_default();
+            let name = file.file_name().unwrap_or_default();
+            if open.as_ref().is_none_or(|(p, _)| *p != parent_path) {
+                let rel = parent_path.strip_prefix(folder).unwrap_or_default();
+                match self.open_dir_from(tree.as_fd(), folder, &rel, false) {
+                    Ok(fd) => open = Some((parent_path.clone(), fd)),
+                    Err(Error::NotFound { .. }) => continue,
+                    Err(e) => {
+                        note(e);
+                        continue;
+                    }
+                }
+            }
+            let Some((_, parent)) = &open else { continue };
+            match rfs::unlinkat(parent, name, AtFlags::empty()) {
+                Ok(()) => report.removed += 1,
+                Err(Errno::NOENT) => {}
+                Err(e) => note(self.io_error(file, e)),
+            }
+        }
+        drop(open);
+        // Deepest first; a folder still holding something kept (or new) stays.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.depth()));
+        for dir in &dirs {
+            let parent_path = dir.parent().unwrap_or_default();
+            let rel = parent_path.strip_prefix(folder).unwrap_or_default();
+            let parent = match self.open_dir_from(tree.as_fd(), folder, &rel, false) {
+                Ok(fd) => fd,
+                Err(Error::NotFound { .. }) => continue,
+                Err(e) => {
+                    note(e);
+                    continue;
+                }
+            };
+            let name = dir.file_name().unwrap_or_default();
+            match rfs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST) => {}
+                Err(e) => note(self.io_error(dir, e)),
+            }
+        }
+        drop(tree);
+        if let Some(parent_path) = folder.parent() {
+            let name = folder.file_name().unwrap_or_default();
+            match self.open_dir(&parent_path, false) {
+                Ok(parent) => {
+                    match rfs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+                        Ok(()) | Err(Errno::NOENT | Errno::NOTEMPTY | Errno::EXIST) => {}
+                        Err(e) => note(self.io_error(folder, e)),
+                    }
+                    if let Err(e) = self.sync_dir(&parent, &parent_path) {
+                        note(e);
+                    }
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => note(e),
+            }
+        }
+        match first_error {
+            None => Ok(report),
+            Some(source) => Err(Error::Incomplete {
+                path: folder.clone(),
+                failed,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    fn rename(&self, from: &BackendPath, to: &BackendPath) -> Result<()> {
+        check_rename(from, to)?;
+        let (from_folder, from_name) = split_file(from)?;
+        let (to_folder, to_name) = split_file(to)?;
+        let from_parent = self.open_dir(&from_folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: from.clone() },
+            e => e,
+        })?;
+        match rfs::statat(&from_parent, from_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                return Err(symlink_refused(&from_folder, from_name));
+            }
+            Ok(_) => {}
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: from.clone() }),
+            Err(e) => return Err(self.io_error(from, e)),
+        }
+        let to_parent = self.open_dir(&to_folder, true)?;
+        match rfs::renameat_with(
+            &from_parent,
+            from_name,
+            &to_parent,
+            to_name,
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(Errno::EXIST | Errno::NOTEMPTY) => {
+                return Err(Error::AlreadyExists { path: to.clone() });
+            }
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: from.clone() }),
+            // Without RENAME_NOREPLACE the check and the rename are two steps: a target created
+            // in between is replaced (files) or refused by the kernel (non-empty folders).
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                match rfs::statat(&to_parent, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(_) => return Err(Error::AlreadyExists { path: to.clone() }),
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(self.io_error(to, e)),
+                }
+                rfs::renameat(&from_parent, from_name, &to_parent, to_name)
+                    .map_err(|e| self.io_error(to, e))?;
+            }
+            Err(e) => return Err(self.io_error(to, e)),
+        }
+        self.sync_dir(&to_parent, &to_folder)?;
+        self.sync_dir(&from_parent, &from_folder)
+    }
+
+    fn stat(&self, path: &BackendPath) -> Result<Stat> {
+        let Some(folder) = path.parent() else {
+            return Ok(Stat {
+                kind: EntryKind::Dir,
+                size: None,
+            });
+        };
+        let name = path.file_name().unwrap_or_default();
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: path.clone() },
+            e => e,
+        })?;
+        let st = match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: path.clone() }),
+            Err(e) => return Err(self.io_error(path, e)),
+        };
+        let file_type = FileType::from_raw_mode(st.st_mode);
+        if file_type == FileType::Symlink {
+            return Err(symlink_refused(&folder, name));
+        }
+        let kind = kind_of(file_type);
+        Ok(Stat {
+            kind,
+            size: (kind == EntryKind::File).then(|| u64::try_from(st.st_size).unwrap_or(0)),
+        })
+    }
+
+    fn create_dir_all(&self, folder: &BackendPath) -> Result<()> {
+        self.open_dir(folder, true).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_level_names_round_trip() {
+        for level in [SyncLevel::None, SyncLevel::File, SyncLevel::Filesystem] {
+            assert_eq!(level.as_str().parse::<SyncLevel>(), Ok(level));
+        }
+        assert!("fs".parse::<SyncLevel>().is_err());
+        assert_eq!(SyncLevel::default(), SyncLevel::Filesystem);
+    }
+
+    #[test]
+    fn temp_names_match_no_pbs_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
+        for name in [
+            "index.json.blob",
+            "drive-scsi0.img.fidx",
+            "catalog.pcat1.didx",
+            ".protected",
+            "owner",
+            &"x".repeat(255),
+        ] {
+            let temp = store.temp_name(name);
+            assert!(temp.starts_with('.'), "{temp}");
+            assert!(temp.len() <= 255, "{temp}");
+            assert!(temp.contains(TEMP_INFIX));
+            for suffix in [".fidx", ".didx", ".blob"] {
+                assert!(!temp.ends_with(suffix), "{temp}");
+            }
+            assert_ne!(temp, ".protected");
+            assert!(check_component(&temp).is_ok());
+        }
+        assert_ne!(store.temp_name("a"), store.temp_name("a"));
+    }
+
+    #[test]
+    fn no_temp_file_is_left_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBackend::open(dir.path(), SyncLevel::Filesystem).unwrap();
+        let file: BackendPath = "a/b".parse().unwrap();
+        let v = store.write(&file, b"1", WriteMode::CreateOnly).unwrap();
+        store.write(&file, b"2", WriteMode::CreateOnly).unwrap_err();
+        store
+            .write(&file, b"3", WriteMode::Update(Version::of_content(b"x")))
+            .unwrap_err();
+        store.write(&file, b"4", WriteMode::Update(v)).unwrap();
+        store.write(&file, b"5", WriteMode::Replace).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert_eq!(std::fs::read(dir.path().join("a/b")).unwrap(), b"5");
+    }
+}
