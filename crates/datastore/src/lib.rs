@@ -1,5 +1,48 @@
-//! The object model of a PBS-compatible backup datastore.
+//! The object model of a PBS-compatible backup datastore: [`DataStore`], namespaces, [`Group`],
+//! [`Snapshot`], [`BackupInfo`], streaming iterators, owners, notes, protection, manifest updates,
+//! destroy, and retention ([`prune`]).
 //!
-//! So far: [`prune`], PBS's retention rules as a pure function with a reason for every mark.
+//! Every read and write goes through a [`keepsake_backend::Backend`] (a local datastore folder, or
+//! an S3 bucket with a local cache), every lock through a [`keepsake_lock::Locker`] (PBS 4 lock
+//! files by default), and blobs and manifests are encoded with `keepsake-manifest`, byte for byte as
+//! PBS writes them. The API is blocking, like `std::fs`, and callable from any thread, including
+//! inside a tokio runtime.
+//!
+//! ```
+//! use keepsake_datastore::DataStore;
+//! use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = DataStore::builder("store1", dir.path().join("store1"))
+//!     .lock_root(dir.path().join("locks"))
+//!     .chunk_prefix_dirs(false)
+//!     .create()?;
+//! let ns = BackupNamespace::root();
+//! let group = store.group(&ns, &"vm/100".parse::<BackupGroup>()?);
+//! let owner: Authid = "root@pam".parse()?;
+//! let (found, _lock) = group.create_locked(&owner)?;
+//! assert_eq!(found, owner);
+//! assert_eq!(group.owner()?, owner);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Names: [`Group`] and [`Snapshot`] are handles that carry the store; the plain names are
+//! [`keepsake_hierarchy::BackupGroup`] and [`keepsake_hierarchy::BackupDir`].
 
+mod error;
+mod group;
+mod info;
+pub mod iter;
+mod namespace;
 pub mod prune;
+mod snapshot;
+mod store;
+mod writer;
+
+pub use error::{Error, Result};
+pub use group::{DestroyStats, Group};
+pub use info::BackupInfo;
+pub use namespace::NamespaceRemoval;
+pub use snapshot::Snapshot;
+pub use store::{CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME};
+pub use writer::{BackupWriter, InsertedChunk, chunk_path};

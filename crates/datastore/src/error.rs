@@ -1,0 +1,204 @@
+//! The one error type of this crate.
+//!
+//! Rules this crate keeps:
+//! - Callers match on meaning: "nothing there" is [`Error::NotFound`] (with what was looked for),
+//!   whichever backend said so; a busy lock is [`Error::Locked`] and names its holders; a protected
+//!   snapshot is [`Error::Protected`]; a bad blob or manifest is [`Error::Corrupt`] with its path.
+//! - Every variant names the namespace, group, snapshot or file it concerns.
+//! - Causes from the lower crates are kept as `source`, never flattened into the message.
+//! - A failed operation changes nothing unless its documentation says what it leaves behind.
+
+/// What a datastore operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The namespace, group, snapshot or file does not exist.
+    #[error("{what} `{path}` does not exist")]
+    NotFound {
+        /// What was looked for: "namespace", "group", "snapshot", "file", "owner", ….
+        what: &'static str,
+        /// Its relative path or name.
+        path: String,
+    },
+
+    /// Something that must be new exists already.
+    #[error("{what} `{path}` exists already")]
+    AlreadyExists {
+        /// What was to be created.
+        what: &'static str,
+        /// Its relative path or name.
+        path: String,
+    },
+
+    /// A lock is held by someone else (the lock error names the holders where it can).
+    #[error("{what} `{path}` is locked")]
+    Locked {
+        /// What was to be locked: "group", "snapshot" or "manifest".
+        what: &'static str,
+        /// Its relative path.
+        path: String,
+        /// The lock error, with the holders' pids and command lines.
+        #[source]
+        source: keepsake_lock::Error,
+    },
+
+    /// The snapshot is protected and cannot be removed.
+    #[error("snapshot `{path}` is protected")]
+    Protected {
+        /// The snapshot's relative path.
+        path: String,
+    },
+
+    /// A name, path, time or owner did not parse.
+    #[error(transparent)]
+    Invalid(#[from] keepsake_hierarchy::Error),
+
+    /// A blob, manifest or index is damaged or cannot be decoded.
+    #[error("`{path}` is corrupt or unreadable")]
+    Corrupt {
+        /// The file's relative path.
+        path: String,
+        /// What the decoder found.
+        #[source]
+        source: keepsake_manifest::Error,
+    },
+
+    /// Data to be written could not be encoded (an invalid archive name, a blob over the size
+    /// limit, an index with inconsistent sizes).
+    #[error("cannot write `{path}`")]
+    Encode {
+        /// The file's name or relative path.
+        path: String,
+        /// What the encoder refused.
+        #[source]
+        source: keepsake_manifest::Error,
+    },
+
+    /// The owner file of a group does not hold an auth id.
+    #[error("owner file of group `{group}` is invalid")]
+    InvalidOwner {
+        /// The group's relative path.
+        group: String,
+        /// Why it did not parse.
+        #[source]
+        source: keepsake_hierarchy::Error,
+    },
+
+    /// The caller may not act on a group owned by someone else.
+    #[error("group `{group}` belongs to {owner}, not to {auth_id}")]
+    NotOwner {
+        /// The group's relative path.
+        group: String,
+        /// Its owner.
+        owner: keepsake_hierarchy::Authid,
+        /// Who asked.
+        auth_id: keepsake_hierarchy::Authid,
+    },
+
+    /// A file changed between read and write (a compare-and-swap lost).
+    #[error("`{path}` was changed concurrently")]
+    Precondition {
+        /// The file's relative path.
+        path: String,
+    },
+
+    /// A new snapshot is not newer than the group's last finished one.
+    #[error(
+        "snapshot time {time} of group `{group}` is not newer than the last finished backup {last}"
+    )]
+    TimeNotNewer {
+        /// The group's relative path.
+        group: String,
+        /// The refused snapshot time.
+        time: keepsake_hierarchy::BackupTime,
+        /// The group's newest finished snapshot time.
+        last: keepsake_hierarchy::BackupTime,
+    },
+
+    /// The operation does not fit the datastore's state (not a datastore, not empty, …).
+    #[error("{path}: {reason}")]
+    Refused {
+        /// The path (or datastore name) concerned.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A caller's input was rejected before anything was touched.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The backend failed (I/O, object store, refused path).
+    #[error("storage error at `{path}`")]
+    Backend {
+        /// The relative path of the failed operation.
+        path: String,
+        /// What the backend reported.
+        #[source]
+        source: keepsake_backend::Error,
+    },
+
+    /// The chunk store on the local filesystem failed.
+    #[error("chunk store error at {}", path.display())]
+    Io {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// What the system reported.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether this is [`Error::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// Whether this is [`Error::Locked`].
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Locked { .. })
+    }
+
+    /// Maps a backend error on `path`, turning "not found", "exists" and "changed" into this crate's
+    /// variants (with `what` naming the thing).
+    pub(crate) fn from_backend(
+        what: &'static str,
+        path: &str,
+        source: keepsake_backend::Error,
+    ) -> Self {
+        use keepsake_backend::Error as B;
+        match source {
+            B::NotFound { .. } => Error::NotFound {
+                what,
+                path: path.to_owned(),
+            },
+            B::AlreadyExists { .. } => Error::AlreadyExists {
+                what,
+                path: path.to_owned(),
+            },
+            B::Precondition { .. } => Error::Precondition {
+                path: path.to_owned(),
+            },
+            source => Error::Backend {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
+
+    /// Wraps a backend error without reinterpreting it.
+    pub(crate) fn backend(path: &str, source: keepsake_backend::Error) -> Self {
+        Error::Backend {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn locked(what: &'static str, path: String, source: keepsake_lock::Error) -> Self {
+        Error::Locked { what, path, source }
+    }
+}

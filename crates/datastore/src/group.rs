@@ -1,0 +1,323 @@
+//! Backup groups: owner, notes, snapshots, lock, destroy.
+
+use std::fmt;
+use std::time::Duration;
+
+use keepsake_backend::WriteMode;
+use keepsake_hierarchy::{
+    Authid, BackupGroup, BackupNamespace, BackupTime, GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME,
+    GroupFilter, apply_filters,
+};
+use keepsake_lock::{LockGuard, LockMode, LockTarget};
+
+use crate::error::{Error, Result};
+use crate::info::BackupInfo;
+use crate::iter::Snapshots;
+use crate::store::{DataStore, path};
+
+/// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DestroyStats {
+    /// Group folders removed.
+    pub removed_groups: u64,
+    /// Snapshots removed.
+    pub removed_snapshots: u64,
+    /// Protected snapshots left in place.
+    pub protected_snapshots: u64,
+}
+
+impl DestroyStats {
+    /// Whether nothing was left behind (no protected snapshot).
+    pub fn all_removed(&self) -> bool {
+        self.protected_snapshots == 0
+    }
+
+    /// Adds another count to this one.
+    pub fn add(&mut self, other: &DestroyStats) {
+        self.removed_groups += other.removed_groups;
+        self.removed_snapshots += other.removed_snapshots;
+        self.protected_snapshots += other.protected_snapshots;
+    }
+}
+
+/// A handle on a backup group in a datastore (`vm/100` in a namespace). Cheap to clone; the group
+/// need not exist.
+///
+/// This is the datastore-side counterpart of [`keepsake_hierarchy::BackupGroup`], which is only the
+/// name; it carries the store so that it can read and change the group.
+#[derive(Clone)]
+pub struct Group {
+    store: DataStore,
+    ns: BackupNamespace,
+    group: BackupGroup,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Group({}:{})", self.store.name(), self.relative_path())
+    }
+}
+
+impl Group {
+    pub(crate) fn new(store: DataStore, ns: BackupNamespace, group: BackupGroup) -> Self {
+        Self { store, ns, group }
+    }
+
+    /// The datastore.
+    pub fn store(&self) -> &DataStore {
+        &self.store
+    }
+
+    /// The namespace holding the group.
+    pub fn ns(&self) -> &BackupNamespace {
+        &self.ns
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &BackupGroup {
+        &self.group
+    }
+
+    /// The group folder relative to the datastore root (`ns/a/vm/100`).
+    pub fn relative_path(&self) -> String {
+        self.group.relative_path(&self.ns)
+    }
+
+    fn file(&self, name: &str) -> Result<keepsake_backend::BackendPath> {
+        path(&self.group.file_path(&self.ns, name)?)
+    }
+
+    /// Whether the group folder exists (snapshots or not).
+    pub fn exists(&self) -> Result<bool> {
+        let p = self.relative_path();
+        self.store
+            .backend()
+            .exists(&path(&p)?)
+            .map_err(|e| Error::backend(&p, e))
+    }
+
+    /// Whether the group passes PBS's include/exclude filters.
+    pub fn matches(&self, filters: &[GroupFilter]) -> bool {
+        apply_filters(&self.group, filters)
+    }
+
+    /// The snapshots, streamed in listing order.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the group does not exist.
+    pub fn iter_snapshots(&self) -> Result<Snapshots<'_>> {
+        Snapshots::new(&self.store, &self.ns, &self.group)
+    }
+
+    /// Every snapshot with its files and protection, in listing order (sort with
+    /// [`BackupInfo::sort`]).
+    pub fn list_backups(&self) -> Result<Vec<BackupInfo>> {
+        self.iter_snapshots()?
+            .map(|s| s.and_then(|s| s.info()))
+            .collect()
+    }
+
+    /// The newest snapshot (only among finished ones if asked), or `None`.
+    pub fn last_backup(&self, only_finished: bool) -> Result<Option<BackupInfo>> {
+        Ok(self
+            .list_backups()?
+            .into_iter()
+            .filter(|b| !only_finished || b.is_finished())
+            .max_by_key(|b| b.snapshot.time()))
+    }
+
+    /// The time of the newest finished snapshot, or `None` (also when the group does not exist).
+    pub fn last_successful_backup(&self) -> Result<Option<BackupTime>> {
+        let snapshots = match self.iter_snapshots() {
+            Ok(s) => s,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut newest = None;
+        for snapshot in snapshots {
+            let snapshot = snapshot?;
+            if snapshot.is_finished()? {
+                newest = newest.max(Some(snapshot.dir().time()));
+            }
+        }
+        Ok(newest)
+    }
+
+    /// The group's owner (first line of the `owner` file, trailing whitespace trimmed).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] without an owner file; [`Error::InvalidOwner`] if it does not parse.
+    pub fn owner(&self) -> Result<Authid> {
+        let file = self.file(GROUP_OWNER_FILE_NAME)?;
+        let contents = self
+            .store
+            .backend()
+            .read(&file)
+            .map_err(|e| Error::from_backend("owner", file.as_str(), e))?;
+        let text = String::from_utf8_lossy(&contents.data);
+        let first = text.lines().next().unwrap_or("").trim_end();
+        first.parse().map_err(|source| Error::InvalidOwner {
+            group: self.relative_path(),
+            source,
+        })
+    }
+
+    /// Sets the owner: the file must not exist unless `force` (then it is replaced). Written as
+    /// PBS does, `<authid>\n`, atomically (on S3: the bucket first, then the cache).
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if an owner is set and `force` is false.
+    pub fn set_owner(&self, owner: &Authid, force: bool) -> Result<()> {
+        let file = self.file(GROUP_OWNER_FILE_NAME)?;
+        let mode = if force {
+            WriteMode::Replace
+        } else {
+            WriteMode::CreateOnly
+        };
+        self.store
+            .backend()
+            .write(&file, format!("{owner}\n").as_bytes(), mode)
+            .map_err(|e| Error::from_backend("owner", file.as_str(), e))?;
+        Ok(())
+    }
+
+    /// The group notes, raw; `None` when there is no notes file.
+    pub fn notes(&self) -> Result<Option<String>> {
+        let file = self.file(GROUP_NOTES_FILE_NAME)?;
+        match self.store.backend().read(&file) {
+            Ok(c) => Ok(Some(String::from_utf8_lossy(&c.data).into_owned())),
+            Err(keepsake_backend::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::backend(file.as_str(), e)),
+        }
+    }
+
+    /// Replaces the group notes (raw, no newline added), under the group lock, as PBS does.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] while a backup or another change holds the group; [`Error::NotFound`] if
+    /// the group does not exist.
+    pub fn set_notes(&self, notes: &str) -> Result<()> {
+        if !self.exists()? {
+            return Err(Error::NotFound {
+                what: "group",
+                path: self.relative_path(),
+            });
+        }
+        let _guard = self.lock()?;
+        let file = self.file(GROUP_NOTES_FILE_NAME)?;
+        self.store
+            .backend()
+            .write(&file, notes.as_bytes(), WriteMode::Replace)
+            .map_err(|e| Error::backend(file.as_str(), e))?;
+        Ok(())
+    }
+
+    /// Takes the group lock exclusively, without waiting (PBS's group lock timeout is 0 s).
+    ///
+    /// # Errors
+    /// [`Error::Locked`], naming the holders, when a backup or another change holds it.
+    pub fn lock(&self) -> Result<LockGuard> {
+        self.lock_with_timeout(Duration::ZERO)
+    }
+
+    /// Takes the group lock exclusively, waiting up to `timeout`.
+    pub fn lock_with_timeout(&self, timeout: Duration) -> Result<LockGuard> {
+        self.store.lock(
+            &LockTarget::group(&self.ns, &self.group),
+            LockMode::Exclusive,
+            timeout,
+        )
+    }
+
+    /// Makes the group if it is missing and sets `owner` on it, under the group lock; if it exists,
+    /// reads its owner and changes nothing. Returns the owner and the held lock (PBS's
+    /// `create_locked_backup_group`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the namespace does not exist; [`Error::Locked`] if the group is locked.
+    pub fn create_locked(&self, owner: &Authid) -> Result<(Authid, LockGuard)> {
+        if !self.store.namespace_exists(&self.ns)? {
+            return Err(Error::NotFound {
+                what: "namespace",
+                path: self.ns.to_string(),
+            });
+        }
+        let dir = self.relative_path();
+        let existed = self.exists()?;
+        self.store
+            .backend()
+            .create_dir_all(&path(&dir)?)
+            .map_err(|e| Error::backend(&dir, e))?;
+        let guard = self.lock()?;
+        match self.set_owner(owner, false) {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => {
+                if !existed {
+                    // A group that we just made and could not give an owner must not stay.
+                    let _ = self.store.remove_dir_if_empty(&dir);
+                }
+                return Err(e);
+            }
+        }
+        Ok((self.owner()?, guard))
+    }
+
+    /// Destroys the group: every unprotected snapshot (each under its locks), then, if no protected
+    /// snapshot is left, the notes, the owner, the folder and the group's lock file. Protected
+    /// snapshots stay with their group's owner and notes.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if the group or one of its snapshots is in use (snapshots destroyed before
+    /// that stay destroyed).
+    pub fn destroy(&self) -> Result<DestroyStats> {
+        let guard = self.lock()?;
+        let mut stats = DestroyStats::default();
+        let snapshots: Vec<_> = self.iter_snapshots()?.collect::<Result<_>>()?;
+        for snapshot in snapshots {
+            if snapshot.is_protected()? {
+                stats.protected_snapshots += 1;
+                continue;
+            }
+            snapshot.destroy_without_group_cleanup(false)?;
+            stats.removed_snapshots += 1;
+        }
+        if stats.protected_snapshots == 0 && self.remove_folder(guard)? {
+            stats.removed_groups += 1;
+        }
+        Ok(stats)
+    }
+
+    /// Removes notes, owner and the group folder if no snapshot folder is left, then the lock
+    /// file (under the held lock). Returns whether the group is gone.
+    pub(crate) fn remove_folder(&self, guard: LockGuard) -> Result<bool> {
+        let dir = self.relative_path();
+        let has_snapshots = self
+            .store
+            .backend()
+            .list(&path(&dir)?)
+            .map_err(|e| Error::backend(&dir, e))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.kind == keepsake_backend::EntryKind::Dir);
+        if has_snapshots {
+            return Ok(false);
+        }
+        for name in [GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME] {
+            let file = self.file(name)?;
+            match self.store.backend().remove_file(&file) {
+                Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::backend(file.as_str(), e)),
+            }
+        }
+        // Anything else left in the group folder (a stray file) keeps the folder.
+        if !self.store.remove_dir_if_empty(&dir)? {
+            return Ok(false);
+        }
+        if let Ok(exclusive) = guard.into_exclusive() {
+            // Removing the lock file is best effort, as in PBS: a stale lock file is harmless.
+            let _ = exclusive.remove();
+        }
+        Ok(true)
+    }
+}

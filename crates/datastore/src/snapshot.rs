@@ -1,0 +1,398 @@
+//! Snapshots: protection, blobs, the manifest, lock, destroy.
+
+use std::fmt;
+use std::time::Duration;
+
+use keepsake_backend::{BackendPath, EntryKind, KeepFilter, WriteMode};
+use keepsake_hierarchy::{
+    ArchiveKind, BackupDir, BackupNamespace, CLIENT_LOG_BLOB_NAME, MANIFEST_BLOB_NAME,
+    PROTECTED_MARKER_FILENAME,
+};
+use keepsake_lock::{LockGuard, LockMode, LockTarget, MANIFEST_LOCK_TIMEOUT};
+use keepsake_manifest::manifest::{BackupManifest, VerifyState};
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::info::BackupInfo;
+use crate::store::{DataStore, path};
+
+/// A handle on a snapshot in a datastore (`vm/100/<time>` in a namespace). Cheap to clone; the
+/// snapshot need not exist.
+///
+/// The datastore-side counterpart of [`keepsake_hierarchy::BackupDir`], which is only the name.
+#[derive(Clone)]
+pub struct Snapshot {
+    store: DataStore,
+    ns: BackupNamespace,
+    dir: BackupDir,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Snapshot({}:{})",
+            self.store.name(),
+            self.relative_path()
+        )
+    }
+}
+
+impl Snapshot {
+    pub(crate) fn new(store: DataStore, ns: BackupNamespace, dir: BackupDir) -> Self {
+        Self { store, ns, dir }
+    }
+
+    /// The datastore.
+    pub fn store(&self) -> &DataStore {
+        &self.store
+    }
+
+    /// The namespace holding the snapshot's group.
+    pub fn ns(&self) -> &BackupNamespace {
+        &self.ns
+    }
+
+    /// The snapshot's name (group and time).
+    pub fn dir(&self) -> &BackupDir {
+        &self.dir
+    }
+
+    /// The snapshot's group.
+    pub fn group(&self) -> Group {
+        self.store.group(&self.ns, self.dir.group())
+    }
+
+    /// The snapshot folder relative to the datastore root.
+    pub fn relative_path(&self) -> String {
+        self.dir.relative_path(&self.ns)
+    }
+
+    pub(crate) fn file(&self, name: &str) -> Result<BackendPath> {
+        path(&self.dir.file_path(&self.ns, name)?)
+    }
+
+    fn file_exists(&self, name: &str) -> Result<bool> {
+        let file = self.file(name)?;
+        self.store
+            .backend()
+            .exists(&file)
+            .map_err(|e| Error::backend(file.as_str(), e))
+    }
+
+    /// Whether the snapshot folder exists.
+    pub fn exists(&self) -> Result<bool> {
+        let p = self.relative_path();
+        self.store
+            .backend()
+            .exists(&path(&p)?)
+            .map_err(|e| Error::backend(&p, e))
+    }
+
+    /// Whether the manifest exists (the backup finished).
+    pub fn is_finished(&self) -> Result<bool> {
+        self.file_exists(MANIFEST_BLOB_NAME)
+    }
+
+    /// Whether the `.protected` marker exists.
+    pub fn is_protected(&self) -> Result<bool> {
+        self.file_exists(PROTECTED_MARKER_FILENAME)
+    }
+
+    /// The backup files (`*.fidx`, `*.didx`, `*.blob`) and the protection flag, from one listing.
+    pub fn info(&self) -> Result<BackupInfo> {
+        let p = self.relative_path();
+        let listing = self
+            .store
+            .backend()
+            .list(&path(&p)?)
+            .map_err(|e| Error::from_backend("snapshot", &p, e))?;
+        let mut files = Vec::new();
+        let mut protected = false;
+        for entry in listing {
+            let entry = entry.map_err(|e| Error::backend(&p, e))?;
+            if entry.name == PROTECTED_MARKER_FILENAME {
+                protected = true;
+            } else if entry.kind == EntryKind::File && ArchiveKind::is_backup_file(&entry.name) {
+                files.push(entry.name);
+            }
+        }
+        Ok(BackupInfo {
+            ns: self.ns.clone(),
+            snapshot: self.dir.clone(),
+            files,
+            protected,
+        })
+    }
+
+    /// Sets or clears protection, under the exclusive snapshot lock (taken without waiting).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the snapshot does not exist; [`Error::Locked`] if it is in use.
+    pub fn set_protected(&self, protected: bool) -> Result<()> {
+        let _guard = self.lock()?;
+        // Checked under the lock: a destroy that just finished must not leave a marker behind in a
+        // re-created folder.
+        if !self.exists()? {
+            return Err(Error::NotFound {
+                what: "snapshot",
+                path: self.relative_path(),
+            });
+        }
+        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        let result = if protected {
+            match self
+                .store
+                .backend()
+                .write(&marker, b"", WriteMode::CreateOnly)
+            {
+                Err(keepsake_backend::Error::AlreadyExists { .. }) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        } else {
+            match self.store.backend().remove_file(&marker) {
+                Err(keepsake_backend::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(|e| Error::backend(marker.as_str(), e))
+    }
+
+    /// Reads a blob file of the snapshot and decodes it (decrypting with the store's key).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Corrupt`] for a bad magic, CRC or payload, or a missing key.
+    pub fn load_blob(&self, name: &str) -> Result<Vec<u8>> {
+        let raw = self.read_file(name)?;
+        keepsake_manifest::blob::decode(&raw, self.store.crypt_config()).map_err(|source| {
+            Error::Corrupt {
+                path: self.dir.file_path(&self.ns, name).unwrap_or_default(),
+                source,
+            }
+        })
+    }
+
+    /// Reads a file of the snapshot as stored (raw bytes).
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        let file = self.file(name)?;
+        self.store
+            .backend()
+            .read(&file)
+            .map(|c| c.data)
+            .map_err(|e| Error::from_backend("file", file.as_str(), e))
+    }
+
+    /// Loads and parses the manifest (`index.json.blob`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unfinished snapshot; [`Error::Corrupt`] if it does not decode or
+    /// parse.
+    pub fn load_manifest(&self) -> Result<BackupManifest> {
+        Ok(self.load_manifest_versioned()?.0)
+    }
+
+    fn load_manifest_versioned(&self) -> Result<(BackupManifest, keepsake_backend::Version)> {
+        let file = self.file(MANIFEST_BLOB_NAME)?;
+        let contents = self
+            .store
+            .backend()
+            .read(&file)
+            .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
+        let manifest =
+            BackupManifest::from_blob_bytes(&contents.data).map_err(|source| Error::Corrupt {
+                path: file.as_str().to_owned(),
+                source,
+            })?;
+        Ok((manifest, contents.version))
+    }
+
+    /// Changes the manifest under the manifest lock (waiting up to PBS's 5 s): load, apply
+    /// `change`, write back atomically as PBS writes it (sorted keys, compressed blob). On an S3
+    /// datastore the bucket is written first. When the backend can compare-and-swap, the write
+    /// only succeeds if nobody changed the file since it was read (a writer that ignores the lock
+    /// cannot be overwritten silently).
+    ///
+    /// Returns the manifest as written. If `change` fails, nothing is written.
+    pub fn update_manifest<F>(&self, change: F) -> Result<BackupManifest>
+    where
+        F: FnOnce(&mut BackupManifest) -> Result<()>,
+    {
+        let _guard = self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?;
+        let (mut manifest, version) = self.load_manifest_versioned()?;
+        change(&mut manifest)?;
+        self.write_manifest(&manifest, Some(version))?;
+        Ok(manifest)
+    }
+
+    /// Writes the manifest blob (create-only when `version` is `None`).
+    pub(crate) fn write_manifest(
+        &self,
+        manifest: &BackupManifest,
+        version: Option<keepsake_backend::Version>,
+    ) -> Result<()> {
+        let file = self.file(MANIFEST_BLOB_NAME)?;
+        let blob = manifest.to_blob().map_err(|source| Error::Encode {
+            path: file.as_str().to_owned(),
+            source,
+        })?;
+        let mode = match version {
+            None => WriteMode::CreateOnly,
+            Some(v) if self.store.backend().capabilities().compare_and_swap => WriteMode::Update(v),
+            Some(_) => WriteMode::Replace,
+        };
+        self.store
+            .backend()
+            .write(&file, blob.as_bytes(), mode)
+            .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
+        Ok(())
+    }
+
+    /// The verify state recorded in the manifest.
+    pub fn verify_state(&self) -> Result<Option<VerifyState>> {
+        let file = self.dir.file_path(&self.ns, MANIFEST_BLOB_NAME)?;
+        self.load_manifest()?
+            .verify_state()
+            .map_err(|source| Error::Corrupt { path: file, source })
+    }
+
+    /// Records a verify state in the manifest.
+    pub fn set_verify_state(&self, state: &VerifyState) -> Result<()> {
+        self.update_manifest(|m| {
+            m.set_verify_state(Some(state));
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// The snapshot notes (the manifest's `unprotected.notes`).
+    pub fn notes(&self) -> Result<Option<String>> {
+        let file = self.dir.file_path(&self.ns, MANIFEST_BLOB_NAME)?;
+        let manifest = self.load_manifest()?;
+        manifest
+            .notes()
+            .map(|n| n.map(str::to_owned))
+            .map_err(|source| Error::Corrupt { path: file, source })
+    }
+
+    /// Replaces (or with `None` clears) the snapshot notes.
+    pub fn set_notes(&self, notes: Option<&str>) -> Result<()> {
+        self.update_manifest(|m| {
+            m.set_notes(notes);
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Takes the snapshot lock exclusively, without waiting.
+    pub fn lock(&self) -> Result<LockGuard> {
+        self.store.lock(
+            &LockTarget::snapshot(&self.ns, &self.dir),
+            LockMode::Exclusive,
+            Duration::ZERO,
+        )
+    }
+
+    /// Takes the snapshot lock shared (readers, verify), without waiting.
+    pub fn lock_shared(&self) -> Result<LockGuard> {
+        self.store.lock(
+            &LockTarget::snapshot(&self.ns, &self.dir),
+            LockMode::Shared,
+            Duration::ZERO,
+        )
+    }
+
+    /// Takes the manifest lock, waiting up to `timeout`.
+    pub fn lock_manifest(&self, timeout: Duration) -> Result<LockGuard> {
+        self.store.lock(
+            &LockTarget::manifest(&self.ns, &self.dir),
+            LockMode::Exclusive,
+            timeout,
+        )
+    }
+
+    /// Destroys the snapshot in PBS's order: unless `force`, the snapshot lock (no wait) and the
+    /// manifest lock (5 s); refuse if protected (also when forced); remove the files (on S3 the
+    /// bucket first, then the cache); remove the lock files; then, if the group has no snapshot
+    /// left and its lock can be had at once, remove the group's folder, owner and notes.
+    ///
+    /// # Errors
+    /// [`Error::Protected`]; [`Error::Locked`] (the snapshot is unchanged).
+    pub fn destroy(&self, force: bool) -> Result<()> {
+        self.destroy_without_group_cleanup(force)?;
+        let group = self.group();
+        if let Ok(guard) = group.lock() {
+            // Best effort, as in PBS: a group that cannot be removed now stays.
+            let _ = group.remove_folder(guard);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn destroy_without_group_cleanup(&self, force: bool) -> Result<()> {
+        let guards = if force {
+            None
+        } else {
+            Some((self.lock()?, self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?))
+        };
+        if self.is_protected()? {
+            return Err(Error::Protected {
+                path: self.relative_path(),
+            });
+        }
+        let p = self.relative_path();
+        match self
+            .store
+            .backend()
+            .remove_tree(&path(&p)?, &KeepFilter::nothing())
+        {
+            Ok(_) => {}
+            Err(keepsake_backend::Error::NotFound { .. }) => {
+                return Err(Error::NotFound {
+                    what: "snapshot",
+                    path: p,
+                });
+            }
+            Err(e) => return Err(Error::backend(&p, e)),
+        }
+        if let Some((snapshot_guard, manifest_guard)) = guards {
+            // The lock files go with the snapshot; only their exclusive holder may remove them.
+            for guard in [manifest_guard, snapshot_guard] {
+                if let Ok(exclusive) = guard.into_exclusive() {
+                    let _ = exclusive.remove();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every file of the snapshot that the manifest does not name, except the manifest,
+    /// the client log and `.protected` (PBS removes `.protected` here; keepsake keeps it, since
+    /// losing protection silently is worse than a stray marker). Returns the removed names.
+    pub fn cleanup_unreferenced_files(&self, manifest: &BackupManifest) -> Result<Vec<String>> {
+        let p = self.relative_path();
+        let listing = self
+            .store
+            .backend()
+            .list(&path(&p)?)
+            .map_err(|e| Error::from_backend("snapshot", &p, e))?;
+        let names: Vec<String> = listing
+            .filter_map(|e| e.ok())
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.name)
+            .collect();
+        let mut removed = Vec::new();
+        for name in names {
+            let keep = name == MANIFEST_BLOB_NAME
+                || name == CLIENT_LOG_BLOB_NAME
+                || name == PROTECTED_MARKER_FILENAME
+                || manifest.file(&name).is_some();
+            if keep {
+                continue;
+            }
+            let file = self.file(&name)?;
+            if self.store.backend().remove_file(&file).is_ok() {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}

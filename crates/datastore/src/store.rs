@@ -1,0 +1,331 @@
+//! The datastore handle and its builder.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keepsake_backend::{Backend, BackendPath, EntryKind, LocalBackend, SyncLevel, WriteMode};
+use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
+use keepsake_lock::{LockGuard, LockMode, LockScheme, LockTarget, Locker};
+use keepsake_manifest::crypt::CryptConfig;
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::snapshot::Snapshot;
+
+/// Name of the chunk store folder at the datastore root.
+pub const CHUNK_DIR_NAME: &str = ".chunks";
+/// Name of the empty file at the datastore root that PBS's process locker uses.
+pub const LOCK_FILE_NAME: &str = ".lock";
+/// How many prefix folders (`0000`..`ffff`) a chunk store has.
+pub const CHUNK_PREFIX_DIRS: u32 = 65_536;
+
+/// A PBS-compatible datastore: a cheap, cloneable, thread-safe handle.
+///
+/// Everything below it is reached through it: namespaces ([`DataStore::create_namespace`], the
+/// iterators), groups ([`DataStore::group`]) and snapshots ([`DataStore::snapshot`]). Every read and
+/// write goes through the configured [`Backend`], so the same code runs on a local datastore
+/// directory and on an S3 bucket with a local cache; every lock goes through the configured
+/// [`Locker`], by default PBS 4's lock files below the lock root the caller chose.
+///
+/// ```
+/// use keepsake_datastore::DataStore;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DataStore::builder("store1", dir.path().join("store1"))
+///     .lock_root(dir.path().join("locks"))
+///     .chunk_prefix_dirs(false) // tests: skip the 65,536 folders
+///     .create()?;
+/// let ns = store.create_namespace(&"prod".parse()?)?;
+/// assert!(store.namespace_exists(&ns)?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct DataStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    root: Option<PathBuf>,
+    backend: Arc<dyn Backend>,
+    locker: Arc<dyn Locker>,
+    crypt: Option<CryptConfig>,
+    namespace_markers: bool,
+}
+
+impl fmt::Debug for DataStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataStore")
+            .field("name", &self.inner.name)
+            .field("root", &self.inner.root)
+            .field("backend", &self.inner.backend)
+            .field("locker", &self.inner.locker)
+            .field(
+                "key",
+                &self.inner.crypt.as_ref().map(|c| c.fingerprint().short()),
+            )
+            .finish()
+    }
+}
+
+/// How a [`DataStore`] is made: name, place, locks, durability and key.
+///
+/// Nothing is read from fixed paths: the lock root (or a [`Locker`]) must be given. On a host where a
+/// PBS server uses the same datastore, pass [`keepsake_lock::PBS_LOCK_ROOT`] so that both exclude each
+/// other.
+#[must_use]
+pub struct DataStoreBuilder {
+    name: String,
+    path: PathBuf,
+    backend: Option<Arc<dyn Backend>>,
+    lock_root: Option<PathBuf>,
+    lock_scheme: LockScheme,
+    locker: Option<Arc<dyn Locker>>,
+    sync_level: SyncLevel,
+    crypt: Option<CryptConfig>,
+    chunk_prefix_dirs: bool,
+    namespace_markers: bool,
+}
+
+impl DataStoreBuilder {
+    /// Lock files go below `lock_root` (`<lock_root>/<name>/…`); required unless a
+    /// [`locker`](Self::locker) is given.
+    pub fn lock_root(mut self, lock_root: impl Into<PathBuf>) -> Self {
+        self.lock_root = Some(lock_root.into());
+        self
+    }
+
+    /// Which PBS lock scheme to follow (default PBS 4's lock files; PBS 3's directory locks on a
+    /// host running PBS 3, see [`LockScheme::from_old_locking_flag`]).
+    pub fn lock_scheme(mut self, scheme: LockScheme) -> Self {
+        self.lock_scheme = scheme;
+        self
+    }
+
+    /// Locks go through a caller-provided [`Locker`] instead.
+    pub fn locker(mut self, locker: Arc<dyn Locker>) -> Self {
+        self.locker = Some(locker);
+        self
+    }
+
+    /// Where the bytes live: by default a [`LocalBackend`] on the datastore path; pass a
+    /// `CachedBackend` for an S3 datastore (its cache directory should be the datastore path).
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Durability of local writes (default [`SyncLevel::Filesystem`], as PBS). Ignored when a
+    /// backend is passed with [`backend`](Self::backend) (it carries its own).
+    pub fn sync_level(mut self, level: SyncLevel) -> Self {
+        self.sync_level = level;
+        self
+    }
+
+    /// The encryption key for encrypted blobs and manifest signatures.
+    pub fn key(mut self, crypt: CryptConfig) -> Self {
+        self.crypt = Some(crypt);
+        self
+    }
+
+    /// Whether [`create`](Self::create) makes the 65,536 chunk prefix folders (default: yes, as PBS,
+    /// which writes chunks into them). Turning it off is for tests and for stores that never hold
+    /// chunks; chunk inserts then make the prefix folder they need.
+    pub fn chunk_prefix_dirs(mut self, create: bool) -> Self {
+        self.chunk_prefix_dirs = create;
+        self
+    }
+
+    /// Whether new namespaces get PBS's `.namespace` marker file (needed on object storage, where
+    /// an empty folder does not exist; set it for S3 datastores behind a cache). Backends without
+    /// empty folders always get it.
+    pub fn namespace_markers(mut self, markers: bool) -> Self {
+        self.namespace_markers = markers;
+        self
+    }
+
+    fn build(self) -> Result<(DataStore, bool)> {
+        keepsake_hierarchy::check_datastore_name(&self.name)?;
+        let backend: Arc<dyn Backend> = match self.backend {
+            Some(b) => b,
+            None => {
+                std::fs::create_dir_all(&self.path).map_err(|source| Error::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+                Arc::new(
+                    LocalBackend::open(&self.path, self.sync_level)
+                        .map_err(|e| Error::backend("", e))?,
+                )
+            }
+        };
+        let locker: Arc<dyn Locker> = match (self.locker, self.lock_root) {
+            (Some(locker), _) => locker,
+            (None, Some(root)) => Arc::from(
+                self.lock_scheme
+                    .locker(&root, &self.name, &self.path)
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("lock root {}: {e}", root.display()))
+                    })?,
+            ),
+            (None, None) => {
+                return Err(Error::InvalidArgument(
+                    "no lock root: call lock_root() (on a PBS host: keepsake_lock::PBS_LOCK_ROOT)"
+                        .to_owned(),
+                ));
+            }
+        };
+        Ok((
+            DataStore {
+                inner: Arc::new(Inner {
+                    name: self.name,
+                    root: Some(self.path),
+                    backend,
+                    locker,
+                    crypt: self.crypt,
+                    namespace_markers: self.namespace_markers,
+                }),
+            },
+            self.chunk_prefix_dirs,
+        ))
+    }
+
+    /// Creates a new datastore: the folder must be missing or empty (entries starting with `.` and
+    /// `lost+found` are allowed, as PBS allows); makes `.chunks` (with its prefix folders unless
+    /// turned off) and the empty `.lock` file.
+    ///
+    /// # Errors
+    /// [`Error::Refused`] for a non-empty folder; backend errors.
+    pub fn create(self) -> Result<DataStore> {
+        let (store, prefix_dirs) = self.build()?;
+        let backend = store.backend();
+        let root = BackendPath::root();
+        for entry in backend.list(&root).map_err(|e| Error::backend("", e))? {
+            let entry = entry.map_err(|e| Error::backend("", e))?;
+            if !(entry.name.starts_with('.') || entry.name == "lost+found") {
+                return Err(Error::Refused {
+                    path: store.name().to_owned(),
+                    reason: format!("datastore folder is not empty (found `{}`)", entry.name),
+                });
+            }
+        }
+        let chunks = path(CHUNK_DIR_NAME)?;
+        backend
+            .create_dir_all(&chunks)
+            .map_err(|e| Error::backend(CHUNK_DIR_NAME, e))?;
+        if prefix_dirs {
+            for prefix in 0..CHUNK_PREFIX_DIRS {
+                let dir = chunks
+                    .join(&format!("{prefix:04x}"))
+                    .map_err(|e| Error::backend(CHUNK_DIR_NAME, e))?;
+                backend
+                    .create_dir_all(&dir)
+                    .map_err(|e| Error::backend(dir.as_str(), e))?;
+            }
+        }
+        match backend.write(&path(LOCK_FILE_NAME)?, b"", WriteMode::CreateOnly) {
+            Ok(_) | Err(keepsake_backend::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(Error::backend(LOCK_FILE_NAME, e)),
+        }
+        Ok(store)
+    }
+
+    /// Opens an existing datastore, checking that it looks like one (`.chunks` is a folder).
+    ///
+    /// # Errors
+    /// [`Error::Refused`] if the layout is not a datastore's.
+    pub fn open(self) -> Result<DataStore> {
+        let (store, _) = self.build()?;
+        match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
+            Ok(stat) if stat.kind == EntryKind::Dir => Ok(store),
+            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::Refused {
+                path: store.name().to_owned(),
+                reason: "not a datastore: `.chunks` folder missing".to_owned(),
+            }),
+            Err(e) => Err(Error::backend(CHUNK_DIR_NAME, e)),
+        }
+    }
+}
+
+impl DataStore {
+    /// Starts building a datastore called `name` at `path` (the datastore folder; for S3 the cache).
+    pub fn builder(name: impl Into<String>, path: impl Into<PathBuf>) -> DataStoreBuilder {
+        DataStoreBuilder {
+            name: name.into(),
+            path: path.into(),
+            backend: None,
+            lock_root: None,
+            lock_scheme: LockScheme::LockFiles,
+            locker: None,
+            sync_level: SyncLevel::Filesystem,
+            crypt: None,
+            chunk_prefix_dirs: true,
+            namespace_markers: false,
+        }
+    }
+
+    /// The datastore's name (also the S3 key prefix and the lock folder name).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The datastore folder (for S3 datastores: the local cache).
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.root.as_deref()
+    }
+
+    /// The backend every read and write goes through.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    /// The locker every lock goes through.
+    pub fn locker(&self) -> &dyn Locker {
+        &*self.inner.locker
+    }
+
+    /// The encryption key, if one was given.
+    pub fn crypt_config(&self) -> Option<&CryptConfig> {
+        self.inner.crypt.as_ref()
+    }
+
+    pub(crate) fn keeps_namespace_markers(&self) -> bool {
+        self.inner.namespace_markers
+    }
+
+    /// A handle on a group (which may or may not exist).
+    pub fn group(&self, ns: &BackupNamespace, group: &BackupGroup) -> Group {
+        Group::new(self.clone(), ns.clone(), group.clone())
+    }
+
+    /// A handle on a snapshot (which may or may not exist).
+    pub fn snapshot(&self, ns: &BackupNamespace, snapshot: &BackupDir) -> Snapshot {
+        Snapshot::new(self.clone(), ns.clone(), snapshot.clone())
+    }
+
+    /// Takes a lock, turning a busy lock into [`Error::Locked`] (naming what was locked).
+    pub(crate) fn lock(
+        &self,
+        target: &LockTarget<'_>,
+        mode: LockMode,
+        timeout: Duration,
+    ) -> Result<LockGuard> {
+        let (what, path) = match target {
+            LockTarget::Group { ns, group } => ("group", group.relative_path(ns)),
+            LockTarget::Snapshot { ns, snapshot } => ("snapshot", snapshot.relative_path(ns)),
+            LockTarget::Manifest { ns, snapshot } => ("manifest", snapshot.relative_path(ns)),
+        };
+        self.inner
+            .locker
+            .lock(target, mode, timeout)
+            .map_err(|e| Error::locked(what, path, e))
+    }
+}
+
+/// A backend path from a relative path built by the hierarchy types (always valid for them; the
+/// only possible refusal is the backend's total length limit).
+pub(crate) fn path(p: &str) -> Result<BackendPath> {
+    BackendPath::new(p).map_err(|e| Error::backend(p, e))
+}

@@ -1,0 +1,383 @@
+//! Writing a new backup: what a downstream backup server needs to produce a snapshot PBS can read.
+
+use keepsake_backend::{BackendPath, WriteMode};
+use keepsake_hierarchy::{Authid, BackupDir, BackupTime};
+use keepsake_lock::LockGuard;
+use keepsake_manifest::blob::DataBlob;
+use keepsake_manifest::crypt::chunk_digest;
+use keepsake_manifest::index::{DynamicIndexWriter, FixedIndexWriter};
+use keepsake_manifest::manifest::{
+    BackupManifest, ChunkUploadStats, CryptMode, FileInfo, VerifyOutcome, check_archive_name,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::snapshot::Snapshot;
+use crate::store::{CHUNK_DIR_NAME, DataStore, path};
+
+/// The path of a chunk in the chunk store: `.chunks/<first 4 hex>/<64 hex>`.
+pub fn chunk_path(digest: &[u8; 32]) -> String {
+    let hex = hex::encode(digest);
+    format!("{CHUNK_DIR_NAME}/{}/{hex}", &hex[..4])
+}
+
+/// What inserting a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsertedChunk {
+    /// The chunk's digest (SHA-256 of the plain data, keyed when encrypted).
+    pub digest: [u8; 32],
+    /// The chunk was already in the store (nothing was written).
+    pub duplicate: bool,
+    /// Size of the stored blob.
+    pub encoded_size: u64,
+}
+
+impl DataStore {
+    /// Inserts a chunk into `.chunks` as a DataBlob (compressed when smaller; encrypted with the
+    /// store's key if `encrypt`), create-only: a chunk that exists already is a duplicate and is
+    /// not rewritten. The prefix folder is made if missing.
+    pub fn insert_chunk(&self, data: &[u8], encrypt: bool) -> Result<InsertedChunk> {
+        let crypt = if encrypt {
+            Some(self.crypt_config().ok_or_else(|| {
+                Error::InvalidArgument(
+                    "encrypted chunk requested but the store has no key".to_owned(),
+                )
+            })?)
+        } else {
+            None
+        };
+        let digest = chunk_digest(data, crypt);
+        let rel = chunk_path(&digest);
+        let file = path(&rel)?;
+        if self
+            .backend()
+            .exists(&file)
+            .map_err(|e| Error::backend(&rel, e))?
+        {
+            return Ok(InsertedChunk {
+                digest,
+                duplicate: true,
+                encoded_size: 0,
+            });
+        }
+        let blob = DataBlob::encode(data, crypt, true).map_err(|source| Error::Encode {
+            path: rel.clone(),
+            source,
+        })?;
+        let encoded_size = blob.as_bytes().len() as u64;
+        match self
+            .backend()
+            .write(&file, blob.as_bytes(), WriteMode::CreateOnly)
+        {
+            Ok(_) => Ok(InsertedChunk {
+                digest,
+                duplicate: false,
+                encoded_size,
+            }),
+            Err(keepsake_backend::Error::AlreadyExists { .. }) => Ok(InsertedChunk {
+                digest,
+                duplicate: true,
+                encoded_size: 0,
+            }),
+            Err(e) => Err(Error::backend(&rel, e)),
+        }
+    }
+
+    /// Whether a chunk is in the chunk store.
+    pub fn chunk_exists(&self, digest: &[u8; 32]) -> Result<bool> {
+        let rel = chunk_path(digest);
+        self.backend()
+            .exists(&path(&rel)?)
+            .map_err(|e| Error::backend(&rel, e))
+    }
+}
+
+/// A backup in progress: holds the group lock and the new snapshot's lock until it is finished or
+/// dropped. Files are written as they are added; [`BackupWriter::finish`] writes the manifest,
+/// which is what makes the snapshot finished. Dropping an unfinished writer removes the snapshot.
+///
+/// ```
+/// use keepsake_datastore::DataStore;
+/// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = DataStore::builder("store1", dir.path().join("store1"))
+///     .lock_root(dir.path().join("locks"))
+///     .chunk_prefix_dirs(false)
+///     .create()?;
+/// let group = store.group(&BackupNamespace::root(), &"vm/100".parse::<BackupGroup>()?);
+/// let owner: Authid = "root@pam".parse()?;
+/// let mut backup = group.start_backup(&owner, BackupTime::from_epoch(1_717_600_000)?)?;
+/// backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)?;
+/// backup.add_fixed_archive("drive-scsi0.img.fidx", &vec![7u8; 200_000], 65_536)?;
+/// let snapshot = backup.finish()?;
+/// assert!(snapshot.is_finished()?);
+/// assert_eq!(snapshot.load_manifest()?.files().len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct BackupWriter {
+    snapshot: Snapshot,
+    manifest: BackupManifest,
+    stats: ChunkUploadStats,
+    finished: bool,
+    // Released on drop, snapshot lock first.
+    snapshot_lock: Option<LockGuard>,
+    _group_lock: LockGuard,
+}
+
+impl Group {
+    /// Starts a new backup in this group at `time`, as `auth_id`: makes the group with that owner if
+    /// it is missing (else `auth_id` must be allowed to act as its owner), takes the group lock for
+    /// the whole backup, and makes the snapshot folder under its own lock.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`]; [`Error::TimeNotNewer`] unless `time` is newer than the last finished
+    /// snapshot (one whose verification failed does not count, as in PBS);
+    /// [`Error::AlreadyExists`] if the snapshot exists; [`Error::Locked`] if a backup runs.
+    pub fn start_backup(&self, auth_id: &Authid, time: BackupTime) -> Result<BackupWriter> {
+        let (owner, group_lock) = self.create_locked(auth_id)?;
+        if !auth_id.may_act_as_owner(&owner) {
+            return Err(Error::NotOwner {
+                group: self.relative_path(),
+                owner,
+                auth_id: auth_id.clone(),
+            });
+        }
+        if let Some(last) = self.last_backup(true)? {
+            let snapshot = self.store().snapshot(self.ns(), &last.snapshot);
+            let failed = matches!(
+                snapshot.verify_state(),
+                Ok(Some(state)) if state.state == VerifyOutcome::Failed
+            );
+            if !failed && time <= last.snapshot.time() {
+                return Err(Error::TimeNotNewer {
+                    group: self.relative_path(),
+                    time,
+                    last: last.snapshot.time(),
+                });
+            }
+        }
+        let dir = BackupDir::new(self.name().clone(), time);
+        let snapshot = self.store().snapshot(self.ns(), &dir);
+        let rel = snapshot.relative_path();
+        if snapshot.exists()? {
+            return Err(Error::AlreadyExists {
+                what: "snapshot",
+                path: rel,
+            });
+        }
+        self.store()
+            .backend()
+            .create_dir_all(&path(&rel)?)
+            .map_err(|e| Error::backend(&rel, e))?;
+        let snapshot_lock = snapshot.lock()?;
+        Ok(BackupWriter {
+            manifest: BackupManifest::new(&dir),
+            snapshot,
+            stats: ChunkUploadStats::default(),
+            finished: false,
+            snapshot_lock: Some(snapshot_lock),
+            _group_lock: group_lock,
+        })
+    }
+}
+
+impl BackupWriter {
+    /// The snapshot being written.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<BackendPath> {
+        let file = self.snapshot.file(name)?;
+        self.snapshot
+            .store()
+            .backend()
+            .write(&file, bytes, WriteMode::CreateOnly)
+            .map_err(|e| Error::from_backend("file", file.as_str(), e))?;
+        Ok(file)
+    }
+
+    fn crypt_mode(&self, encrypt: bool) -> Result<CryptMode> {
+        if !encrypt {
+            return Ok(CryptMode::None);
+        }
+        if self.snapshot.store().crypt_config().is_none() {
+            return Err(Error::InvalidArgument(
+                "encryption requested but the store has no key".to_owned(),
+            ));
+        }
+        Ok(CryptMode::Encrypt)
+    }
+
+    fn add_to_manifest(
+        &mut self,
+        name: &str,
+        mode: CryptMode,
+        size: u64,
+        csum: [u8; 32],
+    ) -> Result<()> {
+        let info = FileInfo::new(name, mode, size, csum).map_err(|source| Error::Encode {
+            path: name.to_owned(),
+            source,
+        })?;
+        self.manifest
+            .add_file(info)
+            .map_err(|source| Error::Encode {
+                path: name.to_owned(),
+                source,
+            })
+    }
+
+    /// Adds a blob file (`<name>.blob`), compressed when smaller and encrypted with the store's key
+    /// if `encrypt`. Its manifest entry records the stored file's size and SHA-256, as PBS does.
+    pub fn add_blob(&mut self, name: &str, data: &[u8], encrypt: bool) -> Result<()> {
+        check_name(name)?;
+        let mode = self.crypt_mode(encrypt)?;
+        let crypt = if encrypt {
+            self.snapshot.store().crypt_config()
+        } else {
+            None
+        };
+        let blob = DataBlob::encode(data, crypt, true).map_err(|source| Error::Encode {
+            path: name.to_owned(),
+            source,
+        })?;
+        let raw = blob.as_bytes();
+        self.write_file(name, raw)?;
+        self.add_to_manifest(name, mode, raw.len() as u64, Sha256::digest(raw).into())
+    }
+
+    fn insert(&mut self, chunk: &[u8], encrypt: bool) -> Result<[u8; 32]> {
+        let inserted = self.snapshot.store().insert_chunk(chunk, encrypt)?;
+        self.stats.count += 1;
+        self.stats.size += chunk.len() as u64;
+        if inserted.duplicate {
+            self.stats.duplicates += 1;
+        } else {
+            self.stats.compressed_size += inserted.encoded_size;
+        }
+        Ok(inserted.digest)
+    }
+
+    /// Adds a fixed-size chunk index (`<name>.fidx`, a disk image): cuts `data` into `chunk_size`
+    /// pieces, inserts each into the chunk store and writes the index.
+    pub fn add_fixed_archive(&mut self, name: &str, data: &[u8], chunk_size: u64) -> Result<()> {
+        self.add_fixed_archive_with(name, data, chunk_size, false)
+    }
+
+    /// [`add_fixed_archive`](Self::add_fixed_archive), encrypting the chunks with the store's key.
+    pub fn add_fixed_archive_with(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        chunk_size: u64,
+        encrypt: bool,
+    ) -> Result<()> {
+        check_name(name)?;
+        let mode = self.crypt_mode(encrypt)?;
+        let bad = |source| Error::Encode {
+            path: name.to_owned(),
+            source,
+        };
+        let ctime = self.snapshot.dir().time().epoch();
+        let mut writer =
+            FixedIndexWriter::new(data.len() as u64, chunk_size, ctime).map_err(bad)?;
+        let step = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
+        for chunk in data.chunks(step) {
+            let digest = self.insert(chunk, encrypt)?;
+            writer.push(&digest).map_err(bad)?;
+        }
+        let csum = writer.index_csum();
+        let bytes = writer.finish().map_err(bad)?;
+        self.write_file(name, &bytes)?;
+        self.add_to_manifest(name, mode, data.len() as u64, csum)
+    }
+
+    /// Adds a dynamic chunk index (`<name>.didx`, e.g. a pxar archive) over the given chunks, in
+    /// order; each is inserted into the chunk store.
+    pub fn add_dynamic_archive<'c>(
+        &mut self,
+        name: &str,
+        chunks: impl IntoIterator<Item = &'c [u8]>,
+        encrypt: bool,
+    ) -> Result<()> {
+        check_name(name)?;
+        let mode = self.crypt_mode(encrypt)?;
+        let bad = |source| Error::Encode {
+            path: name.to_owned(),
+            source,
+        };
+        let mut writer = DynamicIndexWriter::new(self.snapshot.dir().time().epoch());
+        for chunk in chunks {
+            let digest = self.insert(chunk, encrypt)?;
+            writer
+                .push_chunk(chunk.len() as u64, &digest)
+                .map_err(bad)?;
+        }
+        let size = writer.archive_size();
+        let csum = writer.index_csum();
+        let bytes = writer.finish().map_err(bad)?;
+        self.write_file(name, &bytes)?;
+        self.add_to_manifest(name, mode, size, csum)
+    }
+
+    /// The manifest as it will be written, for callers that add `unprotected` data (notes, ...).
+    pub fn manifest_mut(&mut self) -> &mut BackupManifest {
+        &mut self.manifest
+    }
+
+    /// Writes the manifest (with the chunk upload statistics), which finishes the snapshot, and
+    /// releases the locks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if no file was added (PBS refuses empty backups).
+    pub fn finish(mut self) -> Result<Snapshot> {
+        if self.manifest.files().is_empty() {
+            return Err(Error::InvalidArgument(
+                "a backup needs at least one file".to_owned(),
+            ));
+        }
+        self.manifest.set_chunk_upload_stats(Some(self.stats));
+        self.snapshot.write_manifest(&self.manifest, None)?;
+        self.finished = true;
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl Drop for BackupWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An aborted backup leaves nothing behind, as in PBS (a forced destroy: we hold the
+            // snapshot lock ourselves). Best effort: an error here cannot be reported.
+            let _ = self.snapshot.destroy_without_group_cleanup(true);
+        }
+        drop(self.snapshot_lock.take());
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    check_archive_name(name)
+        .map(|_| ())
+        .map_err(|source| Error::Encode {
+            path: name.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_path;
+
+    #[test]
+    fn chunk_paths() {
+        let mut d = [0u8; 32];
+        d[0] = 0xbb;
+        d[1] = 0x9f;
+        assert_eq!(
+            chunk_path(&d),
+            format!(".chunks/bb9f/bb9f{}", "0".repeat(60))
+        );
+    }
+}
