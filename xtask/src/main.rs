@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask ci        fmt check, clippy (-D warnings), tests (with the S3 server), rustdoc (-D warnings), layering
-//! cargo xtask test      every test of the workspace, with a real S3 server (moto) on loopback
+//! cargo xtask test      every test of the workspace (or those the cargo test args select), with a
+//!                       real S3 server (moto) on loopback
 //! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
 //! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
 //! cargo xtask layering  only the crate layering check
@@ -47,7 +48,7 @@ fn print_help() {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          ci        fmt check, clippy -D warnings, tests (with S3), rustdoc -D warnings, layering\n  \
-         test      all tests with a real S3 server (moto) on loopback [-- extra cargo test args]\n  \
+         test      all tests with a real S3 server (moto) on loopback [cargo test args to select]\n  \
          bench     criterion benches [extra cargo bench args]\n  \
          s3        start the S3 test server and print its endpoint\n  \
          layering  check the crate dependency edges against docs/ARCHITECTURE.md"
@@ -90,12 +91,22 @@ fn ci(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
+    // With no arguments every test of the workspace; otherwise the arguments select, as for
+    // `cargo test` (`cargo xtask test -p keepsake-datastore --test moves -- --nocapture`).
+    let selection: Vec<String> = if extra.is_empty() {
+        vec!["--workspace".to_owned()]
+    } else {
+        extra.to_vec()
+    };
     // Build first, so that the S3 server is not kept waiting through a cold build.
-    run(cargo().args(["test", "--workspace", "--locked", "--no-run"]))?;
+    let build_args: Vec<&String> = selection.iter().take_while(|a| *a != "--").collect();
+    run(cargo()
+        .args(["test", "--locked", "--no-run"])
+        .args(build_args))?;
     let server = moto::MotoServer::start(root)?;
     eprintln!("xtask: S3 test server at {}", server.endpoint());
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--locked"]).args(extra);
+    cmd.args(["test", "--locked"]).args(&selection);
     server.export_to(&mut cmd);
     let result = run(&mut cmd);
     drop(server);

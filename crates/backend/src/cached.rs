@@ -11,13 +11,15 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::error::{Error, Result};
 use crate::keep::KeepFilter;
-use crate::layout::NAMESPACE_MARKER;
+use crate::layout::{ChunkDigest, NAMESPACE_MARKER};
 use crate::local::LocalBackend;
 use crate::object::{CONCURRENCY, ObjectBackend};
 use crate::path::BackendPath;
 use crate::requests::RequestCounts;
 use crate::version::Version;
-use crate::{Backend, Capabilities, FileContents, Listing, RemoveReport, Stat, WriteMode};
+use crate::{
+    Backend, Capabilities, ChunkInsert, FileContents, Listing, RemoveReport, Stat, WriteMode,
+};
 
 /// The top-level folders a refresh swaps in: the backup types of the root namespace and `ns`.
 const SWAPPED_FOLDERS: [&str; 4] = ["vm", "ct", "host", "ns"];
@@ -250,6 +252,47 @@ impl CachedBackend {
 }
 
 impl Backend for CachedBackend {
+    /// PBS's order: a chunk the cache holds (in full, or as an empty marker of an evicted chunk)
+    /// is a duplicate without a request; otherwise a no-replace upload, then the cache copy.
+    fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+        let local = digest.local_path();
+        if self.cache.exists(&local)? {
+            return Ok(ChunkInsert::Duplicate);
+        }
+        let outcome = self.remote.insert_chunk(digest, blob)?;
+        match self.cache.write(&local, blob, WriteMode::CreateOnly) {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(outcome),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// From the cache when it holds the chunk in full; otherwise (missing, or an empty marker)
+    /// from the bucket, and the cache keeps a copy.
+    fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        let local = digest.local_path();
+        match self.cache.read(&local) {
+            Ok(contents) if !contents.data.is_empty() => return Ok(contents.data),
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let data = self.remote.read_chunk(digest)?;
+        if let Err(e) = self.cache.write(&local, &data, WriteMode::Replace) {
+            tracing::warn!(path = %local, error = %e, "cannot cache a chunk");
+        }
+        Ok(data)
+    }
+
+    fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
+        if self.cache.exists(&digest.local_path())? {
+            return Ok(true);
+        }
+        self.remote.chunk_exists(digest)
+    }
+
+    fn host_local(&self) -> Option<&LocalBackend> {
+        Some(&self.cache)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             sorted_listing: false,

@@ -27,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Barrier;
 use std::thread;
 
-use crate::{Backend, BackendPath, EntryKind, Error, KeepFilter, WriteMode};
+use crate::{
+    Backend, BackendPath, ChunkDigest, ChunkInsert, EntryKind, Error, KeepFilter, WriteMode,
+};
 
 /// A backend under test, with whatever must live as long as it (a temporary folder).
 pub struct Subject {
@@ -82,6 +84,7 @@ macro_rules! backend_conformance_tests {
             rename,
             stat_kinds,
             folders,
+            chunks,
             blocking_inside_runtimes
         );
     };
@@ -270,6 +273,45 @@ pub fn create_only_race(backend: &dyn Backend) {
         assert_eq!(read.data, format!("writer {winner}").as_bytes());
         assert_eq!(&read.version, version.as_ref().unwrap());
     }
+}
+
+/// Chunks: create-only by digest (one winner among racing inserts, a duplicate is not
+/// rewritten), read back, existence, and a missing chunk is [`Error::NotFound`].
+pub fn chunks(backend: &dyn Backend) {
+    const THREADS: usize = 6;
+    let digest = ChunkDigest::new([0xab; 32]);
+    let missing = ChunkDigest::new([0x01; 32]);
+    assert!(!backend.chunk_exists(&digest).unwrap());
+    assert!(matches!(
+        backend.read_chunk(&missing),
+        Err(Error::NotFound { .. })
+    ));
+    let barrier = Barrier::new(THREADS);
+    let outcomes: Vec<ChunkInsert> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (barrier, digest) = (&barrier, &digest);
+                scope.spawn(move || {
+                    barrier.wait();
+                    backend.insert_chunk(digest, b"chunk bytes").unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let stored = outcomes
+        .iter()
+        .filter(|o| **o == ChunkInsert::Stored)
+        .count();
+    assert_eq!(stored, 1, "{outcomes:?}");
+    assert!(backend.chunk_exists(&digest).unwrap());
+    assert_eq!(backend.read_chunk(&digest).unwrap(), b"chunk bytes");
+    assert_eq!(
+        backend.insert_chunk(&digest, b"other bytes").unwrap(),
+        ChunkInsert::Duplicate
+    );
+    assert_eq!(backend.read_chunk(&digest).unwrap(), b"chunk bytes");
+    assert!(!backend.chunk_exists(&missing).unwrap());
 }
 
 /// Compare-and-swap replaces only the version that was read.

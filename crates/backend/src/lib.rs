@@ -63,6 +63,7 @@ use std::sync::Arc;
 pub use cached::{CachedBackend, RefreshReport};
 pub use error::{Error, Result};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
+pub use layout::ChunkDigest;
 pub use local::{LocalBackend, SyncLevel};
 pub use object::ObjectBackend;
 pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
@@ -275,6 +276,59 @@ pub trait Backend: Send + Sync + fmt::Debug {
             Err(e) => Err(e),
         }
     }
+
+    /// Stores a chunk (its encoded DataBlob bytes) under its digest, create-only: a chunk that is
+    /// there already is not rewritten and the answer is [`ChunkInsert::Duplicate`]. Concurrent
+    /// inserts of one digest have one [`ChunkInsert::Stored`] winner.
+    ///
+    /// Chunks live apart from the content: `.chunks/<4 hex>/<64 hex>` in a local datastore,
+    /// `<store>/.chunks/<4 hex>/<64 hex>` in a bucket (not below `.cnt`), and in the cached
+    /// backend in the bucket first (PBS's no-replace upload), then in the cache.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+        match self.write(&digest.local_path(), blob, WriteMode::CreateOnly) {
+            Ok(_) => Ok(ChunkInsert::Stored),
+            Err(Error::AlreadyExists { .. }) => Ok(ChunkInsert::Duplicate),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a chunk's encoded bytes.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] (with the chunk's local path) if the chunk is not stored.
+    fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        self.read(&digest.local_path())
+            .map(|contents| contents.data)
+    }
+
+    /// Whether a chunk is stored.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
+        self.exists(&digest.local_path())
+    }
+
+    /// The local datastore directory behind this backend, if there is one: the datastore itself
+    /// for [`LocalBackend`], the cache for [`CachedBackend`], none for a bare [`ObjectBackend`].
+    ///
+    /// It is for files that belong to this host and must not go to a bucket: PBS's process lock
+    /// file `.lock`, journals of operations in progress.
+    fn host_local(&self) -> Option<&LocalBackend> {
+        None
+    }
+}
+
+/// What [`Backend::insert_chunk`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChunkInsert {
+    /// The chunk was written.
+    Stored,
+    /// The chunk was there already; nothing was written.
+    Duplicate,
 }
 
 macro_rules! forward_backend {
@@ -309,6 +363,18 @@ macro_rules! forward_backend {
             }
             fn exists(&self, path: &BackendPath) -> Result<bool> {
                 (**self).exists(path)
+            }
+            fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+                (**self).insert_chunk(digest, blob)
+            }
+            fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+                (**self).read_chunk(digest)
+            }
+            fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
+                (**self).chunk_exists(digest)
+            }
+            fn host_local(&self) -> Option<&LocalBackend> {
+                (**self).host_local()
             }
         }
     )*};

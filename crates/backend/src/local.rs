@@ -577,6 +577,10 @@ impl Iterator for LocalListing {
 }
 
 impl Backend for LocalBackend {
+    fn host_local(&self) -> Option<&LocalBackend> {
+        Some(self)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             sorted_listing: false,

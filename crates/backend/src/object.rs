@@ -15,15 +15,15 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 
 use crate::error::{Error, Result};
 use crate::keep::KeepFilter;
-use crate::layout::ObjectLayout;
+use crate::layout::{ChunkDigest, ObjectLayout};
 use crate::path::{BackendPath, check_component};
 use crate::requests::{CountingStore, RequestCounter, RequestCounts};
 use crate::runtime::BlockingRuntime;
 use crate::s3::S3Config;
 use crate::version::Version;
 use crate::{
-    Backend, Capabilities, Entry, EntryKind, FileContents, Listing, RemoveReport, Stat, WriteMode,
-    check_file_path, check_rename,
+    Backend, Capabilities, ChunkInsert, Entry, EntryKind, FileContents, Listing, RemoveReport,
+    Stat, WriteMode, check_file_path, check_rename,
 };
 
 /// S3's limit on keys per `DeleteObjects` request, and the page size of its listings.
@@ -373,6 +373,54 @@ pub(crate) async fn delete_batches(
 }
 
 impl Backend for ObjectBackend {
+    fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+        let key = self.inner.layout.chunk_key(digest);
+        let store = Arc::clone(&self.inner.store);
+        let payload = PutPayload::from(Bytes::copy_from_slice(blob));
+        let (path, put_key) = (digest.local_path(), key.clone());
+        self.exec(&key, async move {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match store.put_opts(&put_key, payload, options).await {
+                Ok(_) => Ok(ChunkInsert::Stored),
+                // PBS counts "412 precondition failed" on a no-replace upload as a duplicate.
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(ChunkInsert::Duplicate),
+                Err(e) => Err(map_error(e, &path, &put_key)),
+            }
+        })
+    }
+
+    fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        let key = self.inner.layout.chunk_key(digest);
+        let store = Arc::clone(&self.inner.store);
+        let (path, get_key) = (digest.local_path(), key.clone());
+        self.exec(&key, async move {
+            let fetch = async { store.get(&get_key).await?.bytes().await };
+            match fetch.await {
+                Ok(bytes) => Ok(Vec::from(bytes)),
+                Err(e) => Err(map_error(e, &path, &get_key)),
+            }
+        })
+    }
+
+    fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
+        let key = self.inner.layout.chunk_key(digest);
+        let store = Arc::clone(&self.inner.store);
+        let (path, head_key) = (digest.local_path(), key.clone());
+        self.exec(&key, async move {
+            match store.head(&head_key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(map_error(e, &path, &head_key)),
+            }
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             sorted_listing: true,

@@ -298,3 +298,62 @@ fn block_on_runs_caller_futures_on_the_backend_runtime() {
     );
     assert_eq!(backend.requests().put, 1);
 }
+
+#[test]
+fn chunks_live_beside_the_content_with_one_request_each() {
+    use keepsake_backend::{CachedBackend, ChunkDigest, ChunkInsert, LocalBackend, SyncLevel};
+    use object_store::ObjectStoreExt;
+
+    let remote = ObjectBackend::in_memory("store1").unwrap();
+    let digest: ChunkDigest = format!("bb9f{}", "0".repeat(60)).parse().unwrap();
+    let key = format!("store1/.chunks/bb9f/bb9f{}", "0".repeat(60));
+
+    let before = remote.requests();
+    assert_eq!(
+        remote.insert_chunk(&digest, b"blob").unwrap(),
+        ChunkInsert::Stored
+    );
+    assert_eq!(
+        remote.insert_chunk(&digest, b"blob").unwrap(),
+        ChunkInsert::Duplicate
+    );
+    let spent = remote.requests() - before;
+    assert_eq!(spent.put, 2, "{spent:?}");
+    let store = Arc::clone(remote.object_store());
+    let stored = remote
+        .block_on(async move {
+            let key = object_store::path::Path::parse(&key).unwrap();
+            store.get(&key).await.unwrap().bytes().await.unwrap()
+        })
+        .unwrap();
+    assert_eq!(&stored[..], b"blob");
+    // Not content: nothing below `.cnt`.
+    assert!(!remote.exists(&p(".chunks")).unwrap());
+
+    // The cached backend keeps a copy at the local chunk path and skips the upload of a chunk it
+    // holds, like PBS.
+    let dir = tempfile::tempdir().unwrap();
+    let cached = CachedBackend::new(
+        LocalBackend::open(dir.path(), SyncLevel::None).unwrap(),
+        remote.clone(),
+    );
+    let other = ChunkDigest::new([0x42; 32]);
+    assert_eq!(
+        cached.insert_chunk(&other, b"other").unwrap(),
+        ChunkInsert::Stored
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(format!(".chunks/4242/{other}"))).unwrap(),
+        b"other"
+    );
+    let before = remote.requests();
+    assert_eq!(
+        cached.insert_chunk(&other, b"other").unwrap(),
+        ChunkInsert::Duplicate
+    );
+    assert_eq!(remote.requests() - before, Default::default());
+    // An evicted chunk (empty marker) is fetched from the bucket.
+    std::fs::write(dir.path().join(format!(".chunks/4242/{other}")), b"").unwrap();
+    assert_eq!(cached.read_chunk(&other).unwrap(), b"other");
+    assert_eq!(cached.read_chunk(&digest).unwrap(), b"blob");
+}

@@ -194,7 +194,7 @@ impl DataStoreBuilder {
 
     /// Creates a new datastore: the folder must be missing or empty (entries starting with `.` and
     /// `lost+found` are allowed, as PBS allows); makes `.chunks` (with its prefix folders unless
-    /// turned off) and the empty `.lock` file.
+    /// turned off) and the empty `.lock` file (on the host: in the cache of an S3 datastore).
     ///
     /// # Errors
     /// [`Error::Refused`] for a non-empty folder; backend errors.
@@ -225,9 +225,12 @@ impl DataStoreBuilder {
                     .map_err(|e| Error::backend(dir.as_str(), e))?;
             }
         }
-        match backend.write(&path(LOCK_FILE_NAME)?, b"", WriteMode::CreateOnly) {
-            Ok(_) | Err(keepsake_backend::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(Error::backend(LOCK_FILE_NAME, e)),
+        // `.lock` belongs to the host (PBS's process locker), never to a bucket.
+        if let Some(local) = backend.host_local() {
+            match local.write(&path(LOCK_FILE_NAME)?, b"", WriteMode::CreateOnly) {
+                Ok(_) | Err(keepsake_backend::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(Error::backend(LOCK_FILE_NAME, e)),
+            }
         }
         Ok(store)
     }

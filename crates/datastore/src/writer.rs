@@ -1,6 +1,6 @@
 //! Writing a new backup: what a downstream backup server needs to produce a snapshot PBS can read.
 
-use keepsake_backend::{BackendPath, WriteMode};
+use keepsake_backend::{BackendPath, ChunkDigest, ChunkInsert, WriteMode};
 use keepsake_hierarchy::{Authid, BackupDir, BackupTime};
 use keepsake_lock::LockGuard;
 use keepsake_manifest::blob::DataBlob;
@@ -48,11 +48,12 @@ impl DataStore {
             None
         };
         let digest = chunk_digest(data, crypt);
+        let chunk = ChunkDigest::new(digest);
         let rel = chunk_path(&digest);
-        let file = path(&rel)?;
+        // Skip the encoding when the chunk is known (PBS checks before it uploads, too).
         if self
             .backend()
-            .exists(&file)
+            .chunk_exists(&chunk)
             .map_err(|e| Error::backend(&rel, e))?
         {
             return Ok(InsertedChunk {
@@ -66,16 +67,13 @@ impl DataStore {
             source,
         })?;
         let encoded_size = blob.as_bytes().len() as u64;
-        match self
-            .backend()
-            .write(&file, blob.as_bytes(), WriteMode::CreateOnly)
-        {
-            Ok(_) => Ok(InsertedChunk {
+        match self.backend().insert_chunk(&chunk, blob.as_bytes()) {
+            Ok(ChunkInsert::Stored) => Ok(InsertedChunk {
                 digest,
                 duplicate: false,
                 encoded_size,
             }),
-            Err(keepsake_backend::Error::AlreadyExists { .. }) => Ok(InsertedChunk {
+            Ok(ChunkInsert::Duplicate) => Ok(InsertedChunk {
                 digest,
                 duplicate: true,
                 encoded_size: 0,
@@ -84,11 +82,20 @@ impl DataStore {
         }
     }
 
-    /// Whether a chunk is in the chunk store.
+    /// Whether a chunk is in the chunk store (on an S3 datastore: in the cache, or else in the
+    /// bucket).
     pub fn chunk_exists(&self, digest: &[u8; 32]) -> Result<bool> {
+        self.backend()
+            .chunk_exists(&ChunkDigest::new(*digest))
+            .map_err(|e| Error::backend(&chunk_path(digest), e))
+    }
+
+    /// Reads a chunk's stored bytes (a DataBlob; on an S3 datastore from the cache, or else from
+    /// the bucket).
+    pub fn read_chunk(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
         let rel = chunk_path(digest);
         self.backend()
-            .exists(&path(&rel)?)
+            .read_chunk(&ChunkDigest::new(*digest))
             .map_err(|e| Error::backend(&rel, e))
     }
 }

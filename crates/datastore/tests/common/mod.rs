@@ -98,6 +98,16 @@ pub(crate) fn all(test: &str) -> Vec<TestStore> {
 
 /// Every file below `folder` with its bytes, walking through the `Backend` trait.
 fn walk(backend: &dyn Backend, folder: &BackendPath, out: &mut BTreeMap<String, Vec<u8>>) {
+    walk_with(backend, folder, out, false);
+}
+
+/// [`walk`], optionally skipping the cache's own top-level `.chunks` folder and `.lock` file.
+fn walk_with(
+    backend: &dyn Backend,
+    folder: &BackendPath,
+    out: &mut BTreeMap<String, Vec<u8>>,
+    skip_host_files: bool,
+) {
     let entries: Vec<_> = match backend.list(folder) {
         Ok(l) => l.map(|e| e.unwrap()).collect(),
         Err(keepsake_backend::Error::NotFound { .. }) => return,
@@ -105,12 +115,14 @@ fn walk(backend: &dyn Backend, folder: &BackendPath, out: &mut BTreeMap<String, 
     };
     for entry in entries {
         let path = folder.join(&entry.name).unwrap();
-        // Chunks and the process lock file are not content metadata.
-        if folder.is_root() && (entry.name == ".chunks" || entry.name == ".lock") {
+        // Chunks and the process lock file are not content metadata: in the bucket they must not
+        // appear below `.cnt` at all.
+        if skip_host_files && folder.is_root() && (entry.name == ".chunks" || entry.name == ".lock")
+        {
             continue;
         }
         match entry.kind {
-            EntryKind::Dir => walk(backend, &path, out),
+            EntryKind::Dir => walk_with(backend, &path, out, skip_host_files),
             EntryKind::File => {
                 out.insert(path.to_string(), backend.read(&path).unwrap().data);
             }
@@ -123,7 +135,7 @@ fn walk(backend: &dyn Backend, folder: &BackendPath, out: &mut BTreeMap<String, 
 pub(crate) fn assert_cache_matches_bucket(t: &TestStore) {
     if let Some(cached) = &t.cached {
         let mut local = BTreeMap::new();
-        walk(cached.cache(), &BackendPath::root(), &mut local);
+        walk_with(cached.cache(), &BackendPath::root(), &mut local, true);
         let mut remote = BTreeMap::new();
         walk(cached.remote(), &BackendPath::root(), &mut remote);
         // Namespace markers live in the bucket only if the cache has no copy; compare both ways.
@@ -136,6 +148,22 @@ pub(crate) fn assert_cache_matches_bucket(t: &TestStore) {
         );
         for (name, bytes) in &local {
             assert_eq!(Some(bytes), remote.get(name), "{}: {name} differs", t.kind);
+        }
+        // Every chunk of the cache is in the bucket at PBS's chunk key, with the same bytes.
+        let chunks = t.root().join(".chunks");
+        for prefix in std::fs::read_dir(&chunks).into_iter().flatten() {
+            for chunk in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
+                let chunk = chunk.unwrap();
+                let digest: keepsake_backend::ChunkDigest =
+                    chunk.file_name().to_str().unwrap().parse().unwrap();
+                let cached_bytes = std::fs::read(chunk.path()).unwrap();
+                assert_eq!(
+                    cached.remote().read_chunk(&digest).unwrap(),
+                    cached_bytes,
+                    "{}: chunk {digest} differs or is missing in the bucket",
+                    t.kind
+                );
+            }
         }
     }
 }
