@@ -1,0 +1,349 @@
+//! The command line: global options and every command, with an example in each `--help`.
+
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use keepsake_backend::SyncLevel;
+use keepsake_datastore::prune::KeepWithin;
+use keepsake_hierarchy::{Authid, BackupNamespace, GroupFilter};
+
+use crate::target::{GroupArg, SnapshotArg, TargetArg};
+
+/// keepsake: inspect and maintain Proxmox Backup Server datastores, local or on S3.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keepsake",
+    version,
+    about,
+    long_about = "keepsake: inspect and maintain Proxmox Backup Server (PBS) datastores, on a local \
+                  filesystem or on S3-compatible object storage with a local cache.\n\n\
+                  Objects are named as PBS names them: a namespace `prod/site-a`, a group `vm/100`, a \
+                  snapshot `vm/100/2024-06-05T15:06:40Z` (or with its namespace path, \
+                  `ns/prod/vm/100/2024-06-05T15:06:40Z`).",
+    after_help = "Examples:\n  \
+                  keepsake demo /tmp/demo\n  \
+                  keepsake --store /tmp/demo groups\n  \
+                  keepsake --store /tmp/demo --ns prod snapshots vm/101 --json\n  \
+                  AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… keepsake --store /var/cache/store1 \\\n      \
+                  --s3-endpoint https://s3.example.com --s3-bucket backups refresh"
+)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes (before or after the command name).
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// The datastore folder (for an S3 datastore: its local cache folder).
+    #[arg(long, global = true, env = "KEEPSAKE_STORE", value_name = "PATH")]
+    pub(crate) store: Option<PathBuf>,
+
+    /// The datastore name (lock folder, S3 key prefix); default: the store folder's name.
+    #[arg(long, global = true, env = "KEEPSAKE_STORE_NAME", value_name = "NAME")]
+    pub(crate) name: Option<String>,
+
+    /// S3 endpoint URL (default: AWS for the region); credentials come from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN.
+    #[arg(long, global = true, value_name = "URL", requires = "s3_bucket")]
+    pub(crate) s3_endpoint: Option<String>,
+
+    /// S3 bucket: makes the datastore an S3 datastore with `--store` as its local cache.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) s3_bucket: Option<String>,
+
+    /// S3 region [default: AWS_REGION, AWS_DEFAULT_REGION or us-east-1].
+    #[arg(long, global = true, value_name = "REGION", requires = "s3_bucket")]
+    pub(crate) s3_region: Option<String>,
+
+    /// Folder for lock files [default: /run/proxmox-backup/locks if it exists (to exclude a PBS
+    /// server on this host), else <temp dir>/keepsake-locks].
+    #[arg(long, global = true, env = "KEEPSAKE_LOCK_ROOT", value_name = "DIR")]
+    pub(crate) lock_root: Option<PathBuf>,
+
+    /// How much a local write forces to disk: `filesystem` (PBS's default: durable when the
+    /// command returns), `file` or `none` (PBS's `sync-level` tuning option).
+    #[arg(
+        long,
+        global = true,
+        value_name = "LEVEL",
+        default_value = "filesystem"
+    )]
+    pub(crate) sync_level: SyncLevel,
+
+    /// Machine output: one JSON document on stdout (errors as {"error": …}); no progress bars.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// The namespace to work in (`a/b`; default: the root namespace).
+    #[arg(long, global = true, value_name = "NS")]
+    pub(crate) ns: Option<BackupNamespace>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a new datastore at --store (with --s3-bucket: in the bucket, with the cache at --store).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /srv/store1 init\n  \
+        keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups init")]
+    Init {
+        /// Do not make the 65,536 chunk prefix folders (for stores that never hold chunks; chunk
+        /// writes make the folder they need).
+        #[arg(long)]
+        skip_chunk_dirs: bool,
+    },
+
+    /// Create a sample datastore (namespaces, groups, owners, finished, unfinished and protected
+    /// snapshots, real blobs, indexes and chunks) and print its tree.
+    #[command(
+        after_help = "Example:\n  keepsake demo /tmp/demo\n  keepsake --store /tmp/demo tree"
+    )]
+    Demo {
+        /// The folder to create the datastore in (must be missing or empty).
+        dir: PathBuf,
+    },
+
+    /// Print the datastore as a tree: namespaces, groups, owners, snapshots.
+    #[command(
+        after_help = "Example:\n  keepsake --store /tmp/demo tree\n  keepsake --store /tmp/demo --ns prod tree"
+    )]
+    Tree,
+
+    /// Namespaces: list, create, remove.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  keepsake --store /tmp/demo ns list\n  keepsake --store /tmp/demo ns create staging"
+    )]
+    Ns(NsCommand),
+
+    /// List the groups of a namespace: type, id, owner, snapshot count, last backup.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo groups\n  \
+        keepsake --store /tmp/demo groups --recursive --filter type:vm --json")]
+    Groups {
+        /// PBS group filters: `type:vm`, `group:vm/100`, `regex:^vm/1`, each optionally prefixed
+        /// with `include:` or `exclude:`.
+        #[arg(long = "filter", value_name = "FILTER")]
+        filters: Vec<GroupFilter>,
+        /// Also list the groups of every namespace below.
+        #[arg(long)]
+        recursive: bool,
+    },
+
+    /// List snapshots (of one group, or of every group in the namespace): time, finished,
+    /// protected, files, size.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo snapshots\n  \
+        keepsake --store /tmp/demo snapshots vm/100 --json")]
+    Snapshots {
+        /// The group (`vm/100`); default: every group of the namespace.
+        group: Option<GroupArg>,
+    },
+
+    /// Show one snapshot: manifest, files, notes, verify state.
+    #[command(
+        after_help = "Example:\n  keepsake --store /tmp/demo show vm/100/2024-06-02T02:00:00Z"
+    )]
+    Show {
+        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        snapshot: SnapshotArg,
+    },
+
+    /// Print a group's owner, or set it.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo owner vm/100\n  \
+        keepsake --store /tmp/demo owner vm/100 backup@pbs --force")]
+    Owner {
+        /// The group (`vm/100`).
+        group: GroupArg,
+        /// The new owner (`user@realm` or `user@realm!token`).
+        owner: Option<Authid>,
+        /// Replace an owner that is set already.
+        #[arg(long, requires = "owner")]
+        force: bool,
+    },
+
+    /// Print the notes of a group or snapshot, or set them.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo notes vm/100\n  \
+        keepsake --store /tmp/demo notes vm/100/2024-06-02T02:00:00Z --set 'before the upgrade'\n  \
+        echo 'from stdin' | keepsake --store /tmp/demo notes vm/100 --set -")]
+    Notes {
+        /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        target: TargetArg,
+        /// Replace the notes with TEXT (`-` reads them from stdin).
+        #[arg(long, value_name = "TEXT", conflicts_with = "clear")]
+        set: Option<String>,
+        /// Remove the notes.
+        #[arg(long)]
+        clear: bool,
+    },
+
+    /// Protect a snapshot: prune and forget keep it.
+    #[command(
+        after_help = "Example:\n  keepsake --store /tmp/demo protect vm/100/2024-06-02T02:00:00Z"
+    )]
+    Protect {
+        /// The snapshot.
+        snapshot: SnapshotArg,
+    },
+
+    /// Remove a snapshot's protection.
+    #[command(
+        after_help = "Example:\n  keepsake --store /tmp/demo unprotect vm/100/2024-06-01T02:00:00Z"
+    )]
+    Unprotect {
+        /// The snapshot.
+        snapshot: SnapshotArg,
+    },
+
+    /// Destroy a snapshot, or a whole group; protected snapshots are refused (and kept).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo forget vm/100/2024-06-02T02:00:00Z\n  \
+        keepsake --store /tmp/demo --ns prod forget vm/101")]
+    Forget {
+        /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        target: TargetArg,
+    },
+
+    /// Apply a retention policy: print every snapshot with its mark and reason, and remove the
+    /// ones marked `remove` (unless --dry-run).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo prune vm/100 --keep-last 2 --dry-run\n  \
+        keepsake --store /tmp/demo prune --recursive --filter type:vm --keep-daily 7 --keep-weekly 4")]
+    Prune(PruneArgs),
+
+    /// Show lock files and who holds them (of a group, a snapshot, or every lock file of the store).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo locks\n  \
+        keepsake --store /tmp/demo locks vm/100 --json")]
+    Locks {
+        /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        target: Option<TargetArg>,
+    },
+
+    /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).
+    #[command(after_help = "Example:\n  \
+        keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups refresh")]
+    Refresh,
+}
+
+/// `keepsake ns …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NsCommand {
+    /// List the namespaces below --ns (itself included).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo ns list\n  \
+        keepsake --store /tmp/demo --ns prod ns list --max-depth 1 --json")]
+    List {
+        /// How many levels below --ns to list (0: only --ns itself).
+        #[arg(long, value_name = "N")]
+        max_depth: Option<usize>,
+    },
+
+    /// Create a namespace (full name, `a/b`).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo ns create staging\n  \
+        keepsake --store /tmp/demo ns create staging/eu/site-1 --parents")]
+    Create {
+        /// The namespace (`a/b`).
+        namespace: BackupNamespace,
+        /// Create missing parents too, and succeed if it exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+
+    /// Remove a namespace and those below it (full name, `a/b`).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo ns remove dev\n  \
+        keepsake --store /tmp/demo ns remove prod --delete-groups")]
+    Remove {
+        /// The namespace (`a/b`).
+        namespace: BackupNamespace,
+        /// Also destroy the groups in them (protected snapshots stay, with their namespace).
+        #[arg(long)]
+        delete_groups: bool,
+    },
+}
+
+/// `keepsake prune …`.
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// One group (`vm/100`); default: every group of the namespace.
+    pub(crate) group: Option<GroupArg>,
+    /// Also prune the groups of every namespace below.
+    #[arg(long, conflicts_with = "group")]
+    pub(crate) recursive: bool,
+    /// PBS group filters (see `groups --help`).
+    #[arg(long = "filter", value_name = "FILTER", conflicts_with = "group")]
+    pub(crate) filters: Vec<GroupFilter>,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_last: Option<NonZeroU64>,
+    /// Keep the newest snapshot of each of the N newest minutes.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_minutely: Option<NonZeroU64>,
+    /// … of each of the N newest hours.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_hourly: Option<NonZeroU64>,
+    /// … days (local time).
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_daily: Option<NonZeroU64>,
+    /// … ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_weekly: Option<NonZeroU64>,
+    /// … months.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_monthly: Option<NonZeroU64>,
+    /// … years.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_yearly: Option<NonZeroU64>,
+    /// Keep every snapshot this close to the newest one (`30d`, `2w`, `1y2m`, `36h`).
+    #[arg(long, value_name = "D")]
+    pub(crate) keep_within: Option<KeepWithin>,
+    /// Only print the plan; remove nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            let name = format!("{path} {}", cmd.get_name());
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("keepsake "),
+                "{name}: no example in after_help"
+            );
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &name);
+            }
+        }
+        walk(&Cli::command(), "");
+    }
+}

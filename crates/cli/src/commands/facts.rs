@@ -1,0 +1,179 @@
+//! What listings show about groups and snapshots, in the JSON shapes of the PBS API (kebab-case).
+
+use anyhow::Result;
+use keepsake_datastore::{DataStore, Group, Snapshot};
+use keepsake_hierarchy::{BackupNamespace, GroupFilter};
+use serde::Serialize;
+
+/// A snapshot as `snapshots` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct SnapshotFacts {
+    /// Namespace, name form (`""` for the root).
+    pub(crate) ns: String,
+    /// `vm`, `ct` or `host`.
+    pub(crate) backup_type: String,
+    /// The backup id.
+    pub(crate) backup_id: String,
+    /// Epoch seconds.
+    pub(crate) backup_time: i64,
+    /// `type/id/time`.
+    pub(crate) snapshot: String,
+    /// Backup files in the folder (the manifest included), sorted.
+    pub(crate) files: Vec<String>,
+    /// `.protected` exists.
+    pub(crate) protected: bool,
+    /// The manifest exists.
+    pub(crate) finished: bool,
+    /// Sum of the archive sizes the manifest lists; `null` without a readable manifest.
+    pub(crate) size: Option<u64>,
+}
+
+impl SnapshotFacts {
+    /// Reads the facts of one snapshot (a manifest that cannot be read only loses the size).
+    pub(crate) fn read(snapshot: &Snapshot) -> Result<Self> {
+        let info = snapshot.info()?;
+        let finished = info.is_finished();
+        let size = if finished {
+            match snapshot.load_manifest() {
+                Ok(manifest) => Some(manifest.files().iter().map(|f| f.size()).sum()),
+                Err(e) => {
+                    tracing::warn!(snapshot = %snapshot.relative_path(), error = %e, "manifest unreadable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut files = info.files;
+        files.sort();
+        let dir = snapshot.dir();
+        Ok(Self {
+            ns: snapshot.ns().to_string(),
+            backup_type: dir.group().ty().to_string(),
+            backup_id: dir.group().id().to_string(),
+            backup_time: dir.time().epoch(),
+            snapshot: dir.to_string(),
+            files,
+            protected: info.protected,
+            finished,
+            size,
+        })
+    }
+
+    /// The snapshot time as its folder name.
+    pub(crate) fn time_text(&self) -> String {
+        self.snapshot
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.snapshot)
+            .to_owned()
+    }
+}
+
+/// A group as `groups` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct GroupFacts {
+    /// Namespace, name form (`""` for the root).
+    pub(crate) ns: String,
+    /// `vm`, `ct` or `host`.
+    pub(crate) backup_type: String,
+    /// The backup id.
+    pub(crate) backup_id: String,
+    /// The owner; `null` when the owner file is missing or invalid.
+    pub(crate) owner: Option<String>,
+    /// How many snapshots (finished or not).
+    pub(crate) backup_count: u64,
+    /// Epoch seconds of the newest finished snapshot, or `null`.
+    pub(crate) last_backup: Option<i64>,
+}
+
+impl GroupFacts {
+    /// Reads the facts of one group, and its snapshots (sorted oldest first) for callers that
+    /// show them.
+    pub(crate) fn read(group: &Group) -> Result<(Self, Vec<SnapshotFacts>)> {
+        let owner = match group.owner() {
+            Ok(owner) => Some(owner.to_string()),
+            Err(e) => {
+                tracing::warn!(group = %group.relative_path(), error = %e, "no valid owner");
+                None
+            }
+        };
+        let snapshots = snapshots_of(group)?;
+        let last_backup = snapshots
+            .iter()
+            .filter(|s| s.finished)
+            .map(|s| s.backup_time)
+            .max();
+        let name = group.name();
+        Ok((
+            Self {
+                ns: group.ns().to_string(),
+                backup_type: name.ty().to_string(),
+                backup_id: name.id().to_string(),
+                owner,
+                backup_count: snapshots.len() as u64,
+                last_backup,
+            },
+            snapshots,
+        ))
+    }
+
+    /// `type/id`.
+    pub(crate) fn group_text(&self) -> String {
+        format!("{}/{}", self.backup_type, self.backup_id)
+    }
+}
+
+/// The snapshots of a group, oldest first; entries that do not parse are logged and skipped.
+pub(crate) fn snapshots_of(group: &Group) -> Result<Vec<SnapshotFacts>> {
+    let mut handles = Vec::new();
+    for snapshot in group.iter_snapshots()? {
+        match snapshot {
+            Ok(s) => handles.push(s),
+            Err(e) => tracing::warn!(error = %e, "skipping an entry that is not a snapshot"),
+        }
+    }
+    handles.sort_by_key(|s| s.dir().time());
+    handles.iter().map(SnapshotFacts::read).collect()
+}
+
+/// The groups of a namespace that pass `filters`, sorted by type and id; entries that do not
+/// parse are logged and skipped.
+pub(crate) fn groups_of(
+    store: &DataStore,
+    ns: &BackupNamespace,
+    filters: &[GroupFilter],
+) -> Result<Vec<Group>> {
+    let mut groups = Vec::new();
+    for group in store.iter_groups(ns)? {
+        match group {
+            Ok(g) if g.matches(filters) => groups.push(g),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "skipping an entry that is not a group"),
+        }
+    }
+    groups.sort_by(|a, b| a.name().cmp(b.name()));
+    Ok(groups)
+}
+
+/// `anchor` and (if `recursive`) every namespace below it, sorted by name.
+pub(crate) fn namespaces(
+    store: &DataStore,
+    anchor: &BackupNamespace,
+    recursive: bool,
+) -> Result<Vec<BackupNamespace>> {
+    if !recursive {
+        return Ok(vec![anchor.clone()]);
+    }
+    let mut all = Vec::new();
+    for ns in store.iter_namespaces_recursive(anchor, None)? {
+        match ns {
+            Ok(ns) => all.push(ns),
+            Err(e) => tracing::warn!(error = %e, "skipping an entry that is not a namespace"),
+        }
+    }
+    all.sort();
+    Ok(all)
+}

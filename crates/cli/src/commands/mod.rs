@@ -1,0 +1,122 @@
+//! The commands: each takes the parsed options and the output, and returns the exit code.
+
+mod change;
+mod demo;
+mod facts;
+mod inspect;
+mod locks;
+mod prune;
+mod store;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use keepsake_datastore::{DataStore, Group, Snapshot};
+use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
+
+use crate::cli::{Cli, Command, NsCommand};
+use crate::open::{Session, StoreSpec};
+use crate::output::Output;
+
+/// What every command gets: the global options and the output.
+pub(crate) struct Ctx<'a> {
+    pub(crate) cli: &'a Cli,
+    pub(crate) out: Output,
+}
+
+impl Ctx<'_> {
+    /// The datastore the global options name, opened.
+    pub(crate) fn open(&self) -> Result<Session> {
+        StoreSpec::from_args(&self.cli.global, None)?.open()
+    }
+
+    /// `--ns`, or the root.
+    pub(crate) fn ns(&self) -> BackupNamespace {
+        self.cli.global.ns.clone().unwrap_or_default()
+    }
+
+    /// `--ns` as given.
+    pub(crate) fn ns_arg(&self) -> Option<&BackupNamespace> {
+        self.cli.global.ns.as_ref()
+    }
+}
+
+/// Runs the command line.
+pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
+    let ctx = Ctx { cli, out };
+    match &cli.command {
+        Command::Init { skip_chunk_dirs } => store::init(&ctx, !*skip_chunk_dirs),
+        Command::Demo { dir } => demo::demo(&ctx, dir),
+        Command::Tree => inspect::tree(&ctx),
+        Command::Ns(NsCommand::List { max_depth }) => inspect::ns_list(&ctx, *max_depth),
+        Command::Ns(NsCommand::Create { namespace, parents }) => {
+            change::ns_create(&ctx, namespace, *parents)
+        }
+        Command::Ns(NsCommand::Remove {
+            namespace,
+            delete_groups,
+        }) => change::ns_remove(&ctx, namespace, *delete_groups),
+        Command::Groups { filters, recursive } => inspect::groups(&ctx, filters, *recursive),
+        Command::Snapshots { group } => inspect::snapshots(&ctx, group.as_ref()),
+        Command::Show { snapshot } => inspect::show(&ctx, snapshot),
+        Command::Owner {
+            group,
+            owner,
+            force,
+        } => change::owner(&ctx, group, owner.as_ref(), *force),
+        Command::Notes { target, set, clear } => {
+            change::notes(&ctx, target, set.as_deref(), *clear)
+        }
+        Command::Protect { snapshot } => change::protect(&ctx, snapshot, true),
+        Command::Unprotect { snapshot } => change::protect(&ctx, snapshot, false),
+        Command::Forget { target } => change::forget(&ctx, target),
+        Command::Prune(args) => prune::prune(&ctx, args),
+        Command::Locks { target } => locks::locks(&ctx, target.as_ref()),
+        Command::Refresh => store::refresh(&ctx),
+    }
+}
+
+/// Fails unless the namespace exists.
+pub(crate) fn require_ns(store: &DataStore, ns: &BackupNamespace) -> Result<()> {
+    if !store.namespace_exists(ns)? {
+        bail!("namespace `{ns}` does not exist");
+    }
+    Ok(())
+}
+
+/// The group, which must exist (its namespace too).
+pub(crate) fn existing_group(
+    store: &DataStore,
+    ns: &BackupNamespace,
+    group: &BackupGroup,
+) -> Result<Group> {
+    require_ns(store, ns)?;
+    let handle = store.group(ns, group);
+    if !handle.exists()? {
+        bail!("group `{}` does not exist", handle.relative_path());
+    }
+    Ok(handle)
+}
+
+/// The snapshot, which must exist (its namespace and group too).
+pub(crate) fn existing_snapshot(
+    store: &DataStore,
+    ns: &BackupNamespace,
+    dir: &BackupDir,
+) -> Result<Snapshot> {
+    existing_group(store, ns, dir.group())?;
+    let handle = store.snapshot(ns, dir);
+    if !handle.exists()? {
+        bail!("snapshot `{}` does not exist", handle.relative_path());
+    }
+    Ok(handle)
+}
+
+/// The namespace in the form people read: `/` for the root.
+pub(crate) fn ns_label(ns: &BackupNamespace) -> String {
+    if ns.is_root() {
+        "/".to_owned()
+    } else {
+        ns.to_string()
+    }
+}

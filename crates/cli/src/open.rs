@@ -1,0 +1,394 @@
+//! Opening and creating the datastore the global options name: local, or S3 with a local cache.
+//!
+//! Opening never changes anything: a missing folder, a folder that is not a datastore, an S3
+//! datastore that is not in the bucket, or a bucket that refuses the credentials is an error
+//! before any write.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use keepsake_backend::{
+    Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
+};
+use keepsake_datastore::{DataStore, DataStoreBuilder};
+use keepsake_lock::{DirLocker, FileLocker, LockScheme, LockTarget, PBS_LOCK_ROOT};
+
+use crate::cli::GlobalArgs;
+use crate::error::UsageError;
+
+/// Where the datastore is and how to reach it, from the global options.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreSpec {
+    /// The datastore folder (S3: the cache folder).
+    pub(crate) path: PathBuf,
+    /// The datastore name.
+    pub(crate) name: String,
+    /// The bucket, for an S3 datastore.
+    pub(crate) s3: Option<S3Config>,
+    /// The lock root.
+    pub(crate) lock_root: PathBuf,
+    /// The lock scheme.
+    pub(crate) scheme: LockScheme,
+    /// Durability of local writes (the datastore, or the cache).
+    pub(crate) sync_level: SyncLevel,
+}
+
+/// An open datastore.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The datastore.
+    pub(crate) store: DataStore,
+    /// How it was reached.
+    pub(crate) spec: StoreSpec,
+}
+
+impl StoreSpec {
+    /// The datastore named by `--store` (or `path`, when the command names the folder itself).
+    pub(crate) fn from_args(global: &GlobalArgs, path: Option<&Path>) -> Result<Self> {
+        let path = match (path, &global.store) {
+            (Some(p), _) => p.to_path_buf(),
+            (None, Some(p)) => p.clone(),
+            (None, None) => {
+                return Err(UsageError(
+                    "no datastore given: pass --store PATH (or set KEEPSAKE_STORE)".to_owned(),
+                )
+                .into());
+            }
+        };
+        let name = match &global.name {
+            Some(name) => name.clone(),
+            None => folder_name(&path)?,
+        };
+        keepsake_hierarchy::check_datastore_name(&name).map_err(|e| {
+            UsageError(format!(
+                "`{name}` cannot be a datastore name ({e}); pass --name NAME"
+            ))
+        })?;
+        let s3 = match &global.s3_bucket {
+            Some(bucket) => Some(s3_config(
+                bucket,
+                global.s3_endpoint.as_deref(),
+                global.s3_region.as_deref(),
+            )?),
+            None => None,
+        };
+        let lock_root = match &global.lock_root {
+            Some(root) => root.clone(),
+            None => default_lock_root(),
+        };
+        let scheme = if lock_root == Path::new(PBS_LOCK_ROOT) {
+            LockScheme::from_old_locking_flag(keepsake_lock::PBS_OLD_LOCKING_FLAG)
+        } else {
+            LockScheme::LockFiles
+        };
+        Ok(Self {
+            path,
+            name,
+            s3,
+            lock_root,
+            scheme,
+            sync_level: global.sync_level,
+        })
+    }
+
+    /// Whether the datastore is on S3.
+    pub(crate) fn is_s3(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    fn builder(&self) -> DataStoreBuilder {
+        DataStore::builder(&self.name, &self.path)
+            .lock_root(&self.lock_root)
+            .lock_scheme(self.scheme)
+            .sync_level(self.sync_level)
+    }
+
+    /// Where the datastore is, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match &self.s3 {
+            Some(s3) => format!(
+                "`{}` in bucket `{}` (cache {})",
+                self.name,
+                s3.bucket,
+                self.path.display()
+            ),
+            None => format!("`{}` at {}", self.name, self.path.display()),
+        }
+    }
+
+    /// The bucket side of an S3 datastore, checked to be reachable with these credentials.
+    fn remote(&self, config: &S3Config) -> Result<ObjectBackend> {
+        let remote = ObjectBackend::s3(config, &self.name)
+            .with_context(|| format!("S3 bucket `{}`", config.bucket))?;
+        Ok(remote)
+    }
+
+    /// Opens an existing datastore.
+    pub(crate) fn open(&self) -> Result<Session> {
+        if !self.path.is_dir() {
+            if self.is_s3() {
+                bail!(
+                    "the local cache folder {} does not exist: run `keepsake refresh` to fill it \
+                     from the bucket",
+                    self.path.display()
+                );
+            }
+            bail!("datastore folder {} does not exist", self.path.display());
+        }
+        tracing::debug!(store = %self.describe(), "opening datastore");
+        let Some(config) = &self.s3 else {
+            let store = self
+                .builder()
+                .open()
+                .with_context(|| format!("cannot open datastore {}", self.describe()))?;
+            return Ok(Session {
+                store,
+                spec: self.clone(),
+            });
+        };
+        let remote = self.remote(config)?;
+        if !remote_has_content(&remote, config)? {
+            bail!(
+                "no datastore `{}` in bucket `{}` (create it with `keepsake init`)",
+                self.name,
+                config.bucket
+            );
+        }
+        let cache = LocalBackend::open(&self.path, self.sync_level)
+            .with_context(|| format!("cache folder {}", self.path.display()))?;
+        let lock = BackendPath::new(keepsake_datastore::LOCK_FILE_NAME)?;
+        if !cache.exists(&lock)? {
+            bail!(
+                "the local cache {} of datastore `{}` is empty: run `keepsake refresh` first",
+                self.path.display(),
+                self.name
+            );
+        }
+        let cached = Arc::new(CachedBackend::new(cache, remote));
+        let store = self
+            .builder()
+            .backend(cached)
+            .namespace_markers(true)
+            .open()
+            .with_context(|| format!("cannot open datastore {}", self.describe()))?;
+        Ok(Session {
+            store,
+            spec: self.clone(),
+        })
+    }
+
+    /// Creates a new datastore (the folder must be missing or empty; on S3 the bucket must not
+    /// hold a datastore of this name).
+    pub(crate) fn create(&self, chunk_prefix_dirs: bool) -> Result<Session> {
+        if self.path.exists() && !self.path.is_dir() {
+            bail!("{} exists and is not a folder", self.path.display());
+        }
+        let Some(config) = &self.s3 else {
+            let store = self
+                .builder()
+                .chunk_prefix_dirs(chunk_prefix_dirs)
+                .create()
+                .with_context(|| format!("cannot create datastore {}", self.describe()))?;
+            return Ok(Session {
+                store,
+                spec: self.clone(),
+            });
+        };
+        let remote = self.remote(config)?;
+        if remote_has_content(&remote, config)? {
+            bail!(
+                "bucket `{}` holds a datastore `{}` already",
+                config.bucket,
+                self.name
+            );
+        }
+        check_empty_folder(&self.path)?;
+        std::fs::create_dir_all(&self.path)
+            .with_context(|| format!("cannot create {}", self.path.display()))?;
+        let cache = LocalBackend::open(&self.path, self.sync_level)
+            .with_context(|| format!("cache folder {}", self.path.display()))?;
+        let cached = Arc::new(CachedBackend::new(cache, remote));
+        let store = self
+            .builder()
+            .backend(cached)
+            .namespace_markers(true)
+            .chunk_prefix_dirs(chunk_prefix_dirs)
+            .create()
+            .with_context(|| format!("cannot create datastore {}", self.describe()))?;
+        Ok(Session {
+            store,
+            spec: self.clone(),
+        })
+    }
+
+    /// The cached backend of an S3 datastore without opening the datastore: for `refresh`, which
+    /// (re)builds the cache. Checks that the bucket holds the datastore; makes the cache folder.
+    pub(crate) fn cached_for_refresh(&self) -> Result<Arc<CachedBackend>> {
+        let Some(config) = &self.s3 else {
+            return Err(UsageError(
+                "refresh rebuilds the cache of an S3 datastore: pass --s3-bucket (and \
+                 --s3-endpoint)"
+                    .to_owned(),
+            )
+            .into());
+        };
+        let remote = self.remote(config)?;
+        if !remote_has_content(&remote, config)? {
+            bail!(
+                "no datastore `{}` in bucket `{}` (create it with `keepsake init`)",
+                self.name,
+                config.bucket
+            );
+        }
+        std::fs::create_dir_all(&self.path)
+            .with_context(|| format!("cannot create {}", self.path.display()))?;
+        let cache = LocalBackend::open(&self.path, self.sync_level)
+            .with_context(|| format!("cache folder {}", self.path.display()))?;
+        Ok(Arc::new(CachedBackend::new(cache, remote)))
+    }
+
+    /// The lock file of `target` under this spec's lock root and scheme.
+    pub(crate) fn lock_path(&self, target: &LockTarget<'_>) -> Result<PathBuf> {
+        Ok(match self.scheme {
+            LockScheme::LockFiles => {
+                FileLocker::new(&self.lock_root, &self.name)?.lock_path(target)
+            }
+            _ => DirLocker::new(&self.path, &self.lock_root, &self.name)?.lock_path(target),
+        })
+    }
+
+    /// The folder holding this datastore's lock files (`<lock root>/<name>`).
+    pub(crate) fn lock_dir(&self) -> PathBuf {
+        self.lock_root.join(&self.name)
+    }
+}
+
+/// The folder's last component, as the default datastore name.
+fn folder_name(path: &Path) -> Result<String> {
+    let absolute;
+    let path = if path.is_absolute() {
+        path
+    } else {
+        absolute = std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        &absolute
+    };
+    let name = path
+        .components()
+        .rfind(|c| matches!(c, std::path::Component::Normal(_)))
+        .and_then(|c| c.as_os_str().to_str())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "cannot take a datastore name from {}: pass --name NAME",
+                path.display()
+            ))
+        })?;
+    Ok(name.to_owned())
+}
+
+/// Refuses a folder that has visible entries (what `DataStoreBuilder::create` would refuse),
+/// before anything is written to the bucket.
+fn check_empty_folder(path: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') || name == "lost+found") {
+            bail!(
+                "{} is not empty (found `{name}`): a new datastore needs an empty folder",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether the bucket holds anything under the datastore's content prefix. This is also the
+/// request that proves the endpoint, bucket and credentials work.
+fn remote_has_content(remote: &ObjectBackend, config: &S3Config) -> Result<bool> {
+    let describe = || {
+        format!(
+            "cannot list bucket `{}` at {}",
+            config.bucket,
+            config.endpoint.as_deref().unwrap_or("AWS")
+        )
+    };
+    let mut listing = remote.list(&BackendPath::root()).with_context(describe)?;
+    match listing.next() {
+        None => Ok(false),
+        Some(Ok(_)) => Ok(true),
+        Some(Err(e)) => Err(e).with_context(describe),
+    }
+}
+
+/// The S3 settings from the options and the AWS environment variables.
+fn s3_config(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<S3Config> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
+        return Err(UsageError(
+            "S3 credentials missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".to_owned(),
+        )
+        .into());
+    };
+    let region = region
+        .map(str::to_owned)
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".to_owned());
+    let mut config = S3Config::new(bucket, region, key, secret);
+    config.session_token = env("AWS_SESSION_TOKEN");
+    if let Some(endpoint) = endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(UsageError(format!(
+                "S3 endpoint `{endpoint}` must start with http:// or https://"
+            ))
+            .into());
+        }
+        config.allow_http = endpoint.starts_with("http://");
+        config.endpoint = Some(endpoint.to_owned());
+    }
+    Ok(config)
+}
+
+/// PBS's lock root if a PBS server runs here (so that both exclude each other), else a folder of
+/// this user's in the temp folder.
+fn default_lock_root() -> PathBuf {
+    let pbs = Path::new(PBS_LOCK_ROOT);
+    if pbs.is_dir() {
+        return pbs.to_path_buf();
+    }
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("keepsake-locks-{uid}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_folder() {
+        assert_eq!(folder_name(Path::new("/srv/store1")).unwrap(), "store1");
+        assert_eq!(folder_name(Path::new("/srv/store1/")).unwrap(), "store1");
+        assert!(folder_name(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn empty_folder_check() {
+        let dir = tempfile::tempdir().unwrap();
+        check_empty_folder(dir.path()).unwrap();
+        check_empty_folder(&dir.path().join("missing")).unwrap();
+        std::fs::write(dir.path().join(".hidden"), b"").unwrap();
+        check_empty_folder(dir.path()).unwrap();
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        assert!(check_empty_folder(dir.path()).is_err());
+    }
+}
