@@ -147,6 +147,29 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// A move or merge was refused before anything changed (owners differ, times overlap, the
+    /// target exists and merging was not asked for, ...).
+    #[error("cannot move `{from}` to `{to}`: {reason}")]
+    MoveRefused {
+        /// The relative path of what was to be moved.
+        from: String,
+        /// The relative path it was to be moved to.
+        to: String,
+        /// Why it was refused (boxed: it names owners and times).
+        reason: Box<crate::relocate::MoveRefusal>,
+    },
+
+    /// The intent journal (`.keepsake/intents` in the datastore folder) could not be read or
+    /// written.
+    #[error("intent journal error at {}", path.display())]
+    Journal {
+        /// The journal file or folder.
+        path: std::path::PathBuf,
+        /// What the system reported.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The result type of this crate.

@@ -275,6 +275,8 @@ impl Group {
         let guard = self.lock()?;
         let mut stats = DestroyStats::default();
         let snapshots: Vec<_> = self.iter_snapshots()?.collect::<Result<_>>()?;
+        // Journaled: an interrupted destroy is completed by the next `DataStore::recover`.
+        let intent = crate::journal::begin_destroy_group(self)?;
         for snapshot in snapshots {
             if snapshot.is_protected()? {
                 stats.protected_snapshots += 1;
@@ -286,6 +288,7 @@ impl Group {
         if stats.protected_snapshots == 0 && self.remove_folder(guard)? {
             stats.removed_groups += 1;
         }
+        intent.finish()?;
         Ok(stats)
     }
 

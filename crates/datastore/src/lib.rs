@@ -33,18 +33,28 @@ mod error;
 mod group;
 mod info;
 pub mod iter;
+pub mod journal;
 mod namespace;
 pub mod prune;
 mod prune_apply;
+mod refresh;
+mod relocate;
 mod snapshot;
 mod store;
+mod verify;
 mod writer;
 
 pub use error::{Error, Result};
 pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
+pub use journal::{Intent, RecoveryOutcome, RecoveryReport};
 pub use namespace::NamespaceRemoval;
 pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, PrunedSnapshot};
+pub use refresh::{CacheCheck, CacheDifference, CacheDifferenceKind, CacheRefresh, CacheReport};
+pub use relocate::{MoveRefusal, MoveReport};
 pub use snapshot::Snapshot;
 pub use store::{CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME};
+pub use verify::{
+    Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyReport, VerifyScope,
+};
 pub use writer::{BackupWriter, InsertedChunk, chunk_path};

@@ -131,6 +131,8 @@ impl DataStore {
             .iter_namespaces_recursive(ns, None)?
             .collect::<Result<_>>()?;
         let mut report = NamespaceRemoval::default();
+        // Journaled: an interrupted removal is completed by the next `DataStore::recover`.
+        let intent = crate::journal::begin_destroy_namespace(self, ns, delete_groups)?;
         if delete_groups {
             for n in &all {
                 let groups: Vec<_> = self.iter_groups(n)?.collect::<Result<_>>()?;
@@ -146,6 +148,9 @@ impl DataStore {
             } else if !n.is_root() {
                 report.kept_namespaces += 1;
             }
+        }
+        if let Some(intent) = intent {
+            intent.finish()?;
         }
         Ok(report)
     }

@@ -242,7 +242,11 @@ impl DataStoreBuilder {
     pub fn open(self) -> Result<DataStore> {
         let (store, _) = self.build()?;
         match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
-            Ok(stat) if stat.kind == EntryKind::Dir => Ok(store),
+            Ok(stat) if stat.kind == EntryKind::Dir => {
+                // Complete what a crashed process left half done (docs/JOURNAL.md).
+                store.recover()?;
+                Ok(store)
+            }
             Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::Refused {
                 path: store.name().to_owned(),
                 reason: "not a datastore: `.chunks` folder missing".to_owned(),
