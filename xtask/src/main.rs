@@ -114,9 +114,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 }
 
 fn bench(extra: &[String]) -> Result<()> {
-    run(cargo()
-        .args(["bench", "--workspace", "--locked"])
-        .args(extra))
+    // With no arguments every bench of the workspace; arguments select as for `cargo bench`
+    // (`cargo xtask bench -p keepsake-manifest --bench blob -- --measurement-time 3`).
+    let mut cmd = cargo();
+    cmd.args(["bench", "--locked"]);
+    if extra.is_empty() {
+        cmd.arg("--workspace");
+    }
+    run(cmd.args(extra))
 }
 
 fn s3(root: &Path) -> Result<()> {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
@@ -93,8 +93,11 @@ const TEMP_INFIX: &str = ".tmp_";
 /// Implements the [`Backend`] contract with these specifics:
 /// - **Never leaves the root.** Every path is walked component by component from a handle on
 ///   the root with `openat(O_NOFOLLOW)`: a symbolic link anywhere on the way, or as the final
-///   component, is refused with [`Error::RefusedPath`], never followed. (The root itself may be a
-///   symbolic link: it is resolved once, when opening.) Listings report links as
+///   component, is refused with [`Error::RefusedPath`], never followed. Folders are first opened
+///   with one `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has it (the
+///   kernel then refuses links and escapes itself); any failure of that falls back to the walk,
+///   which names the error. (The root itself may be a symbolic link: it is resolved once, when
+///   opening.) Listings report links as
 ///   [`EntryKind::Other`], and tree removal unlinks them without following.
 /// - **Writes**: a temporary file `.<name>.tmp_<hex>` in the same folder, fsynced per
 ///   [`SyncLevel`], renamed into place; create-only uses `renameat2(RENAME_NOREPLACE)` (or
@@ -115,6 +118,9 @@ pub struct LocalBackend {
     root_fd: OwnedFd,
     sync: SyncLevel,
     temp_counter: AtomicU64,
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` works here (Linux 5.6+, not
+    /// filtered by a seccomp policy); cleared on the first `ENOSYS`/`EPERM`.
+    openat2: AtomicBool,
 }
 
 impl fmt::Debug for LocalBackend {
@@ -155,6 +161,7 @@ impl LocalBackend {
             root_fd,
             sync,
             temp_counter: AtomicU64::new(0),
+            openat2: AtomicBool::new(true),
         })
     }
 
@@ -206,6 +213,24 @@ impl LocalBackend {
         rel: &BackendPath,
         create: bool,
     ) -> Result<OwnedFd> {
+        // Fast path: one `openat2` that the kernel refuses to resolve through any symbolic link or
+        // out of `base`. Any failure falls back to the walk below, which gives the precise error
+        // (and creates folders when asked), so both paths mean the same.
+        if !rel.is_root() && self.openat2.load(Ordering::Relaxed) {
+            let resolve = rfs::ResolveFlags::BENEATH
+                | rfs::ResolveFlags::NO_SYMLINKS
+                | rfs::ResolveFlags::NO_MAGICLINKS;
+            match rfs::openat2(base, rel.as_str(), DIR_FLAGS, Mode::empty(), resolve) {
+                Ok(fd) => return Ok(fd),
+                Err(Errno::NOSYS | Errno::PERM) => self.openat2.store(false, Ordering::Relaxed),
+                Err(Errno::NOENT) if !create => {
+                    return Err(Error::NotFound {
+                        path: base_path.join_path(rel)?,
+                    });
+                }
+                Err(_) => {}
+            }
+        }
         let mut current = rfs::openat(base, c".", DIR_FLAGS, Mode::empty())
             .map_err(|e| self.io_error(base_path, e))?;
         let mut walked = base_path.clone();
