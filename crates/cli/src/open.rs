@@ -14,6 +14,7 @@ use keepsake_backend::{
 };
 use keepsake_datastore::{DataStore, DataStoreBuilder};
 use keepsake_lock::{DirLocker, FileLocker, LockScheme, LockTarget, PBS_LOCK_ROOT};
+use object_store::ObjectStoreExt;
 
 use crate::cli::GlobalArgs;
 use crate::error::UsageError;
@@ -125,6 +126,20 @@ impl StoreSpec {
         Ok(remote)
     }
 
+    /// Fails unless the bucket holds this datastore: its `.in-use` marker (written by PBS and by
+    /// `keepsake init`) or content under its prefix. This first request also proves that the
+    /// endpoint, bucket and credentials work.
+    fn require_remote(&self, remote: &ObjectBackend, config: &S3Config) -> Result<()> {
+        if in_use_by(remote, config)?.is_none() && !remote_has_content(remote, config)? {
+            bail!(
+                "no datastore `{}` in bucket `{}` (create it with `keepsake init`, or check --name)",
+                self.name,
+                config.bucket
+            );
+        }
+        Ok(())
+    }
+
     /// Opens an existing datastore.
     pub(crate) fn open(&self) -> Result<Session> {
         if !self.path.is_dir() {
@@ -149,13 +164,7 @@ impl StoreSpec {
             });
         };
         let remote = self.remote(config)?;
-        if !remote_has_content(&remote, config)? {
-            bail!(
-                "no datastore `{}` in bucket `{}` (create it with `keepsake init`)",
-                self.name,
-                config.bucket
-            );
-        }
+        self.require_remote(&remote, config)?;
         let cache = LocalBackend::open(&self.path, self.sync_level)
             .with_context(|| format!("cache folder {}", self.path.display()))?;
         let lock = BackendPath::new(keepsake_datastore::LOCK_FILE_NAME)?;
@@ -197,6 +206,13 @@ impl StoreSpec {
             });
         };
         let remote = self.remote(config)?;
+        if let Some(host) = in_use_by(&remote, config)? {
+            bail!(
+                "bucket `{}` already contains datastore `{}` in use by host {host}",
+                config.bucket,
+                self.name
+            );
+        }
         if remote_has_content(&remote, config)? {
             bail!(
                 "bucket `{}` holds a datastore `{}` already",
@@ -209,7 +225,7 @@ impl StoreSpec {
             .with_context(|| format!("cannot create {}", self.path.display()))?;
         let cache = LocalBackend::open(&self.path, self.sync_level)
             .with_context(|| format!("cache folder {}", self.path.display()))?;
-        let cached = Arc::new(CachedBackend::new(cache, remote));
+        let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
         let store = self
             .builder()
             .backend(cached)
@@ -217,6 +233,7 @@ impl StoreSpec {
             .chunk_prefix_dirs(chunk_prefix_dirs)
             .create()
             .with_context(|| format!("cannot create datastore {}", self.describe()))?;
+        mark_in_use(&remote, config)?;
         Ok(Session {
             store,
             spec: self.clone(),
@@ -235,13 +252,7 @@ impl StoreSpec {
             .into());
         };
         let remote = self.remote(config)?;
-        if !remote_has_content(&remote, config)? {
-            bail!(
-                "no datastore `{}` in bucket `{}` (create it with `keepsake init`)",
-                self.name,
-                config.bucket
-            );
-        }
+        self.require_remote(&remote, config)?;
         std::fs::create_dir_all(&self.path)
             .with_context(|| format!("cannot create {}", self.path.display()))?;
         let cache = LocalBackend::open(&self.path, self.sync_level)
@@ -326,6 +337,60 @@ fn remote_has_content(remote: &ObjectBackend, config: &S3Config) -> Result<bool>
         Some(Ok(_)) => Ok(true),
         Some(Err(e)) => Err(e).with_context(describe),
     }
+}
+
+/// The host named in the bucket's `.in-use` marker of this datastore (`""` when the marker names
+/// none), or `None` without a marker.
+fn in_use_by(remote: &ObjectBackend, config: &S3Config) -> Result<Option<String>> {
+    let store = Arc::clone(remote.object_store());
+    let key = remote.layout().in_use_key();
+    let fetched = remote.block_on(async move {
+        match store.get(&key).await {
+            Ok(result) => result.bytes().await.map(|b| Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })?;
+    let bytes = fetched.with_context(|| {
+        format!(
+            "cannot read from bucket `{}` at {}",
+            config.bucket,
+            config.endpoint.as_deref().unwrap_or("AWS")
+        )
+    })?;
+    Ok(bytes.map(|b| {
+        serde_json::from_slice::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|v| {
+                v.get("hostname")
+                    .and_then(|h| h.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    }))
+}
+
+/// Writes PBS's `.in-use` marker (`{"hostname": …}`) for this datastore (a plain put, as PBS).
+fn mark_in_use(remote: &ObjectBackend, config: &S3Config) -> Result<()> {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let body = serde_json::to_vec(&serde_json::json!({ "hostname": hostname }))?;
+    let store = Arc::clone(remote.object_store());
+    let key = remote.layout().in_use_key();
+    remote
+        .block_on(async move {
+            store
+                .put(&key, object_store::PutPayload::from(body))
+                .await
+                .map(|_| ())
+        })?
+        .with_context(|| {
+            format!(
+                "cannot write the in-use marker to bucket `{}`",
+                config.bucket
+            )
+        })
 }
 
 /// The S3 settings from the options and the AWS environment variables.
