@@ -167,6 +167,14 @@ fn snapshot_times(group: &Group) -> Result<Vec<BackupTime>> {
     Ok(times)
 }
 
+/// Snapshot times of a group, oldest first; none for a missing group.
+fn snapshot_times_if_any(group: &Group) -> Result<Vec<BackupTime>> {
+    match snapshot_times(group) {
+        Err(Error::NotFound { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 /// PBS's merge invariants for moving snapshots (the oldest of them `oldest_moved`) of a group owned
 /// by `source_owner` into the existing group `target`.
 fn merge_refusal(
@@ -241,6 +249,32 @@ fn resume_transfer(
         Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(Error::backend(source.as_str(), e)),
     }
+}
+
+/// Removes temporary files of interrupted atomic writes (an owner or notes file being written when
+/// the process died) from a group folder, so that they neither stay forever nor keep an emptied
+/// group folder from being removed. Only called by recovery, under the group lock, when the writer
+/// is known to be dead.
+fn remove_temp_files(store: &DataStore, group: &Group) -> Result<()> {
+    let dir = group.relative_path();
+    let folder = path(&dir)?;
+    let names: Vec<String> = match store.backend().list(&folder) {
+        Ok(listing) => listing
+            .filter_map(|e| e.ok())
+            .filter(|e| e.kind == EntryKind::File && is_temp_file(&e.name))
+            .map(|e| e.name)
+            .collect(),
+        Err(keepsake_backend::Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(Error::backend(&dir, e)),
+    };
+    for name in names {
+        let file = folder.join(&name).map_err(|e| Error::backend(&dir, e))?;
+        match store.backend().remove_file(&file) {
+            Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::backend(file.as_str(), e)),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a name is a temporary file of an interrupted atomic write (never copied).
@@ -738,6 +772,10 @@ pub(crate) fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<Recov
             phase,
         } => {
             let source = store.group(&from, &group);
+            for g in [&source, &store.group(&to, &group)] {
+                let _lock = g.lock()?;
+                remove_temp_files(store, g)?;
+            }
             if phase == Phase::Rename {
                 // Re-run in resume mode: a missing source means done; a target made by this move
                 // (or by a merge half done) is merged into.
@@ -759,11 +797,18 @@ pub(crate) fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<Recov
         Intent::MoveNamespace { from, to, merge: _ } => {
             move_namespace(store, &from, &to, true, true).map(|_| RecoveryOutcome::Completed)
         }
-        Intent::DestroyGroup { ns, group } => match store.group(&ns, &group).destroy() {
-            Ok(_) => Ok(RecoveryOutcome::Completed),
-            Err(e) if e.is_not_found() => Ok(RecoveryOutcome::Completed),
-            Err(e) => Err(e),
-        },
+        Intent::DestroyGroup { ns, group } => {
+            let group = store.group(&ns, &group);
+            {
+                let _lock = group.lock()?;
+                remove_temp_files(store, &group)?;
+            }
+            match group.destroy() {
+                Ok(_) => Ok(RecoveryOutcome::Completed),
+                Err(e) if e.is_not_found() => Ok(RecoveryOutcome::Completed),
+                Err(e) => Err(e),
+            }
+        }
         Intent::DestroyNamespace { ns } => match store.remove_namespace(&ns, true) {
             Ok(_) => Ok(RecoveryOutcome::Completed),
             Err(e) if e.is_not_found() => Ok(RecoveryOutcome::Completed),
@@ -784,6 +829,8 @@ fn resume_snapshot(
     let target_group = target.group();
     let _source_group_lock = source_group.lock()?;
     let target_group_lock = target_group.lock()?;
+    remove_temp_files(store, &source_group)?;
+    remove_temp_files(store, &target_group)?;
     if phase != Phase::Rename {
         let snapshot_lock = if source.exists()? {
             Some(source.lock()?)
@@ -811,7 +858,10 @@ fn resume_snapshot(
         (true, false) => {
             let snapshot_lock = source.lock()?;
             let owner = source_group.owner()?;
-            if target_group.exists()? {
+            // A group this move created (perhaps killed before its owner was written) is ours to
+            // complete; an existing one must still accept the snapshot.
+            let ours = created_group && snapshot_times_if_any(&target_group)?.is_empty();
+            if !ours && target_group.exists()? {
                 if let Some(reason) =
                     merge_refusal(&owner, &target_group, Some(source.dir().time()))?
                 {
