@@ -60,7 +60,7 @@ pub(crate) struct GlobalArgs {
     pub(crate) s3_region: Option<String>,
 
     /// Folder for lock files [default: /run/proxmox-backup/locks if it exists (to exclude a PBS
-    /// server on this host), else <temp dir>/keepsake-locks].
+    /// server on this host), else `<temp dir>/keepsake-locks`].
     #[arg(long, global = true, env = "KEEPSAKE_LOCK_ROOT", value_name = "DIR")]
     pub(crate) lock_root: Option<PathBuf>,
 

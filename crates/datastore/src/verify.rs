@@ -285,7 +285,7 @@ impl VerifyReport {
 type ChunkCache = HashMap<[u8; 32], bool>;
 
 impl DataStore {
-    /// Verifies the metadata of everything in `scope` (see the [module docs](self)) and reports
+    /// Verifies the metadata of everything in `scope` (see the module docs) and reports
     /// per snapshot. Interrupted operations in the intent journal are completed first
     /// ([`DataStore::recover`]), so that a half-done move is not reported as damage.
     ///
