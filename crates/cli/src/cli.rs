@@ -121,7 +121,7 @@ pub(crate) enum Command {
     )]
     Tree,
 
-    /// Namespaces: list, create, remove.
+    /// Namespaces: list, create, remove, move.
     #[command(
         subcommand,
         after_help = "Examples:\n  keepsake --store /tmp/demo ns list\n  keepsake --store /tmp/demo ns create staging"
@@ -218,6 +218,39 @@ pub(crate) enum Command {
         target: TargetArg,
     },
 
+    /// Move a group (or one snapshot) to another namespace; with --merge into an existing group
+    /// there (same owner, only newer snapshots, as PBS requires).
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo move host/web --to-ns prod\n  \
+        keepsake --store /tmp/demo --ns prod move vm/101 --to-ns prod/site-a --merge")]
+    Move {
+        /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        target: TargetArg,
+        /// The namespace to move it to (must exist; `""` for the root).
+        #[arg(long, value_name = "NS")]
+        to_ns: BackupNamespace,
+        /// Merge into a group that exists at the target.
+        #[arg(long)]
+        merge: bool,
+    },
+
+    /// Check the metadata of snapshots: manifests, files, sizes, checksums, blobs, indexes, and
+    /// that referenced chunks exist. Exit code 1 when something is wrong.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo verify\n  \
+        keepsake --store /tmp/demo verify vm/100 --json\n  \
+        keepsake --store /tmp/demo --ns prod verify --record")]
+    Verify {
+        /// A group or a snapshot; default: every snapshot below --ns (the whole datastore).
+        target: Option<TargetArg>,
+        /// Record each outcome in the snapshot's manifest (`verify_state`), as PBS's verify job.
+        #[arg(long)]
+        record: bool,
+        /// Do not check that referenced chunks exist.
+        #[arg(long)]
+        skip_chunks: bool,
+    },
+
     /// Apply a retention policy: print every snapshot with its mark and reason, and remove the
     /// ones marked `remove` (unless --dry-run).
     #[command(after_help = "Examples:\n  \
@@ -275,6 +308,21 @@ pub(crate) enum NsCommand {
         /// Also destroy the groups in them (protected snapshots stay, with their namespace).
         #[arg(long)]
         delete_groups: bool,
+    },
+
+    /// Move a namespace (with everything below it) under another parent.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo ns move prod/site-a --to ''\n  \
+        keepsake --store /tmp/demo ns move dev --to prod --merge")]
+    Move {
+        /// The namespace (`a/b`).
+        namespace: BackupNamespace,
+        /// The new parent (`""` for the root); the namespace keeps its last name.
+        #[arg(long, value_name = "PARENT")]
+        to: BackupNamespace,
+        /// Merge into a namespace of that name that exists there (group by group, PBS's rules).
+        #[arg(long)]
+        merge: bool,
     },
 }
 

@@ -624,3 +624,176 @@ fn namespaces_in_paths_and_in_ns_agree() {
     assert_eq!(a, b);
     assert_eq!(a, c);
 }
+
+#[test]
+fn verify_reports_every_snapshot_and_damage_with_exit_code_1() {
+    let store = Store::fixture();
+    let before = store.contents();
+    let doc = store.run(&["--json", "verify"]).json();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["snapshots"], SNAPSHOTS.len());
+    assert_eq!(doc["unfinished"], 1);
+    assert_eq!(doc["verified"], SNAPSHOTS.len() - 1);
+    assert_eq!(doc["errors"], serde_json::json!([]));
+    // Without --record, verify changes nothing.
+    assert_eq!(store.contents(), before);
+
+    // Damage one blob: that snapshot fails, the others stay ok.
+    let blob = store
+        .path
+        .join("vm/100/2024-06-06T15:06:40Z/qemu-server.conf.blob");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    let run = store.run(&["--json", "verify"]);
+    let line = run.fails(1).to_owned();
+    assert!(
+        line.contains("verify found") && line.contains("1 failed snapshot"),
+        "{line}"
+    );
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["failed"], 1);
+    let errors = doc["errors"].as_array().unwrap();
+    assert!(!errors.is_empty());
+    for e in errors {
+        assert_eq!(e["snapshot"], "vm/100/2024-06-06T15:06:40Z", "{e}");
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .contains("qemu-server.conf.blob"),
+            "{e}"
+        );
+    }
+    // One group, one snapshot; text output names the failure.
+    let text = store.run(&["verify", "ct/200"]).ok().to_owned();
+    assert!(
+        text.contains("ok          ct/200/2024-06-05T16:06:40Z"),
+        "{text}"
+    );
+    let run = store.run(&["verify", "vm/100/2024-06-06T15:06:40Z"]);
+    run.fails(1);
+    assert!(run.stdout.contains("FAILED"), "{run:?}");
+
+    // --record writes the outcome into the manifests, with a PBS task id.
+    store.run(&["--ns", "prod", "verify", "--record"]).ok();
+    let doc = store
+        .run(&["--json", "show", "ns/prod/host/myhost/2024-06-05T18:06:40Z"])
+        .json();
+    assert_eq!(doc["verify-state"]["state"], "ok");
+    assert!(
+        doc["verify-state"]["upid"]
+            .as_str()
+            .unwrap()
+            .starts_with("UPID:")
+    );
+    store
+        .run(&["verify", "--record", "vm/100/2024-06-06T15:06:40Z"])
+        .fails(1);
+    let doc = store
+        .run(&["--json", "show", "vm/100/2024-06-06T15:06:40Z"])
+        .json();
+    assert_eq!(doc["verify-state"]["state"], "failed");
+
+    let line = store.run(&["verify", "vm/999"]).fails(1).to_owned();
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn move_groups_and_snapshots_under_pbs_merge_rules() {
+    let store = Store::fixture();
+    let before = store.contents();
+    // Refusals change nothing: the target exists (no --merge), owners differ, no such namespace.
+    for (args, needle) in [
+        (
+            &["move", "host/myhost", "--to-ns", "prod"][..],
+            "merging was not requested",
+        ),
+        (
+            &["move", "ct/200", "--to-ns", "prod/site-a", "--merge"],
+            "owner mismatch",
+        ),
+        (
+            &["move", "vm/100", "--to-ns", "nope"],
+            "namespace `nope` does not exist",
+        ),
+        (&["move", "vm/100", "--to-ns", ""], "same"),
+    ] {
+        let line = store.run(args).fails(1).to_owned();
+        assert!(line.contains(needle), "{args:?}: {line}");
+        assert_eq!(store.contents(), before, "{args:?}");
+    }
+    let line = store
+        .run(&["move", "vm/100", "--to-ns", "a/../b"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains(".."), "{line}");
+
+    let doc = store
+        .run(&["--json", "move", "host/myhost", "--to-ns", "dev"])
+        .json();
+    assert_eq!(doc["from"], "host/myhost");
+    assert_eq!(doc["to"], "ns/dev/host/myhost");
+    assert_eq!(doc["snapshots"], 1);
+    assert!(!store.path.join("host/myhost").exists());
+    assert_eq!(
+        std::fs::read_to_string(store.path.join("ns/dev/host/myhost/owner")).unwrap(),
+        "root@pam\n"
+    );
+
+    // One snapshot into another namespace.
+    store
+        .run(&["move", "vm/100/2024-06-06T15:06:40Z", "--to-ns", "dev"])
+        .ok();
+    let names = snapshot_names(
+        &store
+            .run(&["--json", "--ns", "dev", "snapshots", "vm/100"])
+            .json(),
+    );
+    assert_eq!(names, ["vm/100/2024-06-06T15:06:40Z"]);
+}
+
+#[test]
+fn ns_move_moves_a_namespace_with_everything_below() {
+    let store = Store::fixture();
+    let before = store.contents();
+    let line = store
+        .run(&["ns", "move", "prod", "--to", "prod/site-a"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("below itself"), "{line}");
+    let line = store
+        .run(&["ns", "move", "", "--to", "dev"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("root namespace"), "{line}");
+    let line = store
+        .run(&["ns", "move", "nope", "--to", ""])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("`nope` does not exist"), "{line}");
+    assert_eq!(store.contents(), before);
+
+    let doc = store
+        .run(&["--json", "ns", "move", "prod/site-a", "--to", "dev"])
+        .json();
+    assert_eq!(doc["to"], "dev/site-a");
+    assert_eq!(doc["snapshots"], 2);
+    let names: Vec<String> = store
+        .run(&["--json", "ns", "list"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["ns"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["", "dev", "dev/site-a", "prod"]);
+    assert!(
+        store
+            .path
+            .join("ns/dev/ns/site-a/vm/100/2024-06-05T19:06:40Z/.protected")
+            .exists()
+    );
+}

@@ -179,6 +179,42 @@ fn s3_every_command_on_a_demo_datastore() {
             .any(|k| k.starts_with("ns/dev/") || k.starts_with("ns/staging/"))
     );
 
+    // Moves and merges go through the bucket too.
+    s3.run(&["move", "host/web", "--to-ns", "prod"]).ok();
+    s3.run(&["ns", "move", "prod/site-a", "--to", ""]).ok();
+    let bucket = s3.bucket();
+    assert!(bucket.contains_key("ns/prod/host/web/owner"));
+    assert!(!bucket.keys().any(|k| k.starts_with("host/web/")));
+    assert!(bucket.contains_key("ns/site-a/ct/300/owner"));
+    assert!(!bucket.keys().any(|k| k.starts_with("ns/prod/ns/site-a/")));
+    s3.run(&["move", "vm/100/2024-06-06T02:00:00Z", "--to-ns", "prod"])
+        .ok();
+    assert!(
+        s3.bucket()
+            .contains_key("ns/prod/vm/100/2024-06-06T02:00:00Z/index.json.blob")
+    );
+    let bucket = s3.bucket();
+    let line = s3
+        .run(&["move", "vm/100", "--to-ns", "prod"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("merging was not requested"), "{line}");
+    assert_eq!(s3.bucket(), bucket);
+
+    // Verify reads every manifest, blob and index and asks the bucket for every chunk.
+    let doc = s3.run(&["--json", "verify"]).json();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert!(doc["verified"].as_u64().unwrap() >= 6, "{doc}");
+    let manifest = "ns/prod/vm/100/2024-06-06T02:00:00Z/index.json.blob";
+    let before = s3.bucket()[manifest].clone();
+    s3.run(&["--ns", "prod", "verify", "--record", "vm/100"])
+        .ok();
+    assert_ne!(
+        s3.bucket()[manifest],
+        before,
+        "the verify state reaches the bucket"
+    );
+
     // The cache and the bucket agree: a fresh cache from `refresh` lists the same.
     let before = s3.run(&["--json", "tree"]).json();
     let fresh = S3Store {
@@ -192,7 +228,7 @@ fn s3_every_command_on_a_demo_datastore() {
     assert!(report["downloaded"].as_u64().unwrap() > 10, "{report}");
     assert_eq!(fresh.run(&["--json", "tree"]).json(), before);
     let notes = fresh
-        .run(&["--json", "notes", "vm/100/2024-06-06T02:00:00Z"])
+        .run(&["--json", "notes", "ns/prod/vm/100/2024-06-06T02:00:00Z"])
         .json();
     assert_eq!(notes["notes"], "snap notes");
     // Refreshing again over a filled cache gives the same answers.

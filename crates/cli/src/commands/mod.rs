@@ -6,7 +6,9 @@ mod facts;
 mod inspect;
 mod locks;
 mod prune;
+mod relocate;
 mod store;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,21 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             namespace,
             delete_groups,
         }) => change::ns_remove(&ctx, namespace, *delete_groups),
+        Command::Ns(NsCommand::Move {
+            namespace,
+            to,
+            merge,
+        }) => relocate::ns_move(&ctx, namespace, to, *merge),
+        Command::Move {
+            target,
+            to_ns,
+            merge,
+        } => relocate::move_target(&ctx, target, to_ns, *merge),
+        Command::Verify {
+            target,
+            record,
+            skip_chunks,
+        } => verify::verify(&ctx, target.as_ref(), *record, *skip_chunks),
         Command::Groups { filters, recursive } => inspect::groups(&ctx, filters, *recursive),
         Command::Snapshots { group } => inspect::snapshots(&ctx, group.as_ref()),
         Command::Show { snapshot } => inspect::show(&ctx, snapshot),

@@ -1,0 +1,130 @@
+//! `keepsake move` and `keepsake ns move`: moves and merges, with PBS's merge rules.
+//!
+//! The datastore checks every rule (owners, times, depth, existing targets) before anything
+//! moves, and journals the move so that an interrupted one is completed later; this module only
+//! checks that source and target exist and reports.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use keepsake_datastore::MoveReport;
+use keepsake_hierarchy::BackupNamespace;
+use serde::Serialize;
+
+use super::{Ctx, existing_group, existing_snapshot, ns_label, require_ns};
+use crate::error::UsageError;
+use crate::target::TargetArg;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Moved {
+    from: String,
+    to: String,
+    snapshots: u64,
+    groups_moved: u64,
+    groups_merged: u64,
+    notes_moved: u64,
+    namespaces_created: u64,
+    namespaces_removed: u64,
+}
+
+impl Moved {
+    fn new(from: String, to: String, report: &MoveReport) -> Self {
+        Self {
+            from,
+            to,
+            snapshots: report.snapshots,
+            groups_moved: report.groups_moved,
+            groups_merged: report.groups_merged,
+            notes_moved: report.notes_moved,
+            namespaces_created: report.namespaces_created,
+            namespaces_removed: report.namespaces_removed,
+        }
+    }
+
+    fn print(&self, ctx: &Ctx<'_>) -> Result<()> {
+        ctx.out.line(format!(
+            "moved {} to {}: {} snapshot{}{}",
+            self.from,
+            self.to,
+            self.snapshots,
+            super::change::plural(self.snapshots),
+            if self.groups_merged > 0 {
+                format!(
+                    ", {} group{} merged",
+                    self.groups_merged,
+                    super::change::plural(self.groups_merged)
+                )
+            } else {
+                String::new()
+            }
+        ))?;
+        Ok(())
+    }
+}
+
+/// `keepsake move`.
+pub(crate) fn move_target(
+    ctx: &Ctx<'_>,
+    target: &TargetArg,
+    to_ns: &BackupNamespace,
+    merge: bool,
+) -> Result<ExitCode> {
+    let session = ctx.open()?;
+    let store = &session.store;
+    let moved = match target {
+        TargetArg::Group(arg) => {
+            let (ns, name) = arg.resolve(ctx.ns_arg())?;
+            let group = existing_group(store, &ns, &name)?;
+            require_ns(store, to_ns)?;
+            let spinner = ctx.out.spinner(format!("moving {}", group.relative_path()));
+            let report = group.move_to(to_ns, merge);
+            spinner.finish_and_clear();
+            let report = report?;
+            tracing::info!(group = %group.relative_path(), to = %ns_label(to_ns), ?report, "moved");
+            Moved::new(group.relative_path(), name.relative_path(to_ns), &report)
+        }
+        TargetArg::Snapshot(arg) => {
+            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let snapshot = existing_snapshot(store, &ns, &dir)?;
+            require_ns(store, to_ns)?;
+            let new = snapshot.move_to(to_ns, merge)?;
+            Moved {
+                snapshots: 1,
+                ..Moved::new(
+                    snapshot.relative_path(),
+                    new.relative_path(),
+                    &MoveReport::default(),
+                )
+            }
+        }
+    };
+    ctx.out.emit(&moved, || moved.print(ctx))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keepsake ns move`.
+pub(crate) fn ns_move(
+    ctx: &Ctx<'_>,
+    ns: &BackupNamespace,
+    parent: &BackupNamespace,
+    merge: bool,
+) -> Result<ExitCode> {
+    let Some(last) = ns.components().last() else {
+        return Err(UsageError("the root namespace cannot be moved".to_owned()).into());
+    };
+    let to = parent
+        .child(last)
+        .map_err(|e| UsageError(format!("cannot move `{ns}` below `{parent}`: {e}")))?;
+    let session = ctx.open()?;
+    let store = &session.store;
+    require_ns(store, ns)?;
+    require_ns(store, parent)?;
+    let spinner = ctx.out.spinner(format!("moving namespace {ns}"));
+    let report = store.move_namespace(ns, &to, merge);
+    spinner.finish_and_clear();
+    let report = report?;
+    let moved = Moved::new(ns.to_string(), to.to_string(), &report);
+    ctx.out.emit(&moved, || moved.print(ctx))?;
+    Ok(ExitCode::SUCCESS)
+}
