@@ -55,12 +55,12 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, value_name = "NAME")]
     pub(crate) s3_bucket: Option<String>,
 
-    /// S3 region [default: AWS_REGION, AWS_DEFAULT_REGION or us-east-1].
+    /// S3 region (default: AWS_REGION, AWS_DEFAULT_REGION or us-east-1).
     #[arg(long, global = true, value_name = "REGION", requires = "s3_bucket")]
     pub(crate) s3_region: Option<String>,
 
-    /// Folder for lock files [default: /run/proxmox-backup/locks if it exists (to exclude a PBS
-    /// server on this host), else `<temp dir>/keepsake-locks`].
+    /// Folder for lock files (default: /run/proxmox-backup/locks if it exists, to exclude a PBS
+    /// server on this host; else `<temp dir>/keepsake-locks-<uid>`).
     #[arg(long, global = true, env = "KEEPSAKE_LOCK_ROOT", value_name = "DIR")]
     pub(crate) lock_root: Option<PathBuf>,
 
