@@ -285,8 +285,11 @@ impl VerifyReport {
 type ChunkCache = HashMap<[u8; 32], bool>;
 
 impl DataStore {
-    /// Verifies the metadata of everything in `scope` (see the module docs) and reports
-    /// per snapshot. Interrupted operations in the intent journal are completed first
+    /// Verifies the metadata of everything in `scope` and reports per snapshot: for every finished
+    /// snapshot, the manifest decodes and names this snapshot; every file it lists exists with the
+    /// size and checksum it records; blob magics and CRCs hold (also for blobs it does not list);
+    /// every index passes its own checks; every referenced chunk is in the chunk store; and, with a
+    /// key, the signature matches. Chunk contents are not read. Interrupted operations in the intent journal are completed first
     /// ([`DataStore::recover`]), so that a half-done move is not reported as damage.
     ///
     /// Each snapshot is checked under its shared lock; one held exclusively (a running backup or
