@@ -10,8 +10,8 @@
 //! operation, or rolls it back where completing is no longer allowed. The format is described in
 //! `docs/JOURNAL.md`.
 //!
-//! The journal lives in the datastore folder (for an S3 datastore: the local cache folder), never on
-//! a tmpfs: an intent must survive the reboot that interrupted it. It is never uploaded to the
+//! The journal lives in the backend's host-local folder (`Backend::host_local`: the datastore
+//! folder, or for an S3 datastore the local cache folder), never on a tmpfs: an intent must survive the reboot that interrupted it. It is never uploaded to the
 //! bucket, so PBS's own `s3-refresh` never sees a key it does not know.
 
 use std::fmt;
@@ -398,6 +398,8 @@ pub(crate) struct IntentGuard {
     id: String,
     intent: Intent,
     lock: Option<ExclusiveGuard>,
+    /// False when the backend has no host-local folder to journal in.
+    enabled: bool,
 }
 
 impl IntentGuard {
@@ -417,6 +419,9 @@ impl IntentGuard {
             }
             _ => return Ok(()),
         }
+        if !self.enabled {
+            return Ok(());
+        }
         write_atomic(
             &self.dir,
             &format!("{}{INTENT_SUFFIX}", self.id),
@@ -430,6 +435,9 @@ impl IntentGuard {
 
     /// The operation is over: removes the intent (durably), then the lock file.
     pub(crate) fn finish(mut self) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         let file = self.dir.join(format!("{}{INTENT_SUFFIX}", self.id));
         match fs::remove_file(&file) {
             Ok(()) => {}
@@ -448,16 +456,28 @@ impl IntentGuard {
     }
 }
 
-/// The journal folder of a store.
-fn journal_dir(store: &DataStore) -> Result<PathBuf> {
-    store.path().map(|p| p.join(JOURNAL_DIR)).ok_or_else(|| {
-        Error::InvalidArgument("the datastore has no local folder for its journal".to_owned())
-    })
+/// The journal folder of a store: in the backend's host-local folder (the datastore folder, or the
+/// cache of an S3 datastore). `None` for a backend without one (a bare object store), which cannot
+/// keep a journal.
+fn journal_dir(store: &DataStore) -> Option<PathBuf> {
+    store
+        .backend()
+        .host_local()
+        .map(|local| local.root().join(JOURNAL_DIR))
 }
 
 /// Records `intent` before the operation changes anything, and holds its lock.
 pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
-    let dir = journal_dir(store)?;
+    let Some(dir) = journal_dir(store) else {
+        // Nowhere to journal: the operation runs unjournaled.
+        return Ok(IntentGuard {
+            dir: PathBuf::new(),
+            id: String::new(),
+            intent,
+            lock: None,
+            enabled: false,
+        });
+    };
     let journal_error = |path: &Path, source| Error::Journal {
         path: path.to_owned(),
         source,
@@ -492,6 +512,7 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
             id,
             intent,
             lock: Some(lock),
+            enabled: true,
         });
     }
     Err(Error::Journal {
@@ -578,10 +599,9 @@ impl DataStore {
     /// in the report.
     pub fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
-        let Some(root) = self.path() else {
+        let Some(dir) = journal_dir(self) else {
             return Ok(report);
         };
-        let dir = root.join(JOURNAL_DIR);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
@@ -634,6 +654,7 @@ impl DataStore {
                     id,
                     intent,
                     lock: Some(lock),
+                    enabled: true,
                 }),
                 Err(reason) => {
                     let bad = dir.join(format!("{id}{INTENT_SUFFIX}{BAD_SUFFIX}"));
@@ -697,10 +718,9 @@ impl DataStore {
     /// The intents now in the journal (operations running or interrupted), oldest first, for
     /// monitoring and tests. Unreadable files are skipped.
     pub fn journal_intents(&self) -> Result<Vec<Intent>> {
-        let Some(root) = self.path() else {
+        let Some(dir) = journal_dir(self) else {
             return Ok(Vec::new());
         };
-        let dir = root.join(JOURNAL_DIR);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
