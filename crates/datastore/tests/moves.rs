@@ -653,3 +653,53 @@ fn a_move_failing_half_way_is_completed_by_recover() {
         assert_eq!(check.cache_files, 16);
     }
 }
+
+#[test]
+fn recovery_sets_aside_damaged_intents_and_leaves_running_ones_alone() {
+    let ts = common::local();
+    let store = &ts.store;
+    backup(store, &root_ns(), "vm/1", 1_000);
+    let journal = ts.root().join(".keepsake/intents");
+    std::fs::create_dir_all(&journal).unwrap();
+    // A torn intent (no `end` line) is refused, set aside and reported.
+    std::fs::write(
+        journal.join("00000000000000000000000a-00000001-00.intent"),
+        "keepsake-intent 1\nop destroy-group\nns /\ngroup vm/1\n",
+    )
+    .unwrap();
+    // An intent whose process still runs (its lock is held) is left alone.
+    let live = "00000000000000000000000b-00000002-00";
+    std::fs::write(
+        journal.join(format!("{live}.intent")),
+        "keepsake-intent 1\nop destroy-group\nns /\ngroup vm/1\nend\n",
+    )
+    .unwrap();
+    let lock = keepsake_lock::LockFile::new(journal.join(format!("{live}.lock")))
+        .lock_exclusive(std::time::Duration::ZERO)
+        .unwrap();
+    let report = store.recover().unwrap();
+    assert_eq!(report.unreadable.len(), 1, "{report:#?}");
+    assert!(report.unreadable[0].1.contains("end"), "{report:#?}");
+    assert_eq!(report.in_progress, 1);
+    assert!(report.recovered.is_empty());
+    assert!(
+        journal
+            .join("00000000000000000000000a-00000001-00.intent.bad")
+            .exists()
+    );
+    assert_eq!(
+        times(store, &root_ns(), "vm/1"),
+        [1_000],
+        "nothing was destroyed"
+    );
+    // Once its process is gone, the destroy it announced is completed.
+    drop(lock);
+    let report = store.recover().unwrap();
+    assert_eq!(report.recovered.len(), 1, "{report:#?}");
+    assert!(matches!(
+        report.recovered[0].outcome,
+        RecoveryOutcome::Completed
+    ));
+    assert!(!store.group(&root_ns(), &group("vm/1")).exists().unwrap());
+    assert!(store.journal_intents().unwrap().is_empty());
+}
