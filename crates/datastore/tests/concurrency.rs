@@ -90,21 +90,54 @@ fn destroy_update_and_protect_race_safely() {
                 );
             }
         }
-        assert!(
-            protected_kept > 0,
-            "{}: protection never won a race",
-            ts.kind
-        );
-        assert!(locked_seen > 0, "{}: no race ever met a busy lock", ts.kind);
-        assert!(
-            holder_named > 0,
-            "{}: no busy error named the holding process",
-            ts.kind
-        );
+        // How often each side won depends on the scheduler; the rules above hold either way. The
+        // "names the holder" promise is checked deterministically below.
         eprintln!(
-            "{}: {locked_seen} locked errors ({holder_named} naming the holder) in {rounds} rounds",
+            "{}: {locked_seen} locked errors ({holder_named} naming the holder), protection won \
+             {protected_kept} times in {rounds} rounds",
             ts.kind
         );
+
+        // A busy snapshot: destroy, update_manifest and set_protected from another thread each get
+        // `Locked`, naming this process as the holder, and change nothing.
+        let time = BackupTime::from_epoch(100_000).unwrap();
+        let mut w = group.start_backup(&owner, time).unwrap();
+        w.add_blob("conf.blob", b"config", false).unwrap();
+        let snapshot = w.finish().unwrap();
+        let before = snapshot.load_manifest().unwrap().to_json();
+        let guard = snapshot.lock().unwrap();
+        let manifest_guard = snapshot.lock_manifest(std::time::Duration::ZERO).unwrap();
+        std::thread::scope(|scope| {
+            let attempts = scope
+                .spawn(|| {
+                    [
+                        snapshot.destroy(false),
+                        snapshot.set_protected(true),
+                        snapshot
+                            .update_manifest(|m| {
+                                m.set_notes(Some("lost"));
+                                Ok(())
+                            })
+                            .map(|_| ()),
+                    ]
+                })
+                .join()
+                .unwrap();
+            for attempt in attempts {
+                match attempt {
+                    Err(Error::Locked { source, .. }) => assert!(
+                        source.holders().iter().any(|h| h.pid == std::process::id()),
+                        "{}: the busy error does not name the holder: {source}",
+                        ts.kind
+                    ),
+                    other => panic!("{}: expected Locked, got {other:?}", ts.kind),
+                }
+            }
+        });
+        drop((manifest_guard, guard));
+        assert!(snapshot.exists().unwrap());
+        assert!(!snapshot.is_protected().unwrap());
+        assert_eq!(snapshot.load_manifest().unwrap().to_json(), before);
         common::assert_cache_matches_bucket(&ts);
     }
 }
