@@ -4,6 +4,8 @@
 //! cargo xtask ci        fmt check, clippy (-D warnings), tests (with the S3 server), rustdoc (-D warnings), layering
 //! cargo xtask test      every test of the workspace (or those the cargo test args select), with a
 //!                       real S3 server (moto) on loopback
+//! cargo xtask stress    the multi-process stress test of keepsake-datastore (local and S3),
+//!                       `--secs N` per backend (default 30; `cargo xtask ci` runs it for 4 s)
 //! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
 //! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
 //! cargo xtask layering  only the crate layering check
@@ -29,6 +31,7 @@ fn main() -> Result<()> {
     match task {
         "ci" => ci(&root),
         "test" => test(&root, rest),
+        "stress" => stress(&root, rest),
         "bench" => bench(rest),
         "s3" => s3(&root),
         "layering" => layering::check_workspace(&root),
@@ -49,6 +52,7 @@ fn print_help() {
          tasks:\n  \
          ci        fmt check, clippy -D warnings, tests (with S3), rustdoc -D warnings, layering\n  \
          test      all tests with a real S3 server (moto) on loopback [cargo test args to select]\n  \
+         stress    multi-process stress of keepsake-datastore on local and S3 [--secs N, default 30]\n  \
          bench     criterion benches [extra cargo bench args]\n  \
          s3        start the S3 test server and print its endpoint\n  \
          layering  check the crate dependency edges against docs/ARCHITECTURE.md"
@@ -91,6 +95,38 @@ fn ci(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
+    test_with_env(root, extra, &[])
+}
+
+/// `cargo xtask stress [--secs N]`: crates/datastore/tests/stress.rs for N seconds per backend,
+/// with the S3 server, printing its figures. (`cargo xtask ci` runs the same test with its short
+/// default as part of every test.)
+fn stress(root: &Path, args: &[String]) -> Result<()> {
+    let secs = match args {
+        [] => 30,
+        [flag, n] if flag == "--secs" => n
+            .parse::<u64>()
+            .with_context(|| format!("--secs {n:?}: not a number of seconds"))?,
+        _ => bail!("usage: cargo xtask stress [--secs N]"),
+    };
+    let selection: Vec<String> = [
+        "-p",
+        "keepsake-datastore",
+        "--test",
+        "stress",
+        "--",
+        "--nocapture",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    test_with_env(
+        root,
+        &selection,
+        &[("KEEPSAKE_STRESS_SECS", secs.to_string())],
+    )
+}
+
+fn test_with_env(root: &Path, extra: &[String], env: &[(&str, String)]) -> Result<()> {
     // With no arguments every test of the workspace; otherwise the arguments select, as for
     // `cargo test` (`cargo xtask test -p keepsake-datastore --test moves -- --nocapture`).
     let selection: Vec<String> = if extra.is_empty() {
@@ -107,6 +143,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     eprintln!("xtask: S3 test server at {}", server.endpoint());
     let mut cmd = cargo();
     cmd.args(["test", "--locked"]).args(&selection);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     server.export_to(&mut cmd);
     let result = run(&mut cmd);
     drop(server);
