@@ -30,6 +30,7 @@
 //! [`keepsake_hierarchy::BackupGroup`] and [`keepsake_hierarchy::BackupDir`].
 
 mod error;
+mod fsck;
 mod group;
 mod info;
 pub mod iter;
@@ -45,6 +46,7 @@ mod verify;
 mod writer;
 
 pub use error::{Error, Result};
+pub use fsck::{FsckOptions, FsckReport};
 pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
 pub use journal::{Intent, RecoveryOutcome, RecoveryReport};

@@ -1,0 +1,382 @@
+//! `fsck`: finds, and on request mends, what crashes and other tools leave in a datastore.
+//!
+//! What it looks at, and what `repair` does about it:
+//!
+//! | finding | repair |
+//! |---|---|
+//! | temporary files of atomic writes (`.<name>.tmp_*`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
+//! | interrupted operations in the intent journal | [`DataStore::recover`] |
+//! | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
+//! | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
+//! | groups without an owner file | report only |
+//! | unfinished snapshots (no manifest) whose backup time is older than [`FsckOptions::unfinished_older_than`] | report only |
+//! | differences between the S3 bucket and the local cache ([`FsckOptions::cache`]) | [`DataStore::refresh_cache`] |
+//!
+//! It never removes a snapshot folder, a manifest, or a `.protected` marker.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use keepsake_backend::{CachedBackend, EntryKind};
+use keepsake_hierarchy::{BackupNamespace, BackupTime};
+use keepsake_lock::{LockFile, LockMode};
+
+use crate::error::{Error, Result};
+use crate::group::Group;
+use crate::journal::{Intent, RecoveryReport};
+use crate::refresh::{CacheCheck, CacheRefresh, CacheReport};
+use crate::store::{DataStore, path};
+
+/// What [`DataStore::fsck`] checks and whether it mends.
+#[derive(Debug, Clone, Default)]
+pub struct FsckOptions {
+    /// Mend what can be mended (see [`DataStore::fsck`]); without it, fsck only reports.
+    pub repair: bool,
+    /// Report unfinished snapshots whose backup time is older than this (`None`: do not report).
+    pub unfinished_older_than: Option<Duration>,
+    /// The folder of this datastore's PBS 4 lock files (`<lock root>/<store>`, see
+    /// `keepsake_lock::FileLocker::store_dir`); `None`: lock files are not checked.
+    pub lock_dir: Option<PathBuf>,
+    /// The cached S3 backend the store was built with: compare bucket and cache (by size).
+    pub cache: Option<Arc<CachedBackend>>,
+}
+
+/// What [`DataStore::fsck`] found and did. Paths are relative to the datastore (lock files:
+/// absolute).
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct FsckReport {
+    /// Temporary files found.
+    pub temp_files: Vec<String>,
+    /// Temporary files left because their group or snapshot was locked (in use).
+    pub temp_files_in_use: Vec<String>,
+    /// Lock files nobody held when checked.
+    pub unused_lock_files: Vec<PathBuf>,
+    /// Groups without a snapshot folder.
+    pub empty_groups: Vec<String>,
+    /// Groups whose owner file is missing or unreadable (report only).
+    pub groups_without_owner: Vec<String>,
+    /// Unfinished snapshots older than the given age (report only).
+    pub old_unfinished_snapshots: Vec<String>,
+    /// Interrupted operations found in the journal (without `repair`).
+    pub interrupted: Vec<Intent>,
+    /// What recovery did (with `repair`).
+    pub recovery: Option<RecoveryReport>,
+    /// Differences between bucket and cache (when a cache was given).
+    pub cache: Option<CacheReport>,
+    /// The cache refresh (with `repair`, when the cache differed).
+    pub cache_refresh: Option<CacheRefresh>,
+    /// What was mended, one line each.
+    pub repaired: Vec<String>,
+    /// What could not be checked or mended, one line each (fsck goes on after these).
+    pub errors: Vec<String>,
+}
+
+impl FsckReport {
+    /// Whether nothing was found that fsck would mend or report.
+    pub fn is_clean(&self) -> bool {
+        self.temp_files.is_empty()
+            && self.unused_lock_files.is_empty()
+            && self.empty_groups.is_empty()
+            && self.groups_without_owner.is_empty()
+            && self.old_unfinished_snapshots.is_empty()
+            && self.interrupted.is_empty()
+            && self.recovery.as_ref().is_none_or(RecoveryReport::is_empty)
+            && self.cache.as_ref().is_none_or(CacheReport::is_consistent)
+            && self.errors.is_empty()
+    }
+}
+
+fn is_temp_file(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp_")
+}
+
+impl DataStore {
+    /// Checks the datastore for leftovers of crashes and other tools, and with
+    /// [`FsckOptions::repair`] mends them. Errors on single items are collected in
+    /// [`FsckReport::errors`] and the walk goes on. It never removes a snapshot folder, a manifest
+    /// or a `.protected` marker.
+    ///
+    /// | finding | repair |
+    /// |---|---|
+    /// | temporary files of atomic writes (`.<name>.tmp_*`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
+    /// | interrupted operations in the intent journal | [`DataStore::recover`] |
+    /// | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
+    /// | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
+    /// | groups without an owner file | report only |
+    /// | unfinished snapshots (no manifest) whose backup time is older than [`FsckOptions::unfinished_older_than`] | report only |
+    /// | differences between the S3 bucket and the local cache ([`FsckOptions::cache`]) | [`DataStore::refresh_cache`] |
+    ///
+    ///
+    /// ```
+    /// use keepsake_datastore::{DataStore, FsckOptions};
+    /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DataStore::builder("store1", dir.path().join("store1"))
+    ///     .lock_root(dir.path().join("locks"))
+    ///     .chunk_prefix_dirs(false)
+    ///     .create()?;
+    /// let group = store.group(&BackupNamespace::root(), &"vm/100".parse::<BackupGroup>()?);
+    /// group.create_locked(&"root@pam".parse::<Authid>()?)?; // a group, never backed up
+    /// let report = store.fsck(&FsckOptions::default())?;
+    /// assert_eq!(report.empty_groups, ["vm/100"]);
+    /// let repair = FsckOptions { repair: true, ..Default::default() };
+    /// store.fsck(&repair)?;
+    /// assert!(!group.exists()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Only when the namespaces cannot be listed at all, or the journal cannot be read.
+    pub fn fsck(&self, options: &FsckOptions) -> Result<FsckReport> {
+        let mut report = FsckReport::default();
+        // Interrupted operations first: their completion may be what empties a group.
+        if options.repair {
+            report.recovery = Some(self.recover()?);
+        } else {
+            report.interrupted = self.journal_intents()?;
+        }
+        let namespaces: Vec<BackupNamespace> = self
+            .iter_namespaces_recursive(&BackupNamespace::root(), None)?
+            .filter_map(|n| match n {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    report.errors.push(format!("namespace: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let cutoff = options.unfinished_older_than.and_then(|age| {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .ok()?
+                .as_secs();
+            i64::try_from(now.saturating_sub(age.as_secs())).ok()
+        });
+        for ns in &namespaces {
+            let groups = match self.iter_groups(ns) {
+                Ok(groups) => groups,
+                Err(e) => {
+                    report.errors.push(format!("groups of `{ns}`: {e}"));
+                    continue;
+                }
+            };
+            for group in groups {
+                match group {
+                    Ok(group) => self.fsck_group(&group, options, cutoff, &mut report),
+                    Err(e) => report.errors.push(format!("group in `{ns}`: {e}")),
+                }
+            }
+        }
+        if let Some(dir) = &options.lock_dir {
+            fsck_lock_dir(dir, options.repair, &mut report);
+        }
+        if let Some(cached) = &options.cache {
+            let check = self.check_cache(cached, CacheCheck::Sizes)?;
+            if options.repair && !check.is_consistent() {
+                let refresh = self.refresh_cache(cached)?;
+                report
+                    .repaired
+                    .push(format!("cache refreshed from the bucket: {refresh:?}"));
+                report.cache_refresh = Some(refresh);
+            }
+            report.cache = Some(check);
+        }
+        Ok(report)
+    }
+
+    fn fsck_group(
+        &self,
+        group: &Group,
+        options: &FsckOptions,
+        cutoff: Option<i64>,
+        report: &mut FsckReport,
+    ) {
+        let rel = group.relative_path();
+        let entries = match path(&rel).and_then(|p| {
+            self.backend()
+                .list(&p)
+                .map_err(|e| Error::from_backend("group", &rel, e))
+        }) {
+            Ok(listing) => listing.filter_map(|e| e.ok()).collect::<Vec<_>>(),
+            Err(e) => {
+                report.errors.push(format!("{rel}: {e}"));
+                return;
+            }
+        };
+        let mut group_temp = Vec::new();
+        let mut has_snapshot = false;
+        for entry in &entries {
+            match entry.kind {
+                EntryKind::File if is_temp_file(&entry.name) => {
+                    group_temp.push(entry.name.clone());
+                }
+                EntryKind::Dir => has_snapshot = true,
+                _ => {}
+            }
+        }
+        match group.owner() {
+            Ok(_) => {}
+            Err(Error::NotFound { .. } | Error::Invalid(_) | Error::Corrupt { .. }) => {
+                report.groups_without_owner.push(rel.clone());
+            }
+            Err(e) => report.errors.push(format!("owner of {rel}: {e}")),
+        }
+        // Group-level temporary files are written under the group lock (owner, notes).
+        if !group_temp.is_empty() {
+            report
+                .temp_files
+                .extend(group_temp.iter().map(|n| format!("{rel}/{n}")));
+            if options.repair {
+                match group.lock() {
+                    Ok(_guard) => {
+                        for name in &group_temp {
+                            self.remove_temp(&format!("{rel}/{name}"), report);
+                        }
+                    }
+                    Err(_) => report
+                        .temp_files_in_use
+                        .extend(group_temp.iter().map(|n| format!("{rel}/{n}"))),
+                }
+            }
+        }
+        let snapshots = match group.list_backups() {
+            Ok(s) => s,
+            Err(e) => {
+                report.errors.push(format!("snapshots of {rel}: {e}"));
+                return;
+            }
+        };
+        for info in &snapshots {
+            let snapshot = self.snapshot(group.ns(), &info.snapshot);
+            let srel = snapshot.relative_path();
+            if let Some(cutoff) = cutoff {
+                if info.snapshot.time()
+                    < BackupTime::from_epoch(cutoff).unwrap_or(info.snapshot.time())
+                    && !info.is_finished()
+                {
+                    report.old_unfinished_snapshots.push(srel.clone());
+                }
+            }
+            // (`BackupInfo::files` leaves hidden names out: list the folder itself.)
+            let temp: Vec<String> = match path(&srel).and_then(|p| {
+                self.backend()
+                    .list(&p)
+                    .map_err(|e| Error::from_backend("snapshot", &srel, e))
+            }) {
+                Ok(listing) => listing
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.kind == EntryKind::File && is_temp_file(&e.name))
+                    .map(|e| e.name)
+                    .collect(),
+                Err(e) => {
+                    report.errors.push(format!("{srel}: {e}"));
+                    continue;
+                }
+            };
+            if temp.is_empty() {
+                continue;
+            }
+            report
+                .temp_files
+                .extend(temp.iter().map(|n| format!("{srel}/{n}")));
+            if !options.repair {
+                continue;
+            }
+            // Manifest and blob writes hold the snapshot lock (writers) or the manifest lock
+            // (updates): both must be free.
+            let locks = snapshot
+                .lock()
+                .and_then(|s| snapshot.lock_manifest(Duration::ZERO).map(|m| (s, m)));
+            match locks {
+                Ok(_guards) => {
+                    for name in &temp {
+                        self.remove_temp(&format!("{srel}/{name}"), report);
+                    }
+                }
+                Err(_) => report
+                    .temp_files_in_use
+                    .extend(temp.iter().map(|n| format!("{srel}/{n}"))),
+            }
+        }
+        if !has_snapshot && snapshots.is_empty() {
+            report.empty_groups.push(rel.clone());
+            if options.repair {
+                match group.lock() {
+                    // Checked again under the lock: a backup may have started meanwhile.
+                    Ok(guard) => match group.remove_folder(guard) {
+                        Ok(true) => report.repaired.push(format!("removed empty group {rel}")),
+                        Ok(false) => {}
+                        Err(e) => report.errors.push(format!("removing {rel}: {e}")),
+                    },
+                    Err(e) => report.errors.push(format!("empty group {rel}: {e}")),
+                }
+            }
+        }
+    }
+
+    fn remove_temp(&self, rel: &str, report: &mut FsckReport) {
+        let result = path(rel).and_then(|p| {
+            self.backend()
+                .remove_file(&p)
+                .map_err(|e| Error::backend(rel, e))
+        });
+        match result {
+            Ok(()) => report
+                .repaired
+                .push(format!("removed temporary file {rel}")),
+            Err(e) => report.errors.push(format!("removing {rel}: {e}")),
+        }
+    }
+}
+
+/// Lock files below `dir` that nobody holds; with `repair`, each removed while held exclusively.
+fn fsck_lock_dir(dir: &Path, repair: bool, report: &mut FsckReport) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                report.errors.push(format!("{}: {e}", folder.display()));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            // Never follows links: a lock folder is only ever made of folders and files.
+            let Ok(ty) = entry.file_type() else { continue };
+            if ty.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            if !ty.is_file() {
+                continue;
+            }
+            let lock = LockFile::new(entry.path());
+            match lock.lock(LockMode::Exclusive, Duration::ZERO) {
+                Ok(guard) => {
+                    report.unused_lock_files.push(entry.path());
+                    if repair {
+                        if let Ok(exclusive) = guard.into_exclusive() {
+                            match exclusive.remove() {
+                                Ok(()) => report.repaired.push(format!(
+                                    "removed unused lock file {}",
+                                    entry.path().display()
+                                )),
+                                Err(e) => report
+                                    .errors
+                                    .push(format!("{}: {e}", entry.path().display())),
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.is_busy() => {}
+                Err(e) => report
+                    .errors
+                    .push(format!("{}: {e}", entry.path().display())),
+            }
+        }
+    }
+}
