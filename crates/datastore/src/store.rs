@@ -146,15 +146,19 @@ impl DataStoreBuilder {
         self
     }
 
-    fn build(self) -> Result<(DataStore, bool)> {
+    fn build(self, creating: bool) -> Result<(DataStore, bool)> {
         keepsake_hierarchy::check_datastore_name(&self.name)?;
         let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => b,
             None => {
-                std::fs::create_dir_all(&self.path).map_err(|source| Error::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                // Only `create` makes the folder; `open` of a missing one is an error, not a new
+                // empty folder left behind.
+                if creating {
+                    std::fs::create_dir_all(&self.path).map_err(|source| Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                }
                 Arc::new(
                     LocalBackend::open(&self.path, self.sync_level)
                         .map_err(|e| Error::backend("", e))?,
@@ -199,7 +203,7 @@ impl DataStoreBuilder {
     /// # Errors
     /// [`Error::Refused`] for a non-empty folder; backend errors.
     pub fn create(self) -> Result<DataStore> {
-        let (store, prefix_dirs) = self.build()?;
+        let (store, prefix_dirs) = self.build(true)?;
         let backend = store.backend();
         let root = BackendPath::root();
         for entry in backend.list(&root).map_err(|e| Error::backend("", e))? {
@@ -240,7 +244,7 @@ impl DataStoreBuilder {
     /// # Errors
     /// [`Error::Refused`] if the layout is not a datastore's.
     pub fn open(self) -> Result<DataStore> {
-        let (store, _) = self.build()?;
+        let (store, _) = self.build(false)?;
         match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
             Ok(stat) if stat.kind == EntryKind::Dir => {
                 // Complete what a crashed process left half done (docs/JOURNAL.md).

@@ -432,3 +432,19 @@ fn a_real_chunk_store_has_every_prefix_folder() {
     assert!(dir.path().join("s/.chunks/0000").is_dir());
     assert!(dir.path().join("s/.chunks/ffff").is_dir());
 }
+
+#[test]
+fn open_of_a_missing_folder_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-store");
+    let result = DataStore::builder("store1", &missing)
+        .lock_root(dir.path().join("locks"))
+        .open();
+    let error = result.expect_err("a missing folder is not a datastore");
+    assert!(
+        error.to_string().contains("no-such-store")
+            || format!("{error:?}").contains("no-such-store"),
+        "the error names the folder: {error:?}"
+    );
+    assert!(!missing.exists(), "open created the folder");
+}
