@@ -521,6 +521,12 @@ fn move_group(
         .iter()
         .map(Snapshot::lock)
         .collect::<Result<_>>()?;
+    // `update_manifest` takes only the manifest lock: without these, an update landing between the
+    // copy and the removal of the source (object stores) would be lost with the source.
+    let manifest_locks: Vec<LockGuard> = snapshots
+        .iter()
+        .map(|s| s.lock_manifest(MANIFEST_LOCK_TIMEOUT))
+        .collect::<Result<_>>()?;
     let target_exists = target.exists()?;
     if target_exists {
         if !merge {
@@ -558,10 +564,13 @@ fn move_group(
         )?;
         report.groups_moved = 1;
         report.snapshots = snapshots.len() as u64;
+        manifest_locks.into_iter().for_each(drop_lock_file);
         snapshot_locks.into_iter().for_each(drop_lock_file);
         drop_lock_file(source_lock);
     } else {
-        for (snapshot, lock) in snapshots.iter().zip(snapshot_locks) {
+        for ((snapshot, lock), manifest_lock) in
+            snapshots.iter().zip(snapshot_locks).zip(manifest_locks)
+        {
             let moved = store.snapshot(target_ns, snapshot.dir());
             if moved.exists()? {
                 return Err(Error::AlreadyExists {
@@ -585,6 +594,7 @@ fn move_group(
                 &moved.relative_path(),
                 &mut step,
             )?;
+            drop_lock_file(manifest_lock);
             drop_lock_file(lock);
             step.finish()?;
             report.snapshots += 1;

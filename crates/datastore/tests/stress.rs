@@ -275,7 +275,6 @@ fn counter(manifest: &keepsake_manifest::manifest::BackupManifest) -> u64 {
 /// One worker thread of a child process: random operations until `deadline`.
 fn worker(
     store: &DataStore,
-    kind: Kind,
     process: usize,
     thread: usize,
     deadline: Instant,
@@ -296,7 +295,6 @@ fn worker(
     let mut snapshots: Vec<(BackupNamespace, BackupDir)> = Vec::new();
     let policy: KeepOptions = "keep-last=4".parse().unwrap();
     let mut ops = 0u64;
-    let group_moves = group_moves_enabled(kind);
     while Instant::now() < deadline {
         if ops % 8 == 0 || snapshots.is_empty() {
             match inventory(store) {
@@ -428,7 +426,7 @@ fn worker(
             let to = ns(NAMESPACES[rng.below(NAMESPACES.len())]);
             let result = store.snapshot(&n, &dir).move_to(&to, true).map(|_| ());
             record.lock().unwrap().count("move-snapshot", &result);
-        } else if group_moves {
+        } else {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
@@ -440,15 +438,6 @@ fn worker(
             record.lock().unwrap().count("move-group", &result);
         }
     }
-}
-
-/// Group moves on a backend without atomic renames (S3 behind the cache) copy the group while
-/// holding the snapshot locks but not the manifest locks, so a concurrent `update_manifest` can
-/// write to the source after it was copied and the increment is lost with the source (found by
-/// this test; reported for `relocate.rs`). Until that is fixed they run on S3 only with
-/// `KEEPSAKE_STRESS_ALL_OPS=1`, which reproduces the lost update.
-fn group_moves_enabled(kind: Kind) -> bool {
-    kind == Kind::Local || std::env::var_os("KEEPSAKE_STRESS_ALL_OPS").is_some()
 }
 
 fn record_op(record: &Mutex<Record>, op: &str, result: keepsake_datastore::Result<()>) {
@@ -469,7 +458,7 @@ fn child(spec: &str) {
     std::thread::scope(|s| {
         for thread in 0..threads {
             let (store, record) = (&store, &record);
-            s.spawn(move || worker(store, kind, process, thread, deadline, record));
+            s.spawn(move || worker(store, process, thread, deadline, record));
         }
     });
     record
