@@ -35,6 +35,7 @@ mod group;
 mod info;
 pub mod iter;
 pub mod journal;
+pub mod lease;
 mod namespace;
 pub mod prune;
 mod prune_apply;
@@ -50,6 +51,10 @@ pub use fsck::{FsckOptions, FsckReport};
 pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
 pub use journal::{Intent, RecoveryOutcome, RecoveryReport};
+pub use lease::{
+    LEASE_FOLDER, LeaseHolderInfo, LeaseInfo, LeaseLocker, LeaseSettings, MissingCondition,
+    probe_conditional_writes,
+};
 pub use namespace::NamespaceRemoval;
 pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, PrunedSnapshot};
 pub use refresh::{CacheCheck, CacheDifference, CacheDifferenceKind, CacheRefresh, CacheReport};

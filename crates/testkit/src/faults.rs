@@ -27,7 +27,7 @@ use futures::stream::{self, BoxStream};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
 /// The kinds of call a plan can target.
@@ -81,6 +81,7 @@ pub struct FaultPlan {
     random: Vec<(Option<Operation>, f64)>,
     every_nth_deleted_key: Option<u64>,
     delay: Option<Duration>,
+    ignore_put_conditions: bool,
 }
 
 impl FaultPlan {
@@ -92,6 +93,7 @@ impl FaultPlan {
             random: Vec::new(),
             every_nth_deleted_key: None,
             delay: None,
+            ignore_put_conditions: false,
         }
     }
 
@@ -117,6 +119,14 @@ impl FaultPlan {
     /// across calls) is reported failed and not deleted; the others are deleted.
     pub fn fail_every_nth_deleted_key(mut self, k: u64) -> Self {
         self.every_nth_deleted_key = Some(k.max(1));
+        self
+    }
+
+    /// Plays a server without conditional writes: every put overwrites, whatever its
+    /// `PutMode` (`If-None-Match` and `If-Match` are ignored, as by endpoints that do not
+    /// implement them).
+    pub fn ignore_put_conditions(mut self) -> Self {
+        self.ignore_put_conditions = true;
         self
     }
 
@@ -237,10 +247,13 @@ impl ObjectStore for FaultyStore {
         &self,
         location: &Path,
         payload: PutPayload,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.pause().await;
         self.enter(Operation::Put)?;
+        if self.plan.ignore_put_conditions {
+            opts.mode = PutMode::Overwrite;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -455,6 +468,33 @@ mod tests {
             }
             assert_eq!(store.calls(Operation::Delete), 1);
             assert_eq!(store.injected(), 3);
+        });
+    }
+
+    #[test]
+    fn ignored_put_conditions_overwrite() {
+        runtime().block_on(async {
+            let store = FaultyStore::new(
+                Arc::new(InMemory::new()),
+                FaultPlan::new(1).ignore_put_conditions(),
+            );
+            let create = || PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            store.put_opts(&key(1), "a".into(), create()).await.unwrap();
+            store.put_opts(&key(1), "b".into(), create()).await.unwrap();
+            let stale = object_store::UpdateVersion {
+                e_tag: Some("\"not-the-etag\"".into()),
+                version: None,
+            };
+            let update = PutOptions {
+                mode: PutMode::Update(stale),
+                ..Default::default()
+            };
+            store.put_opts(&key(1), "c".into(), update).await.unwrap();
+            let bytes = store.get(&key(1)).await.unwrap().bytes().await.unwrap();
+            assert_eq!(&bytes[..], b"c");
         });
     }
 
