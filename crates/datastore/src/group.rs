@@ -171,7 +171,7 @@ impl Group {
     pub fn set_owner(&self, owner: &Authid, force: bool) -> Result<()> {
         let file = self.file(GROUP_OWNER_FILE_NAME)?;
         let mode = if force {
-            WriteMode::Replace
+            self.conditional_mode(&file, WriteMode::Replace)?
         } else {
             WriteMode::CreateOnly
         };
@@ -180,6 +180,27 @@ impl Group {
             .write(&file, format!("{owner}\n").as_bytes(), mode)
             .map_err(|e| Error::from_backend("owner", file.as_str(), e))?;
         Ok(())
+    }
+
+    /// In multi-host mode, a replacing write becomes conditional on the version of `file` read
+    /// now from the bucket (create-only if there is none), so a change another host makes
+    /// between that read and the write is reported as [`Error::Precondition`], never overwritten
+    /// silently. Otherwise `mode` as given.
+    fn conditional_mode(
+        &self,
+        file: &keepsake_backend::BackendPath,
+        mode: WriteMode,
+    ) -> Result<WriteMode> {
+        // The bucket, not the cache: another host may have changed the file since this host
+        // cached it.
+        let Some(leases) = self.store.lease_locker() else {
+            return Ok(mode);
+        };
+        match keepsake_backend::Backend::read(leases.remote(), file) {
+            Ok(current) => Ok(WriteMode::Update(current.version)),
+            Err(keepsake_backend::Error::NotFound { .. }) => Ok(WriteMode::CreateOnly),
+            Err(e) => Err(Error::backend(file.as_str(), e)),
+        }
     }
 
     /// The group notes, raw; `None` when there is no notes file.
@@ -204,12 +225,14 @@ impl Group {
                 path: self.relative_path(),
             });
         }
-        let _guard = self.lock()?;
+        let guard = self.lock()?;
         let file = self.file(GROUP_NOTES_FILE_NAME)?;
+        let mode = self.conditional_mode(&file, WriteMode::Replace)?;
+        self.store.check_fence(&guard)?;
         self.store
             .backend()
-            .write(&file, notes.as_bytes(), WriteMode::Replace)
-            .map_err(|e| Error::backend(file.as_str(), e))?;
+            .write(&file, notes.as_bytes(), mode)
+            .map_err(|e| Error::from_backend("notes", file.as_str(), e))?;
         Ok(())
     }
 

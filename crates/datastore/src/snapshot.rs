@@ -130,7 +130,7 @@ impl Snapshot {
     /// # Errors
     /// [`Error::NotFound`] if the snapshot does not exist; [`Error::Locked`] if it is in use.
     pub fn set_protected(&self, protected: bool) -> Result<()> {
-        let _guard = self.lock()?;
+        let guard = self.lock()?;
         // Checked under the lock: a destroy that just finished must not leave a marker behind in a
         // re-created folder.
         if !self.exists()? {
@@ -140,6 +140,7 @@ impl Snapshot {
             });
         }
         let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        self.store.check_fence(&guard)?;
         let result = if protected {
             match self
                 .store
@@ -212,16 +213,29 @@ impl Snapshot {
     /// only succeeds if nobody changed the file since it was read (a writer that ignores the lock
     /// cannot be overwritten silently).
     ///
+    /// A compare-and-swap that loses (another host wrote in between, or the local cache held an
+    /// older copy) is retried from a fresh read, up to 8 times, so `change` may run more than
+    /// once and must only depend on the manifest it is given. In multi-host mode the lease's
+    /// fencing token is checked before each write ([`Error::LeaseLost`]).
+    ///
     /// Returns the manifest as written. If `change` fails, nothing is written.
-    pub fn update_manifest<F>(&self, change: F) -> Result<BackupManifest>
+    pub fn update_manifest<F>(&self, mut change: F) -> Result<BackupManifest>
     where
-        F: FnOnce(&mut BackupManifest) -> Result<()>,
+        F: FnMut(&mut BackupManifest) -> Result<()>,
     {
-        let _guard = self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?;
-        let (mut manifest, version) = self.load_manifest_versioned()?;
-        change(&mut manifest)?;
-        self.write_manifest(&manifest, Some(version))?;
-        Ok(manifest)
+        const RETRIES: usize = 8;
+        let guard = self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?;
+        let mut attempt = 0;
+        loop {
+            let (mut manifest, version) = self.load_manifest_versioned()?;
+            change(&mut manifest)?;
+            self.store.check_fence(&guard)?;
+            match self.write_manifest(&manifest, Some(version)) {
+                Err(Error::Precondition { .. }) if attempt < RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(manifest),
+            }
+        }
     }
 
     /// Writes the manifest blob (create-only when `version` is `None`).

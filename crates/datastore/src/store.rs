@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keepsake_backend::{Backend, BackendPath, EntryKind, LocalBackend, SyncLevel, WriteMode};
+use keepsake_backend::{
+    Backend, BackendPath, EntryKind, LocalBackend, ObjectBackend, SyncLevel, WriteMode,
+};
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 use keepsake_lock::{LockGuard, LockMode, LockScheme, LockTarget, Locker};
 use keepsake_manifest::crypt::CryptConfig;
 
 use crate::error::{Error, Result};
 use crate::group::Group;
+use crate::lease::{LeaseLocker, LeaseSettings};
 use crate::snapshot::Snapshot;
 
 /// Name of the chunk store folder at the datastore root.
@@ -53,6 +56,7 @@ struct Inner {
     locker: Arc<dyn Locker>,
     crypt: Option<CryptConfig>,
     namespace_markers: bool,
+    leases: Option<LeaseLocker>,
 }
 
 impl fmt::Debug for DataStore {
@@ -87,6 +91,7 @@ pub struct DataStoreBuilder {
     crypt: Option<CryptConfig>,
     chunk_prefix_dirs: bool,
     namespace_markers: bool,
+    multi_host: Option<(ObjectBackend, LeaseSettings)>,
 }
 
 impl DataStoreBuilder {
@@ -146,8 +151,28 @@ impl DataStoreBuilder {
         self
     }
 
+    /// Several hosts share the bucket of `remote` (the object store behind the datastore's
+    /// `CachedBackend`): locks become leases in the bucket ([`LeaseLocker`], replacing any lock
+    /// root or locker given), and writes of the manifest, notes and protection check the lease's
+    /// fencing token first. Building the store first probes the endpoint
+    /// ([`probe_conditional_writes`](crate::probe_conditional_writes)).
+    ///
+    /// Building fails with [`Error::MultiHostUnsupported`] when the endpoint does not enforce
+    /// create-only and compare-and-swap writes.
+    pub fn multi_host(mut self, remote: ObjectBackend, settings: LeaseSettings) -> Self {
+        self.multi_host = Some((remote, settings));
+        self
+    }
+
     fn build(self, creating: bool) -> Result<(DataStore, bool)> {
         keepsake_hierarchy::check_datastore_name(&self.name)?;
+        let leases = match &self.multi_host {
+            Some((remote, settings)) => {
+                crate::lease::probe_conditional_writes(remote)?;
+                Some(LeaseLocker::new(remote.clone(), *settings)?)
+            }
+            None => None,
+        };
         let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => b,
             None => {
@@ -165,16 +190,17 @@ impl DataStoreBuilder {
                 )
             }
         };
-        let locker: Arc<dyn Locker> = match (self.locker, self.lock_root) {
-            (Some(locker), _) => locker,
-            (None, Some(root)) => Arc::from(
+        let locker: Arc<dyn Locker> = match (&leases, self.locker, self.lock_root) {
+            (Some(leases), _, _) => Arc::new(leases.clone()),
+            (None, Some(locker), _) => locker,
+            (None, None, Some(root)) => Arc::from(
                 self.lock_scheme
                     .locker(&root, &self.name, &self.path)
                     .map_err(|e| {
                         Error::InvalidArgument(format!("lock root {}: {e}", root.display()))
                     })?,
             ),
-            (None, None) => {
+            (None, None, None) => {
                 return Err(Error::InvalidArgument(
                     "no lock root: call lock_root() (on a PBS host: keepsake_lock::PBS_LOCK_ROOT)"
                         .to_owned(),
@@ -190,6 +216,7 @@ impl DataStoreBuilder {
                     locker,
                     crypt: self.crypt,
                     namespace_markers: self.namespace_markers,
+                    leases,
                 }),
             },
             self.chunk_prefix_dirs,
@@ -274,6 +301,7 @@ impl DataStore {
             crypt: None,
             chunk_prefix_dirs: true,
             namespace_markers: false,
+            multi_host: None,
         }
     }
 
@@ -300,6 +328,25 @@ impl DataStore {
     /// The encryption key, if one was given.
     pub fn crypt_config(&self) -> Option<&CryptConfig> {
         self.inner.crypt.as_ref()
+    }
+
+    /// The lease locker, in multi-host mode ([`DataStoreBuilder::multi_host`]).
+    pub fn lease_locker(&self) -> Option<&LeaseLocker> {
+        self.inner.leases.as_ref()
+    }
+
+    /// Whether several hosts may share the bucket ([`DataStoreBuilder::multi_host`]).
+    pub fn is_multi_host(&self) -> bool {
+        self.inner.leases.is_some()
+    }
+
+    /// In multi-host mode, checks that `guard`'s lease is still this holder's (the fencing
+    /// token); a no-op otherwise.
+    pub(crate) fn check_fence(&self, guard: &LockGuard) -> Result<()> {
+        match &self.inner.leases {
+            Some(leases) => leases.check_fence(guard).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn keeps_namespace_markers(&self) -> bool {

@@ -1,0 +1,409 @@
+//! Several hosts on one bucket: the capability probe, and keepsake processes (this test binary
+//! re-run in a child role), each with its own cache folder, sharing one bucket prefix on the S3
+//! test server (moto, started by `cargo xtask test`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keepsake_backend::{
+    CachedBackend, LocalBackend, ObjectBackend, RetrySettings, S3Config, SyncLevel,
+};
+use keepsake_datastore::{DataStore, Error, LeaseSettings, MissingCondition};
+use keepsake_hierarchy::{Authid, BackupDir, BackupNamespace};
+use keepsake_testkit::faults::{FaultPlan, FaultyStore};
+use keepsake_testkit::s3::S3TestConfig;
+use object_store::memory::InMemory;
+
+/// Which role a re-run of this binary plays, and its arguments.
+const ROLE_VAR: &str = "KEEPSAKE_MULTI_HOST_ROLE";
+/// The shared bucket prefix (datastore name).
+const PREFIX_VAR: &str = "KEEPSAKE_MULTI_HOST_PREFIX";
+/// The child's own cache folder.
+const CACHE_VAR: &str = "KEEPSAKE_MULTI_HOST_CACHE";
+const COUNTER_KEY: &str = "keepsake-test-counter";
+const SNAPSHOT: &str = "vm/100/2024-06-05T15:06:40Z";
+/// Printed by the paused child once it is inside its manifest update.
+const INSIDE: &str = "KEEPSAKE-MULTI-HOST-INSIDE";
+/// Printed by the paused child with the outcome of its write.
+const OUTCOME: &str = "KEEPSAKE-MULTI-HOST-OUTCOME";
+
+fn s3_config(cfg: &S3TestConfig) -> S3Config {
+    let mut config = S3Config::new(
+        cfg.bucket.clone(),
+        cfg.region.clone(),
+        cfg.access_key_id.clone(),
+        cfg.secret_access_key.clone(),
+    );
+    config.endpoint = Some(cfg.endpoint.clone());
+    config.allow_http = true;
+    config.retry = RetrySettings::for_tests();
+    config
+}
+
+/// Short leases, so that a paused holder runs out quickly.
+fn settings() -> LeaseSettings {
+    LeaseSettings::with_lease(Duration::from_secs(2)).clock_skew(Duration::from_millis(500))
+}
+
+/// One "host": a multi-host datastore on the shared prefix with its own cache folder. The first
+/// host creates the store; the others join (refresh their empty cache from the bucket, then open).
+fn host(cfg: &S3TestConfig, prefix: &str, cache: &Path, create: bool) -> DataStore {
+    let remote = ObjectBackend::s3(&s3_config(cfg), prefix).unwrap();
+    std::fs::create_dir_all(cache).unwrap();
+    let local = LocalBackend::open(cache, SyncLevel::None).unwrap();
+    let cached = Arc::new(CachedBackend::new(local, remote.clone()));
+    let builder = DataStore::builder(prefix, cache)
+        .backend(cached.clone())
+        .namespace_markers(true)
+        .chunk_prefix_dirs(false)
+        .multi_host(remote, settings());
+    if create {
+        builder.create().unwrap()
+    } else {
+        std::fs::create_dir_all(cache.join(".chunks")).unwrap();
+        cached.refresh().unwrap();
+        builder.open().unwrap()
+    }
+}
+
+fn counter(store: &DataStore) -> u64 {
+    let dir: BackupDir = SNAPSHOT.parse().unwrap();
+    store
+        .snapshot(&BackupNamespace::root(), &dir)
+        .load_manifest()
+        .unwrap()
+        .unprotected()
+        .get(COUNTER_KEY)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+fn increment(store: &DataStore) -> keepsake_datastore::Result<()> {
+    let dir: BackupDir = SNAPSHOT.parse().unwrap();
+    store
+        .snapshot(&BackupNamespace::root(), &dir)
+        .update_manifest(|m| {
+            let next = m
+                .unprotected()
+                .get(COUNTER_KEY)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+                + 1;
+            m.unprotected_mut()
+                .insert(COUNTER_KEY.to_owned(), serde_json::Value::from(next));
+            Ok(())
+        })
+        .map(|_| ())
+}
+
+/// The first host: a store with one finished snapshot.
+fn first_host(cfg: &S3TestConfig, prefix: &str, cache: &Path) -> DataStore {
+    let store = host(cfg, prefix, cache, true);
+    let dir: BackupDir = SNAPSHOT.parse().unwrap();
+    let group = store.group(&BackupNamespace::root(), dir.group());
+    let owner: Authid = "root@pam".parse().unwrap();
+    let mut writer = group.start_backup(&owner, dir.time()).unwrap();
+    writer.add_blob("conf.blob", b"config", false).unwrap();
+    writer.finish().unwrap();
+    store
+}
+
+/// A re-run of this test binary as another host; killed (and reaped) on drop.
+struct HostProcess {
+    child: Child,
+}
+
+impl HostProcess {
+    fn spawn(test: &str, role: &str, prefix: &str, cache: &Path) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(ROLE_VAR, role)
+            .env(PREFIX_VAR, prefix)
+            .env(CACHE_VAR, cache)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child }
+    }
+
+    fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap()
+    }
+
+    /// Reads the child's stdout until a line starting with `marker`; returns that line.
+    fn wait_for(&mut self, lines: &mut impl Iterator<Item = String>, marker: &str) -> String {
+        for line in lines {
+            if line.starts_with(marker) {
+                return line;
+            }
+        }
+        let status = self.child.wait().unwrap();
+        panic!("child exited ({status:?}) before printing {marker}");
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.pid(), rustix::process::Signal::CONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a child does instead of the test; exits the process when done.
+fn child_main(cfg: &S3TestConfig, role: &str) -> ! {
+    let prefix = std::env::var(PREFIX_VAR).unwrap();
+    let cache = std::path::PathBuf::from(std::env::var_os(CACHE_VAR).unwrap());
+    let store = host(cfg, &prefix, &cache, false);
+    match role.split(':').collect::<Vec<_>>().as_slice() {
+        ["count", n] => {
+            for _ in 0..n.parse::<u32>().unwrap() {
+                increment(&store).unwrap();
+            }
+        }
+        ["paused"] => {
+            let dir: BackupDir = SNAPSHOT.parse().unwrap();
+            let result = store
+                .snapshot(&BackupNamespace::root(), &dir)
+                .update_manifest(|m| {
+                    // Tell the parent we hold the lease, then wait (the parent stops us here and
+                    // lets the lease run out) until it says go.
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{INSIDE}").unwrap();
+                    out.flush().unwrap();
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).unwrap();
+                    m.unprotected_mut()
+                        .insert("written-by".to_owned(), "paused holder".into());
+                    Ok(())
+                });
+            let outcome = match result {
+                Ok(_) => "written".to_owned(),
+                Err(Error::LeaseLost { reason, .. }) => format!("lease-lost {reason}"),
+                Err(e) => format!("other {e}"),
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{OUTCOME} {outcome}").unwrap();
+            out.flush().unwrap();
+        }
+        _ => panic!("unknown role {role:?}"),
+    }
+    std::process::exit(0);
+}
+
+fn child_role() -> Option<String> {
+    std::env::var(ROLE_VAR).ok()
+}
+
+#[test]
+fn concurrent_manifest_counters_lose_no_increment() {
+    let test = "concurrent_manifest_counters_lose_no_increment";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    if let Some(role) = child_role() {
+        child_main(&cfg, &role);
+    }
+    const HOSTS: usize = 3;
+    const PER_HOST: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = keepsake_testkit::s3::unique_prefix("mhc");
+    let store = first_host(&cfg, &prefix, &dir.path().join("host0"));
+    let started = Instant::now();
+    let children: Vec<HostProcess> = (1..=HOSTS)
+        .map(|i| {
+            let cache = dir.path().join(format!("host{i}"));
+            HostProcess::spawn(test, &format!("count:{PER_HOST}"), &prefix, &cache)
+        })
+        .collect();
+    for _ in 0..PER_HOST {
+        increment(&store).unwrap();
+    }
+    for mut child in children {
+        let status = child.child.wait().unwrap();
+        assert!(status.success(), "host process failed: {status:?}");
+    }
+    // Read from the bucket, through a fresh host: nothing stale from this host's cache.
+    let check = host(&cfg, &prefix, &dir.path().join("check"), false);
+    assert_eq!(counter(&check), (HOSTS as u64 + 1) * PER_HOST);
+    let leases = check.lease_locker().unwrap().leases().unwrap();
+    assert!(
+        leases.iter().all(|l| l.holders.is_empty()),
+        "leases left held: {leases:?}"
+    );
+    let manifest_lease = leases
+        .iter()
+        .find(|l| l.target.starts_with("manifest of"))
+        .expect("the manifest's lease object");
+    // Every update was granted the manifest's lease with an epoch of its own.
+    assert!(
+        manifest_lease.epoch >= (HOSTS as u64 + 1) * PER_HOST,
+        "{manifest_lease:?}"
+    );
+    eprintln!(
+        "{test}: {} increments from {} processes in {:?}",
+        (HOSTS as u64 + 1) * PER_HOST,
+        HOSTS + 1,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn paused_holder_cannot_write_after_its_lease_was_taken() {
+    let test = "paused_holder_cannot_write_after_its_lease_was_taken";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    if let Some(role) = child_role() {
+        child_main(&cfg, &role);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = keepsake_testkit::s3::unique_prefix("mhp");
+    let store = first_host(&cfg, &prefix, &dir.path().join("host0"));
+    let snapshot = store.snapshot(&BackupNamespace::root(), &SNAPSHOT.parse().unwrap());
+    increment(&store).unwrap();
+
+    let mut paused = HostProcess::spawn(test, "paused", &prefix, &dir.path().join("host1"));
+    let stdout = paused.child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map(Result::unwrap);
+    paused.wait_for(&mut lines, INSIDE);
+    rustix::process::kill_process(paused.pid(), rustix::process::Signal::STOP).unwrap();
+
+    // While its lease runs, the paused holder keeps the manifest.
+    let busy = snapshot.lock_manifest(Duration::ZERO).unwrap_err();
+    assert!(busy.is_locked(), "{busy:?}");
+    // Past lease length plus the skew bound (2 s + 0.5 s, renewed at most 2/3 s before the
+    // stop), another host takes over.
+    std::thread::sleep(Duration::from_millis(3200));
+    let taken = snapshot.lock_manifest(Duration::from_secs(5)).unwrap();
+
+    rustix::process::kill_process(paused.pid(), rustix::process::Signal::CONT).unwrap();
+    writeln!(paused.child.stdin.as_mut().unwrap(), "go").unwrap();
+    let outcome = paused.wait_for(&mut lines, OUTCOME);
+    assert!(
+        outcome.starts_with(&format!("{OUTCOME} lease-lost")),
+        "the paused holder's write was not fenced: {outcome}"
+    );
+    assert!(paused.child.wait().unwrap().success());
+
+    // Nothing of the paused holder reached the bucket; the new holder's update goes through.
+    drop(taken);
+    let check = host(&cfg, &prefix, &dir.path().join("check"), false);
+    let manifest = check
+        .snapshot(&BackupNamespace::root(), &SNAPSHOT.parse().unwrap())
+        .load_manifest()
+        .unwrap();
+    assert!(manifest.unprotected().get("written-by").is_none());
+    assert_eq!(counter(&check), 1);
+    increment(&store).unwrap();
+    assert_eq!(counter(&store), 2);
+}
+
+fn probe_with(store: Arc<dyn object_store::ObjectStore>) -> Result<DataStore, Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = ObjectBackend::with_store(store, "probe").unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cached = Arc::new(CachedBackend::new(
+        LocalBackend::open(&cache, SyncLevel::None).unwrap(),
+        remote.clone(),
+    ));
+    DataStore::builder("probe", &cache)
+        .backend(cached)
+        .lock_root(dir.path().join("locks"))
+        .chunk_prefix_dirs(false)
+        .multi_host(remote, settings())
+        .create()
+}
+
+#[test]
+fn probe_refuses_a_store_that_ignores_put_conditions() {
+    let faulty = Arc::new(FaultyStore::new(
+        Arc::new(InMemory::new()),
+        FaultPlan::new(1).ignore_put_conditions(),
+    ));
+    match probe_with(faulty) {
+        Err(Error::MultiHostUnsupported {
+            missing: MissingCondition::CreateOnly,
+            ..
+        }) => {}
+        other => panic!("expected MultiHostUnsupported(CreateOnly), got {other:?}"),
+    }
+    let store = probe_with(Arc::new(InMemory::new())).unwrap();
+    assert!(store.is_multi_host());
+
+    // Single-host mode on the same kind of server still works.
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = Arc::new(FaultyStore::new(
+        Arc::new(InMemory::new()),
+        FaultPlan::new(1).ignore_put_conditions(),
+    ));
+    let remote = ObjectBackend::with_store(faulty, "single").unwrap();
+    std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+    let cached = Arc::new(CachedBackend::new(
+        LocalBackend::open(dir.path().join("cache"), SyncLevel::None).unwrap(),
+        remote,
+    ));
+    let single = DataStore::builder("single", dir.path().join("cache"))
+        .backend(cached)
+        .lock_root(dir.path().join("locks"))
+        .chunk_prefix_dirs(false)
+        .create()
+        .unwrap();
+    assert!(!single.is_multi_host());
+    single.create_namespace(&"a".parse().unwrap()).unwrap();
+}
+
+#[test]
+fn probe_on_the_s3_server() {
+    let test = "probe_on_the_s3_server";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // moto enforces both conditions.
+    let prefix = keepsake_testkit::s3::unique_prefix("mhq");
+    let store = host(&cfg, &prefix, &dir.path().join("ok"), true);
+    assert!(store.is_multi_host());
+    assert!(store.lease_locker().unwrap().leases().unwrap().is_empty());
+
+    // The same server behind a wrapper that drops the conditions.
+    let wrapped = ObjectBackend::s3_wrapped(&s3_config(&cfg), &prefix, |s3| {
+        Arc::new(FaultyStore::new(
+            s3,
+            FaultPlan::new(1).ignore_put_conditions(),
+        ))
+    })
+    .unwrap();
+    match keepsake_datastore::probe_conditional_writes(&wrapped) {
+        Err(Error::MultiHostUnsupported {
+            missing: MissingCondition::CreateOnly,
+            ..
+        }) => {}
+        other => panic!("expected MultiHostUnsupported(CreateOnly), got {other:?}"),
+    }
+
+    // A client configured without conditional writes refuses the first conditional put: the
+    // probe reports it with the client's error.
+    let mut config = s3_config(&cfg);
+    config.conditional_writes = false;
+    let plain = ObjectBackend::s3(&config, &prefix).unwrap();
+    let err = keepsake_datastore::probe_conditional_writes(&plain).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MultiHostUnsupported {
+                missing: MissingCondition::CreateOnly,
+                detail: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("multi-host mode refused"), "{err}");
+}
