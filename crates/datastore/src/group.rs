@@ -295,6 +295,14 @@ impl Group {
     /// [`Error::Locked`] if the group or one of its snapshots is in use (snapshots destroyed before
     /// that stay destroyed).
     pub fn destroy(&self) -> Result<DestroyStats> {
+        // What a failed operation left half done is finished first (docs/JOURNAL.md).
+        self.store.recover()?;
+        self.destroy_now()
+    }
+
+    /// [`Group::destroy`] without the recovery first: for recovery itself and for operations
+    /// that already ran it.
+    pub(crate) fn destroy_now(&self) -> Result<DestroyStats> {
         let guard = self.lock()?;
         let mut stats = DestroyStats::default();
         let snapshots: Vec<_> = self.iter_snapshots()?.collect::<Result<_>>()?;

@@ -121,6 +121,18 @@ impl DataStore {
         ns: &BackupNamespace,
         delete_groups: bool,
     ) -> Result<NamespaceRemoval> {
+        // What a failed operation left half done is finished first (docs/JOURNAL.md).
+        self.recover()?;
+        self.remove_namespace_now(ns, delete_groups)
+    }
+
+    /// [`DataStore::remove_namespace`] without the recovery first: for recovery itself and for
+    /// operations that already ran it.
+    pub(crate) fn remove_namespace_now(
+        &self,
+        ns: &BackupNamespace,
+        delete_groups: bool,
+    ) -> Result<NamespaceRemoval> {
         if !self.namespace_exists(ns)? {
             return Err(Error::NotFound {
                 what: "namespace",
@@ -137,7 +149,7 @@ impl DataStore {
             for n in &all {
                 let groups: Vec<_> = self.iter_groups(n)?.collect::<Result<_>>()?;
                 for group in groups {
-                    report.groups.add(&group.destroy()?);
+                    report.groups.add(&group.destroy_now()?);
                 }
             }
         }

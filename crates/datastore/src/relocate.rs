@@ -242,13 +242,44 @@ fn resume_transfer(
 ) -> Result<()> {
     if phase != Phase::DeleteSource {
         intent.set_phase(Phase::Copy)?;
-        copy_tree(backend, source, target)?;
+        if let Err(e) = copy_tree(backend, source, target) {
+            // Take the partial copy away at once (the source is whole), so that no half-moved
+            // snapshot stays visible. If that fails too, the copy's error is the one to report,
+            // and the journal still holds the intent, which recovery completes.
+            let _ = backend.remove_tree(target, &KeepFilter::nothing());
+            return Err(e);
+        }
         intent.set_phase(Phase::DeleteSource)?;
     }
     match backend.remove_tree(source, &KeepFilter::nothing()) {
         Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(Error::backend(source.as_str(), e)),
     }
+}
+
+/// A copy that lost its source: the copy phase never finished, and the source was removed or
+/// moved since (by another operation, after this one failed). What the copy left at `target` is
+/// checked snapshot by snapshot: a whole snapshot stays (someone else's, or a copy that had
+/// finished), a partial one is removed (without force: a protected or busy one stays and is
+/// reported by verify). Returns whether anything was removed.
+fn drop_partial_copies(snapshots: &[Snapshot]) -> Result<bool> {
+    let options = crate::VerifyOptions::default().check_chunks(false);
+    let mut removed = false;
+    for snapshot in snapshots {
+        let whole = match snapshot.verify(&options) {
+            Ok(report) => report.outcome == crate::SnapshotOutcome::Ok,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        if !whole {
+            match snapshot.destroy_without_group_cleanup(false) {
+                Ok(()) => removed = true,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes temporary files of interrupted atomic writes (an owner or notes file being written when
@@ -383,6 +414,9 @@ impl Snapshot {
     /// intent that the next [`DataStore::recover`] completes.
     pub fn move_to(&self, target_ns: &BackupNamespace, merge: bool) -> Result<Snapshot> {
         let store = self.store().clone();
+        // What a failed operation left half done is finished first, so that this move does not
+        // act on it (docs/JOURNAL.md).
+        store.recover()?;
         let target = store.snapshot(target_ns, self.dir());
         let refuse = |reason| refused(self.relative_path(), target.relative_path(), reason);
         if target_ns == self.ns() {
@@ -487,6 +521,7 @@ impl Group {
     /// [`Error::MoveRefused`], [`Error::NotFound`], [`Error::Locked`]; see
     /// [`Snapshot::move_to`].
     pub fn move_to(&self, target_ns: &BackupNamespace, merge: bool) -> Result<MoveReport> {
+        self.store().recover()?;
         move_group(self, target_ns, merge, false)
     }
 }
@@ -654,6 +689,7 @@ impl DataStore {
         to: &BackupNamespace,
         merge: bool,
     ) -> Result<MoveReport> {
+        self.recover()?;
         move_namespace(self, from, to, merge, false)
     }
 }
@@ -754,7 +790,7 @@ fn move_namespace(
             report.add(&move_group(&group, &target_ns, merge || resume, resume)?);
         }
     }
-    report.namespaces_removed = store.remove_namespace(from, false)?.removed_namespaces;
+    report.namespaces_removed = store.remove_namespace_now(from, false)?.removed_namespaces;
     intent.finish()?;
     Ok(report)
 }
@@ -793,7 +829,25 @@ pub(crate) fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<Recov
             }
             let target = store.group(&to, &group);
             let source_lock = source.lock()?;
-            let _target_lock = target.lock()?;
+            let target_lock = target.lock()?;
+            if phase == Phase::Copy && !source.exists()? {
+                // The copy never finished and the source went elsewhere since: undo the copy.
+                let copied: Vec<Snapshot> = match target.iter_snapshots() {
+                    Ok(iter) => iter.filter_map(|s| s.ok()).collect(),
+                    Err(e) if e.is_not_found() => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                drop_partial_copies(&copied)?;
+                if snapshot_times_if_any(&target)?.is_empty() {
+                    target.remove_folder(target_lock)?;
+                }
+                return Ok(RecoveryOutcome::RolledBack {
+                    reason: Error::NotFound {
+                        what: "group",
+                        path: source.relative_path(),
+                    },
+                });
+            }
             resume_transfer(
                 store.backend(),
                 &path(&source.relative_path())?,
@@ -813,13 +867,13 @@ pub(crate) fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<Recov
                 let _lock = group.lock()?;
                 remove_temp_files(store, &group)?;
             }
-            match group.destroy() {
+            match group.destroy_now() {
                 Ok(_) => Ok(RecoveryOutcome::Completed),
                 Err(e) if e.is_not_found() => Ok(RecoveryOutcome::Completed),
                 Err(e) => Err(e),
             }
         }
-        Intent::DestroyNamespace { ns } => match store.remove_namespace(&ns, true) {
+        Intent::DestroyNamespace { ns } => match store.remove_namespace_now(&ns, true) {
             Ok(_) => Ok(RecoveryOutcome::Completed),
             Err(e) if e.is_not_found() => Ok(RecoveryOutcome::Completed),
             Err(e) => Err(e),
@@ -842,6 +896,19 @@ fn resume_snapshot(
     remove_temp_files(store, &source_group)?;
     remove_temp_files(store, &target_group)?;
     if phase != Phase::Rename {
+        if phase == Phase::Copy && !source.exists()? {
+            // The copy never finished and the source went elsewhere since: undo the copy.
+            drop_partial_copies(std::slice::from_ref(target))?;
+            if created_group && snapshot_times_if_any(&target_group)?.is_empty() {
+                target_group.remove_folder(target_group_lock)?;
+            }
+            return Ok(RecoveryOutcome::RolledBack {
+                reason: Error::NotFound {
+                    what: "snapshot",
+                    path: source.relative_path(),
+                },
+            });
+        }
         let snapshot_lock = if source.exists()? {
             Some(source.lock()?)
         } else {
