@@ -2,6 +2,8 @@
 
 use std::num::NonZeroU64;
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keepsake_backend::SyncLevel;
@@ -267,10 +269,71 @@ pub(crate) enum Command {
         target: Option<TargetArg>,
     },
 
+    /// Find what crashes and other tools leave behind, and with --repair mend it; exit code 1 while
+    /// something remains.
+    ///
+    /// Mended by --repair: temporary files of interrupted writes, unused lock files, empty groups,
+    /// interrupted operations, differences between the S3 bucket and the local cache (a refresh).
+    /// Only reported: groups without owner, unfinished snapshots older than
+    /// --unfinished-older-than. fsck never removes a snapshot, a manifest or a protection marker.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo fsck\n  \
+        keepsake --store /tmp/demo fsck --unfinished-older-than 7d --json\n  \
+        keepsake --store /tmp/demo fsck --repair\n\n\
+        Exit codes: 0 nothing found (or everything found was mended), 1 something remains, \
+        2 usage errors.\n\
+        Unused lock files (PBS 4 scheme) are listed and --repair removes them, but they do not \
+        make the exit code 1: every lock taken leaves one, as with PBS.")]
+    Fsck {
+        /// Mend what can be mended (each repair takes the lock of what it changes, without
+        /// waiting: what is in use is left and reported).
+        #[arg(long)]
+        repair: bool,
+        /// Also report unfinished snapshots (no manifest) whose backup time is older than this:
+        /// `7d`, `36h`, `2w`, `1y 6mo` (jiff's friendly format, `mo` for months) or ISO 8601
+        /// (`P7D`). Report only: they are never removed.
+        #[arg(long, value_name = "DURATION")]
+        unfinished_older_than: Option<Age>,
+    },
+
     /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).
     #[command(after_help = "Example:\n  \
         keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups refresh")]
     Refresh,
+}
+
+/// An age given on the command line (`7d`, `36h`, `2w`, `P7D`): a span back from now, in UTC
+/// calendar units (a day is 24 hours, a month as long as the months it crosses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Age {
+    /// As given.
+    pub(crate) text: String,
+    /// Its length, back from the time it was parsed.
+    pub(crate) duration: Duration,
+}
+
+impl FromStr for Age {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let span: jiff::Span = s
+            .trim()
+            .parse()
+            .map_err(|e| format!("not a duration (try `7d`, `36h`, `2w`): {e}"))?;
+        if span.is_negative() {
+            return Err("the duration must not be negative".to_owned());
+        }
+        let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+        let then = now
+            .checked_sub(span)
+            .map_err(|e| format!("duration too long: {e}"))?;
+        let duration = Duration::try_from(now.timestamp().duration_since(then.timestamp()))
+            .map_err(|e| format!("duration out of range: {e}"))?;
+        Ok(Self {
+            text: s.trim().to_owned(),
+            duration,
+        })
+    }
 }
 
 /// `keepsake ns …`.
@@ -374,6 +437,25 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ages_in_friendly_and_iso_form() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!("7d".parse::<Age>().unwrap().duration, 7 * day);
+        assert_eq!("2w".parse::<Age>().unwrap().duration, 14 * day);
+        assert_eq!(
+            "36h".parse::<Age>().unwrap().duration,
+            Duration::from_secs(36 * 3600)
+        );
+        assert_eq!("P7D".parse::<Age>().unwrap().duration, 7 * day);
+        assert_eq!("1d 12h".parse::<Age>().unwrap().text, "1d 12h");
+        let year = "1y".parse::<Age>().unwrap().duration;
+        assert!(year == 365 * day || year == 366 * day, "{year:?}");
+        assert_eq!("0s".parse::<Age>().unwrap().duration, Duration::ZERO);
+        for bad in ["", "7", "x", "7x", "-7d", "7d ago"] {
+            assert!(bad.parse::<Age>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

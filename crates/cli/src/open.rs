@@ -43,6 +43,9 @@ pub(crate) struct Session {
     pub(crate) store: DataStore,
     /// How it was reached.
     pub(crate) spec: StoreSpec,
+    /// For an S3 datastore: the cached backend the store was built with (the same `Arc`, as
+    /// `DataStore::check_cache`, `refresh_cache` and `fsck` require).
+    pub(crate) cached: Option<Arc<CachedBackend>>,
 }
 
 impl StoreSpec {
@@ -161,6 +164,7 @@ impl StoreSpec {
             return Ok(Session {
                 store,
                 spec: self.clone(),
+                cached: None,
             });
         };
         let remote = self.remote(config)?;
@@ -178,13 +182,14 @@ impl StoreSpec {
         let cached = Arc::new(CachedBackend::new(cache, remote));
         let store = self
             .builder()
-            .backend(cached)
+            .backend(cached.clone())
             .namespace_markers(true)
             .open()
             .with_context(|| format!("cannot open datastore {}", self.describe()))?;
         Ok(Session {
             store,
             spec: self.clone(),
+            cached: Some(cached),
         })
     }
 
@@ -203,6 +208,7 @@ impl StoreSpec {
             return Ok(Session {
                 store,
                 spec: self.clone(),
+                cached: None,
             });
         };
         let remote = self.remote(config)?;
@@ -228,7 +234,7 @@ impl StoreSpec {
         let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
         let store = self
             .builder()
-            .backend(cached)
+            .backend(cached.clone())
             .namespace_markers(true)
             .chunk_prefix_dirs(chunk_prefix_dirs)
             .create()
@@ -237,6 +243,7 @@ impl StoreSpec {
         Ok(Session {
             store,
             spec: self.clone(),
+            cached: Some(cached),
         })
     }
 

@@ -405,3 +405,58 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
     let run = common::run(&mut cmd);
     assert!(run.fails(2).contains("AWS_ACCESS_KEY_ID"), "{run:?}");
 }
+
+#[test]
+fn s3_fsck_finds_a_bucket_change_and_repair_refreshes_the_cache() {
+    let Some(cfg) = config_or_skip("s3_fsck_finds_a_bucket_change_and_repair_refreshes_the_cache")
+    else {
+        return;
+    };
+    let s3 = demo(cfg);
+    let doc = s3.run(&["--json", "fsck"]).json();
+    assert_eq!(doc["cache-checked"], true, "{doc}");
+    assert_eq!(doc["cache-differences"], serde_json::json!([]));
+    assert_eq!(doc["clean"], true, "{doc}");
+
+    // Another tool removes an object from the bucket: the cache still has it.
+    s3.remote(&s3.name)
+        .remove_file(&BackendPath::new("vm/100/notes").unwrap())
+        .unwrap();
+    let notes = s3.local.path.join("vm/100/notes");
+    assert!(notes.is_file());
+    let before = s3.local.contents();
+    let run = s3.run(&["fsck"]);
+    assert!(run.fails(1).contains("remain"), "{run:?}");
+    assert!(
+        run.stdout.contains("vm/100/notes (only in cache)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        s3.local.contents(),
+        before,
+        "fsck without --repair changed the cache"
+    );
+
+    let run = s3.run(&["--json", "fsck", "--repair"]);
+    assert_eq!(run.code, 0, "{run:#?}");
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["cache-differences"][0]["path"], "vm/100/notes");
+    assert_eq!(doc["cache-differences"][0]["kind"], "only-in-cache");
+    assert!(
+        doc["repaired"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("refreshed the cache")),
+        "{doc}"
+    );
+    assert_eq!(doc["clean"], true);
+    assert!(!notes.exists());
+    assert!(s3.run(&["fsck"]).ok().contains(": clean"));
+    // The refreshed cache still opens and reads.
+    assert_eq!(
+        snapshot_names(&s3.run(&["--json", "snapshots", "vm/100"]).json()).len(),
+        7
+    );
+}

@@ -3,6 +3,7 @@
 mod change;
 mod demo;
 mod facts;
+mod fsck;
 mod inspect;
 mod locks;
 mod prune;
@@ -89,6 +90,10 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Forget { target } => change::forget(&ctx, target),
         Command::Prune(args) => prune::prune(&ctx, args),
         Command::Locks { target } => locks::locks(&ctx, target.as_ref()),
+        Command::Fsck {
+            repair,
+            unfinished_older_than,
+        } => fsck::fsck(&ctx, *repair, unfinished_older_than.as_ref()),
         Command::Refresh => store::refresh(&ctx),
     }
 }
