@@ -99,6 +99,17 @@ impl Snapshot {
         self.file_exists(PROTECTED_MARKER_FILENAME)
     }
 
+    /// In multi-host mode, whether the bucket holds the `.protected` marker (another host may
+    /// have protected the snapshot since this host's cache saw it); false otherwise.
+    fn is_protected_in_bucket(&self) -> Result<bool> {
+        let Some(leases) = self.store.lease_locker() else {
+            return Ok(false);
+        };
+        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        keepsake_backend::Backend::exists(leases.remote(), &marker)
+            .map_err(|e| Error::backend(marker.as_str(), e))
+    }
+
     /// The backup files (`*.fidx`, `*.didx`, `*.blob`) and the protection flag, from one listing.
     pub fn info(&self) -> Result<BackupInfo> {
         let p = self.relative_path();
@@ -347,7 +358,7 @@ impl Snapshot {
         } else {
             Some((self.lock()?, self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?))
         };
-        if self.is_protected()? {
+        if self.is_protected()? || self.is_protected_in_bucket()? {
             return Err(Error::Protected {
                 path: self.relative_path(),
             });

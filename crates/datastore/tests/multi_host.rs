@@ -304,6 +304,30 @@ fn paused_holder_cannot_write_after_its_lease_was_taken() {
     assert_eq!(counter(&store), 2);
 }
 
+#[test]
+fn destroy_on_another_host_keeps_a_snapshot_protected_there() {
+    let test = "destroy_on_another_host_keeps_a_snapshot_protected_there";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = keepsake_testkit::s3::unique_prefix("mhd");
+    let a = first_host(&cfg, &prefix, &dir.path().join("a"));
+    // Host B's cache sees the snapshot unprotected; then host A protects it.
+    let b = host(&cfg, &prefix, &dir.path().join("b"), false);
+    let dir_name: BackupDir = SNAPSHOT.parse().unwrap();
+    let root = BackupNamespace::root();
+    assert!(!b.snapshot(&root, &dir_name).is_protected().unwrap());
+    a.snapshot(&root, &dir_name).set_protected(true).unwrap();
+    match b.snapshot(&root, &dir_name).destroy(false) {
+        Err(Error::Protected { .. }) => {}
+        other => panic!("host B destroyed a snapshot host A protected: {other:?}"),
+    }
+    let check = host(&cfg, &prefix, &dir.path().join("check"), false);
+    assert!(check.snapshot(&root, &dir_name).is_protected().unwrap());
+    assert!(check.snapshot(&root, &dir_name).is_finished().unwrap());
+}
+
 fn probe_with(store: Arc<dyn object_store::ObjectStore>) -> Result<DataStore, Error> {
     let dir = tempfile::tempdir().unwrap();
     let remote = ObjectBackend::with_store(store, "probe").unwrap();
