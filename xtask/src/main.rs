@@ -6,11 +6,13 @@
 //!                       real S3 server (moto) on loopback
 //! cargo xtask stress    the multi-process stress test of keepsake-datastore (local and S3),
 //!                       `--secs N` per backend (default 30; `cargo xtask ci` runs it for 4 s)
+//! cargo xtask fuzz      the cargo-fuzz targets of `fuzz/`, `--secs N` each (default 60)
 //! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
 //! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
 //! cargo xtask layering  only the crate layering check
 //! ```
 
+mod fuzz;
 mod layering;
 mod moto;
 
@@ -32,6 +34,7 @@ fn main() -> Result<()> {
         "ci" => ci(&root),
         "test" => test(&root, rest),
         "stress" => stress(&root, rest),
+        "fuzz" => fuzz::run(&root, rest),
         "bench" => bench(rest),
         "s3" => s3(&root),
         "layering" => layering::check_workspace(&root),
@@ -53,6 +56,7 @@ fn print_help() {
          ci        fmt check, clippy -D warnings, tests (with S3), rustdoc -D warnings, layering\n  \
          test      all tests with a real S3 server (moto) on loopback [cargo test args to select]\n  \
          stress    multi-process stress of keepsake-datastore on local and S3 [--secs N, default 30]\n  \
+         fuzz      cargo-fuzz targets of fuzz/ [--secs N, default 60] [TARGET...]\n  \
          bench     criterion benches [extra cargo bench args]\n  \
          s3        start the S3 test server and print its endpoint\n  \
          layering  check the crate dependency edges against docs/ARCHITECTURE.md"
