@@ -191,6 +191,32 @@ fn child_main(cfg: &S3TestConfig, role: &str) -> ! {
             writeln!(out, "{OUTCOME} {outcome}").unwrap();
             out.flush().unwrap();
         }
+        [action @ ("protect-all" | "destroy-all"), n, go_ms] => {
+            // Start together with the other host, at the agreed wall-clock time.
+            let go = std::time::UNIX_EPOCH + Duration::from_millis(go_ms.parse().unwrap());
+            if let Ok(wait) = go.duration_since(std::time::SystemTime::now()) {
+                std::thread::sleep(wait);
+            }
+            let root = BackupNamespace::root();
+            let mut out = std::io::stdout().lock();
+            for i in 0..n.parse::<i64>().unwrap() {
+                let snapshot = store.snapshot(&root, &race_snapshot(i));
+                let result = if *action == "protect-all" {
+                    snapshot.set_protected(true)
+                } else {
+                    snapshot.destroy(false)
+                };
+                let outcome = match result {
+                    Ok(()) => "ok".to_owned(),
+                    Err(Error::Protected { .. }) => "protected".to_owned(),
+                    Err(e) if e.is_not_found() => "not-found".to_owned(),
+                    Err(e) if e.is_locked() => "locked".to_owned(),
+                    Err(e) => format!("other {e}"),
+                };
+                writeln!(out, "{OUTCOME} {i} {outcome}").unwrap();
+            }
+            out.flush().unwrap();
+        }
         _ => panic!("unknown role {role:?}"),
     }
     std::process::exit(0);
@@ -430,4 +456,109 @@ fn probe_on_the_s3_server() {
         "{err:?}"
     );
     assert!(err.to_string().contains("multi-host mode refused"), "{err}");
+}
+
+/// The `i`-th snapshot of the destroy-vs-protect race.
+fn race_snapshot(i: i64) -> BackupDir {
+    let time = keepsake_hierarchy::BackupTime::from_epoch(1_800_000_000 + i * 60).unwrap();
+    format!("ct/7/{time}").parse().unwrap()
+}
+
+#[test]
+fn hosts_racing_to_destroy_and_protect_never_remove_a_protected_snapshot() {
+    let test = "hosts_racing_to_destroy_and_protect_never_remove_a_protected_snapshot";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    if let Some(role) = child_role() {
+        child_main(&cfg, &role);
+    }
+    const SNAPSHOTS: i64 = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = keepsake_testkit::s3::unique_prefix("mhr");
+    let store = first_host(&cfg, &prefix, &dir.path().join("host0"));
+    let root = BackupNamespace::root();
+    let owner: Authid = "root@pam".parse().unwrap();
+    for i in 0..SNAPSHOTS {
+        let dir_name = race_snapshot(i);
+        let group = store.group(&root, dir_name.group());
+        let mut writer = group.start_backup(&owner, dir_name.time()).unwrap();
+        writer.add_blob("conf.blob", b"config", false).unwrap();
+        writer.finish().unwrap();
+    }
+    // Both hosts refresh their caches now (every snapshot unprotected there), then start together.
+    let go = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_secs(6);
+    let go_ms = go.as_millis().to_string();
+    let mut hosts: Vec<HostProcess> = ["protect-all", "destroy-all"]
+        .iter()
+        .enumerate()
+        .map(|(n, action)| {
+            let role = format!("{action}:{SNAPSHOTS}:{go_ms}");
+            HostProcess::spawn(
+                test,
+                &role,
+                &prefix,
+                &dir.path().join(format!("host{}", n + 1)),
+            )
+        })
+        .collect();
+    let mut outcomes: Vec<Vec<String>> = Vec::new();
+    for host in &mut hosts {
+        let stdout = host.child.stdout.take().unwrap();
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .filter_map(|l| l.strip_prefix(&format!("{OUTCOME} ")).map(str::to_owned))
+            .collect();
+        assert!(host.child.wait().unwrap().success());
+        assert_eq!(lines.len(), SNAPSHOTS as usize, "{lines:?}");
+        outcomes.push(
+            lines
+                .into_iter()
+                .map(|l| l.split_once(' ').unwrap().1.to_owned())
+                .collect(),
+        );
+    }
+    let check = host(&cfg, &prefix, &dir.path().join("check"), false);
+    let (mut protected_won, mut destroy_won) = (0, 0);
+    for i in 0..SNAPSHOTS {
+        let (protect, destroy) = (&outcomes[0][i as usize], &outcomes[1][i as usize]);
+        let snapshot = check.snapshot(&root, &race_snapshot(i));
+        assert!(
+            !(protect == "ok" && destroy == "ok"),
+            "snapshot {i}: both the protection and the destroy succeeded"
+        );
+        assert!(
+            !protect.starts_with("other"),
+            "snapshot {i}: protect {protect}"
+        );
+        assert!(
+            !destroy.starts_with("other"),
+            "snapshot {i}: destroy {destroy}"
+        );
+        if protect == "ok" {
+            assert!(
+                snapshot.exists().unwrap(),
+                "snapshot {i}: protected, then removed"
+            );
+            assert!(snapshot.is_protected().unwrap());
+            assert!(snapshot.is_finished().unwrap(), "snapshot {i}: torn");
+            protected_won += 1;
+        }
+        if destroy == "ok" {
+            assert!(
+                !snapshot.exists().unwrap(),
+                "snapshot {i}: destroyed, still there"
+            );
+            destroy_won += 1;
+        }
+    }
+    eprintln!(
+        "{test}: {SNAPSHOTS} races: protection first {protected_won}, destroy first {destroy_won}, \
+         outcomes protect {:?} destroy {:?}",
+        outcomes[0], outcomes[1]
+    );
 }
