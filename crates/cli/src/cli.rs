@@ -28,7 +28,9 @@ use crate::target::{GroupArg, SnapshotArg, TargetArg};
                   keepsake --store /tmp/demo groups\n  \
                   keepsake --store /tmp/demo --ns prod snapshots vm/101 --json\n  \
                   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… keepsake --store /var/cache/store1 \\\n      \
-                  --s3-endpoint https://s3.example.com --s3-bucket backups refresh"
+                  --s3-endpoint https://s3.example.com --s3-bucket backups refresh\n  \
+                  keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com \\\n      \
+                  --s3-bucket backups --multi-host locks"
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -60,6 +62,24 @@ pub(crate) struct GlobalArgs {
     /// S3 region (default: AWS_REGION, AWS_DEFAULT_REGION or us-east-1).
     #[arg(long, global = true, value_name = "REGION", requires = "s3_bucket")]
     pub(crate) s3_region: Option<String>,
+
+    /// S3 datastores only: several hosts, each with its own cache folder (--store), share the
+    /// bucket. Locks become leases in the bucket and metadata writes are compare-and-swap; opening
+    /// first checks that the endpoint enforces conditional writes. Every host must pass it (see
+    /// docs/ARCHITECTURE.md, "Several hosts on one bucket").
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_MULTI_HOST",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub(crate) multi_host: bool,
+
+    /// With --multi-host: how long a lease lasts without renewal, in seconds (default 30; more
+    /// than twice the 2 s clock-skew bound). Holders renew every third of it; a crashed host's
+    /// leases are broken this long (plus the skew bound) after its last renewal.
+    #[arg(long, global = true, value_name = "SECS")]
+    pub(crate) lease_secs: Option<u64>,
 
     /// Folder for lock files (default: /run/proxmox-backup/locks if it exists, to exclude a PBS
     /// server on this host; else `<temp dir>/keepsake-locks-<uid>`).
@@ -260,10 +280,14 @@ pub(crate) enum Command {
         keepsake --store /tmp/demo prune --recursive --filter type:vm --keep-daily 7 --keep-weekly 4")]
     Prune(PruneArgs),
 
-    /// Show lock files and who holds them (of a group, a snapshot, or every lock file of the store).
+    /// Show lock files and who holds them (of a group, a snapshot, or every lock file of the
+    /// store); with --multi-host also the leases in the bucket: epoch, holders (host, pid, mode,
+    /// command) and when each expires.
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo locks\n  \
-        keepsake --store /tmp/demo locks vm/100 --json")]
+        keepsake --store /tmp/demo locks vm/100 --json\n  \
+        keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups \\\n      \
+        --multi-host locks vm/100")]
     Locks {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: Option<TargetArg>,

@@ -9,6 +9,7 @@
 //! keepsake --store /tmp/demo prune vm/100 --keep-last 2 --dry-run
 //! keepsake --store /tmp/demo forget vm/100/2024-06-02T02:00:00Z
 //! keepsake --store /tmp/demo locks vm/100                  # lock files and who holds them
+//! keepsake --store /var/cache/s1 --s3-bucket b --multi-host locks   # leases of several hosts
 //! ```
 //!
 //! Every command is a thin layer over `keepsake-datastore`; this binary adds the command line

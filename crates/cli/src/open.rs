@@ -3,16 +3,24 @@
 //! Opening never changes anything: a missing folder, a folder that is not a datastore, an S3
 //! datastore that is not in the bucket, or a bucket that refuses the credentials is an error
 //! before any write.
+//!
+//! With `--multi-host` an S3 datastore is built in multi-host mode
+//! ([`DataStoreBuilder::multi_host`]): locks are leases in the bucket, and building first probes
+//! the endpoint for conditional writes (a probe object under `.keepsake-leases/`, removed again).
+//! PBS's `.in-use` marker keeps its meaning of "this bucket holds the datastore": `init` writes it
+//! once (naming the creating host) and refuses a bucket that has it; the other hosts never write
+//! it, they join with `keepsake refresh` (which fills their own cache) and then open.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use keepsake_backend::{
     Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
 };
-use keepsake_datastore::{DataStore, DataStoreBuilder};
+use keepsake_datastore::{DataStore, DataStoreBuilder, LeaseSettings};
 use keepsake_lock::{DirLocker, FileLocker, LockScheme, LockTarget, PBS_LOCK_ROOT};
 use object_store::ObjectStoreExt;
 
@@ -34,7 +42,12 @@ pub(crate) struct StoreSpec {
     pub(crate) scheme: LockScheme,
     /// Durability of local writes (the datastore, or the cache).
     pub(crate) sync_level: SyncLevel,
+    /// `--multi-host` (S3 only): the lease settings.
+    pub(crate) multi_host: Option<LeaseSettings>,
 }
+
+/// The longest `--lease-secs` taken: a day (a crashed host's leases block others that long).
+const MAX_LEASE_SECS: u64 = 86_400;
 
 /// An open datastore.
 #[derive(Debug)]
@@ -78,6 +91,15 @@ impl StoreSpec {
             )?),
             None => None,
         };
+        let multi_host = multi_host_settings(global.multi_host, global.lease_secs)?;
+        if multi_host.is_some() && s3.is_none() {
+            return Err(UsageError(
+                "--multi-host is for S3 datastores, whose bucket several hosts share: pass \
+                 --s3-bucket (and --s3-endpoint)"
+                    .to_owned(),
+            )
+            .into());
+        }
         let lock_root = match &global.lock_root {
             Some(root) => root.clone(),
             None => default_lock_root(),
@@ -94,6 +116,7 @@ impl StoreSpec {
             lock_root,
             scheme,
             sync_level: global.sync_level,
+            multi_host,
         })
     }
 
@@ -102,11 +125,41 @@ impl StoreSpec {
         self.s3.is_some()
     }
 
+    /// Whether several hosts share the bucket (`--multi-host`).
+    pub(crate) fn is_multi_host(&self) -> bool {
+        self.multi_host.is_some()
+    }
+
     fn builder(&self) -> DataStoreBuilder {
         DataStore::builder(&self.name, &self.path)
             .lock_root(&self.lock_root)
             .lock_scheme(self.scheme)
             .sync_level(self.sync_level)
+    }
+
+    /// The builder of an S3 datastore over `cached`, in multi-host mode with `--multi-host`.
+    fn s3_builder(&self, cached: &Arc<CachedBackend>, remote: &ObjectBackend) -> DataStoreBuilder {
+        let builder = self
+            .builder()
+            .backend(cached.clone())
+            .namespace_markers(true);
+        match self.multi_host {
+            Some(settings) => builder.multi_host(remote.clone(), settings),
+            None => builder,
+        }
+    }
+
+    /// The message for a failed open or create: what was being done, and in which mode.
+    fn failed(&self, action: &str) -> String {
+        format!(
+            "cannot {action} datastore {}{}",
+            self.describe(),
+            if self.is_multi_host() {
+                " with --multi-host"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Where the datastore is, for messages.
@@ -179,13 +232,11 @@ impl StoreSpec {
                 self.name
             );
         }
-        let cached = Arc::new(CachedBackend::new(cache, remote));
+        let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
         let store = self
-            .builder()
-            .backend(cached.clone())
-            .namespace_markers(true)
+            .s3_builder(&cached, &remote)
             .open()
-            .with_context(|| format!("cannot open datastore {}", self.describe()))?;
+            .with_context(|| self.failed("open"))?;
         Ok(Session {
             store,
             spec: self.clone(),
@@ -212,33 +263,44 @@ impl StoreSpec {
             });
         };
         let remote = self.remote(config)?;
+        // Another host joins an existing multi-host datastore with `refresh`, never with `init`.
+        let join = if self.is_multi_host() {
+            " (to use it from this host too, run `keepsake refresh` with this --store, then \
+             --multi-host commands)"
+        } else {
+            ""
+        };
         if let Some(host) = in_use_by(&remote, config)? {
             bail!(
-                "bucket `{}` already contains datastore `{}` in use by host {host}",
+                "bucket `{}` already contains datastore `{}` in use by host {host}{join}",
                 config.bucket,
                 self.name
             );
         }
         if remote_has_content(&remote, config)? {
             bail!(
-                "bucket `{}` holds a datastore `{}` already",
+                "bucket `{}` holds a datastore `{}` already{join}",
                 config.bucket,
                 self.name
             );
         }
         check_empty_folder(&self.path)?;
+        if self.is_multi_host() {
+            // Before the cache folder is made: a refused endpoint leaves nothing behind. (Building
+            // the store probes again; the probe is four small requests.)
+            keepsake_datastore::probe_conditional_writes(&remote)
+                .with_context(|| self.failed("create"))?;
+        }
         std::fs::create_dir_all(&self.path)
             .with_context(|| format!("cannot create {}", self.path.display()))?;
         let cache = LocalBackend::open(&self.path, self.sync_level)
             .with_context(|| format!("cache folder {}", self.path.display()))?;
         let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
         let store = self
-            .builder()
-            .backend(cached.clone())
-            .namespace_markers(true)
+            .s3_builder(&cached, &remote)
             .chunk_prefix_dirs(chunk_prefix_dirs)
             .create()
-            .with_context(|| format!("cannot create datastore {}", self.describe()))?;
+            .with_context(|| self.failed("create"))?;
         mark_in_use(&remote, config)?;
         Ok(Session {
             store,
@@ -281,6 +343,27 @@ impl StoreSpec {
     pub(crate) fn lock_dir(&self) -> PathBuf {
         self.lock_root.join(&self.name)
     }
+}
+
+/// The lease settings of `--multi-host` (with `--lease-secs`), or `None` without it.
+fn multi_host_settings(multi_host: bool, lease_secs: Option<u64>) -> Result<Option<LeaseSettings>> {
+    let Some(secs) = lease_secs else {
+        return Ok(multi_host.then(LeaseSettings::default));
+    };
+    if !multi_host {
+        return Err(UsageError("--lease-secs needs --multi-host".to_owned()).into());
+    }
+    let skew = LeaseSettings::default().clock_skew;
+    let lease = Duration::from_secs(secs);
+    if secs == 0 || lease <= skew * 2 || secs > MAX_LEASE_SECS {
+        return Err(UsageError(format!(
+            "--lease-secs {secs}: a lease must last more than twice the clock-skew bound \
+             ({} s) and at most {MAX_LEASE_SECS} s",
+            skew.as_secs_f64()
+        ))
+        .into());
+    }
+    Ok(Some(LeaseSettings::with_lease(lease)))
 }
 
 /// The folder's last component, as the default datastore name.
@@ -451,6 +534,33 @@ mod tests {
         assert_eq!(folder_name(Path::new("/srv/store1")).unwrap(), "store1");
         assert_eq!(folder_name(Path::new("/srv/store1/")).unwrap(), "store1");
         assert!(folder_name(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn lease_settings_from_the_options() {
+        assert_eq!(multi_host_settings(false, None).unwrap(), None);
+        assert_eq!(
+            multi_host_settings(true, None).unwrap(),
+            Some(LeaseSettings::default())
+        );
+        assert_eq!(
+            multi_host_settings(true, Some(60)).unwrap().unwrap().lease,
+            Duration::from_secs(60)
+        );
+        for (multi_host, secs) in [
+            (true, 0),
+            (true, 4),
+            (true, MAX_LEASE_SECS + 1),
+            (false, 60),
+        ] {
+            let err = multi_host_settings(multi_host, Some(secs)).unwrap_err();
+            assert_eq!(
+                crate::error::exit_code(&err),
+                crate::error::EXIT_USAGE,
+                "{secs}"
+            );
+        }
+        assert!(multi_host_settings(true, Some(5)).is_ok());
     }
 
     #[test]

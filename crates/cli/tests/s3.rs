@@ -460,3 +460,394 @@ fn s3_fsck_finds_a_bucket_change_and_repair_refreshes_the_cache() {
         7
     );
 }
+
+/// `--multi-host` on an S3 datastore: [`S3Store::cmd`] with the flag.
+impl S3Store {
+    fn multi(&self, args: &[&str]) -> Run {
+        let mut all = vec!["--multi-host"];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// Another "host" of the same datastore: its own (not yet made) cache folder.
+    fn other_host(&self) -> Self {
+        Self {
+            local: Store::empty("cache"),
+            name: self.name.clone(),
+            cfg: self.cfg.clone(),
+        }
+    }
+}
+
+/// The `leases` of a `locks --multi-host --json` document (checking its shape on the way).
+fn leases_of(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    assert!(doc["locks"].is_array(), "{doc}");
+    doc["leases"].as_array().expect("a leases array").clone()
+}
+
+#[test]
+fn s3_multi_host_two_hosts_share_a_datastore() {
+    let Some(cfg) = config_or_skip("s3_multi_host_two_hosts_share_a_datastore") else {
+        return;
+    };
+    // Host A makes the datastore (and PBS's .in-use marker, naming A) in multi-host mode.
+    let a = S3Store::new(cfg);
+    let path = a.local.path.clone();
+    let mut cmd = a.cmd(&["--multi-host", "--json", "demo"]);
+    cmd.arg(&path);
+    common::run(&mut cmd).json();
+    assert!(a.bucket().contains_key("vm/100/owner"));
+
+    // A second `init` of it, even in multi-host mode, is refused and points at `refresh`.
+    let c = a.other_host();
+    let bucket = a.bucket();
+    let line = c.multi(&["init"]).fails(1).to_owned();
+    assert!(
+        line.contains("in use by host") && line.contains("keepsake refresh"),
+        "{line}"
+    );
+    assert_eq!(a.bucket(), bucket);
+    assert!(!c.local.path.exists());
+
+    // Host B joins: refresh fills its own cache, then it runs commands in multi-host mode.
+    let b = a.other_host();
+    b.multi(&["refresh"]).ok();
+    let snap = "vm/100/2024-06-06T02:00:00Z";
+    b.multi(&["protect", snap]).ok();
+    b.multi(&["notes", "vm/100", "--set", "from b"]).ok();
+    b.multi(&["notes", snap, "--set", "from b"]).ok();
+    // A's cache still has the old manifest: its update is retried from the bucket's.
+    a.multi(&["notes", snap, "--set", "from a"]).ok();
+    a.multi(&["protect", "vm/100/2024-06-02T02:00:00Z"]).ok();
+    a.multi(&["notes", "vm/100", "--set", "from a"]).ok();
+    let bucket = a.bucket();
+    assert!(bucket.contains_key(&format!("{snap}/.protected")));
+    assert!(bucket.contains_key("vm/100/2024-06-02T02:00:00Z/.protected"));
+    assert_eq!(bucket["vm/100/notes"], b"from a");
+    b.multi(&["refresh"]).ok();
+    let show = b.multi(&["--json", "show", snap]).json();
+    assert_eq!(show["protected"], true, "{show}");
+    let notes = b.multi(&["--json", "notes", snap]).json();
+    assert_eq!(notes["notes"], "from a", "{notes}");
+
+    // Every command has finished: the leases are all free, with the epochs they reached.
+    let doc = a.multi(&["--json", "locks"]).json();
+    let leases = leases_of(&doc);
+    assert!(!leases.is_empty(), "{doc}");
+    for lease in &leases {
+        assert!(lease["epoch"].as_u64().unwrap() > 0, "{lease}");
+        assert_eq!(lease["holders"], serde_json::json!([]), "{lease}");
+        assert!(
+            lease["key"]
+                .as_str()
+                .unwrap()
+                .contains("/.keepsake-leases/"),
+            "{lease}"
+        );
+    }
+    let targets: Vec<&str> = leases
+        .iter()
+        .map(|l| l["target"].as_str().unwrap())
+        .collect();
+    assert!(targets.iter().any(|t| t.contains(snap)), "{targets:?}");
+    // With a target only its leases (snapshot and manifest; the group's when it was locked).
+    let doc = b.multi(&["--json", "locks", snap]).json();
+    let leases = leases_of(&doc);
+    assert_eq!(doc["locks"].as_array().unwrap().len(), 2, "{doc}");
+    assert!(!leases.is_empty(), "{doc}");
+    assert!(
+        leases
+            .iter()
+            .all(|l| l["target"].as_str().unwrap().contains(snap)),
+        "{doc}"
+    );
+    let text = a.multi(&["locks", snap]).ok().to_owned();
+    assert!(
+        text.contains("leases in bucket") && text.contains("free"),
+        "{text}"
+    );
+    // Without --multi-host the document stays an array of lock files.
+    assert!(a.run(&["--json", "locks", snap]).json().is_array());
+}
+
+#[test]
+fn s3_multi_host_a_held_lease_blocks_and_is_listed() {
+    use keepsake_datastore::{LeaseLocker, LeaseSettings};
+    use keepsake_hierarchy::{BackupDir, BackupNamespace};
+    use keepsake_lock::{LockMode, LockTarget, Locker};
+
+    let Some(cfg) = config_or_skip("s3_multi_host_a_held_lease_blocks_and_is_listed") else {
+        return;
+    };
+    let s3 = S3Store::new(cfg);
+    s3.multi(&["init", "--skip-chunk-dirs"]).ok();
+    s3.multi(&["ns", "create", "a"]).ok();
+    assert_eq!(
+        leases_of(&s3.multi(&["--json", "locks"]).json()),
+        Vec::<serde_json::Value>::new(),
+        "no snapshot was locked yet"
+    );
+    let empty = s3.multi(&["locks"]).ok().to_owned();
+    assert!(empty.contains("no leases in bucket"), "{empty}");
+
+    // A snapshot, written in-process through a multi-host store on a third cache folder.
+    let snap = "vm/100/2024-06-05T15:06:40Z";
+    let dir: BackupDir = snap.parse().unwrap();
+    let ns = BackupNamespace::root();
+    {
+        let writer_cache = tempfile::tempdir().unwrap();
+        let remote = s3.remote(&s3.name);
+        let local = keepsake_backend::LocalBackend::open(
+            writer_cache.path(),
+            keepsake_backend::SyncLevel::None,
+        )
+        .unwrap();
+        let cached =
+            std::sync::Arc::new(keepsake_backend::CachedBackend::new(local, remote.clone()));
+        std::fs::create_dir_all(writer_cache.path().join(".chunks")).unwrap();
+        let store = keepsake_datastore::DataStore::builder(&s3.name, writer_cache.path())
+            .backend(cached)
+            .namespace_markers(true)
+            .multi_host(remote, LeaseSettings::default())
+            .open()
+            .unwrap();
+        let owner = "root@pam".parse().unwrap();
+        let mut writer = store
+            .group(&ns, dir.group())
+            .start_backup(&owner, dir.time())
+            .unwrap();
+        writer.add_blob("conf.blob", b"config", false).unwrap();
+        writer.finish().unwrap();
+    }
+    s3.multi(&["refresh"]).ok();
+
+    // The test holds the snapshot's lease, as another host would.
+    let locker = LeaseLocker::new(s3.remote(&s3.name), LeaseSettings::default()).unwrap();
+    let guard = locker
+        .lock(
+            &LockTarget::snapshot(&ns, &dir),
+            LockMode::Exclusive,
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+    let bucket = s3.bucket();
+    let line = s3.multi(&["protect", snap]).fails(1).to_owned();
+    let pid = std::process::id();
+    assert!(
+        line.contains("is locked")
+            && line.contains(&format!("pid {pid}"))
+            && line.contains("on host"),
+        "{line}"
+    );
+    assert_eq!(s3.bucket(), bucket, "a refused protect changed the bucket");
+
+    let doc = s3.multi(&["--json", "locks", snap]).json();
+    let leases = leases_of(&doc);
+    let held: Vec<&serde_json::Value> = leases
+        .iter()
+        .filter(|l| !l["holders"].as_array().unwrap().is_empty())
+        .collect();
+    assert_eq!(held.len(), 1, "{doc}");
+    let holder = &held[0]["holders"][0];
+    assert_eq!(holder["pid"], pid, "{holder}");
+    assert_eq!(holder["mode"], "exclusive");
+    assert_eq!(holder["expired"], false);
+    let left = holder["seconds-left"].as_i64().unwrap();
+    assert!((1..=30).contains(&left), "{holder}");
+    let expires = holder["expires"].as_str().unwrap();
+    assert!(
+        expires.ends_with('Z') && expires.parse::<jiff::Timestamp>().is_ok(),
+        "{expires}"
+    );
+    assert_eq!(holder["epoch"], held[0]["epoch"]);
+    assert!(holder["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let text = s3.multi(&["locks", snap]).ok().to_owned();
+    assert!(
+        text.contains(&format!("pid {pid} on ")) && text.contains("s left)"),
+        "{text}"
+    );
+
+    // Released: protect goes through.
+    drop(guard);
+    s3.multi(&["protect", snap]).ok();
+    assert!(s3.bucket().contains_key(&format!("{snap}/.protected")));
+}
+
+#[test]
+fn multi_host_options_outside_s3_are_usage_errors() {
+    let store = Store::fixture();
+    let before = store.contents();
+    let run = store.run(&["--multi-host", "groups"]);
+    assert!(run.fails(2).contains("--s3-bucket"), "{run:?}");
+    let mut cmd = store.cmd(&["--json", "groups"]);
+    cmd.env("KEEPSAKE_MULTI_HOST", "1");
+    let message = common::run(&mut cmd).fails_json(2);
+    assert!(message.contains("--multi-host"), "{message}");
+    // A false value in the environment is no multi-host mode.
+    let mut cmd = store.cmd(&["--json", "groups"]);
+    cmd.env("KEEPSAKE_MULTI_HOST", "0");
+    common::run(&mut cmd).json();
+
+    let s3 = |args: &[&str]| {
+        let mut cmd = store.cmd(&[]);
+        cmd.env("AWS_ACCESS_KEY_ID", "key")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .args([
+                "--s3-endpoint",
+                "http://127.0.0.1:9",
+                "--s3-bucket",
+                "backups",
+            ])
+            .args(args);
+        common::run(&mut cmd)
+    };
+    for (args, needle) in [
+        (
+            &["--multi-host", "--lease-secs", "0", "groups"][..],
+            "--lease-secs 0",
+        ),
+        (&["--multi-host", "--lease-secs", "4", "groups"], "twice"),
+        (&["--multi-host", "--lease-secs", "x", "groups"], "x"),
+        (&["--lease-secs", "60", "groups"], "--multi-host"),
+    ] {
+        let run = s3(args);
+        assert!(run.fails(2).contains(needle), "{args:?}: {run:?}");
+    }
+    assert_eq!(store.contents(), before);
+}
+
+/// A fake S3 endpoint that ignores the conditions of conditional writes (as some S3-compatible
+/// servers do): every PUT succeeds. GETs of an `.in-use` marker find one only for datastores whose
+/// name starts with `joined`; listings are empty.
+fn lax_server() -> String {
+    fn header_end(request: &[u8]) -> Option<usize> {
+        request
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            let end = loop {
+                if let Some(end) = header_end(&request) {
+                    break Some(end);
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            };
+            let Some(end) = end else { continue };
+            let head = String::from_utf8_lossy(&request[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while request.len() < end + length {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = head.lines().next().unwrap_or_default().to_owned();
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default();
+            let target = parts.next().unwrap_or_default();
+            let (status, body) = match method {
+                "PUT" => ("200 OK", String::new()),
+                "DELETE" => ("204 No Content", String::new()),
+                "GET" if target.contains("list-type") => (
+                    "200 OK",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult \
+                     xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>backups</Name>\
+                     <KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated>\
+                     </ListBucketResult>"
+                        .to_owned(),
+                ),
+                "GET" if target.contains("/joined") && target.ends_with(".in-use") => {
+                    ("200 OK", "{\"hostname\":\"elsewhere\"}".to_owned())
+                }
+                _ => (
+                    "404 Not Found",
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>\
+                     <Message>The specified key does not exist.</Message></Error>"
+                        .to_owned(),
+                ),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nETag: \"0123456789abcdef\"\r\n\
+                 Last-Modified: Wed, 05 Jun 2024 15:06:40 GMT\r\nContent-Type: application/xml\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn multi_host_is_refused_where_conditional_writes_are_ignored() {
+    let endpoint = lax_server();
+    let cmd = |store: &Store, name: &str, args: &[&str]| {
+        let mut cmd = store.cmd(&[]);
+        cmd.env("AWS_ACCESS_KEY_ID", "key")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .args([
+                "--name",
+                name,
+                "--s3-endpoint",
+                &endpoint,
+                "--s3-bucket",
+                "backups",
+            ])
+            .args(args);
+        common::run(&mut cmd)
+    };
+
+    // init: refused before the cache folder is made.
+    let fresh = Store::empty("cache");
+    let run = cmd(
+        &fresh,
+        "newstore",
+        &["--multi-host", "init", "--skip-chunk-dirs"],
+    );
+    let line = run.fails(1);
+    assert!(
+        line.contains("--multi-host")
+            && line.contains("If-None-Match")
+            && line.contains("not enforced"),
+        "{line}"
+    );
+    assert!(!fresh.path.exists());
+
+    // open: a joined host's filled cache; multi-host mode is refused, single-host mode opens.
+    let joined = Store::empty("cache");
+    std::fs::create_dir_all(joined.path.join(".chunks")).unwrap();
+    std::fs::write(joined.path.join(".lock"), b"").unwrap();
+    let before = joined.contents();
+    let run = cmd(
+        &joined,
+        "joinedstore",
+        &["--multi-host", "--json", "groups"],
+    );
+    let message = run.fails_json(1);
+    assert!(
+        message.contains("cannot open datastore `joinedstore`")
+            && message.contains("multi-host mode refused")
+            && message.contains("create-only writes (If-None-Match: *) are not enforced"),
+        "{message}"
+    );
+    assert_eq!(joined.contents(), before);
+    let run = cmd(&joined, "joinedstore", &["--json", "groups"]);
+    assert_eq!(run.json(), serde_json::json!([]));
+}
