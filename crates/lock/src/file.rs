@@ -27,8 +27,9 @@ use crate::{Error, ExclusiveGuard, HeldLock, LockGuard, LockMode, Result, holder
 pub const LOCK_FILE_MODE: u32 = 0o660;
 
 /// How often a lock is retried after the double-stat check found it replaced, before giving up
-/// with [`Error::Replaced`]. A replacement means the previous holder released, so one retry
-/// normally suffices; the bound only stops a livelock against a process that keeps unlinking.
+/// with [`Error::Replaced`] (a caller with a timeout keeps retrying until its deadline instead). A
+/// replacement means the previous holder released, so one retry normally suffices; the bound only
+/// stops a livelock against a process that keeps unlinking.
 const MAX_REPLACED_RETRIES: u32 = 16;
 
 /// First sleep between tries of a busy lock. Doubles up to [`MAX_BACKOFF`].
@@ -228,7 +229,12 @@ pub(crate) fn acquire(
                 unlock(&fd);
                 drop(fd);
                 replaced += 1;
-                if replaced > MAX_REPLACED_RETRIES {
+                // Each replacement means another holder released and removed the file: progress,
+                // not a livelock of ours. A caller that waits keeps trying until its deadline (under
+                // heavy contention many removals can come in a row); a single try, or a wait
+                // without a deadline, gives up after a bounded number of replacements.
+                let patient = !timeout.is_zero() && until.is_some_and(|u| Instant::now() < u);
+                if replaced > MAX_REPLACED_RETRIES && !patient {
                     return Err(Error::Replaced { path });
                 }
             }
@@ -530,6 +536,40 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(rounds, MAX_REPLACED_RETRIES + 1);
+
+        // A caller with a timeout outlasts more replacements than that, until its deadline.
+        let mut rounds = 0;
+        let held = acquire(
+            path.clone(),
+            LockKind::File { owner: None },
+            LockMode::Shared,
+            Duration::from_secs(10),
+            |p| {
+                rounds += 1;
+                if rounds <= MAX_REPLACED_RETRIES * 2 {
+                    std::fs::remove_file(p).unwrap();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(rounds, MAX_REPLACED_RETRIES * 2 + 1);
+        assert!(same_file(&held.fd, &path).unwrap());
+        drop(held);
+
+        // ... but not past it.
+        let started = Instant::now();
+        let err = acquire(
+            path.clone(),
+            LockKind::File { owner: None },
+            LockMode::Shared,
+            Duration::from_millis(50),
+            |p| {
+                let _ = std::fs::remove_file(p);
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::Replaced { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]
