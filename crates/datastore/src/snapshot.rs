@@ -336,8 +336,10 @@ impl Snapshot {
     }
 
     /// Destroys the snapshot in PBS's order: unless `force`, the snapshot lock (no wait) and the
-    /// manifest lock (5 s); refuse if protected (also when forced); remove the files (on S3 the
-    /// bucket first, then the cache); remove the lock files; then, if the group has no snapshot
+    /// manifest lock (5 s); refuse if protected (also when forced); remove the files, the manifest
+    /// first (so that an interrupted destroy leaves an unfinished snapshot, not a finished one with
+    /// files missing; on S3 the bucket first, then the cache); remove the lock files; then, if the
+    /// group has no snapshot
     /// left and its lock can be had at once, remove the group's folder, owner and notes.
     ///
     /// # Errors
@@ -364,6 +366,17 @@ impl Snapshot {
             });
         }
         let p = self.relative_path();
+        // The manifest goes first: a destroy interrupted after it leaves an unfinished snapshot
+        // (which listings, verify and prune treat as an aborted backup), never a finished one
+        // whose files are partly gone.
+        match self
+            .store
+            .backend()
+            .remove_file(&self.file(MANIFEST_BLOB_NAME)?)
+        {
+            Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => {}
+            Err(e) => return Err(Error::backend(&p, e)),
+        }
         match self
             .store
             .backend()

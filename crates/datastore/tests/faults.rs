@@ -450,3 +450,38 @@ fn every_bucket_put_and_delete_can_fail() {
     eprintln!("bucket faults: {total} injected (every put and every delete of the workload)");
     assert!(total > 20, "only {total} bucket faults were injected");
 }
+
+/// A destroy that fails after its first step leaves an unfinished snapshot (the manifest goes
+/// first), never a finished one with files missing.
+#[test]
+fn an_interrupted_destroy_leaves_an_unfinished_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let healthy: Arc<dyn Backend> = Arc::new(LocalBackend::open(&root, SyncLevel::None).unwrap());
+    // Mutating call 1 (the manifest's removal) goes through, call 2 (the rest) fails.
+    let faulty = Arc::new(FaultyBackend::new(healthy.clone(), 2));
+    let store = DataStore::builder("faults", &root)
+        .lock_root(dir.path().join("locks"))
+        .chunk_prefix_dirs(false)
+        .backend(faulty.clone())
+        .create()
+        .unwrap();
+    let ns = BackupNamespace::root();
+    backup(&store, &ns, "vm/100", 0).unwrap();
+    let snapshot = store.snapshot(&ns, &snap("vm/100", 0));
+    faulty.arm();
+    assert!(snapshot.destroy(false).is_err());
+    assert!(
+        snapshot.exists().unwrap(),
+        "the fault came before the files went"
+    );
+    assert!(!snapshot.is_finished().unwrap());
+    let report = snapshot.verify(&VerifyOptions::default()).unwrap();
+    assert_eq!(
+        report.outcome,
+        SnapshotOutcome::Unfinished,
+        "{:?}",
+        report.problems
+    );
+}
