@@ -74,6 +74,25 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Checks the fuzz targets' formatting and types (without libFuzzer's instrumentation, so on the
+/// stable compiler), with the fuzz crate's own lock file.
+pub(crate) fn check(root: &Path) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    crate::run(
+        crate::cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["fmt", "--", "--check"]),
+    )?;
+    crate::run(
+        crate::cargo()
+            .current_dir(root.join("fuzz"))
+            .args(["check", "--locked", "--bins"])
+            .env("CARGO_TARGET_DIR", target.join("fuzz-check")),
+    )
+}
+
 fn parse_args(args: &[String]) -> Result<(u64, Vec<String>)> {
     let mut secs = 60;
     let mut targets = Vec::new();

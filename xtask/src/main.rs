@@ -1,7 +1,7 @@
 //! `cargo xtask`: the one entry point for the workspace's developer tasks.
 //!
 //! ```text
-//! cargo xtask ci        fmt check, clippy (-D warnings), tests (with the S3 server), rustdoc (-D warnings), layering
+//! cargo xtask ci        fmt check, clippy (-D warnings), layering, fuzz targets build, tests (with the S3 server), rustdoc (-D warnings)
 //! cargo xtask test      every test of the workspace (or those the cargo test args select), with a
 //!                       real S3 server (moto) on loopback
 //! cargo xtask stress    the multi-process stress test of keepsake-datastore (local and S3),
@@ -53,7 +53,7 @@ fn print_help() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         ci        fmt check, clippy -D warnings, tests (with S3), rustdoc -D warnings, layering\n  \
+         ci        fmt, clippy -D warnings, layering, fuzz targets build, tests (with S3), rustdoc -D warnings\n  \
          test      all tests with a real S3 server (moto) on loopback [cargo test args to select]\n  \
          stress    multi-process stress of keepsake-datastore on local and S3 [--secs N, default 30]\n  \
          fuzz      cargo-fuzz targets of fuzz/ [--secs N, default 60] [TARGET...]\n  \
@@ -88,6 +88,9 @@ fn ci(root: &Path) -> Result<()> {
         ]))
     })?;
     step("layering", || layering::check_workspace(root))?;
+    // The fuzz targets live outside the workspace (libFuzzer's flags); CI checks that they still
+    // compile against the crates' APIs, and `cargo xtask fuzz` runs them.
+    step("fuzz targets", || fuzz::check(root))?;
     step("test", || test(root, &[]))?;
     step("rustdoc", || {
         run(cargo()
