@@ -62,6 +62,7 @@ pub use relocate::{MoveRefusal, MoveReport};
 pub use snapshot::Snapshot;
 pub use store::{CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME};
 pub use verify::{
-    Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyReport, VerifyScope,
+    Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport,
+    VerifyScope,
 };
 pub use writer::{BackupWriter, InsertedChunk, chunk_path};

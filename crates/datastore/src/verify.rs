@@ -12,6 +12,8 @@
 //! recorded in the manifest's `verify_state`, as PBS's verify job does.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use keepsake_hierarchy::{
     ArchiveKind, BackupDir, BackupGroup, BackupNamespace, MANIFEST_BLOB_NAME,
@@ -56,8 +58,11 @@ pub enum VerifyScope {
     },
 }
 
+/// Called after each snapshot is verified, with its result: for progress displays.
+pub type VerifyProgress = Arc<dyn Fn(&SnapshotVerification) + Send + Sync>;
+
 /// How to verify.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct VerifyOptions {
     /// The key to check manifest signatures with (and to authenticate encrypted blobs); the
@@ -68,6 +73,19 @@ pub struct VerifyOptions {
     pub record_state: Option<String>,
     /// Check that every referenced chunk exists (default: yes).
     pub check_chunks: bool,
+    /// Called by [`DataStore::verify`] after each snapshot, in the order they are verified.
+    pub progress: Option<VerifyProgress>,
+}
+
+impl fmt::Debug for VerifyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyOptions")
+            .field("key", &self.key.as_ref().map(|k| k.fingerprint().short()))
+            .field("record_state", &self.record_state)
+            .field("check_chunks", &self.check_chunks)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for VerifyOptions {
@@ -76,6 +94,7 @@ impl Default for VerifyOptions {
             key: None,
             record_state: None,
             check_chunks: true,
+            progress: None,
         }
     }
 }
@@ -100,6 +119,36 @@ impl VerifyOptions {
     pub fn check_chunks(mut self, check: bool) -> Self {
         self.check_chunks = check;
         self
+    }
+
+    /// Calls `progress` after each snapshot with its result (for a progress display; it runs on
+    /// the verifying thread, so it should be quick).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use keepsake_datastore::VerifyOptions;
+    ///
+    /// let done = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&done);
+    /// let options = VerifyOptions::default().progress(move |_snapshot| {
+    ///     counter.fetch_add(1, Ordering::Relaxed);
+    /// });
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn progress(
+        mut self,
+        progress: impl Fn(&SnapshotVerification) + Send + Sync + 'static,
+    ) -> Self {
+        self.progress = Some(Arc::new(progress));
+        self
+    }
+
+    fn report(&self, done: &SnapshotVerification) {
+        if let Some(progress) = &self.progress {
+            progress(done);
+        }
     }
 }
 
@@ -337,9 +386,9 @@ impl DataStore {
                         path: snapshot.relative_path(),
                     });
                 }
-                report
-                    .snapshots
-                    .push(self.verify_one(&snapshot, options, &mut chunks));
+                let done = self.verify_one(&snapshot, options, &mut chunks);
+                options.report(&done);
+                report.snapshots.push(done);
             }
             VerifyScope::Group { ns, group } => {
                 self.verify_group(ns, group, options, &mut chunks, &mut report)?;
@@ -423,9 +472,9 @@ impl DataStore {
         }
         snapshots.sort_by_key(|s| s.dir().time());
         for snapshot in snapshots {
-            report
-                .snapshots
-                .push(self.verify_one(&snapshot, options, chunks));
+            let done = self.verify_one(&snapshot, options, chunks);
+            options.report(&done);
+            report.snapshots.push(done);
         }
         Ok(())
     }

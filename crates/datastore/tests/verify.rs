@@ -299,6 +299,15 @@ fn verify_walks_each_scope() {
             report.snapshots.len()
         };
         assert_eq!(count(VerifyScope::Store), 5);
+        // Progress: one call per snapshot, in report order.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        let options = VerifyOptions::default().progress(move |s| {
+            sink.lock().unwrap().push(s.relative_path());
+        });
+        let report = store.verify(&VerifyScope::Store, &options).unwrap();
+        let reported: Vec<String> = report.snapshots.iter().map(|s| s.relative_path()).collect();
+        assert_eq!(*seen.lock().unwrap(), reported, "{}", ts.kind);
         assert_eq!(
             count(VerifyScope::Namespace {
                 ns: a.clone(),

@@ -2,6 +2,7 @@
 //! exit code 1 when something is wrong.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -111,11 +112,27 @@ pub(crate) fn verify(
             None => VerifyScope::Store,
         },
     };
-    let mut options = VerifyOptions::default().check_chunks(!skip_chunks);
+    let spinner = ctx.out.spinner("verifying");
+    let progress = spinner.clone();
+    let (checked, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut options = VerifyOptions::default()
+        .check_chunks(!skip_chunks)
+        .progress(move |s| {
+            let n = checked.fetch_add(1, Ordering::Relaxed) + 1;
+            let f = if s.outcome == SnapshotOutcome::Failed {
+                failed.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                failed.load(Ordering::Relaxed)
+            };
+            progress.set_message(format!(
+                "verifying: {n} snapshot{} checked, {f} failed; {}",
+                super::change::plural(n as u64),
+                s.relative_path()
+            ));
+        });
     if record {
         options = options.record_state(upid(store.name()));
     }
-    let spinner = ctx.out.spinner("verifying");
     let report = store.verify(&scope, &options);
     spinner.finish_and_clear();
     let report = report?;
