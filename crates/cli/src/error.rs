@@ -28,8 +28,13 @@ pub(crate) const EXIT_FAILURE: u8 = 1;
 /// The error and its causes on one line: `what failed: why: deeper cause`. Causes that repeat
 /// the text of the one before (a `#[error(transparent)]` wrapper) are not printed twice.
 pub(crate) fn one_line(err: &anyhow::Error) -> String {
+    chain_line(err.as_ref())
+}
+
+/// [`one_line`] for any error with its `source` chain (library errors inside reports).
+pub(crate) fn chain_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
+    for cause in std::iter::successors(Some(err), |e| e.source()) {
         let text = cause.to_string();
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if text.is_empty() || parts.last().is_some_and(|last| last.ends_with(&text)) {

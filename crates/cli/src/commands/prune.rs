@@ -50,7 +50,7 @@ fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
                 PruneAction::Kept => ("keep", None),
                 PruneAction::WouldRemove => ("would-remove", None),
                 PruneAction::Removed => ("removed", None),
-                PruneAction::Failed(e) => ("failed", Some(error_chain(e))),
+                PruneAction::Failed(e) => ("failed", Some(crate::error::chain_line(e))),
                 _ => ("unknown", None),
             };
             PruneLine {
@@ -63,21 +63,6 @@ fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
             }
         })
         .collect()
-}
-
-/// An error and its sources as one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `keepsake prune`.
@@ -124,7 +109,7 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
             Err(e) => failures.push(format!(
                 "cannot prune `{}`: {}",
                 group.relative_path(),
-                error_chain(&e)
+                crate::error::chain_line(&e)
             )),
         }
         bar.inc(1);

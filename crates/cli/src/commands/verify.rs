@@ -10,7 +10,7 @@ use keepsake_datastore::{SnapshotOutcome, VerifyOptions, VerifyScope};
 use serde::Serialize;
 
 use super::{Ctx, existing_group, existing_snapshot, require_ns};
-use crate::error::EXIT_FAILURE;
+use crate::error::{EXIT_FAILURE, chain_line};
 use crate::target::TargetArg;
 
 #[derive(Debug, Serialize)]
@@ -40,21 +40,6 @@ struct VerifySummary {
     /// Interrupted operations found in the journal and completed first.
     recovered: usize,
     errors: Vec<VerifyError>,
-}
-
-/// An error and its sources as one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A task id in PBS's UPID form (PBS's API reads `verify_state.upid` as one), naming this host,
@@ -144,14 +129,14 @@ pub(crate) fn verify(
             errors.push(VerifyError {
                 ns: Some(s.ns.to_string()),
                 snapshot: Some(s.snapshot.to_string()),
-                error: chain(problem),
+                error: chain_line(problem),
             });
         }
         if let Some(e) = &s.record_error {
             errors.push(VerifyError {
                 ns: Some(s.ns.to_string()),
                 snapshot: Some(s.snapshot.to_string()),
-                error: format!("cannot record the verify state: {}", chain(e)),
+                error: format!("cannot record the verify state: {}", chain_line(e)),
             });
         }
     }
@@ -159,7 +144,7 @@ pub(crate) fn verify(
         errors.push(VerifyError {
             ns: None,
             snapshot: None,
-            error: chain(e),
+            error: chain_line(e),
         });
     }
     for pending in &report.recovery.pending {
@@ -169,7 +154,7 @@ pub(crate) fn verify(
             error: format!(
                 "interrupted operation {} could not be completed: {}",
                 pending.id,
-                chain(&pending.error)
+                chain_line(&pending.error)
             ),
         });
     }
@@ -202,7 +187,8 @@ pub(crate) fn verify(
             ctx.out
                 .line(format!("{verdict:<10}  {}", s.relative_path()))?;
             for problem in &s.problems {
-                ctx.out.line(format!("            {}", chain(problem)))?;
+                ctx.out
+                    .line(format!("            {}", chain_line(problem)))?;
             }
         }
         for e in summary.errors.iter().filter(|e| e.snapshot.is_none()) {
