@@ -66,7 +66,7 @@ pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
 pub use layout::ChunkDigest;
 pub use local::{LocalBackend, SyncLevel};
 pub use object::ObjectBackend;
-pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN, is_temporary_name};
 pub use requests::{CountingConnector, RequestCounter, RequestCounts};
 pub use s3::{RetrySettings, S3Config};
 pub use version::Version;
@@ -312,6 +312,80 @@ pub trait Backend: Send + Sync + fmt::Debug {
         self.exists(&digest.local_path())
     }
 
+    /// Reads a file from the authority: the bucket for the cached backend (refreshing the cache
+    /// copy), the same as [`Backend::read`] elsewhere. For read-modify-write cycles whose
+    /// compare-and-swap must start from the current version.
+    ///
+    /// # Errors
+    /// As [`Backend::read`].
+    fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
+        self.read(file)
+    }
+
+    /// Whether anything is at `path` in the authority (the bucket for the cached backend).
+    ///
+    /// # Errors
+    /// As [`Backend::exists`].
+    fn exists_authoritative(&self, path: &BackendPath) -> Result<bool> {
+        self.exists(path)
+    }
+
+    /// Every file below `folder`, recursively, in the authority (the bucket for the cached
+    /// backend): what a destructive operation may remove, decided from the truth.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such folder.
+    fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
+        let mut files = Vec::new();
+        let mut stack = vec![folder.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in self.list(&dir)? {
+                let entry = entry?;
+                let path = dir.join(&entry.name)?;
+                match entry.kind {
+                    EntryKind::File => files.push(path),
+                    EntryKind::Dir => stack.push(path),
+                    EntryKind::Other => {}
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Removes exactly these files (missing ones are skipped), and nothing else.
+    ///
+    /// # Errors
+    /// The first failure.
+    fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+        let mut report = RemoveReport::default();
+        for file in files {
+            match self.remove_file(file) {
+                Ok(()) => report.removed += 1,
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes `folder` (with the empty folders below it) if no file is below it in the
+    /// authority; returns whether it is gone.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+        match self.list_files_authoritative(folder) {
+            Ok(files) if files.is_empty() => {}
+            Ok(_) => return Ok(false),
+            Err(Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        match self.remove_tree(folder, &KeepFilter::nothing()) {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The local datastore directory behind this backend, if there is one: the datastore itself
     /// for [`LocalBackend`], the cache for [`CachedBackend`], none for a bare [`ObjectBackend`].
     ///
@@ -375,6 +449,21 @@ macro_rules! forward_backend {
             }
             fn host_local(&self) -> Option<&LocalBackend> {
                 (**self).host_local()
+            }
+            fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
+                (**self).read_authoritative(file)
+            }
+            fn exists_authoritative(&self, path: &BackendPath) -> Result<bool> {
+                (**self).exists_authoritative(path)
+            }
+            fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
+                (**self).list_files_authoritative(folder)
+            }
+            fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+                (**self).remove_files(files)
+            }
+            fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+                (**self).remove_folder_if_empty(folder)
             }
         }
     )*};

@@ -237,6 +237,31 @@ impl PartialOrd for BackendPath {
     }
 }
 
+/// Whether `name` is a temporary file of an atomic write that has not been renamed into place:
+/// keepsake's own `.<name>.tmp_<hex>` (see [`LocalBackend`](crate::LocalBackend)) or PBS's
+/// `<name>.tmp_XXXXXX` (its atomic replace, a `mkstemp` suffix). The one rule every caller uses
+/// (fsck, recovery, copies): such files are never copied, and are removed only by whoever
+/// knows their writer is gone.
+///
+/// ```
+/// use keepsake_backend::is_temporary_name;
+///
+/// assert!(is_temporary_name(".owner.tmp_1f2e3d"));
+/// assert!(is_temporary_name("index.json.blob.tmp_Ab12Cd"));
+/// assert!(!is_temporary_name("index.json.blob"));
+/// assert!(!is_temporary_name("a.tmp_"));
+/// assert!(!is_temporary_name("drive.tmp_x.img.fidx"));
+/// ```
+pub fn is_temporary_name(name: &str) -> bool {
+    match name.rfind(".tmp_") {
+        Some(at) if at > 0 => {
+            let suffix = &name[at + ".tmp_".len()..];
+            !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_alphanumeric())
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use keepsake_backend::{
     Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
 };
-use keepsake_datastore::{DataStore, DataStoreBuilder, LeaseSettings};
+use keepsake_datastore::{Access, DataStore, DataStoreBuilder, LeaseSettings};
 use keepsake_lock::{DirLocker, FileLocker, LockScheme, LockTarget, PBS_LOCK_ROOT};
 use object_store::ObjectStoreExt;
 
@@ -196,8 +196,8 @@ impl StoreSpec {
         Ok(())
     }
 
-    /// Opens an existing datastore.
-    pub(crate) fn open(&self) -> Result<Session> {
+    /// Opens an existing datastore, read-only or read-write (see [`Access`]).
+    pub(crate) fn open(&self, access: Access) -> Result<Session> {
         if !self.path.is_dir() {
             if self.is_s3() {
                 bail!(
@@ -212,6 +212,7 @@ impl StoreSpec {
         let Some(config) = &self.s3 else {
             let store = self
                 .builder()
+                .access(access)
                 .open()
                 .with_context(|| format!("cannot open datastore {}", self.describe()))?;
             return Ok(Session {
@@ -235,6 +236,7 @@ impl StoreSpec {
         let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
         let store = self
             .s3_builder(&cached, &remote)
+            .access(access)
             .open()
             .with_context(|| self.failed("open"))?;
         Ok(Session {

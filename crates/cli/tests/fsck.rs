@@ -12,15 +12,7 @@ use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, BackupTime};
 use keepsake_lock::{FileLocker, LockTarget, Locker};
 
 fn demo_store() -> Store {
-    let store = Store::empty("demo");
-    let mut cmd = keepsake();
-    cmd.arg("--lock-root")
-        .arg(&store.lock_root)
-        .arg("--json")
-        .arg("demo")
-        .arg(&store.path);
-    common::run(&mut cmd).json();
-    store
+    Store::demo()
 }
 
 /// Stdout of a run that exited with `code` (one `error:` line on stderr when 1), as JSON.

@@ -170,15 +170,7 @@ fn demo_makes_a_sample_datastore_and_prints_its_tree() {
 }
 
 fn demo_store() -> Store {
-    let store = Store::empty("demo");
-    let mut cmd = keepsake();
-    cmd.arg("--lock-root")
-        .arg(&store.lock_root)
-        .arg("--json")
-        .arg("demo")
-        .arg(&store.path);
-    common::run(&mut cmd).json();
-    store
+    Store::demo()
 }
 
 #[test]

@@ -42,6 +42,61 @@ pub enum Error {
         source: keepsake_lock::Error,
     },
 
+    /// A lock could not be taken for a reason other than another holder (the lock root cannot be
+    /// created or written, a permission, an I/O error): nothing was done, and nothing may be
+    /// concluded about the locked object.
+    #[error("cannot lock {what} `{path}`")]
+    LockFailed {
+        /// What was to be locked: "group", "snapshot", "manifest" or "intent".
+        what: &'static str,
+        /// Its relative path (or the intent id).
+        path: String,
+        /// The lock error, with the system's cause.
+        #[source]
+        source: keepsake_lock::Error,
+    },
+
+    /// An operation failed after it had changed part of what it announced. `done` names exactly
+    /// what was removed or moved already; the rest is recorded in the intent journal, and the
+    /// next [`DataStore::recover`](crate::DataStore::recover) (or write command) completes it.
+    #[error("{operation} stopped after {} of its steps: {}", done.len(), done.join(", "))]
+    Interrupted {
+        /// The operation, as the journal describes it.
+        operation: String,
+        /// The snapshots and groups removed or moved before the failure (relative paths).
+        done: Vec<String>,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// Interrupted operations are waiting in the intent journal and could not be completed now
+    /// (a lock they need is held, or the storage failed): a journaled operation refuses to run
+    /// beside them, so that it never acts on half-done state.
+    #[error("interrupted operation{} pending: {}", if pending.len() == 1 { "" } else { "s" }, pending.join("; "))]
+    RecoveryPending {
+        /// The pending operations, each with why it could not be completed.
+        pending: Vec<String>,
+    },
+
+    /// The datastore was opened read-only ([`Access::ReadOnly`](crate::Access::ReadOnly)).
+    #[error("datastore opened read-only: {operation} refused")]
+    ReadOnly {
+        /// What was refused.
+        operation: &'static str,
+    },
+
+    /// A manifest change would leave a signature that no longer matches: the signed part
+    /// changed, the datastore has no key to sign it again, and the caller did not clear the
+    /// signature.
+    #[error(
+        "`{path}`: the change touches the signed part of a signed manifest; give the key, or clear the signature explicitly"
+    )]
+    SignatureWouldBreak {
+        /// The manifest's relative path.
+        path: String,
+    },
+
     /// The snapshot is protected and cannot be removed.
     #[error("snapshot `{path}` is protected")]
     Protected {
@@ -157,7 +212,7 @@ pub enum Error {
         /// The relative path it was to be moved to.
         to: String,
         /// Why it was refused (boxed: it names owners and times).
-        reason: Box<crate::relocate::MoveRefusal>,
+        reason: Box<MoveRefusal>,
     },
 
     /// A write under a lease lock was refused because the lease is no longer this holder's (it ran
@@ -244,7 +299,100 @@ impl Error {
         }
     }
 
-    pub(crate) fn locked(what: &'static str, path: String, source: keepsake_lock::Error) -> Self {
-        Error::Locked { what, path, source }
+    /// Whether this is [`Error::LockFailed`].
+    pub fn is_lock_failure(&self) -> bool {
+        matches!(self, Error::LockFailed { .. })
+    }
+
+    /// A lock error: [`Error::Locked`] when someone else holds the lock (or keeps replacing it),
+    /// [`Error::LockFailed`] for every other cause.
+    pub(crate) fn lock(what: &'static str, path: String, source: keepsake_lock::Error) -> Self {
+        if source.is_busy() || matches!(source, keepsake_lock::Error::Replaced { .. }) {
+            Error::Locked { what, path, source }
+        } else {
+            Error::LockFailed { what, path, source }
+        }
+    }
+}
+
+/// An error with its causes, in one line (`what: why: cause`), for reports that keep text.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// Why a move or merge was refused (inside [`Error::MoveRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MoveRefusal {
+    /// The target group (or namespace) exists and merging was not asked for.
+    TargetExists,
+    /// Source and target are the same place.
+    SameLocation,
+    /// The two groups have different owners (PBS's first merge invariant).
+    OwnerMismatch {
+        /// The owner of the group being moved.
+        source_owner: keepsake_hierarchy::Authid,
+        /// The owner of the group receiving the snapshots.
+        target_owner: keepsake_hierarchy::Authid,
+    },
+    /// A moved snapshot is not newer than every snapshot of the target group (PBS's second merge
+    /// invariant).
+    TimeOverlap {
+        /// The oldest snapshot being moved.
+        oldest_moved: keepsake_hierarchy::BackupTime,
+        /// The newest snapshot already in the target group.
+        newest_target: keepsake_hierarchy::BackupTime,
+    },
+    /// A namespace cannot be moved into itself or below itself.
+    IntoItself,
+    /// The root namespace can be neither moved nor replaced.
+    RootNamespace,
+    /// After the move some namespace would be deeper than PBS allows (7 levels).
+    TooDeep {
+        /// The depth the deepest moved namespace would have.
+        deepest: usize,
+    },
+}
+
+impl std::fmt::Display for MoveRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MoveRefusal::TargetExists => {
+                f.write_str("the target exists and merging was not requested")
+            }
+            MoveRefusal::SameLocation => f.write_str("source and target are the same"),
+            MoveRefusal::OwnerMismatch {
+                source_owner,
+                target_owner,
+            } => write!(
+                f,
+                "owner mismatch (source: {source_owner}, target: {target_owner})"
+            ),
+            MoveRefusal::TimeOverlap {
+                oldest_moved,
+                newest_target,
+            } => write!(
+                f,
+                "snapshot time mismatch: {oldest_moved} is not newer than the target's newest \
+                 snapshot {newest_target}"
+            ),
+            MoveRefusal::IntoItself => f.write_str("a namespace cannot be moved below itself"),
+            MoveRefusal::RootNamespace => f.write_str("the root namespace cannot be moved"),
+            MoveRefusal::TooDeep { deepest } => write!(
+                f,
+                "namespaces would be {deepest} levels deep, at most {} are allowed",
+                keepsake_hierarchy::MAX_NAMESPACE_DEPTH
+            ),
+        }
     }
 }

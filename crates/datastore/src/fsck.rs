@@ -4,7 +4,7 @@
 //!
 //! | finding | repair |
 //! |---|---|
-//! | temporary files of atomic writes (`.<name>.tmp_*`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
+//! | temporary files of atomic writes (keepsake's `.<name>.tmp_*`, PBS's `<name>.tmp_XXXXXX`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
 //! | interrupted operations in the intent journal | [`DataStore::recover`] |
 //! | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
 //! | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keepsake_backend::{CachedBackend, EntryKind};
+use keepsake_backend::{CachedBackend, EntryKind, is_temporary_name};
 use keepsake_hierarchy::{BackupNamespace, BackupTime};
 use keepsake_lock::{LockFile, LockMode};
 
 use crate::error::{Error, Result};
 use crate::group::Group;
-use crate::journal::{Intent, RecoveryReport};
+use crate::journal::Intent;
+use crate::recover::RecoveryReport;
 use crate::refresh::{CacheCheck, CacheRefresh, CacheReport};
 use crate::store::{DataStore, path};
 
@@ -88,10 +89,6 @@ impl FsckReport {
     }
 }
 
-fn is_temp_file(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp_")
-}
-
 impl DataStore {
     /// Checks the datastore for leftovers of crashes and other tools, and with
     /// [`FsckOptions::repair`] mends them. Errors on single items are collected in
@@ -100,7 +97,7 @@ impl DataStore {
     ///
     /// | finding | repair |
     /// |---|---|
-    /// | temporary files of atomic writes (`.<name>.tmp_*`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
+    /// | temporary files of atomic writes (keepsake's `.<name>.tmp_*`, PBS's `<name>.tmp_XXXXXX`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
     /// | interrupted operations in the intent journal | [`DataStore::recover`] |
     /// | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
     /// | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
@@ -210,7 +207,7 @@ impl DataStore {
         let mut has_snapshot = false;
         for entry in &entries {
             match entry.kind {
-                EntryKind::File if is_temp_file(&entry.name) => {
+                EntryKind::File if is_temporary_name(&entry.name) => {
                     group_temp.push(entry.name.clone());
                 }
                 EntryKind::Dir => has_snapshot = true,
@@ -268,7 +265,7 @@ impl DataStore {
             }) {
                 Ok(listing) => listing
                     .filter_map(|e| e.ok())
-                    .filter(|e| e.kind == EntryKind::File && is_temp_file(&e.name))
+                    .filter(|e| e.kind == EntryKind::File && is_temporary_name(&e.name))
                     .map(|e| e.name)
                     .collect(),
                 Err(e) => {

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use keepsake_backend::WriteMode;
 use keepsake_hierarchy::{
-    Authid, BackupGroup, BackupNamespace, BackupTime, GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME,
-    GroupFilter, apply_filters,
+    Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, GROUP_NOTES_FILE_NAME,
+    GROUP_OWNER_FILE_NAME, GroupFilter, apply_filters,
 };
 use keepsake_lock::{LockGuard, LockMode, LockTarget};
 
 use crate::error::{Error, Result};
+use crate::hold::{HeldGroup, drop_lock_file};
 use crate::info::BackupInfo;
 use crate::iter::Snapshots;
+use crate::journal::Intent;
 use crate::store::{DataStore, path};
 
 /// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`).
@@ -287,71 +289,136 @@ impl Group {
         Ok((self.owner()?, guard))
     }
 
-    /// Destroys the group: every unprotected snapshot (each under its locks), then, if no protected
-    /// snapshot is left, the notes, the owner, the folder and the group's lock file. Protected
-    /// snapshots stay with their group's owner and notes.
+    /// Destroys the group: every unprotected snapshot, then, if no snapshot is left, the notes,
+    /// the owner, the folder and the group's lock file. Protected snapshots stay with their
+    /// group's owner and notes.
+    ///
+    /// Every lock is taken first (the group, and each snapshot's lock and manifest lock): a busy
+    /// lock refuses the whole destroy and nothing changes. Then the snapshots to remove are
+    /// announced in the intent journal, so that a destroy interrupted later is completed by
+    /// [`DataStore::recover`](crate::DataStore::recover) for exactly those snapshots, never for a
+    /// snapshot added since.
     ///
     /// # Errors
-    /// [`Error::Locked`] if the group or one of its snapshots is in use (snapshots destroyed before
-    /// that stay destroyed).
+    /// [`Error::Locked`] or [`Error::LockFailed`] before anything changed;
+    /// [`Error::Interrupted`] (naming what was removed already) when a later step fails;
+    /// [`Error::RecoveryPending`] when an earlier interrupted operation cannot be completed now.
     pub fn destroy(&self) -> Result<DestroyStats> {
         // What a failed operation left half done is finished first (docs/JOURNAL.md).
-        self.store.recover()?;
-        self.destroy_now()
-    }
-
-    /// [`Group::destroy`] without the recovery first: for recovery itself and for operations
-    /// that already ran it.
-    pub(crate) fn destroy_now(&self) -> Result<DestroyStats> {
-        let guard = self.lock()?;
+        self.store.recover_before_journaled()?;
+        let held = HeldGroup::take_all(self)?;
+        let mut announced = Vec::new();
         let mut stats = DestroyStats::default();
-        let snapshots: Vec<_> = self.iter_snapshots()?.collect::<Result<_>>()?;
-        // Journaled: an interrupted destroy is completed by the next `DataStore::recover`.
-        let intent = crate::journal::begin_destroy_group(self)?;
-        for snapshot in snapshots {
-            if snapshot.is_protected()? {
+        for s in &held.snapshots {
+            if s.snapshot.is_protected_authoritative()? {
                 stats.protected_snapshots += 1;
-                continue;
+            } else {
+                announced.push(s.snapshot.dir().clone());
             }
-            snapshot.destroy_without_group_cleanup(false)?;
-            stats.removed_snapshots += 1;
         }
-        if stats.protected_snapshots == 0 && self.remove_folder(guard)? {
-            stats.removed_groups += 1;
-        }
+        let intent = crate::journal::begin(
+            &self.store,
+            Intent::DestroyGroup {
+                ns: self.ns.clone(),
+                group: self.group.clone(),
+                snapshots: announced.clone(),
+            },
+        )?;
+        let done = destroy_held(held, &announced, &mut stats).map_err(|(source, done)| {
+            Error::Interrupted {
+                operation: intent.intent().to_string(),
+                done,
+                source: Box::new(source),
+            }
+        })?;
+        debug_assert_eq!(done.len() as u64, stats.removed_snapshots);
         intent.finish()?;
         Ok(stats)
     }
 
-    /// Removes notes, owner and the group folder if no snapshot folder is left, then the lock
-    /// file (under the held lock). Returns whether the group is gone.
+    /// Removes notes, owner and the group folder if no snapshot is left in it (asked of the
+    /// authority: on S3 the bucket), then the lock file (under the held lock). Returns whether
+    /// the group is gone.
     pub(crate) fn remove_folder(&self, guard: LockGuard) -> Result<bool> {
         let dir = self.relative_path();
-        let has_snapshots = self
-            .store
-            .backend()
-            .list(&path(&dir)?)
+        let folder = path(&dir)?;
+        let backend = self.store.backend();
+        let files = match backend.list_files_authoritative(&folder) {
+            Ok(files) => files,
+            Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(Error::backend(&dir, e)),
+        };
+        let group_files = [GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME];
+        // Anything but the owner and notes (a snapshot file, a stray file) keeps the group.
+        let (own, other): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
+            f.parent().as_ref() == Some(&folder)
+                && f.file_name().is_some_and(|n| group_files.contains(&n))
+        });
+        if !other.is_empty() || self.has_snapshot_folder()? {
+            return Ok(false);
+        }
+        self.store.check_fence(&guard)?;
+        backend
+            .remove_files(&own)
+            .map_err(|e| Error::backend(&dir, e))?;
+        if !backend
+            .remove_folder_if_empty(&folder)
             .map_err(|e| Error::backend(&dir, e))?
-            .filter_map(|e| e.ok())
-            .any(|e| e.kind == keepsake_backend::EntryKind::Dir);
-        if has_snapshots {
+        {
             return Ok(false);
         }
-        for name in [GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME] {
-            let file = self.file(name)?;
-            match self.store.backend().remove_file(&file) {
-                Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::backend(file.as_str(), e)),
-            }
-        }
-        // Anything else left in the group folder (a stray file) keeps the folder.
-        if !self.store.remove_dir_if_empty(&dir)? {
-            return Ok(false);
-        }
-        if let Ok(exclusive) = guard.into_exclusive() {
-            // Removing the lock file is best effort, as in PBS: a stale lock file is harmless.
-            let _ = exclusive.remove();
-        }
+        drop_lock_file(guard);
         Ok(true)
     }
+
+    /// Whether a snapshot folder (finished or not) is in the group folder here (an unfinished
+    /// snapshot of a running backup may have no file yet).
+    fn has_snapshot_folder(&self) -> Result<bool> {
+        let dir = self.relative_path();
+        match self.store.backend().list(&path(&dir)?) {
+            Ok(listing) => Ok(listing
+                .filter_map(|e| e.ok())
+                .any(|e| e.kind == keepsake_backend::EntryKind::Dir)),
+            Err(keepsake_backend::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::backend(&dir, e)),
+        }
+    }
+}
+
+/// Destroys the announced snapshots of a held group (protected ones are counted and stay), then
+/// the group folder when nothing is left in it. On failure, returns the error with the snapshots
+/// removed before it.
+pub(crate) fn destroy_held(
+    held: HeldGroup,
+    announced: &[BackupDir],
+    stats: &mut DestroyStats,
+) -> std::result::Result<Vec<String>, (Error, Vec<String>)> {
+    let mut done = Vec::new();
+    let HeldGroup {
+        group,
+        lock,
+        snapshots,
+    } = held;
+    for s in snapshots {
+        if !announced.contains(s.snapshot.dir()) {
+            continue;
+        }
+        match s.snapshot.remove_now(Some(&s)) {
+            Ok(()) => {
+                done.push(s.snapshot.relative_path());
+                stats.removed_snapshots += 1;
+                s.release_gone();
+            }
+            // Protected since it was announced (by a writer that ignores the locks): it stays.
+            Err(Error::Protected { .. }) => stats.protected_snapshots += 1,
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err((e, done)),
+        }
+    }
+    match group.remove_folder(lock) {
+        Ok(true) => stats.removed_groups += 1,
+        Ok(false) => {}
+        Err(e) => return Err((e, done)),
+    }
+    Ok(done)
 }

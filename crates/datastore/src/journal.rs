@@ -1,18 +1,23 @@
 //! The intent journal: what makes moves and group/namespace destroys crash safe.
 //!
-//! Before a move or a destroy of a group or namespace changes anything, it writes an *intent*
-//! (what it is about to do) into `<datastore>/.keepsake/intents/<id>.intent`, atomically (temp
-//! file, fsync, rename, folder fsync), and holds an exclusive flock on `<id>.lock` while it runs.
-//! When it is done it removes the intent, then the lock file. A process that dies in between
-//! leaves the intent behind with its lock free: [`DataStore::recover`] (called by
-//! [`DataStoreBuilder::open`](crate::DataStoreBuilder::open) and by
-//! [`DataStore::verify`](crate::DataStore::verify)) finds such intents and completes the
-//! operation, or rolls it back where completing is no longer allowed. The format is described in
+//! A move or a destroy of a group or namespace first takes every lock it needs (a busy lock
+//! refuses the whole operation, nothing changed), then writes an *intent* naming exactly what it
+//! is about to do (the snapshots, groups and namespaces it announced) into
+//! `<datastore>/.keepsake/intents/<id>.intent`, atomically (temp file, fsync, rename, folder
+//! fsync), and holds an exclusive flock on `<id>.lock` while it runs. When it is done it removes
+//! the intent, then the lock file. A process that dies (or an operation that fails) in between
+//! leaves the intent behind: [`DataStore::recover`] completes or rolls back *what the intent
+//! announced*, never more, under the same locks as the live operation. The format is described in
 //! `docs/JOURNAL.md`.
 //!
+//! Nothing reads the journal as a side effect: opening a datastore, listing and verifying never
+//! recover. Journaled operations recover first (they must not act on half-done state), and so do
+//! the CLI's write commands; read-only commands only warn ([`DataStore::interrupted_intents`]).
+//!
 //! The journal lives in the backend's host-local folder (`Backend::host_local`: the datastore
-//! folder, or for an S3 datastore the local cache folder), never on a tmpfs: an intent must survive the reboot that interrupted it. It is never uploaded to the
-//! bucket, so PBS's own `s3-refresh` never sees a key it does not know.
+//! folder, or for an S3 datastore the local cache folder), never on a tmpfs: an intent must
+//! survive the reboot that interrupted it. It is never uploaded to the bucket, so PBS's own
+//! `s3-refresh` never sees a key it does not know.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -20,21 +25,21 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
+use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, GroupPath, SnapshotPath};
 use keepsake_lock::{ExclusiveGuard, LockFile};
 
 use crate::error::{Error, Result};
-use crate::relocate;
 use crate::store::DataStore;
 
 /// The journal folder, relative to the datastore folder.
 pub const JOURNAL_DIR: &str = ".keepsake/intents";
-/// First line of every intent file: format name and version.
-pub const INTENT_HEADER: &str = "keepsake-intent 1";
-const INTENT_SUFFIX: &str = ".intent";
-const LOCK_SUFFIX: &str = ".lock";
-const TEMP_SUFFIX: &str = ".tmp";
-const BAD_SUFFIX: &str = ".bad";
+/// First line of every intent file: format name and version. Version 1 intents (which did not
+/// name the snapshots they announced) are not recovered: recovery sets them aside as unreadable.
+pub const INTENT_HEADER: &str = "keepsake-intent 2";
+pub(crate) const INTENT_SUFFIX: &str = ".intent";
+pub(crate) const LOCK_SUFFIX: &str = ".lock";
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+pub(crate) const BAD_SUFFIX: &str = ".bad";
 
 /// How far a move on a backend without atomic renames (object storage) has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +73,7 @@ impl Phase {
     }
 }
 
-/// One operation recorded in the journal.
+/// One operation recorded in the journal, with everything it announced.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Intent {
@@ -95,8 +100,8 @@ pub enum Intent {
         group: BackupGroup,
         /// Whether an existing target group receives the snapshots.
         merge: bool,
-        /// How far a whole-group transfer has come.
-        phase: Phase,
+        /// The snapshots the move announced (recovery moves these and no other).
+        snapshots: Vec<BackupDir>,
     },
     /// A namespace and the namespaces below it move to `to`.
     MoveNamespace {
@@ -106,25 +111,42 @@ pub enum Intent {
         to: BackupNamespace,
         /// Whether existing target groups receive the snapshots.
         merge: bool,
+        /// The source namespaces the move announced (each is removed when emptied).
+        namespaces: Vec<BackupNamespace>,
+        /// The groups the move announced, with their source namespaces.
+        groups: Vec<GroupPath>,
+        /// The snapshots the move announced.
+        snapshots: Vec<SnapshotPath>,
     },
-    /// A group is destroyed (protected snapshots stay).
+    /// Snapshots of a group are destroyed, then the group if nothing is left in it.
     DestroyGroup {
         /// The namespace.
         ns: BackupNamespace,
         /// The group.
         group: BackupGroup,
+        /// The snapshots the destroy announced (protected ones were never announced).
+        snapshots: Vec<BackupDir>,
     },
-    /// A namespace tree is removed together with its groups (protected snapshots stay).
+    /// A namespace tree is removed together with its groups.
     DestroyNamespace {
         /// The namespace.
         ns: BackupNamespace,
+        /// The groups the removal announced (each is removed when nothing is left in it).
+        groups: Vec<GroupPath>,
+        /// The snapshots it announced.
+        snapshots: Vec<SnapshotPath>,
+        /// The namespaces whose folders it announced (each is removed when empty).
+        namespaces: Vec<BackupNamespace>,
     },
 }
+
+/// Keys that may appear more than once in an intent (one line per list item).
+const LIST_KEYS: [&str; 3] = ["snapshot", "group", "namespace"];
 
 impl Intent {
     /// Recovery order: the innermost operations first (a snapshot move inside a group merge inside
     /// a namespace move).
-    fn rank(&self) -> u8 {
+    pub(crate) fn rank(&self) -> u8 {
         match self {
             Intent::MoveSnapshot { .. } => 0,
             Intent::MoveGroup { .. } | Intent::DestroyGroup { .. } => 1,
@@ -161,29 +183,68 @@ impl Intent {
                 to,
                 group,
                 merge,
-                phase,
+                snapshots,
             } => {
                 line("op", "move-group");
                 line("from", &ns_text(from));
                 line("to", &ns_text(to));
                 line("group", &group.to_string());
                 line("merge", yes_no(*merge));
-                line("phase", phase.as_str());
+                for s in snapshots {
+                    line("snapshot", &s.to_string());
+                }
             }
-            Intent::MoveNamespace { from, to, merge } => {
+            Intent::MoveNamespace {
+                from,
+                to,
+                merge,
+                namespaces,
+                groups,
+                snapshots,
+            } => {
                 line("op", "move-namespace");
                 line("from", &ns_text(from));
                 line("to", &ns_text(to));
                 line("merge", yes_no(*merge));
+                for n in namespaces {
+                    line("namespace", &ns_text(n));
+                }
+                for g in groups {
+                    line("group", &g.to_string());
+                }
+                for s in snapshots {
+                    line("snapshot", &s.to_string());
+                }
             }
-            Intent::DestroyGroup { ns, group } => {
+            Intent::DestroyGroup {
+                ns,
+                group,
+                snapshots,
+            } => {
                 line("op", "destroy-group");
                 line("ns", &ns_text(ns));
                 line("group", &group.to_string());
+                for s in snapshots {
+                    line("snapshot", &s.to_string());
+                }
             }
-            Intent::DestroyNamespace { ns } => {
+            Intent::DestroyNamespace {
+                ns,
+                groups,
+                snapshots,
+                namespaces,
+            } => {
                 line("op", "destroy-namespace");
                 line("ns", &ns_text(ns));
+                for n in namespaces {
+                    line("namespace", &ns_text(n));
+                }
+                for g in groups {
+                    line("group", &g.to_string());
+                }
+                for s in snapshots {
+                    line("snapshot", &s.to_string());
+                }
             }
         }
         out.push_str("\nend\n");
@@ -191,10 +252,16 @@ impl Intent {
     }
 
     /// Parses an intent file; the reason is a text for the recovery report.
-    fn decode(text: &str) -> std::result::Result<Self, String> {
+    pub(crate) fn decode(text: &str) -> std::result::Result<Self, String> {
         let mut lines = text.lines();
-        if lines.next() != Some(INTENT_HEADER) {
-            return Err(format!("first line is not `{INTENT_HEADER}`"));
+        match lines.next() {
+            Some(INTENT_HEADER) => {}
+            Some("keepsake-intent 1") => {
+                return Err("format 1 does not name what the operation announced: not \
+                            recovered (check the datastore, then delete this file)"
+                    .to_owned());
+            }
+            _ => return Err(format!("first line is not `{INTENT_HEADER}`")),
         }
         let mut fields: Vec<(&str, &str)> = Vec::new();
         let mut ended = false;
@@ -209,7 +276,7 @@ impl Intent {
             let (key, value) = line
                 .split_once(' ')
                 .ok_or_else(|| format!("line {line:?} is not `key value`"))?;
-            if fields.iter().any(|(k, _)| *k == key) {
+            if !LIST_KEYS.contains(&key) && fields.iter().any(|(k, _)| *k == key) {
                 return Err(format!("key `{key}` appears twice"));
             }
             fields.push((key, value));
@@ -224,6 +291,14 @@ impl Intent {
                 .map(|(_, v)| *v)
                 .ok_or_else(|| format!("key `{key}` is missing"))
         };
+        let single = |key: &str| {
+            let mut found = fields.iter().filter(|(k, _)| *k == key);
+            match (found.next(), found.next()) {
+                (Some((_, v)), None) => Ok(*v),
+                (None, _) => Err(format!("key `{key}` is missing")),
+                (Some(_), Some(_)) => Err(format!("key `{key}` appears twice")),
+            }
+        };
         let ns = |key: &str| parse_ns(get(key)?).map_err(|e| format!("`{key}`: {e}"));
         let flag = |key: &str| match get(key)? {
             "yes" => Ok(true),
@@ -235,15 +310,29 @@ impl Intent {
             Phase::parse(text).ok_or_else(|| format!("unknown phase {text:?}"))
         };
         let group = || {
-            get("group")?
+            single("group")?
                 .parse::<BackupGroup>()
                 .map_err(|e| format!("`group`: {e}"))
         };
+        // Every item of a list key, parsed with `parse`.
+        fn items<T>(
+            fields: &[(&str, &str)],
+            key: &str,
+            parse: impl Fn(&str) -> std::result::Result<T, keepsake_hierarchy::Error>,
+        ) -> std::result::Result<Vec<T>, String> {
+            fields
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, v)| parse(v).map_err(|e| format!("`{key}` {v:?}: {e}")))
+                .collect()
+        }
+        let dirs = |key: &str| items(&fields, key, str::parse::<BackupDir>);
+        let groups = |key: &str| items(&fields, key, str::parse::<GroupPath>);
         let intent = match get("op")? {
             "move-snapshot" => Intent::MoveSnapshot {
                 from: ns("from")?,
                 to: ns("to")?,
-                snapshot: get("snapshot")?
+                snapshot: single("snapshot")?
                     .parse()
                     .map_err(|e| format!("`snapshot`: {e}"))?,
                 phase: phase()?,
@@ -254,18 +343,27 @@ impl Intent {
                 to: ns("to")?,
                 group: group()?,
                 merge: flag("merge")?,
-                phase: phase()?,
+                snapshots: dirs("snapshot")?,
             },
             "move-namespace" => Intent::MoveNamespace {
                 from: ns("from")?,
                 to: ns("to")?,
                 merge: flag("merge")?,
+                namespaces: items(&fields, "namespace", parse_ns)?,
+                groups: groups("group")?,
+                snapshots: items(&fields, "snapshot", str::parse::<SnapshotPath>)?,
             },
             "destroy-group" => Intent::DestroyGroup {
                 ns: ns("ns")?,
                 group: group()?,
+                snapshots: dirs("snapshot")?,
             },
-            "destroy-namespace" => Intent::DestroyNamespace { ns: ns("ns")? },
+            "destroy-namespace" => Intent::DestroyNamespace {
+                ns: ns("ns")?,
+                groups: groups("group")?,
+                snapshots: items(&fields, "snapshot", str::parse::<SnapshotPath>)?,
+                namespaces: items(&fields, "namespace", parse_ns)?,
+            },
             other => return Err(format!("unknown operation {other:?}")),
         };
         Ok(intent)
@@ -274,6 +372,7 @@ impl Intent {
 
 impl fmt::Display for Intent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         match self {
             Intent::MoveSnapshot {
                 from, to, snapshot, ..
@@ -284,20 +383,49 @@ impl fmt::Display for Intent {
                 ns_text(to)
             ),
             Intent::MoveGroup {
-                from, to, group, ..
+                from,
+                to,
+                group,
+                snapshots,
+                ..
             } => write!(
                 f,
-                "move group {group} from `{}` to `{}`",
+                "move group {group} ({}) from `{}` to `{}`",
+                count(snapshots.len(), "snapshot"),
                 ns_text(from),
                 ns_text(to)
             ),
-            Intent::MoveNamespace { from, to, .. } => {
-                write!(f, "move namespace `{}` to `{}`", ns_text(from), ns_text(to))
-            }
-            Intent::DestroyGroup { ns, group } => {
-                write!(f, "destroy group {group} in `{}`", ns_text(ns))
-            }
-            Intent::DestroyNamespace { ns } => write!(f, "destroy namespace `{}`", ns_text(ns)),
+            Intent::MoveNamespace {
+                from, to, groups, ..
+            } => write!(
+                f,
+                "move namespace `{}` ({}) to `{}`",
+                ns_text(from),
+                count(groups.len(), "group"),
+                ns_text(to)
+            ),
+            Intent::DestroyGroup {
+                ns,
+                group,
+                snapshots,
+            } => write!(
+                f,
+                "destroy group {group} in `{}` ({})",
+                ns_text(ns),
+                count(snapshots.len(), "snapshot")
+            ),
+            Intent::DestroyNamespace {
+                ns,
+                groups,
+                snapshots,
+                ..
+            } => write!(
+                f,
+                "destroy namespace `{}` ({}, {})",
+                ns_text(ns),
+                count(groups.len(), "group"),
+                count(snapshots.len(), "snapshot")
+            ),
         }
     }
 }
@@ -319,79 +447,9 @@ fn parse_ns(text: &str) -> std::result::Result<BackupNamespace, keepsake_hierarc
     }
 }
 
-/// How a recovered intent ended.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum RecoveryOutcome {
-    /// The operation was carried out to its end (or had reached it before the crash).
-    Completed,
-    /// The operation was undone or dropped: completing it is no longer allowed (the reason says
-    /// why). Nothing that existed before it started is lost.
-    RolledBack {
-        /// Why it could not be completed.
-        reason: Error,
-    },
-}
-
-/// One intent that [`DataStore::recover`] dealt with.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct RecoveredIntent {
-    /// The journal id (file name without extension).
-    pub id: String,
-    /// The operation.
-    pub intent: Intent,
-    /// What recovery did.
-    pub outcome: RecoveryOutcome,
-}
-
-/// An intent that could not be dealt with now and stays in the journal for the next recovery.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct PendingIntent {
-    /// The journal id.
-    pub id: String,
-    /// The operation.
-    pub intent: Intent,
-    /// Why it stays (a lock held by someone else, a storage error).
-    pub error: Error,
-}
-
-/// What [`DataStore::recover`] found and did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct RecoveryReport {
-    /// Interrupted operations completed or rolled back.
-    pub recovered: Vec<RecoveredIntent>,
-    /// Interrupted operations that could not be finished now; they stay in the journal.
-    pub pending: Vec<PendingIntent>,
-    /// Intents whose process is still running (their lock is held): left alone.
-    pub in_progress: usize,
-    /// Intent files that do not parse (id, reason); renamed to `<id>.intent.bad` and left for an
-    /// operator.
-    pub unreadable: Vec<(String, String)>,
-}
-
-impl RecoveryReport {
-    /// Whether the journal held nothing interrupted (operations of live processes aside).
-    pub fn is_empty(&self) -> bool {
-        self.recovered.is_empty() && self.pending.is_empty() && self.unreadable.is_empty()
-    }
-
-    /// Whether every interrupted operation was completed (none rolled back, pending or unreadable).
-    pub fn all_completed(&self) -> bool {
-        self.pending.is_empty()
-            && self.unreadable.is_empty()
-            && self
-                .recovered
-                .iter()
-                .all(|r| matches!(r.outcome, RecoveryOutcome::Completed))
-    }
-}
-
-/// A journal entry held by the running operation: the intent file plus its held lock. Dropping
-/// it without [`finish`](Self::finish) releases the lock and *keeps* the intent, so that the next
-/// recovery completes an operation that failed half-way.
+/// A journal entry held by the running operation (or by the recovery that adopted it): the
+/// intent file plus its held lock. Dropping it without [`finish`](Self::finish) releases the lock
+/// and *keeps* the intent, so that the next recovery completes an operation that failed half-way.
 #[derive(Debug)]
 pub(crate) struct IntentGuard {
     dir: PathBuf,
@@ -408,10 +466,15 @@ impl IntentGuard {
         &self.intent
     }
 
+    /// The journal id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Rewrites the intent with a new phase (atomically).
     pub(crate) fn set_phase(&mut self, new: Phase) -> Result<()> {
         match &mut self.intent {
-            Intent::MoveSnapshot { phase, .. } | Intent::MoveGroup { phase, .. } => {
+            Intent::MoveSnapshot { phase, .. } => {
                 if *phase == new {
                     return Ok(());
                 }
@@ -433,7 +496,8 @@ impl IntentGuard {
         })
     }
 
-    /// The operation is over: removes the intent (durably), then the lock file.
+    /// The operation is over (done, or found to need nothing more): removes the intent
+    /// (durably), then the lock file.
     pub(crate) fn finish(mut self) -> Result<()> {
         if !self.enabled {
             return Ok(());
@@ -459,14 +523,111 @@ impl IntentGuard {
 /// The journal folder of a store: in the backend's host-local folder (the datastore folder, or the
 /// cache of an S3 datastore). `None` for a backend without one (a bare object store), which cannot
 /// keep a journal.
-fn journal_dir(store: &DataStore) -> Option<PathBuf> {
+pub(crate) fn journal_dir(store: &DataStore) -> Option<PathBuf> {
     store
         .backend()
         .host_local()
         .map(|local| local.root().join(JOURNAL_DIR))
 }
 
-/// Records `intent` before the operation changes anything, and holds its lock.
+/// One intent file of the journal, as listed (not locked).
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) id: String,
+    /// The parsed intent, or why it does not parse.
+    pub(crate) intent: std::result::Result<Intent, String>,
+}
+
+/// The intent files of the journal, oldest first (ids sort by time). A missing journal is empty.
+pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Journal {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Journal {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(INTENT_SUFFIX) else {
+            continue;
+        };
+        let intent = match fs::read(entry.path()) {
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| "not UTF-8".to_owned())
+                .and_then(|t| Intent::decode(&t)),
+            // Finished by its owner since the listing.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Journal {
+                    path: entry.path(),
+                    source,
+                });
+            }
+        };
+        found.push(Listed {
+            id: id.to_owned(),
+            intent,
+        });
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// Whether the operation that wrote intent `id` is still running (its lock file is held), found
+/// without writing anything: the lock file is opened read-only (never created) and only tried.
+pub(crate) fn is_running(dir: &Path, id: &str) -> Result<bool> {
+    let path = dir.join(format!("{id}{LOCK_SUFFIX}"));
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(Error::Journal { path, source }),
+    };
+    use rustix::fs::{FlockOperation, flock};
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        // Released when `file` closes at the end of this function.
+        Ok(()) => Ok(false),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+        Err(e) => Err(Error::Journal {
+            path,
+            source: e.into(),
+        }),
+    }
+}
+
+/// Takes the lock of intent `id` without waiting: `None` when its operation is still running.
+pub(crate) fn try_lock(dir: &Path, id: &str) -> Result<Option<ExclusiveGuard>> {
+    match LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}"))).lock_exclusive(Duration::ZERO) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(e) if e.is_busy() => Ok(None),
+        Err(e) => Err(Error::lock("intent", id.to_owned(), e)),
+    }
+}
+
+/// Wraps an intent whose lock is held (recovery adopting it).
+pub(crate) fn adopt(dir: &Path, id: String, intent: Intent, lock: ExclusiveGuard) -> IntentGuard {
+    IntentGuard {
+        dir: dir.to_owned(),
+        id,
+        intent,
+        lock: Some(lock),
+        enabled: true,
+    }
+}
+
+/// Records `intent` before the operation changes anything, and holds its lock. The caller holds
+/// every lock the operation needs already.
+///
+/// Idempotent: when the journal already holds the same intent, left by an interrupted run whose
+/// lock is free, that entry is adopted instead of writing a second copy.
 pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     let Some(dir) = journal_dir(store) else {
         // Nowhere to journal: the operation runs unjournaled.
@@ -482,6 +643,17 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
         path: path.to_owned(),
         source,
     };
+    for listed in list(&dir)? {
+        if listed.intent.as_ref() != Ok(&intent) {
+            continue;
+        }
+        if let Some(lock) = try_lock(&dir, &listed.id)? {
+            // Still there under our lock (not finished by a recovery meanwhile)?
+            if dir.join(format!("{}{INTENT_SUFFIX}", listed.id)).exists() {
+                return Ok(adopt(&dir, listed.id, intent, lock));
+            }
+        }
+    }
     fs::create_dir_all(&dir).map_err(|e| journal_error(&dir, e))?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -491,11 +663,8 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     for attempt in 0u32..64 {
         // Fixed-width hex: names sort by time. The attempt number breaks ties.
         let id = format!("{nanos:024x}-{pid:08x}-{attempt:02x}");
-        let lock_path = dir.join(format!("{id}{LOCK_SUFFIX}"));
-        let lock = match LockFile::new(&lock_path).lock_exclusive(Duration::ZERO) {
-            Ok(lock) => lock,
-            Err(e) if e.is_busy() => continue,
-            Err(e) => return Err(Error::locked("intent", id, e)),
+        let Some(lock) = try_lock(&dir, &id)? else {
+            continue;
         };
         let file = dir.join(format!("{id}{INTENT_SUFFIX}"));
         if file.exists() {
@@ -521,30 +690,6 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     })
 }
 
-/// [`begin`] for a group destroy (used by [`Group::destroy`](crate::Group::destroy)).
-pub(crate) fn begin_destroy_group(group: &crate::Group) -> Result<IntentGuard> {
-    begin(
-        group.store(),
-        Intent::DestroyGroup {
-            ns: group.ns().clone(),
-            group: group.name().clone(),
-        },
-    )
-}
-
-/// [`begin`] for a namespace removal that deletes groups (nothing is journaled otherwise: removing
-/// empty folders cannot lose anything).
-pub(crate) fn begin_destroy_namespace(
-    store: &DataStore,
-    ns: &BackupNamespace,
-    delete_groups: bool,
-) -> Result<Option<IntentGuard>> {
-    if !delete_groups {
-        return Ok(None);
-    }
-    begin(store, Intent::DestroyNamespace { ns: ns.clone() }).map(Some)
-}
-
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     {
@@ -560,188 +705,6 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Whether an error means "try again later" (keep the intent) rather than "this can no longer be
-/// done" (roll back).
-fn is_transient(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::Locked { .. } | Error::Backend { .. } | Error::Io { .. } | Error::Journal { .. }
-    )
-}
-
-impl DataStore {
-    /// Completes or rolls back every operation that a crashed (or failed) process left in the
-    /// intent journal. Called by [`DataStoreBuilder::open`](crate::DataStoreBuilder::open) and
-    /// [`DataStore::verify`](crate::DataStore::verify); safe to call at any time: intents of
-    /// operations still running (their lock is held) are left alone, and each recovery takes the
-    /// same group and snapshot locks as the operation itself.
-    ///
-    /// Innermost operations are recovered first (snapshot moves, then group moves and destroys,
-    /// then namespace moves and destroys). Moves are completed, unless the target has changed so
-    /// that the move is no longer allowed: then the part not yet done is rolled back (nothing that
-    /// existed is lost). Destroys are completed (protected snapshots stay, as always).
-    ///
-    /// ```
-    /// use keepsake_datastore::DataStore;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let store = DataStore::builder("store1", dir.path().join("store1"))
-    ///     .lock_root(dir.path().join("locks"))
-    ///     .chunk_prefix_dirs(false)
-    ///     .create()?;
-    /// let report = store.recover()?;
-    /// assert!(report.is_empty());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Journal`] if the journal folder cannot be read; problems with single intents are
-    /// in the report.
-    pub fn recover(&self) -> Result<RecoveryReport> {
-        let mut report = RecoveryReport::default();
-        let Some(dir) = journal_dir(self) else {
-            return Ok(report);
-        };
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-            Err(source) => return Err(Error::Journal { path: dir, source }),
-        };
-        let mut ids = Vec::new();
-        let mut orphans = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| Error::Journal {
-                path: dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(INTENT_SUFFIX) {
-                ids.push(id.to_owned());
-            } else if let Some(id) = name
-                .strip_suffix(TEMP_SUFFIX)
-                .and_then(|n| n.strip_suffix(INTENT_SUFFIX))
-            {
-                orphans.push(id.to_owned());
-            } else if let Some(id) = name.strip_suffix(LOCK_SUFFIX) {
-                orphans.push(id.to_owned());
-            }
-        }
-        let mut intents = Vec::new();
-        for id in ids {
-            let lock = match LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}")))
-                .lock_exclusive(Duration::ZERO)
-            {
-                Ok(lock) => lock,
-                Err(e) if e.is_busy() => {
-                    report.in_progress += 1;
-                    continue;
-                }
-                Err(e) => return Err(Error::locked("intent", id, e)),
-            };
-            let file = dir.join(format!("{id}{INTENT_SUFFIX}"));
-            let text = match fs::read(&file) {
-                Ok(bytes) => String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned()),
-                // Finished by its owner between listing and locking (our lock re-made the file).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let _ = lock.remove();
-                    continue;
-                }
-                Err(source) => return Err(Error::Journal { path: file, source }),
-            };
-            match text.and_then(|t| Intent::decode(&t)) {
-                Ok(intent) => intents.push(IntentGuard {
-                    dir: dir.clone(),
-                    id,
-                    intent,
-                    lock: Some(lock),
-                    enabled: true,
-                }),
-                Err(reason) => {
-                    let bad = dir.join(format!("{id}{INTENT_SUFFIX}{BAD_SUFFIX}"));
-                    fs::rename(&file, &bad).map_err(|source| Error::Journal {
-                        path: file.clone(),
-                        source,
-                    })?;
-                    report.unreadable.push((id, reason));
-                }
-            }
-        }
-        // Leftovers of a writer killed between creating its lock (or temp file) and finishing.
-        for id in orphans {
-            let intent_file = dir.join(format!("{id}{INTENT_SUFFIX}"));
-            if intent_file.exists() {
-                continue;
-            }
-            if let Ok(lock) =
-                LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}"))).lock_exclusive(Duration::ZERO)
-            {
-                if !intent_file.exists() {
-                    let _ = fs::remove_file(dir.join(format!("{id}{INTENT_SUFFIX}{TEMP_SUFFIX}")));
-                    let _ = lock.remove();
-                }
-            }
-        }
-        intents.sort_by(|a, b| {
-            a.intent
-                .rank()
-                .cmp(&b.intent.rank())
-                .then_with(|| b.id.cmp(&a.id))
-        });
-        for mut guard in intents {
-            let intent = guard.intent.clone();
-            let id = guard.id.clone();
-            match relocate::resume(self, &mut guard) {
-                Ok(outcome) => {
-                    guard.finish()?;
-                    report.recovered.push(RecoveredIntent {
-                        id,
-                        intent,
-                        outcome,
-                    });
-                }
-                Err(error) if is_transient(&error) => {
-                    report.pending.push(PendingIntent { id, intent, error });
-                }
-                Err(reason) => {
-                    guard.finish()?;
-                    report.recovered.push(RecoveredIntent {
-                        id,
-                        intent,
-                        outcome: RecoveryOutcome::RolledBack { reason },
-                    });
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// The intents now in the journal (operations running or interrupted), oldest first, for
-    /// monitoring and tests. Unreadable files are skipped.
-    pub fn journal_intents(&self) -> Result<Vec<Intent>> {
-        let Some(dir) = journal_dir(self) else {
-            return Ok(Vec::new());
-        };
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(Error::Journal { path: dir, source }),
-        };
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(INTENT_SUFFIX) {
-                if let Ok(text) = fs::read_to_string(entry.path()) {
-                    if let Ok(intent) = Intent::decode(&text) {
-                        found.push((id.to_owned(), intent));
-                    }
-                }
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(found.into_iter().map(|(_, i)| i).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,10 +718,11 @@ mod tests {
     fn every_intent_round_trips() {
         let root = BackupNamespace::root();
         let ab: BackupNamespace = "a/b".parse().unwrap();
+        let dir: BackupDir = "vm/100/2024-06-05T15:06:40Z".parse().unwrap();
         round_trip(Intent::MoveSnapshot {
             from: root.clone(),
             to: ab.clone(),
-            snapshot: "vm/100/2024-06-05T15:06:40Z".parse().unwrap(),
+            snapshot: dir.clone(),
             phase: Phase::Copy,
             created_group: true,
         });
@@ -767,34 +731,56 @@ mod tests {
             to: root.clone(),
             group: "ct/7".parse().unwrap(),
             merge: false,
-            phase: Phase::DeleteSource,
+            snapshots: vec![
+                "ct/7/2024-06-05T15:06:40Z".parse().unwrap(),
+                "ct/7/2024-06-06T15:06:40Z".parse().unwrap(),
+            ],
         });
         round_trip(Intent::MoveNamespace {
             from: ab.clone(),
             to: "c".parse().unwrap(),
             merge: true,
+            namespaces: vec![ab.clone()],
+            groups: vec!["ns/a/ns/b/vm/1".parse().unwrap()],
+            snapshots: vec!["ns/a/ns/b/vm/1/2024-06-05T15:06:40Z".parse().unwrap()],
         });
         round_trip(Intent::DestroyGroup {
-            ns: root,
+            ns: root.clone(),
             group: "host/x".parse().unwrap(),
+            snapshots: Vec::new(),
         });
-        round_trip(Intent::DestroyNamespace { ns: ab });
+        round_trip(Intent::DestroyNamespace {
+            ns: ab.clone(),
+            groups: vec!["ns/a/ns/b/vm/100".parse().unwrap()],
+            snapshots: vec!["ns/a/ns/b/vm/100/2024-06-05T15:06:40Z".parse().unwrap()],
+            namespaces: vec![ab, "a/b/c".parse().unwrap()],
+        });
     }
 
     #[test]
     fn damaged_intents_are_refused() {
         let good = Intent::DestroyNamespace {
             ns: "a".parse().unwrap(),
+            groups: Vec::new(),
+            snapshots: Vec::new(),
+            namespaces: Vec::new(),
         }
         .encode();
         let truncated = &good[..good.len() - 4];
         assert!(Intent::decode(truncated).unwrap_err().contains("end"));
         assert!(Intent::decode("").is_err());
-        assert!(Intent::decode(&good.replace("keepsake-intent 1", "keepsake-intent 9")).is_err());
+        assert!(Intent::decode(&good.replace("keepsake-intent 2", "keepsake-intent 9")).is_err());
+        assert!(
+            Intent::decode(&good.replace("keepsake-intent 2", "keepsake-intent 1"))
+                .unwrap_err()
+                .contains("format 1")
+        );
         assert!(Intent::decode(&good.replace("destroy-namespace", "explode")).is_err());
         assert!(Intent::decode(&good.replace("ns a", "ns ../x")).is_err());
         assert!(Intent::decode(&format!("{good}op again\n")).is_err());
         let twice = good.replace("ns a\n", "ns a\nns b\n");
         assert!(Intent::decode(&twice).unwrap_err().contains("twice"));
+        let bad_item = good.replace("ns a\n", "ns a\nsnapshot ns/../vm/1/2024-06-05T15:06:40Z\n");
+        assert!(Intent::decode(&bad_item).is_err());
     }
 }

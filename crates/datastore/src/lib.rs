@@ -32,35 +32,43 @@
 mod error;
 mod fsck;
 mod group;
+mod hold;
 mod info;
 pub mod iter;
 pub mod journal;
 pub mod lease;
+mod moves;
 mod namespace;
 pub mod prune;
 mod prune_apply;
+mod read_only;
+mod recover;
 mod refresh;
-mod relocate;
 mod snapshot;
 mod store;
 mod verify;
 mod writer;
 
-pub use error::{Error, Result};
+pub use error::{Error, MoveRefusal, Result};
 pub use fsck::{FsckOptions, FsckReport};
 pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
-pub use journal::{Intent, RecoveryOutcome, RecoveryReport};
+pub use journal::{Intent, Phase};
 pub use lease::{
     LEASE_FOLDER, LeaseHolderInfo, LeaseInfo, LeaseLocker, LeaseSettings, MissingCondition,
     probe_conditional_writes,
 };
+pub use moves::MoveReport;
 pub use namespace::NamespaceRemoval;
 pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, PrunedSnapshot};
+pub use recover::{
+    InterruptedIntent, PendingIntent, RecoveredIntent, RecoveryOutcome, RecoveryReport,
+};
 pub use refresh::{CacheCheck, CacheDifference, CacheDifferenceKind, CacheRefresh, CacheReport};
-pub use relocate::{MoveRefusal, MoveReport};
 pub use snapshot::Snapshot;
-pub use store::{CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME};
+pub use store::{
+    Access, CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME,
+};
 pub use verify::{
     Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport,
     VerifyScope,

@@ -1,13 +1,16 @@
 //! Namespace operations of a [`DataStore`]: create, exists, list, remove.
 
-use keepsake_backend::{EntryKind, KeepFilter, WriteMode};
+use keepsake_backend::{EntryKind, WriteMode};
 use keepsake_hierarchy::{
-    BackupNamespace, BackupType, NAMESPACE_DIR_NAME, NAMESPACE_MARKER_FILENAME,
+    BackupNamespace, BackupType, GroupPath, NAMESPACE_DIR_NAME, NAMESPACE_MARKER_FILENAME,
+    SnapshotPath,
 };
 
 use crate::error::{Error, Result};
-use crate::group::DestroyStats;
+use crate::group::{DestroyStats, destroy_held};
+use crate::hold::HeldGroup;
 use crate::iter::{Groups, Namespaces, NamespacesRecursive};
+use crate::journal::Intent;
 use crate::store::{DataStore, path};
 
 /// What removing a namespace did.
@@ -110,49 +113,129 @@ impl DataStore {
 
     /// Removes a namespace and the namespaces below it.
     ///
-    /// With `delete_groups`, every group in them is destroyed first ([`Group::destroy`]): protected
-    /// snapshots stay (and so do their groups and namespaces), and are counted. Without it, only
-    /// namespaces that hold no groups are removed. Folders are removed deepest first, and only when
-    /// empty, so nothing that was not asked for is lost. The root namespace folder is never removed.
+    /// With `delete_groups`, every group in them is destroyed first: protected snapshots stay (and
+    /// so do their groups and namespaces), and are counted. Every lock is taken before anything
+    /// changes (every group, and every snapshot's lock and manifest lock): a busy lock refuses the
+    /// whole removal. What is to be removed is announced in the intent journal, so that an
+    /// interrupted removal is completed for exactly that. Without `delete_groups`, only
+    /// namespaces that hold no groups are removed. Folders are removed deepest first, and only
+    /// when empty (on S3: when the bucket holds nothing below them but the namespace marker). The
+    /// root namespace folder is never removed.
     ///
-    /// [`Group::destroy`]: crate::Group::destroy
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Locked`]/[`Error::LockFailed`] before anything changed;
+    /// [`Error::Interrupted`] when a later step fails (naming what was removed already);
+    /// [`Error::RecoveryPending`].
     pub fn remove_namespace(
         &self,
         ns: &BackupNamespace,
         delete_groups: bool,
     ) -> Result<NamespaceRemoval> {
-        // What a failed operation left half done is finished first (docs/JOURNAL.md).
-        self.recover()?;
-        self.remove_namespace_now(ns, delete_groups)
-    }
-
-    /// [`DataStore::remove_namespace`] without the recovery first: for recovery itself and for
-    /// operations that already ran it.
-    pub(crate) fn remove_namespace_now(
-        &self,
-        ns: &BackupNamespace,
-        delete_groups: bool,
-    ) -> Result<NamespaceRemoval> {
+        if delete_groups {
+            // What a failed operation left half done is finished first (docs/JOURNAL.md).
+            self.recover_before_journaled()?;
+        }
         if !self.namespace_exists(ns)? {
             return Err(Error::NotFound {
                 what: "namespace",
                 path: ns.to_string(),
             });
         }
-        let mut all: Vec<BackupNamespace> = self
+        let namespaces: Vec<BackupNamespace> = self
             .iter_namespaces_recursive(ns, None)?
             .collect::<Result<_>>()?;
         let mut report = NamespaceRemoval::default();
-        // Journaled: an interrupted removal is completed by the next `DataStore::recover`.
-        let intent = crate::journal::begin_destroy_namespace(self, ns, delete_groups)?;
-        if delete_groups {
-            for n in &all {
-                let groups: Vec<_> = self.iter_groups(n)?.collect::<Result<_>>()?;
-                for group in groups {
-                    report.groups.add(&group.destroy_now()?);
+        if !delete_groups {
+            self.remove_namespace_folders(&namespaces, &mut report)?;
+            return Ok(report);
+        }
+        let mut held = Vec::new();
+        for n in &namespaces {
+            let groups: Vec<_> = self.iter_groups(n)?.collect::<Result<_>>()?;
+            for group in groups {
+                held.push(HeldGroup::take_all(&group)?);
+            }
+        }
+        let mut announced: Vec<SnapshotPath> = Vec::new();
+        for h in &held {
+            for s in &h.snapshots {
+                if s.snapshot.is_protected_authoritative()? {
+                    report.groups.protected_snapshots += 1;
+                } else {
+                    announced.push(SnapshotPath {
+                        ns: s.snapshot.ns().clone(),
+                        snapshot: s.snapshot.dir().clone(),
+                    });
                 }
             }
         }
+        let intent = crate::journal::begin(
+            self,
+            Intent::DestroyNamespace {
+                ns: ns.clone(),
+                groups: held
+                    .iter()
+                    .map(|h| GroupPath {
+                        ns: h.group.ns().clone(),
+                        group: h.group.name().clone(),
+                    })
+                    .collect(),
+                snapshots: announced.clone(),
+                namespaces: namespaces.clone(),
+            },
+        )?;
+        let interrupted = |source, done| Error::Interrupted {
+            operation: intent.intent().to_string(),
+            done,
+            source: Box::new(source),
+        };
+        self.destroy_announced(held, &announced, &namespaces, &mut report)
+            .map_err(|(e, done)| interrupted(e, done))?;
+        intent.finish()?;
+        Ok(report)
+    }
+
+    /// The removal part of a namespace destroy (live, or recovering an intent): the announced
+    /// snapshots of the held groups, the groups left empty, then the announced namespace folders
+    /// left empty. On failure, the error and what was removed before it.
+    pub(crate) fn destroy_announced(
+        &self,
+        held: Vec<HeldGroup>,
+        announced: &[SnapshotPath],
+        namespaces: &[BackupNamespace],
+        report: &mut NamespaceRemoval,
+    ) -> std::result::Result<(), (Error, Vec<String>)> {
+        let mut done = Vec::new();
+        for h in held {
+            let ns = h.group.ns().clone();
+            let mine: Vec<_> = announced
+                .iter()
+                .filter(|s| s.ns == ns && s.snapshot.group() == h.group.name())
+                .map(|s| s.snapshot.clone())
+                .collect();
+            let mut stats = DestroyStats::default();
+            let result = destroy_held(h, &mine, &mut stats);
+            report.groups.removed_snapshots += stats.removed_snapshots;
+            report.groups.removed_groups += stats.removed_groups;
+            match result {
+                Ok(removed) => done.extend(removed),
+                Err((e, removed)) => {
+                    done.extend(removed);
+                    return Err((e, done));
+                }
+            }
+        }
+        self.remove_namespace_folders(namespaces, report)
+            .map_err(|e| (e, done))
+    }
+
+    /// Removes the folders of `namespaces` that are empty, deepest first.
+    pub(crate) fn remove_namespace_folders(
+        &self,
+        namespaces: &[BackupNamespace],
+        report: &mut NamespaceRemoval,
+    ) -> Result<()> {
+        let mut all = namespaces.to_vec();
         all.sort_by_key(|n| std::cmp::Reverse(n.depth()));
         for n in &all {
             if self.remove_namespace_folder(n)? {
@@ -161,10 +244,7 @@ impl DataStore {
                 report.kept_namespaces += 1;
             }
         }
-        if let Some(intent) = intent {
-            intent.finish()?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Removes the empty scaffolding of one namespace (empty `vm`/`ct`/`host` and `ns` folders, the
@@ -201,31 +281,31 @@ impl DataStore {
         if left > 0 || ns.is_root() {
             return Ok(false);
         }
-        // Only the marker can be left: remove the folder together with it.
-        match self.backend().remove_tree(&folder, &KeepFilter::nothing()) {
-            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(Error::backend(&base, e)),
-        }
-    }
-
-    /// Removes a folder if it has no entries. Returns whether it is gone.
-    pub(crate) fn remove_dir_if_empty(&self, rel: &str) -> Result<bool> {
-        let folder = path(rel)?;
-        let empty = match self.backend().list(&folder) {
-            Ok(mut l) => match l.next() {
-                None => true,
-                Some(Ok(_)) => false,
-                Some(Err(e)) => return Err(Error::backend(rel, e)),
-            },
-            Err(keepsake_backend::Error::NotFound { .. }) => return Ok(true),
-            Err(e) => return Err(Error::backend(rel, e)),
+        // Only the marker can be left here; the authority (on S3 the bucket, where another host
+        // may have added a group) must hold nothing else below the namespace either.
+        let marker = path(&join(NAMESPACE_MARKER_FILENAME))?;
+        let files = match self.backend().list_files_authoritative(&folder) {
+            Ok(files) => files,
+            Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(Error::backend(&base, e)),
         };
-        if !empty {
+        if files.iter().any(|f| *f != marker) {
             return Ok(false);
         }
-        match self.backend().remove_tree(&folder, &KeepFilter::nothing()) {
-            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(Error::backend(rel, e)),
-        }
+        self.backend()
+            .remove_files(&files)
+            .map_err(|e| Error::backend(&base, e))?;
+        self.backend()
+            .remove_folder_if_empty(&folder)
+            .map_err(|e| Error::backend(&base, e))
+    }
+
+    /// Removes a folder if nothing is below it (asked of the authority). Returns whether it is
+    /// gone.
+    pub(crate) fn remove_dir_if_empty(&self, rel: &str) -> Result<bool> {
+        let folder = path(rel)?;
+        self.backend()
+            .remove_folder_if_empty(&folder)
+            .map_err(|e| Error::backend(rel, e))
     }
 }

@@ -94,7 +94,7 @@ pub struct CacheRefresh {
 
 impl DataStore {
     fn check_is_own_backend(&self, cached: &CachedBackend) -> Result<()> {
-        let own = self.backend() as *const dyn Backend;
+        let own = self.given_backend() as *const dyn Backend;
         if std::ptr::addr_eq(own, cached as *const CachedBackend) {
             Ok(())
         } else {
@@ -136,6 +136,7 @@ impl DataStore {
     /// [`Error::InvalidArgument`] for another backend; [`Error::Backend`] for listing, download
     /// or cache errors (the cache is untouched if the failure came before the swap).
     pub fn refresh_cache(&self, cached: &CachedBackend) -> Result<CacheRefresh> {
+        self.require_writable("cache refresh")?;
         self.check_is_own_backend(cached)?;
         let refresh = cached.refresh().map_err(|e| Error::backend("", e))?;
         Ok(CacheRefresh {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keepsake_backend::{BackendPath, EntryKind, KeepFilter, WriteMode};
+use keepsake_backend::{BackendPath, EntryKind, WriteMode};
 use keepsake_hierarchy::{
     ArchiveKind, BackupDir, BackupNamespace, CLIENT_LOG_BLOB_NAME, MANIFEST_BLOB_NAME,
     PROTECTED_MARKER_FILENAME,
@@ -13,6 +13,7 @@ use keepsake_manifest::manifest::{BackupManifest, VerifyState};
 
 use crate::error::{Error, Result};
 use crate::group::Group;
+use crate::hold::HeldSnapshot;
 use crate::info::BackupInfo;
 use crate::store::{DataStore, path};
 
@@ -97,17 +98,6 @@ impl Snapshot {
     /// Whether the `.protected` marker exists.
     pub fn is_protected(&self) -> Result<bool> {
         self.file_exists(PROTECTED_MARKER_FILENAME)
-    }
-
-    /// In multi-host mode, whether the bucket holds the `.protected` marker (another host may
-    /// have protected the snapshot since this host's cache saw it); false otherwise.
-    fn is_protected_in_bucket(&self) -> Result<bool> {
-        let Some(leases) = self.store.lease_locker() else {
-            return Ok(false);
-        };
-        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
-        keepsake_backend::Backend::exists(leases.remote(), &marker)
-            .map_err(|e| Error::backend(marker.as_str(), e))
     }
 
     /// The backup files (`*.fidx`, `*.didx`, `*.blob`) and the protection flag, from one listing.
@@ -203,12 +193,24 @@ impl Snapshot {
         Ok(self.load_manifest_versioned()?.0)
     }
 
+    fn corrupt_manifest(&self, source: keepsake_manifest::Error) -> Error {
+        Error::Corrupt {
+            path: self
+                .dir
+                .file_path(&self.ns, MANIFEST_BLOB_NAME)
+                .unwrap_or_default(),
+            source,
+        }
+    }
+
+    /// The manifest and the version it was read at, from the authority (on S3 the bucket: a
+    /// compare-and-swap must start from the current version, not from a cache copy).
     fn load_manifest_versioned(&self) -> Result<(BackupManifest, keepsake_backend::Version)> {
         let file = self.file(MANIFEST_BLOB_NAME)?;
         let contents = self
             .store
             .backend()
-            .read(&file)
+            .read_authoritative(&file)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
         let manifest =
             BackupManifest::from_blob_bytes(&contents.data).map_err(|source| Error::Corrupt {
@@ -229,17 +231,46 @@ impl Snapshot {
     /// once and must only depend on the manifest it is given. In multi-host mode the lease's
     /// fencing token is checked before each write ([`Error::LeaseLost`]).
     ///
+    /// A signed manifest stays valid: when `change` alters the signed part (files, type, id,
+    /// time, unknown top-level keys), the manifest is signed again with the store's key; without
+    /// a key the update is refused with [`Error::SignatureWouldBreak`], unless `change` cleared
+    /// the signature itself ([`BackupManifest::clear_signature`]). Changes to `unprotected`
+    /// (notes, verify state) never touch the signature.
+    ///
     /// Returns the manifest as written. If `change` fails, nothing is written.
     pub fn update_manifest<F>(&self, mut change: F) -> Result<BackupManifest>
     where
         F: FnMut(&mut BackupManifest) -> Result<()>,
     {
         const RETRIES: usize = 8;
+        self.store.require_writable("manifest update")?;
         let guard = self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?;
         let mut attempt = 0;
         loop {
             let (mut manifest, version) = self.load_manifest_versioned()?;
+            let signed_before = manifest
+                .signature()
+                .map(|_| manifest.canonical_json())
+                .transpose()
+                .map_err(|source| self.corrupt_manifest(source))?;
             change(&mut manifest)?;
+            if let (Some(before), Some(_)) = (signed_before, manifest.signature()) {
+                let after = manifest
+                    .canonical_json()
+                    .map_err(|source| self.corrupt_manifest(source))?;
+                if after != before {
+                    // The signed part changed: sign it again, or refuse to leave a signature
+                    // that PBS would report as wrong.
+                    let Some(key) = self.store.crypt_config() else {
+                        return Err(Error::SignatureWouldBreak {
+                            path: self.file(MANIFEST_BLOB_NAME)?.as_str().to_owned(),
+                        });
+                    };
+                    manifest
+                        .sign(key)
+                        .map_err(|source| self.corrupt_manifest(source))?;
+                }
+            }
             self.store.check_fence(&guard)?;
             match self.write_manifest(&manifest, Some(version)) {
                 Err(Error::Precondition { .. }) if attempt < RETRIES => attempt += 1,
@@ -336,16 +367,25 @@ impl Snapshot {
     }
 
     /// Destroys the snapshot in PBS's order: unless `force`, the snapshot lock (no wait) and the
-    /// manifest lock (5 s); refuse if protected (also when forced); remove the files, the manifest
-    /// first (so that an interrupted destroy leaves an unfinished snapshot, not a finished one with
-    /// files missing; on S3 the bucket first, then the cache); remove the lock files; then, if the
-    /// group has no snapshot
-    /// left and its lock can be had at once, remove the group's folder, owner and notes.
+    /// manifest lock (5 s); refuse if protected (also when forced), asking the authority (on S3
+    /// the bucket, not the cache); remove the files, the manifest first (so that an interrupted
+    /// destroy leaves an unfinished snapshot, not a finished one with files missing); remove the
+    /// lock files; then, if the group has no snapshot left and its lock can be had at once, remove
+    /// the group's folder, owner and notes.
+    ///
+    /// On S3 only the objects listed in the bucket under the snapshot are deleted (never a prefix
+    /// delete judged from the cache), and a `.protected` marker found there refuses the destroy.
     ///
     /// # Errors
-    /// [`Error::Protected`]; [`Error::Locked`] (the snapshot is unchanged).
+    /// [`Error::Protected`]; [`Error::Locked`] (the snapshot is unchanged); [`Error::NotFound`].
     pub fn destroy(&self, force: bool) -> Result<()> {
-        self.destroy_without_group_cleanup(force)?;
+        if force {
+            self.remove_now(None)?;
+        } else {
+            let held = HeldSnapshot::take(self.clone())?;
+            self.remove_now(Some(&held))?;
+            held.release_gone();
+        }
         let group = self.group();
         if let Ok(guard) = group.lock() {
             // Best effort, as in PBS: a group that cannot be removed now stays.
@@ -354,51 +394,70 @@ impl Snapshot {
         Ok(())
     }
 
-    pub(crate) fn destroy_without_group_cleanup(&self, force: bool) -> Result<()> {
-        let guards = if force {
-            None
-        } else {
-            Some((self.lock()?, self.lock_manifest(MANIFEST_LOCK_TIMEOUT)?))
+    /// Whether the authority holds the `.protected` marker: the bucket on an S3 datastore (another
+    /// host or cache may have protected the snapshot since this cache saw it), else the folder.
+    pub fn is_protected_authoritative(&self) -> Result<bool> {
+        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        Ok(self.is_protected()?
+            || self
+                .store
+                .backend()
+                .exists_authoritative(&marker)
+                .map_err(|e| Error::backend(marker.as_str(), e))?)
+    }
+
+    /// Removes the snapshot's files while the caller holds its locks (`held`, whose fencing token
+    /// is checked before each destructive request in multi-host mode), or forces. Protection is
+    /// checked first, from the authority.
+    pub(crate) fn remove_now(&self, held: Option<&HeldSnapshot>) -> Result<()> {
+        let p = self.relative_path();
+        let folder = path(&p)?;
+        let backend = self.store.backend();
+        let fence = || match held {
+            Some(held) => self.store.check_fence(held.guard()),
+            None => Ok(()),
         };
-        if self.is_protected()? || self.is_protected_in_bucket()? {
-            return Err(Error::Protected {
-                path: self.relative_path(),
+        let exists = self.exists()?
+            || backend
+                .exists_authoritative(&folder)
+                .map_err(|e| Error::backend(&p, e))?;
+        if !exists {
+            return Err(Error::NotFound {
+                what: "snapshot",
+                path: p,
             });
         }
-        let p = self.relative_path();
+        if self.is_protected_authoritative()? {
+            return Err(Error::Protected { path: p });
+        }
         // The manifest goes first: a destroy interrupted after it leaves an unfinished snapshot
         // (which listings, verify and prune treat as an aborted backup), never a finished one
         // whose files are partly gone.
-        match self
-            .store
-            .backend()
-            .remove_file(&self.file(MANIFEST_BLOB_NAME)?)
-        {
+        fence()?;
+        match backend.remove_file(&self.file(MANIFEST_BLOB_NAME)?) {
             Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => {}
             Err(e) => return Err(Error::backend(&p, e)),
         }
-        match self
-            .store
-            .backend()
-            .remove_tree(&path(&p)?, &KeepFilter::nothing())
-        {
-            Ok(_) => {}
-            Err(keepsake_backend::Error::NotFound { .. }) => {
-                return Err(Error::NotFound {
-                    what: "snapshot",
-                    path: p,
-                });
-            }
+        // Exactly what the authority lists now, and only that: never a prefix delete.
+        let files = match backend.list_files_authoritative(&folder) {
+            Ok(files) => files,
+            Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
             Err(e) => return Err(Error::backend(&p, e)),
+        };
+        if files
+            .iter()
+            .any(|f| f.file_name() == Some(PROTECTED_MARKER_FILENAME))
+        {
+            // Protected between the check and the listing (a writer that ignores the locks).
+            return Err(Error::Protected { path: p });
         }
-        if let Some((snapshot_guard, manifest_guard)) = guards {
-            // The lock files go with the snapshot; only their exclusive holder may remove them.
-            for guard in [manifest_guard, snapshot_guard] {
-                if let Ok(exclusive) = guard.into_exclusive() {
-                    let _ = exclusive.remove();
-                }
-            }
-        }
+        fence()?;
+        backend
+            .remove_files(&files)
+            .map_err(|e| Error::backend(&p, e))?;
+        backend
+            .remove_folder_if_empty(&folder)
+            .map_err(|e| Error::backend(&p, e))?;
         Ok(())
     }
 

@@ -52,7 +52,11 @@ pub struct DataStore {
 struct Inner {
     name: String,
     root: Option<PathBuf>,
+    /// Every read and write goes through this one (wrapped to refuse writes when read-only).
     backend: Arc<dyn Backend>,
+    /// The backend as the caller gave it (for identity checks).
+    given_backend: Arc<dyn Backend>,
+    access: Access,
     locker: Arc<dyn Locker>,
     crypt: Option<CryptConfig>,
     namespace_markers: bool,
@@ -74,6 +78,20 @@ impl fmt::Debug for DataStore {
     }
 }
 
+/// Whether a [`DataStore`] may change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Access {
+    /// Reads and writes (the default).
+    #[default]
+    ReadWrite,
+    /// Reads only: every write (file, folder, chunk, removal, rename) is refused by the backend
+    /// with an error, and recovery of interrupted operations is refused with
+    /// [`Error::ReadOnly`]. Locks may still be taken (a reader takes shared locks), and an S3
+    /// datastore's cache may still be filled from the bucket (a cache copy is not a change).
+    ReadOnly,
+}
+
 /// How a [`DataStore`] is made: name, place, locks, durability and key.
 ///
 /// Nothing is read from fixed paths: the lock root (or a [`Locker`]) must be given. On a host where a
@@ -92,9 +110,17 @@ pub struct DataStoreBuilder {
     chunk_prefix_dirs: bool,
     namespace_markers: bool,
     multi_host: Option<(ObjectBackend, LeaseSettings)>,
+    access: Access,
 }
 
 impl DataStoreBuilder {
+    /// Read-write (default) or read-only ([`Access::ReadOnly`]): a read-only store refuses every
+    /// write, so a command that only reads can never change the datastore by mistake.
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
     /// Lock files go below `lock_root` (`<lock_root>/<name>/…`); required unless a
     /// [`locker`](Self::locker) is given.
     pub fn lock_root(mut self, lock_root: impl Into<PathBuf>) -> Self {
@@ -207,12 +233,19 @@ impl DataStoreBuilder {
                 ));
             }
         };
+        let given_backend = Arc::clone(&backend);
+        let backend: Arc<dyn Backend> = match self.access {
+            Access::ReadWrite => backend,
+            Access::ReadOnly => Arc::new(crate::read_only::ReadOnlyBackend::new(backend)),
+        };
         Ok((
             DataStore {
                 inner: Arc::new(Inner {
                     name: self.name,
                     root: Some(self.path),
                     backend,
+                    given_backend,
+                    access: self.access,
                     locker,
                     crypt: self.crypt,
                     namespace_markers: self.namespace_markers,
@@ -230,6 +263,11 @@ impl DataStoreBuilder {
     /// # Errors
     /// [`Error::Refused`] for a non-empty folder; backend errors.
     pub fn create(self) -> Result<DataStore> {
+        if self.access == Access::ReadOnly {
+            return Err(Error::ReadOnly {
+                operation: "creating a datastore",
+            });
+        }
         let (store, prefix_dirs) = self.build(true)?;
         let backend = store.backend();
         let root = BackendPath::root();
@@ -267,17 +305,16 @@ impl DataStoreBuilder {
     }
 
     /// Opens an existing datastore, checking that it looks like one (`.chunks` is a folder).
+    /// Opening changes nothing: interrupted operations in the intent journal are neither
+    /// completed nor rolled back here (see [`DataStore::recover`] and
+    /// [`DataStore::interrupted_intents`]).
     ///
     /// # Errors
     /// [`Error::Refused`] if the layout is not a datastore's.
     pub fn open(self) -> Result<DataStore> {
         let (store, _) = self.build(false)?;
         match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
-            Ok(stat) if stat.kind == EntryKind::Dir => {
-                // Complete what a crashed process left half done (docs/JOURNAL.md).
-                store.recover()?;
-                Ok(store)
-            }
+            Ok(stat) if stat.kind == EntryKind::Dir => Ok(store),
             Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::Refused {
                 path: store.name().to_owned(),
                 reason: "not a datastore: `.chunks` folder missing".to_owned(),
@@ -302,6 +339,7 @@ impl DataStore {
             chunk_prefix_dirs: true,
             namespace_markers: false,
             multi_host: None,
+            access: Access::ReadWrite,
         }
     }
 
@@ -318,6 +356,25 @@ impl DataStore {
     /// The backend every read and write goes through.
     pub fn backend(&self) -> &dyn Backend {
         &*self.inner.backend
+    }
+
+    /// The backend as it was given to the builder (the same object the caller holds; a read-only
+    /// store wraps it for its own use).
+    pub fn given_backend(&self) -> &dyn Backend {
+        &*self.inner.given_backend
+    }
+
+    /// Whether this store may change anything.
+    pub fn access(&self) -> Access {
+        self.inner.access
+    }
+
+    /// Refuses `operation` on a read-only store.
+    pub(crate) fn require_writable(&self, operation: &'static str) -> Result<()> {
+        match self.inner.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(Error::ReadOnly { operation }),
+        }
     }
 
     /// The locker every lock goes through.
@@ -378,7 +435,7 @@ impl DataStore {
         self.inner
             .locker
             .lock(target, mode, timeout)
-            .map_err(|e| Error::locked(what, path, e))
+            .map_err(|e| Error::lock(what, path, e))
     }
 }
 

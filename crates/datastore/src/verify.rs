@@ -25,7 +25,7 @@ use keepsake_manifest::manifest::{BackupManifest, CryptMode, VerifyOutcome, Veri
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::journal::RecoveryReport;
+use crate::recover::InterruptedIntent;
 use crate::snapshot::Snapshot;
 use crate::store::DataStore;
 
@@ -297,8 +297,9 @@ impl SnapshotVerification {
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// Interrupted operations the verify completed first (see [`DataStore::recover`]).
-    pub recovery: RecoveryReport,
+    /// Interrupted operations waiting in the intent journal (verify does not complete them: see
+    /// [`DataStore::recover`]); a half-done operation is not "ok".
+    pub interrupted: Vec<InterruptedIntent>,
     /// One entry per snapshot, namespaces and groups in listing order, snapshots oldest first.
     pub snapshots: Vec<SnapshotVerification>,
     /// Errors while walking the hierarchy (unreadable folders, names that do not parse).
@@ -306,13 +307,22 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Whether nothing failed: no snapshot with problems, no walk error, nothing left pending or
-    /// unreadable in the journal.
+    /// Whether the verify passed: at least one snapshot was verified, none failed, the walk had
+    /// no error, and no interrupted operation waits in the journal. A verify that checked nothing
+    /// (every snapshot in use or unfinished, or none in scope) does not pass.
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()
-            && self.recovery.pending.is_empty()
-            && self.recovery.unreadable.is_empty()
+            && self.interrupted.is_empty()
             && self.failed().next().is_none()
+            && self.verified() > 0
+    }
+
+    /// How many snapshots were verified (passed or failed); in-use and unfinished ones were not.
+    pub fn verified(&self) -> usize {
+        self.snapshots
+            .iter()
+            .filter(|s| matches!(s.outcome, SnapshotOutcome::Ok | SnapshotOutcome::Failed))
+            .count()
     }
 
     /// The snapshots that failed.
@@ -338,8 +348,9 @@ impl DataStore {
     /// snapshot, the manifest decodes and names this snapshot; every file it lists exists with the
     /// size and checksum it records; blob magics and CRCs hold (also for blobs it does not list);
     /// every index passes its own checks; every referenced chunk is in the chunk store; and, with a
-    /// key, the signature matches. Chunk contents are not read. Interrupted operations in the intent journal are completed first
-    /// ([`DataStore::recover`]), so that a half-done move is not reported as damage.
+    /// key, the signature matches. Chunk contents are not read. Interrupted operations in the intent
+    /// journal are reported ([`VerifyReport::interrupted`]), not completed: verify changes
+    /// nothing unless [`VerifyOptions::record_state`] is set.
     ///
     /// Each snapshot is checked under its shared lock; one held exclusively (a running backup or
     /// move) is reported as [`SnapshotOutcome::InUse`]. Nothing is changed unless
@@ -372,8 +383,8 @@ impl DataStore {
     /// that are in the report.
     pub fn verify(&self, scope: &VerifyScope, options: &VerifyOptions) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
-        match self.recover() {
-            Ok(recovery) => report.recovery = recovery,
+        match self.interrupted_intents() {
+            Ok(interrupted) => report.interrupted = interrupted,
             Err(e) => report.errors.push(e),
         }
         let mut chunks = ChunkCache::new();
@@ -497,6 +508,8 @@ impl DataStore {
         };
         let _lock = match snapshot.lock_shared() {
             Ok(lock) => lock,
+            // Held by someone else: not checked now. A lock that could not be taken at all is
+            // a failure (below), never "in use".
             Err(e) if e.is_locked() => {
                 result.outcome = SnapshotOutcome::InUse;
                 return result;

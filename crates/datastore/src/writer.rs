@@ -358,7 +358,7 @@ impl Drop for BackupWriter {
         if !self.finished {
             // An aborted backup leaves nothing behind, as in PBS (a forced destroy: we hold the
             // snapshot lock ourselves). Best effort: an error here cannot be reported.
-            let _ = self.snapshot.destroy_without_group_cleanup(true);
+            let _ = self.snapshot.remove_now(None);
         }
         drop(self.snapshot_lock.take());
     }

@@ -266,9 +266,14 @@ fn inventory(store: &DataStore) -> BTreeMap<String, Vec<(String, bool)>> {
 /// Reopens on the healthy backend, repairs, verifies and checks the promises.
 fn check_after_fault(label: &str, reopen: impl Fn() -> DataStore, options: &FsckOptions) {
     let store = reopen();
+    let recovery = store.recover().unwrap();
+    assert!(
+        recovery.pending.is_empty() && recovery.unreadable.is_empty(),
+        "{label}: recovery left {recovery:?}"
+    );
     assert!(
         store.journal_intents().unwrap().is_empty(),
-        "{label}: open left interrupted intents"
+        "{label}: recovery left interrupted intents"
     );
     let repaired = store.fsck(options).unwrap();
     assert!(

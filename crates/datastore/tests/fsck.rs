@@ -231,7 +231,7 @@ fn interrupted_intents_are_reported_then_recovered() {
     std::fs::create_dir_all(&intents).unwrap();
     std::fs::write(
         intents.join("0000000000000000000000ff-00000001-00.intent"),
-        "keepsake-intent 1\nop destroy-group\nns /\ngroup vm/300\nend\n",
+        "keepsake-intent 2\nop destroy-group\nns /\ngroup vm/300\nsnapshot vm/300/2023-11-14T22:13:20Z\nend\n",
     )
     .unwrap();
     let report = store.fsck(&FsckOptions::default()).unwrap();
@@ -252,6 +252,39 @@ fn interrupted_intents_are_reported_then_recovered() {
             .unwrap()
     );
     assert!(store.journal_intents().unwrap().is_empty());
+}
+
+#[test]
+fn a_format_1_intent_is_set_aside_and_removes_nothing() {
+    let t = common::local();
+    let store = &t.store;
+    let root = BackupNamespace::root();
+    backup(store, "vm/300", 1_700_000_000);
+    let intents = t.root().join(".keepsake/intents");
+    std::fs::create_dir_all(&intents).unwrap();
+    // Format 1 did not name the snapshots a destroy announced: completing it could remove
+    // snapshots added since, so it is never completed.
+    std::fs::write(
+        intents.join("0000000000000000000000ff-00000001-00.intent"),
+        "keepsake-intent 1\nop destroy-group\nns /\ngroup vm/300\nend\n",
+    )
+    .unwrap();
+    let report = store.fsck(&repair()).unwrap();
+    let recovery = report.recovery.unwrap();
+    assert!(recovery.recovered.is_empty(), "{recovery:#?}");
+    assert_eq!(recovery.unreadable.len(), 1, "{recovery:#?}");
+    assert!(recovery.unreadable[0].1.contains("format 1"));
+    assert!(
+        store
+            .group(&root, &"vm/300".parse().unwrap())
+            .exists()
+            .unwrap()
+    );
+    assert!(
+        intents
+            .join("0000000000000000000000ff-00000001-00.intent.bad")
+            .is_file()
+    );
 }
 
 #[test]

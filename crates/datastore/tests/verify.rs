@@ -402,25 +402,32 @@ fn verify_checks_signatures_with_a_key() {
     // Another key: the recorded fingerprint does not match.
     let report = with(CryptConfig::new([8u8; 32]));
     assert_eq!(problems(&report).values().next().unwrap(), &["signature"]);
-    // Content changed without re-signing: the signature no longer matches.
-    snapshot
-        .update_manifest(|m| {
-            let old = m.remove_file("qemu-server.conf.blob").unwrap();
-            m.add_file(
-                FileInfo::new(
-                    "qemu-server.conf.blob",
-                    CryptMode::None,
-                    old.size(),
-                    *old.csum(),
-                )
-                .unwrap(),
+    // Content changed without re-signing (by another tool, written over the file; keepsake's
+    // own update_manifest refuses to do that): the signature no longer matches.
+    let mut changed = snapshot.load_manifest().unwrap();
+    let old = changed.remove_file("qemu-server.conf.blob").unwrap();
+    changed
+        .add_file(
+            FileInfo::new(
+                "qemu-server.conf.blob",
+                CryptMode::None,
+                old.size(),
+                *old.csum(),
             )
-            .unwrap();
-            m.add_file(FileInfo::new("extra.blob", CryptMode::None, 1, [0; 32]).unwrap())
-                .unwrap();
-            Ok(())
-        })
+            .unwrap(),
+        )
         .unwrap();
+    changed
+        .add_file(FileInfo::new("extra.blob", CryptMode::None, 1, [0; 32]).unwrap())
+        .unwrap();
+    std::fs::write(
+        dir_.path()
+            .join("store1")
+            .join(snapshot.relative_path())
+            .join("index.json.blob"),
+        changed.to_blob().unwrap().as_bytes(),
+    )
+    .unwrap();
     let report = with(key.clone());
     assert_eq!(
         problems(&report).values().next().unwrap(),
@@ -448,7 +455,7 @@ fn the_pbs_fixture_verifies_clean() {
         .verify(&VerifyScope::Store, &VerifyOptions::default())
         .unwrap();
     assert!(report.is_ok(), "{report:#?}");
-    assert!(report.recovery.is_empty());
+    assert!(report.interrupted.is_empty());
     assert_eq!(report.snapshots.len(), fixture::SNAPSHOTS.len());
     for s in &report.snapshots {
         let listed = fixture::SNAPSHOTS
@@ -486,4 +493,68 @@ fn the_pbs_fixture_verifies_clean() {
         problems(&report).into_values().next().unwrap(),
         ["manifest-unreadable"]
     );
+}
+
+#[test]
+fn update_manifest_never_breaks_a_signature() {
+    let dir_ = tempfile::tempdir().unwrap();
+    let key = CryptConfig::new([7u8; 32]);
+    let make = |with_key: bool| {
+        let builder = DataStore::builder("store1", dir_.path().join("store1"))
+            .lock_root(dir_.path().join("locks"));
+        if with_key {
+            builder.key(key.clone()).open().unwrap()
+        } else {
+            builder.open().unwrap()
+        }
+    };
+    DataStore::builder("store1", dir_.path().join("store1"))
+        .lock_root(dir_.path().join("locks"))
+        .chunk_prefix_dirs(false)
+        .create()
+        .unwrap();
+    let store = make(false);
+    let mut w = store
+        .group(&BackupNamespace::root(), &"vm/1".parse().unwrap())
+        .start_backup(&root(), BackupTime::from_epoch(1_000).unwrap())
+        .unwrap();
+    w.add_blob("qemu-server.conf.blob", b"x", false).unwrap();
+    w.manifest_mut().sign(&key).unwrap();
+    let snapshot = w.finish().unwrap();
+    let file = dir_
+        .path()
+        .join("store1")
+        .join(snapshot.relative_path())
+        .join("index.json.blob");
+    let before = std::fs::read(&file).unwrap();
+    let add_file = |m: &mut keepsake_manifest::manifest::BackupManifest| {
+        m.add_file(FileInfo::new("extra.blob", CryptMode::None, 1, [0; 32]).unwrap())
+            .map_err(|source| Error::Encode {
+                path: "extra.blob".to_owned(),
+                source,
+            })
+    };
+    // Without the key, a change to the signed part is refused and nothing is written.
+    let err = snapshot.update_manifest(add_file).unwrap_err();
+    assert!(matches!(err, Error::SignatureWouldBreak { .. }), "{err:?}");
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    // Changes outside the signed part (notes) keep the signature valid.
+    snapshot.set_notes(Some("checked")).unwrap();
+    let signed = snapshot.load_manifest().unwrap();
+    signed.verify_signature(&key).unwrap();
+    // With the key, the manifest is signed again.
+    let keyed = make(true);
+    let same = keyed.snapshot(snapshot.ns(), snapshot.dir());
+    let written = same.update_manifest(add_file).unwrap();
+    written.verify_signature(&key).unwrap();
+    assert!(written.file("extra.blob").is_some());
+    // Clearing the signature explicitly is the caller's choice.
+    let cleared = snapshot
+        .update_manifest(|m| {
+            m.clear_signature();
+            m.remove_file("extra.blob");
+            Ok(())
+        })
+        .unwrap();
+    assert!(cleared.signature().is_none());
 }

@@ -11,7 +11,7 @@ use keepsake_hierarchy::{Authid, BackupNamespace};
 use serde::Serialize;
 
 use super::facts::{groups_of, namespaces};
-use super::{Ctx, existing_group, existing_snapshot, require_ns};
+use super::{Ctx, Writes, existing_group, existing_snapshot, require_ns};
 use crate::error::{EXIT_FAILURE, UsageError};
 use crate::target::{GroupArg, SnapshotArg, TargetArg};
 
@@ -32,7 +32,7 @@ pub(crate) fn ns_create(ctx: &Ctx<'_>, ns: &BackupNamespace, parents: bool) -> R
     if ns.is_root() {
         return Err(UsageError("the root namespace always exists".to_owned()).into());
     }
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let store = &session.store;
     if store.namespace_exists(ns)? && !parents {
         bail!("namespace `{ns}` exists already");
@@ -93,7 +93,7 @@ pub(crate) fn ns_remove(
     if ns.is_root() {
         return Err(UsageError("the root namespace cannot be removed".to_owned()).into());
     }
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let store = &session.store;
     require_ns(store, ns)?;
     if !delete_groups {
@@ -175,7 +175,7 @@ pub(crate) fn owner(
     force: bool,
 ) -> Result<ExitCode> {
     let (ns, name) = arg.resolve(ctx.ns_arg())?;
-    let session = ctx.open()?;
+    let session = ctx.open_for(Writes::when(new_owner.is_some()))?;
     let group = existing_group(&session.store, &ns, &name)?;
     let owner = match new_owner {
         None => group
@@ -238,7 +238,7 @@ pub(crate) fn notes(
         None => None,
     };
     let change = new_text.is_some() || clear;
-    let session = ctx.open()?;
+    let session = ctx.open_for(Writes::when(change))?;
     let (ns, name, notes) = match target {
         TargetArg::Group(arg) => {
             let (ns, name) = arg.resolve(ctx.ns_arg())?;
@@ -294,7 +294,7 @@ struct ProtectReport {
 /// `keepsake protect` and `keepsake unprotect`.
 pub(crate) fn protect(ctx: &Ctx<'_>, arg: &SnapshotArg, protected: bool) -> Result<ExitCode> {
     let (ns, dir) = arg.resolve(ctx.ns_arg())?;
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     snapshot.set_protected(protected).with_context(|| {
         format!(
@@ -337,7 +337,7 @@ struct ForgetReport {
 
 /// `keepsake forget`.
 pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let report = match target {
         TargetArg::Snapshot(arg) => {
             let (ns, dir) = arg.resolve(ctx.ns_arg())?;

@@ -225,7 +225,11 @@ pub(crate) fn fsck(
         )
         .into());
     }
-    let session = ctx.open()?;
+    let session = if repair {
+        ctx.open_write_without_recovery()?
+    } else {
+        ctx.open_read()?
+    };
     let spec = &session.spec;
     let options = FsckOptions {
         repair,

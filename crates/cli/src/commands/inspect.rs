@@ -141,7 +141,7 @@ pub(crate) fn tree_lines(title: &str, tree: &TreeNs) -> Vec<String> {
 
 /// `keepsake tree`.
 pub(crate) fn tree(ctx: &Ctx<'_>) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let ns = ctx.ns();
     require_ns(&session.store, &ns)?;
     let spinner = ctx.out.spinner("reading the datastore");
@@ -169,7 +169,7 @@ struct NsEntry {
 
 /// `keepsake ns list`.
 pub(crate) fn ns_list(ctx: &Ctx<'_>, max_depth: Option<usize>) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let anchor = ctx.ns();
     require_ns(&session.store, &anchor)?;
     let iter = session
@@ -202,7 +202,7 @@ pub(crate) fn ns_list(ctx: &Ctx<'_>, max_depth: Option<usize>) -> Result<ExitCod
 
 /// `keepsake groups`.
 pub(crate) fn groups(ctx: &Ctx<'_>, filters: &[GroupFilter], recursive: bool) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let anchor = ctx.ns();
     require_ns(&session.store, &anchor)?;
     let mut groups = Vec::new();
@@ -245,7 +245,7 @@ fn last_backup_text(epoch: Option<i64>) -> String {
 
 /// `keepsake snapshots`.
 pub(crate) fn snapshots(ctx: &Ctx<'_>, group: Option<&GroupArg>) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let groups = match group {
         Some(arg) => {
             let (ns, group) = arg.resolve(ctx.ns_arg())?;
@@ -328,7 +328,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `keepsake show`.
 pub(crate) fn show(ctx: &Ctx<'_>, arg: &SnapshotArg) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let (ns, dir) = arg.resolve(ctx.ns_arg())?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     let facts = SnapshotFacts::read(&snapshot)?;

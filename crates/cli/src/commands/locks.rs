@@ -207,7 +207,7 @@ impl Collect<'_> {
 
 /// `keepsake locks`.
 pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_read()?;
     let spec = &session.spec;
     let mut collect = Collect {
         spec,

@@ -13,8 +13,8 @@ mod verify;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
-use keepsake_datastore::{DataStore, Group, Snapshot};
+use anyhow::{Context, Result, bail};
+use keepsake_datastore::{Access, DataStore, Group, RecoveryOutcome, Snapshot};
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 
 use crate::cli::{Cli, Command, NsCommand};
@@ -28,9 +28,69 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// The datastore the global options name, opened.
-    pub(crate) fn open(&self) -> Result<Session> {
-        StoreSpec::from_args(&self.cli.global, None)?.open()
+    /// The datastore the global options name, opened read-only: nothing this command does can
+    /// change it. Interrupted operations waiting in the journal are only named, in one warning
+    /// line.
+    pub(crate) fn open_read(&self) -> Result<Session> {
+        let session = StoreSpec::from_args(&self.cli.global, None)?.open(Access::ReadOnly)?;
+        let interrupted = session.store.interrupted_intents()?;
+        if !interrupted.is_empty() {
+            let names: Vec<String> = interrupted.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                "{} interrupted operation{} pending ({}): a write command or `keepsake fsck \
+                 --repair` completes {}",
+                names.len(),
+                if names.len() == 1 { " is" } else { "s are" },
+                names.join("; "),
+                if names.len() == 1 { "it" } else { "them" },
+            );
+        }
+        Ok(session)
+    }
+
+    /// The datastore the global options name, opened for a change. Interrupted operations are
+    /// completed first (each announced exactly what it would do), and every one is named on
+    /// stderr.
+    pub(crate) fn open_write(&self) -> Result<Session> {
+        let session = self.open_write_without_recovery()?;
+        let report = session
+            .store
+            .recover()
+            .context("cannot complete the interrupted operations in the journal")?;
+        for r in &report.recovered {
+            match &r.outcome {
+                RecoveryOutcome::RolledBack { reason } => tracing::warn!(
+                    "rolled back interrupted operation: {} ({})",
+                    r.intent,
+                    crate::error::chain_line(reason)
+                ),
+                _ => tracing::warn!("completed interrupted operation: {}", r.intent),
+            }
+        }
+        for p in &report.pending {
+            tracing::warn!(
+                "interrupted operation still pending: {} ({})",
+                p.intent,
+                crate::error::chain_line(&p.error)
+            );
+        }
+        for (id, reason) in &report.unreadable {
+            tracing::warn!("journal entry {id} is unreadable (kept as {id}.intent.bad): {reason}");
+        }
+        Ok(session)
+    }
+
+    /// [`Ctx::open_write`] for commands that recover themselves and report it (`fsck --repair`).
+    pub(crate) fn open_write_without_recovery(&self) -> Result<Session> {
+        StoreSpec::from_args(&self.cli.global, None)?.open(Access::ReadWrite)
+    }
+
+    /// Read-only or for a change, as the command's options say.
+    pub(crate) fn open_for(&self, writes: Writes) -> Result<Session> {
+        match writes {
+            Writes::No => self.open_read(),
+            Writes::Yes => self.open_write(),
+        }
     }
 
     /// `--ns`, or the root.
@@ -41,6 +101,22 @@ impl Ctx<'_> {
     /// `--ns` as given.
     pub(crate) fn ns_arg(&self) -> Option<&BackupNamespace> {
         self.cli.global.ns.as_ref()
+    }
+}
+
+/// Whether a command changes the datastore (decides how it is opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writes {
+    /// Only reads: opened read-only, interrupted operations only named.
+    No,
+    /// Changes something: interrupted operations completed first.
+    Yes,
+}
+
+impl Writes {
+    /// `Yes` when `change` is true.
+    pub(crate) fn when(change: bool) -> Self {
+        if change { Writes::Yes } else { Writes::No }
     }
 }
 

@@ -9,7 +9,7 @@ use keepsake_datastore::{Group, GroupPrune, PruneAction};
 use serde::Serialize;
 
 use super::facts::{groups_of, namespaces};
-use super::{Ctx, existing_group, require_ns};
+use super::{Ctx, Writes, existing_group, require_ns};
 use crate::cli::PruneArgs;
 use crate::error::{EXIT_FAILURE, UsageError};
 use crate::output::Table;
@@ -77,7 +77,7 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let session = ctx.open()?;
+    let session = ctx.open_for(Writes::when(!args.dry_run))?;
     let store = &session.store;
     let groups: Vec<Group> = match &args.group {
         Some(arg) => {

@@ -70,7 +70,7 @@ pub(crate) fn move_target(
     to_ns: &BackupNamespace,
     merge: bool,
 ) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let store = &session.store;
     let moved = match target {
         TargetArg::Group(arg) => {
@@ -116,7 +116,7 @@ pub(crate) fn ns_move(
     let to = parent
         .child(last)
         .map_err(|e| UsageError(format!("cannot move `{ns}` below `{parent}`: {e}")))?;
-    let session = ctx.open()?;
+    let session = ctx.open_write()?;
     let store = &session.store;
     require_ns(store, ns)?;
     require_ns(store, parent)?;

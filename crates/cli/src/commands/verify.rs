@@ -9,7 +9,7 @@ use anyhow::Result;
 use keepsake_datastore::{SnapshotOutcome, VerifyOptions, VerifyScope};
 use serde::Serialize;
 
-use super::{Ctx, existing_group, existing_snapshot, require_ns};
+use super::{Ctx, Writes, existing_group, existing_snapshot, require_ns};
 use crate::error::{EXIT_FAILURE, chain_line};
 use crate::target::TargetArg;
 
@@ -37,8 +37,8 @@ struct VerifySummary {
     unfinished: usize,
     /// Snapshots held exclusively by someone else, not checked now.
     in_use: usize,
-    /// Interrupted operations found in the journal and completed first.
-    recovered: usize,
+    /// Interrupted operations waiting in the journal (verify does not complete them).
+    interrupted: usize,
     errors: Vec<VerifyError>,
 }
 
@@ -73,7 +73,7 @@ pub(crate) fn verify(
     record: bool,
     skip_chunks: bool,
 ) -> Result<ExitCode> {
-    let session = ctx.open()?;
+    let session = ctx.open_for(Writes::when(record))?;
     let store = &session.store;
     let scope = match target {
         Some(TargetArg::Group(arg)) => {
@@ -147,22 +147,14 @@ pub(crate) fn verify(
             error: chain_line(e),
         });
     }
-    for pending in &report.recovery.pending {
+    for interrupted in &report.interrupted {
         errors.push(VerifyError {
             ns: None,
             snapshot: None,
             error: format!(
-                "interrupted operation {} could not be completed: {}",
-                pending.id,
-                chain_line(&pending.error)
+                "interrupted operation pending: {interrupted} (a write command or `keepsake fsck \
+                 --repair` completes it)"
             ),
-        });
-    }
-    for (id, reason) in &report.recovery.unreadable {
-        errors.push(VerifyError {
-            ns: None,
-            snapshot: None,
-            error: format!("journal entry {id} is unreadable: {reason}"),
         });
     }
     let summary = VerifySummary {
@@ -172,7 +164,7 @@ pub(crate) fn verify(
         failed: count(SnapshotOutcome::Failed),
         unfinished: count(SnapshotOutcome::Unfinished),
         in_use: count(SnapshotOutcome::InUse),
-        recovered: report.recovery.recovered.len(),
+        interrupted: report.interrupted.len(),
         errors,
     };
     ctx.out.emit(&summary, || {
@@ -207,6 +199,17 @@ pub(crate) fn verify(
     })?;
     if summary.ok {
         return Ok(ExitCode::SUCCESS);
+    }
+    if report.verified() == 0 && summary.errors.is_empty() {
+        // A check that checked nothing never passes.
+        let message = format!(
+            "nothing was verified: {} snapshot{} in scope, {} in use, {} unfinished",
+            summary.snapshots,
+            super::change::plural(summary.snapshots as u64),
+            summary.in_use,
+            summary.unfinished
+        );
+        return Ok(crate::error::report_line(&message, EXIT_FAILURE, false));
     }
     let message = format!(
         "verify found {} problem{} ({} failed snapshot{})",

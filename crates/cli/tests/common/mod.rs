@@ -126,6 +126,33 @@ impl Store {
         }
     }
 
+    /// A demo datastore (`keepsake demo`) called `demo`, with its own lock root.
+    pub fn demo() -> Self {
+        let store = Self::empty("demo");
+        let mut cmd = keepsake();
+        cmd.arg("--lock-root")
+            .arg(&store.lock_root)
+            .arg("--json")
+            .arg("demo")
+            .arg(&store.path);
+        run(&mut cmd).json();
+        store
+    }
+
+    /// The intent files in the datastore's journal (`.keepsake/intents/*.intent`).
+    pub fn intents(&self) -> Vec<PathBuf> {
+        let dir = self.path.join(".keepsake/intents");
+        let mut found: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "intent"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        found.sort();
+        found
+    }
+
     /// `keepsake --store <path> --lock-root <locks> <args>`.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = keepsake();

@@ -1,0 +1,226 @@
+//! The "fail closed" scenarios, through the real binary: each destructive path decides from
+//! authoritative state under its locks, refuses up front when it cannot, and a read-only command
+//! never changes anything. One test per scenario of the issue, named after it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Store, tree_contents};
+use keepsake_hierarchy::{BackupDir, BackupNamespace};
+use keepsake_lock::{FileLocker, LockTarget, Locker};
+
+const CT200: [&str; 4] = [
+    "ct/200/2024-06-03T02:00:00Z",
+    "ct/200/2024-06-04T02:00:00Z",
+    "ct/200/2024-06-05T02:00:00Z",
+    "ct/200/2024-06-06T02:00:00Z",
+];
+
+/// Copies a snapshot folder to a new backup time, as PBS's next backup of the group would add one.
+fn add_snapshot(store: &Store, from: &str, to: &str) {
+    let (src, dst) = (store.path.join(from), store.path.join(to));
+    std::fs::create_dir(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+}
+
+fn shared_snapshot_lock(store: &Store, ns: &str, snapshot: &str) -> keepsake_lock::LockGuard {
+    let locker = FileLocker::new(&store.lock_root, "demo").unwrap();
+    let ns: BackupNamespace = ns.parse().unwrap_or_default();
+    let dir: BackupDir = snapshot.parse().unwrap();
+    locker
+        .lock_shared(&LockTarget::snapshot(&ns, &dir), Duration::ZERO)
+        .unwrap()
+}
+
+#[test]
+fn scenario_1_a_failed_forget_is_never_completed_later() {
+    let store = Store::demo();
+    let before = store.contents();
+    // A PBS reader (or `keepsake verify`) holds one snapshot of the group.
+    let reader = shared_snapshot_lock(&store, "", CT200[2]);
+    let line = store.run(&["forget", "ct/200"]).fails(1).to_owned();
+    assert!(line.contains("locked"), "{line}");
+    assert_eq!(store.contents(), before, "a refused forget changed nothing");
+    assert!(
+        store.intents().is_empty(),
+        "nothing to recover: nothing began"
+    );
+    // Read-only commands while the lock is held: nothing changes, no intent appears.
+    for args in [
+        &["groups"][..],
+        &["snapshots", "ct/200"],
+        &["tree"],
+        &["verify"],
+    ] {
+        store.run(args);
+        assert!(store.intents().is_empty(), "{args:?} wrote an intent");
+    }
+    assert_eq!(store.contents(), before);
+    drop(reader);
+
+    // PBS's next nightly backup adds a snapshot; later commands never destroy the group.
+    add_snapshot(&store, CT200[3], "ct/200/2024-06-07T02:00:00Z");
+    store.run(&["groups"]).ok();
+    store.run(&["protect", "ct/200/2024-06-07T02:00:00Z"]).ok();
+    for snapshot in CT200.iter().chain(&["ct/200/2024-06-07T02:00:00Z"]) {
+        assert!(store.path.join(snapshot).is_dir(), "{snapshot} was lost");
+    }
+}
+
+#[test]
+fn scenario_1_refused_namespace_move_and_removal_are_never_carried_out_later() {
+    let store = Store::demo();
+    let before = store.contents();
+    let reader = shared_snapshot_lock(&store, "prod", "vm/101/2024-06-04T02:00:00Z");
+    let run = store.run(&["ns", "move", "prod", "--to", "dev"]);
+    assert!(run.fails(1).contains("locked"), "{run:?}");
+    let run = store.run(&["ns", "remove", "prod", "--delete-groups"]);
+    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert_eq!(
+        store.contents(),
+        before,
+        "refused operations changed nothing"
+    );
+    assert!(store.intents().is_empty());
+    drop(reader);
+    for args in [&["groups", "--recursive"][..], &["ns", "list"], &["tree"]] {
+        store.run(args).ok();
+    }
+    assert_eq!(
+        store.contents(),
+        before,
+        "read-only commands changed nothing"
+    );
+}
+
+#[test]
+fn scenario_1_an_interrupted_destroy_completes_only_what_it_announced() {
+    let store = Store::demo();
+    // A group destroy that died after announcing two snapshots (and removing neither).
+    let dir = store.path.join(".keepsake/intents");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("0000000000000000000000aa-00000001-00.intent"),
+        format!(
+            "keepsake-intent 2\nop destroy-group\nns /\ngroup ct/200\nsnapshot {}\nsnapshot {}\nend\n",
+            CT200[0], CT200[1]
+        ),
+    )
+    .unwrap();
+    let before = store.contents();
+    // A read-only command warns and changes nothing.
+    let run = store.run(&["groups"]);
+    run.ok();
+    assert!(run.stderr.contains("interrupted"), "{run:?}");
+    assert_eq!(store.contents(), before);
+    // The next backup adds a snapshot; then a write command completes the destroy it announced.
+    add_snapshot(&store, CT200[3], "ct/200/2024-06-07T02:00:00Z");
+    let run = store.run(&["protect", "ct/200/2024-06-07T02:00:00Z"]);
+    run.ok();
+    assert!(run.stderr.contains("destroy group ct/200"), "{run:?}");
+    assert!(!store.path.join(CT200[0]).exists());
+    assert!(!store.path.join(CT200[1]).exists());
+    for kept in [CT200[2], CT200[3], "ct/200/2024-06-07T02:00:00Z"] {
+        assert!(store.path.join(kept).is_dir(), "{kept} was not announced");
+    }
+    assert!(store.path.join("ct/200/owner").is_file());
+    assert!(store.intents().is_empty());
+}
+
+#[test]
+fn scenario_2_fsck_repair_refuses_a_lock_root_that_overlaps_the_store() {
+    let store = Store::demo();
+    let before = store.contents();
+    let parent = store.path.parent().unwrap().to_path_buf();
+    for lock_root in [parent.clone(), store.path.clone(), store.path.join("vm")] {
+        let mut cmd = common::keepsake();
+        cmd.arg("--store")
+            .arg(&store.path)
+            .arg("--lock-root")
+            .arg(&lock_root)
+            .args(["fsck", "--repair"]);
+        let run = common::run(&mut cmd);
+        assert_ne!(run.code, 0, "{lock_root:?}: {run:?}");
+        assert!(run.stderr.contains("lock root"), "{run:?}");
+        assert_eq!(store.contents(), before, "{lock_root:?} changed the store");
+    }
+}
+
+#[test]
+fn scenario_2_fsck_repair_removes_only_lock_files_of_the_scheme() {
+    let store = Store::demo();
+    let locks = store.lock_root.join("demo");
+    // PBS's move journal, and a stray file, in the lock folder.
+    std::fs::write(locks.join("move-journal"), b"/srv/demo/vm/100/x.fidx\n").unwrap();
+    std::fs::write(locks.join("notes"), b"not a lock").unwrap();
+    let run = store.run(&["fsck", "--repair"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(locks.join("move-journal").is_file());
+    assert!(locks.join("notes").is_file());
+}
+
+#[test]
+fn scenario_2_fsck_recognises_pbs_temporary_files() {
+    let store = Store::demo();
+    let snapshot = store.path.join("vm/100/2024-06-03T02:00:00Z");
+    // PBS's atomic replace leaves `<name>.tmp_XXXXXX`; its chunk insert `<digest>.tmp`.
+    std::fs::write(snapshot.join("index.json.blob.tmp_Ab12Cd"), b"torn").unwrap();
+    let run = store.run(&["--json", "fsck"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("index.json.blob.tmp_Ab12Cd"), "{run:?}");
+    let run = store.run(&["--json", "fsck", "--repair"]);
+    assert_eq!(run.code, 0, "repaired everything: {run:?}");
+    assert!(!snapshot.join("index.json.blob.tmp_Ab12Cd").exists());
+    assert!(snapshot.join("index.json.blob").is_file());
+}
+
+/// A lock root below a regular file: no lock can be taken, for any user.
+fn unusable_lock_root(store: &Store) -> std::path::PathBuf {
+    let file = store.lock_root.with_file_name("not-a-folder");
+    std::fs::write(&file, b"").unwrap();
+    file.join("locks")
+}
+
+fn run_with_lock_root(store: &Store, lock_root: &Path, args: &[&str]) -> common::Run {
+    let mut cmd = common::keepsake();
+    cmd.arg("--store")
+        .arg(&store.path)
+        .arg("--lock-root")
+        .arg(lock_root)
+        .args(args);
+    common::run(&mut cmd)
+}
+
+#[test]
+fn scenario_3_verify_that_cannot_lock_fails() {
+    let store = Store::demo();
+    // A corrupted manifest that verify must not call fine.
+    let manifest = store
+        .path
+        .join("vm/100/2024-06-03T02:00:00Z/index.json.blob");
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&manifest, bytes).unwrap();
+    let before = tree_contents(&store.path);
+    let lock_root = unusable_lock_root(&store);
+    let run = run_with_lock_root(&store, &lock_root, &["--json", "verify"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["ok"], false, "{run:?}");
+    assert_eq!(tree_contents(&store.path), before);
+    // A destroy that cannot lock says so, and does not call it "locked".
+    let run = run_with_lock_root(&store, &lock_root, &["forget", "ct/200"]);
+    let line = run.fails(1);
+    assert!(!line.contains("is locked"), "{line}");
+    assert!(
+        line.contains("cannot lock") || line.contains("lock"),
+        "{line}"
+    );
+    assert_eq!(tree_contents(&store.path), before);
+}
