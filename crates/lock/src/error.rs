@@ -67,6 +67,13 @@ pub enum Error {
         /// The refused name.
         name: String,
     },
+    /// A lock scheme name other than `files`, `dirs` or `both` (see
+    /// [`LockScheme`](crate::LockScheme)).
+    #[error("unknown lock scheme {name:?}: expected files, dirs or both")]
+    UnknownLockScheme {
+        /// The refused name.
+        name: String,
+    },
     /// A failure of a lock implementation that is not built on local files (for example lease
     /// locks in an object store), reported through this crate's interface.
     #[error("lock backend error on {resource}")]

@@ -124,7 +124,8 @@ impl LockFile {
 pub(crate) enum LockKind {
     /// A lock file, created (with its folders) when missing.
     File { owner: Option<FileOwner> },
-    /// An existing directory (PBS 3 group and snapshot locks), never created.
+    /// An existing directory (PBS 3 group and snapshot locks), never created, never followed
+    /// through a symlink.
     Dir,
 }
 
@@ -171,6 +172,7 @@ impl HeldLock for HeldFile {
     fn remove(self: Box<Self>) -> Result<()> {
         debug_assert_eq!(self.mode, LockMode::Exclusive);
         if let LockKind::Dir = self.kind {
+            // The directory is the group or snapshot itself: it belongs to the datastore.
             return Ok(());
         }
         // Unlink first and close (release) after: a waiter that gets the flock on the old inode then
@@ -190,6 +192,25 @@ impl HeldLock for HeldFile {
     }
 }
 
+/// How long a caller is willing to wait for a lock: the timeout it asked for and the deadline that
+/// follows from it. Locks taken in several parts share one, so that the parts together take no
+/// longer than the timeout, and a part that runs out reports the caller's timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    timeout: Duration,
+    until: Option<Instant>,
+}
+
+impl Wait {
+    /// A wait of `timeout` starting now.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            until: deadline(timeout),
+        }
+    }
+}
+
 /// The end of the wait; `None` for a single try (no clock read on the fast path) and for timeouts
 /// too large to represent, which wait forever.
 fn deadline(timeout: Duration) -> Option<Instant> {
@@ -200,16 +221,28 @@ fn deadline(timeout: Duration) -> Option<Instant> {
     }
 }
 
-/// Opens, flocks and double-stats `path`. `after_flock` runs between the flock and the check (tests
-/// use it to replace the file at the worst moment); it is a no-op otherwise.
+/// Opens, flocks and double-stats `path`, waiting at most `timeout`. `after_flock` runs between
+/// the flock and the check (tests use it to replace the file at the worst moment); it is a no-op
+/// otherwise.
 pub(crate) fn acquire(
     path: PathBuf,
     kind: LockKind,
     mode: LockMode,
     timeout: Duration,
+    after_flock: impl FnMut(&Path),
+) -> Result<HeldFile> {
+    acquire_within(path, kind, mode, Wait::new(timeout), after_flock)
+}
+
+/// [`acquire`] within a wait that may have started earlier.
+pub(crate) fn acquire_within(
+    path: PathBuf,
+    kind: LockKind,
+    mode: LockMode,
+    wait: Wait,
     mut after_flock: impl FnMut(&Path),
 ) -> Result<HeldFile> {
-    let until = deadline(timeout);
+    let Wait { timeout, until } = wait;
     let mut backoff = Backoff::new();
     let mut replaced = 0;
     loop {
@@ -337,9 +370,11 @@ fn same_file(fd: &OwnedFd, path: &Path) -> io::Result<bool> {
 
 fn open(path: &Path, kind: LockKind) -> Result<OwnedFd> {
     match kind {
+        // A symlink where a group or snapshot folder should be is an error, not a lock on
+        // whatever it points to.
         LockKind::Dir => rustix::fs::open(
             path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| Error::io(path, e.into())),

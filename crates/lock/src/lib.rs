@@ -85,4 +85,6 @@ pub use locker::{
     MANIFEST_LOCK_TIMEOUT, SNAPSHOT_LOCK_TIMEOUT,
 };
 pub use path::{HASHED_DIR_NAME, MAX_PLAIN_LOCK_NAME, escape_unit_path, relative_lock_path};
-pub use scheme::{DirLocker, FileLocker, LockScheme, PBS_LOCK_ROOT, PBS_OLD_LOCKING_FLAG};
+pub use scheme::{
+    DirLocker, DualSchemeLocker, FileLocker, LockScheme, PBS_LOCK_ROOT, PBS_OLD_LOCKING_FLAG,
+};
