@@ -119,6 +119,11 @@ impl LockFile {
     }
 }
 
+/// Permissions of a folder created for lock files: PBS creates them with the default
+/// `create_dir_all` mode under its daemons' umask 022, so everyone may traverse and only the owner
+/// may add lock files. Set explicitly, so that a narrower umask cannot lock PBS out.
+pub const LOCK_DIR_MODE: u32 = 0o755;
+
 /// What is being flocked.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum LockKind {
@@ -433,9 +438,13 @@ fn finish_create(path: &Path, fd: OwnedFd, owner: Option<FileOwner>) -> Result<O
     }
 }
 
-/// `mkdir -p`, handing every folder it creates to `owner`.
+/// `mkdir -p`, giving every folder it creates mode [`LOCK_DIR_MODE`] and `owner`.
+///
+/// A folder removed again right after it was created (an empty lock folder swept meanwhile) is not
+/// an error here: the caller's open fails with `ENOENT` and comes back, a bounded number of times.
 fn create_dirs(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
-    match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o777)) {
+    let mode = Mode::from_raw_mode(LOCK_DIR_MODE);
+    match rustix::fs::mkdir(dir, mode) {
         Ok(()) => {}
         Err(Errno::EXIST) => return Ok(()),
         Err(Errno::NOENT) => {
@@ -443,16 +452,29 @@ fn create_dirs(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
                 io::Error::new(io::ErrorKind::NotFound, "no existing ancestor folder")
             })?;
             create_dirs(parent, owner)?;
-            match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o777)) {
+            match rustix::fs::mkdir(dir, mode) {
                 Ok(()) => {}
-                Err(Errno::EXIST) => return Ok(()),
+                Err(Errno::EXIST | Errno::NOENT) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }
         Err(e) => return Err(e.into()),
     }
+    // Through a descriptor of the folder just made, so that mode and owner land on it and not on
+    // whatever a symlink swapped in at the path points to.
+    let fd = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // The umask may have narrowed the mode given to mkdir.
+    rustix::fs::fchmod(&fd, mode)?;
     if let Some(owner) = owner {
-        std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid))?;
+        std::os::unix::fs::fchown(&fd, Some(owner.uid), Some(owner.gid))?;
     }
     Ok(())
 }

@@ -78,7 +78,7 @@ mod scheme;
 pub mod conformance;
 
 pub use error::{Error, Result};
-pub use file::{FileOwner, LOCK_FILE_MODE, LockFile};
+pub use file::{FileOwner, LOCK_DIR_MODE, LOCK_FILE_MODE, LockFile};
 pub use holders::{Holder, holders_of, holders_of_path, parse_flock_holders};
 pub use locker::{
     ExclusiveGuard, GROUP_LOCK_TIMEOUT, HeldLock, LockGuard, LockMode, LockTarget, Locker,
