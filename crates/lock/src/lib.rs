@@ -84,7 +84,9 @@ pub use locker::{
     ExclusiveGuard, GROUP_LOCK_TIMEOUT, HeldLock, LockGuard, LockMode, LockTarget, Locker,
     MANIFEST_LOCK_TIMEOUT, SNAPSHOT_LOCK_TIMEOUT,
 };
-pub use path::{HASHED_DIR_NAME, MAX_PLAIN_LOCK_NAME, escape_unit_path, relative_lock_path};
+pub use path::{
+    HASHED_DIR_NAME, MAX_PLAIN_LOCK_NAME, escape_unit_path, relative_lock_path, unescape_unit_path,
+};
 pub use scheme::{
     DirLocker, DualSchemeLocker, FileLocker, LockScheme, PBS_LOCK_ROOT, PBS_OLD_LOCKING_FLAG,
 };
