@@ -132,6 +132,10 @@ pub(crate) enum LockKind {
     /// An existing directory (PBS 3 group and snapshot locks), never created, never followed
     /// through a symlink.
     Dir,
+    /// An existing regular lock file, never created and never followed through a symlink: what
+    /// the lock-folder sweep takes, so that it cannot create what it found gone, nor lock (and
+    /// later unlink) anything a link points to.
+    Existing,
 }
 
 /// A held flock. The lock belongs to the open file description; drop unlocks it, then closes.
@@ -384,7 +388,27 @@ fn open(path: &Path, kind: LockKind) -> Result<OwnedFd> {
         )
         .map_err(|e| Error::io(path, e.into())),
         LockKind::File { owner } => open_or_create(path, owner),
+        LockKind::Existing => open_existing(path),
     }
+}
+
+/// Opens an existing regular lock file without following a symlink, and without blocking on
+/// anything that is not a regular file (a FIFO swapped in since the caller looked).
+fn open_existing(path: &Path) -> Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(path, e.into()))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(path, e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// Opens the lock file `O_RDWR|O_CLOEXEC|O_APPEND`, creating it (and its folders) when missing.

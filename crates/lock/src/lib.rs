@@ -73,11 +73,12 @@ mod holders;
 mod locker;
 mod path;
 mod scheme;
+mod sweep;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use error::{Error, Result};
+pub use error::{Error, LockRootRefusal, Result};
 pub use file::{FileOwner, LOCK_DIR_MODE, LOCK_FILE_MODE, LockFile};
 pub use holders::{Holder, holders_of, holders_of_path, parse_flock_holders};
 pub use locker::{
@@ -90,3 +91,4 @@ pub use path::{
 pub use scheme::{
     DirLocker, DualSchemeLocker, FileLocker, LockScheme, PBS_LOCK_ROOT, PBS_OLD_LOCKING_FLAG,
 };
+pub use sweep::{SweepMode, SweepOptions, SweepReport, sweep_lock_folder};

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_PLAIN_LOCK_NAME: usize = 255;
 
 /// Escaped bytes kept from each end of a long name in its hashed form.
-const HASHED_KEEP: usize = 80;
+pub(crate) const HASHED_KEEP: usize = 80;
 
 /// Folder (beneath the namespace folder) holding the lock files of long names.
 pub const HASHED_DIR_NAME: &str = "hashed";

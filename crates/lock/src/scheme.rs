@@ -128,7 +128,7 @@ impl LockScheme {
 
 /// `<lock root>/<store>`, refusing store names PBS would refuse (which also keeps the path inside
 /// the lock root).
-fn store_lock_dir(lock_root: &Path, store: &str) -> Result<PathBuf> {
+pub(crate) fn store_lock_dir(lock_root: &Path, store: &str) -> Result<PathBuf> {
     let valid = (3..=32).contains(&store.len())
         && store.bytes().enumerate().all(|(i, b)| {
             b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
