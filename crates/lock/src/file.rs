@@ -119,9 +119,10 @@ impl LockFile {
     }
 }
 
-/// Permissions of a folder created for lock files: PBS creates them with the default
-/// `create_dir_all` mode under its daemons' umask 022, so everyone may traverse and only the owner
-/// may add lock files. Set explicitly, so that a narrower umask cannot lock PBS out.
+/// Permissions of a folder created for lock files. PBS makes these folders with `create_dir_all`
+/// (0777 less the umask: 0755 under the usual umask 022) and gives no mode of its own; keepsake sets
+/// 0755 explicitly, so that a narrower umask cannot lock out the other party. Only the owner may add
+/// lock files, which is why the folders get the configured [`FileOwner`] too.
 pub const LOCK_DIR_MODE: u32 = 0o755;
 
 /// What is being flocked.
