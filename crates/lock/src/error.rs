@@ -67,6 +67,27 @@ pub enum Error {
         /// The refused name.
         name: String,
     },
+    /// The lock-folder sweep refused to run: the lock folder could be (part of) a datastore, so
+    /// nothing was touched.
+    #[error("refusing to sweep the lock folder of lock root {lock_root:?}: {reason}")]
+    UnsafeLockRoot {
+        /// The lock root as given.
+        lock_root: PathBuf,
+        /// The datastore root as given.
+        datastore_root: PathBuf,
+        /// Why.
+        reason: LockRootRefusal,
+        /// The error that made a path impossible to resolve, for the `*Unresolvable` reasons.
+        #[source]
+        source: Option<io::Error>,
+    },
+    /// A lock scheme name other than `files`, `dirs` or `both` (see
+    /// [`LockScheme`](crate::LockScheme)).
+    #[error("unknown lock scheme {name:?}: expected files, dirs or both")]
+    UnknownLockScheme {
+        /// The refused name.
+        name: String,
+    },
     /// A failure of a lock implementation that is not built on local files (for example lease
     /// locks in an object store), reported through this crate's interface.
     #[error("lock backend error on {resource}")]
@@ -99,6 +120,50 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// Why the lock-folder sweep refused a lock root ([`Error::UnsafeLockRoot`]). "The lock folder" is
+/// `<lock root>/<store>`, the folder the sweep would walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockRootRefusal {
+    /// The lock root is the datastore root.
+    IsDatastoreRoot,
+    /// The datastore root lies inside the lock root (so a lock folder may be the datastore or
+    /// hold it).
+    ContainsDatastoreRoot,
+    /// The lock root lies inside the datastore root.
+    InsideDatastoreRoot,
+    /// The lock root cannot be resolved to a canonical path (it may not exist), so it cannot be
+    /// compared with the datastore root.
+    LockRootUnresolvable,
+    /// The datastore root cannot be resolved to a canonical path.
+    DatastoreRootUnresolvable,
+    /// The lock folder holds `.chunks` or `.lock`, as a datastore does.
+    LockFolderLooksLikeDatastore,
+    /// The lock folder is a symlink (the sweep never follows one).
+    LockFolderIsSymlink,
+    /// The lock folder is not a folder.
+    LockFolderNotAFolder,
+}
+
+impl fmt::Display for LockRootRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockRootRefusal::IsDatastoreRoot => "it is the datastore root",
+            LockRootRefusal::ContainsDatastoreRoot => "it contains the datastore root",
+            LockRootRefusal::InsideDatastoreRoot => "it lies inside the datastore root",
+            LockRootRefusal::LockRootUnresolvable => "it cannot be resolved",
+            LockRootRefusal::DatastoreRootUnresolvable => "the datastore root cannot be resolved",
+            LockRootRefusal::LockFolderLooksLikeDatastore => {
+                "its folder for this datastore holds .chunks or .lock, like a datastore"
+            }
+            LockRootRefusal::LockFolderIsSymlink => "its folder for this datastore is a symlink",
+            LockRootRefusal::LockFolderNotAFolder => {
+                "its folder for this datastore is not a folder"
+            }
+        })
     }
 }
 

@@ -119,13 +119,24 @@ impl LockFile {
     }
 }
 
+/// Permissions of a folder created for lock files. PBS makes these folders with `create_dir_all`
+/// (0777 less the umask: 0755 under the usual umask 022) and gives no mode of its own; keepsake sets
+/// 0755 explicitly, so that a narrower umask cannot lock out the other party. Only the owner may add
+/// lock files, which is why the folders get the configured [`FileOwner`] too.
+pub const LOCK_DIR_MODE: u32 = 0o755;
+
 /// What is being flocked.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum LockKind {
     /// A lock file, created (with its folders) when missing.
     File { owner: Option<FileOwner> },
-    /// An existing directory (PBS 3 group and snapshot locks), never created.
+    /// An existing directory (PBS 3 group and snapshot locks), never created, never followed
+    /// through a symlink.
     Dir,
+    /// An existing regular lock file, never created and never followed through a symlink: what
+    /// the lock-folder sweep takes, so that it cannot create what it found gone, nor lock (and
+    /// later unlink) anything a link points to.
+    Existing,
 }
 
 /// A held flock. The lock belongs to the open file description; drop unlocks it, then closes.
@@ -171,6 +182,7 @@ impl HeldLock for HeldFile {
     fn remove(self: Box<Self>) -> Result<()> {
         debug_assert_eq!(self.mode, LockMode::Exclusive);
         if let LockKind::Dir = self.kind {
+            // The directory is the group or snapshot itself: it belongs to the datastore.
             return Ok(());
         }
         // Unlink first and close (release) after: a waiter that gets the flock on the old inode then
@@ -190,6 +202,25 @@ impl HeldLock for HeldFile {
     }
 }
 
+/// How long a caller is willing to wait for a lock: the timeout it asked for and the deadline that
+/// follows from it. Locks taken in several parts share one, so that the parts together take no
+/// longer than the timeout, and a part that runs out reports the caller's timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    timeout: Duration,
+    until: Option<Instant>,
+}
+
+impl Wait {
+    /// A wait of `timeout` starting now.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            until: deadline(timeout),
+        }
+    }
+}
+
 /// The end of the wait; `None` for a single try (no clock read on the fast path) and for timeouts
 /// too large to represent, which wait forever.
 fn deadline(timeout: Duration) -> Option<Instant> {
@@ -200,16 +231,28 @@ fn deadline(timeout: Duration) -> Option<Instant> {
     }
 }
 
-/// Opens, flocks and double-stats `path`. `after_flock` runs between the flock and the check (tests
-/// use it to replace the file at the worst moment); it is a no-op otherwise.
+/// Opens, flocks and double-stats `path`, waiting at most `timeout`. `after_flock` runs between
+/// the flock and the check (tests use it to replace the file at the worst moment); it is a no-op
+/// otherwise.
 pub(crate) fn acquire(
     path: PathBuf,
     kind: LockKind,
     mode: LockMode,
     timeout: Duration,
+    after_flock: impl FnMut(&Path),
+) -> Result<HeldFile> {
+    acquire_within(path, kind, mode, Wait::new(timeout), after_flock)
+}
+
+/// [`acquire`] within a wait that may have started earlier.
+pub(crate) fn acquire_within(
+    path: PathBuf,
+    kind: LockKind,
+    mode: LockMode,
+    wait: Wait,
     mut after_flock: impl FnMut(&Path),
 ) -> Result<HeldFile> {
-    let until = deadline(timeout);
+    let Wait { timeout, until } = wait;
     let mut backoff = Backoff::new();
     let mut replaced = 0;
     loop {
@@ -337,14 +380,36 @@ fn same_file(fd: &OwnedFd, path: &Path) -> io::Result<bool> {
 
 fn open(path: &Path, kind: LockKind) -> Result<OwnedFd> {
     match kind {
+        // A symlink where a group or snapshot folder should be is an error, not a lock on
+        // whatever it points to.
         LockKind::Dir => rustix::fs::open(
             path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| Error::io(path, e.into())),
         LockKind::File { owner } => open_or_create(path, owner),
+        LockKind::Existing => open_existing(path),
     }
+}
+
+/// Opens an existing regular lock file without following a symlink, and without blocking on
+/// anything that is not a regular file (a FIFO swapped in since the caller looked).
+fn open_existing(path: &Path) -> Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(path, e.into()))?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(path, e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::io(
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok(fd)
 }
 
 /// Opens the lock file `O_RDWR|O_CLOEXEC|O_APPEND`, creating it (and its folders) when missing.
@@ -398,9 +463,13 @@ fn finish_create(path: &Path, fd: OwnedFd, owner: Option<FileOwner>) -> Result<O
     }
 }
 
-/// `mkdir -p`, handing every folder it creates to `owner`.
+/// `mkdir -p`, giving every folder it creates mode [`LOCK_DIR_MODE`] and `owner`.
+///
+/// A folder removed again right after it was created (an empty lock folder swept meanwhile) is not
+/// an error here: the caller's open fails with `ENOENT` and comes back, a bounded number of times.
 fn create_dirs(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
-    match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o777)) {
+    let mode = Mode::from_raw_mode(LOCK_DIR_MODE);
+    match rustix::fs::mkdir(dir, mode) {
         Ok(()) => {}
         Err(Errno::EXIST) => return Ok(()),
         Err(Errno::NOENT) => {
@@ -408,16 +477,29 @@ fn create_dirs(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
                 io::Error::new(io::ErrorKind::NotFound, "no existing ancestor folder")
             })?;
             create_dirs(parent, owner)?;
-            match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o777)) {
+            match rustix::fs::mkdir(dir, mode) {
                 Ok(()) => {}
-                Err(Errno::EXIST) => return Ok(()),
+                Err(Errno::EXIST | Errno::NOENT) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
         }
         Err(e) => return Err(e.into()),
     }
+    // Through a descriptor of the folder just made, so that mode and owner land on it and not on
+    // whatever a symlink swapped in at the path points to.
+    let fd = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    // The umask may have narrowed the mode given to mkdir.
+    rustix::fs::fchmod(&fd, mode)?;
     if let Some(owner) = owner {
-        std::os::unix::fs::chown(dir, Some(owner.uid), Some(owner.gid))?;
+        std::os::unix::fs::fchown(&fd, Some(owner.uid), Some(owner.gid))?;
     }
     Ok(())
 }

@@ -285,7 +285,7 @@ impl From<ExclusiveGuard> for LockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DirLocker, Error, FileLocker};
+    use crate::{DirLocker, DualSchemeLocker, Error, FileLocker};
 
     fn send_sync<T: Send + Sync>() {}
 
@@ -293,6 +293,7 @@ mod tests {
     fn everything_shared_is_send_and_sync() {
         send_sync::<FileLocker>();
         send_sync::<DirLocker>();
+        send_sync::<DualSchemeLocker>();
         send_sync::<Box<dyn Locker>>();
         send_sync::<LockGuard>();
         send_sync::<ExclusiveGuard>();

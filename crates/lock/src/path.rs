@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_PLAIN_LOCK_NAME: usize = 255;
 
 /// Escaped bytes kept from each end of a long name in its hashed form.
-const HASHED_KEEP: usize = 80;
+pub(crate) const HASHED_KEEP: usize = 80;
 
 /// Folder (beneath the namespace folder) holding the lock files of long names.
 pub const HASHED_DIR_NAME: &str = "hashed";
@@ -36,6 +36,81 @@ pub fn escape_unit_path(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 2);
     push_escaped(&mut out, &[raw]);
     ascii_string(out)
+}
+
+/// The inverse of [`escape_unit_path`]: the path a lock file name was escaped from, or `None` if
+/// `name` is not exactly what [`escape_unit_path`] produces for some path.
+///
+/// `-` becomes `/` and `\xNN` (two lowercase hex digits) the byte `NN`. Only the spelling
+/// [`escape_unit_path`] itself writes is accepted: a byte escaped that needs no escaping (`\x61`),
+/// a byte left bare that needs escaping (`:`, a leading `.`), uppercase hex, a truncated escape,
+/// or a leading `-` (a leading `/` is never kept) give `None`. So whenever the result is `Some`,
+/// escaping it gives `name` back. The one name with two pre-images is `-`, the escape of both
+/// `""` and `"/"`; it unescapes to `""`.
+///
+/// ```
+/// use keepsake_lock::{escape_unit_path, unescape_unit_path};
+///
+/// let name = r"vm-100-2022\x2d05\x2d02T08\x3a11\x3a33Z";
+/// assert_eq!(unescape_unit_path(name).as_deref(), Some(&b"vm/100/2022-05-02T08:11:33Z"[..]));
+/// assert_eq!(escape_unit_path(b"vm/100/2022-05-02T08:11:33Z"), name);
+/// assert_eq!(unescape_unit_path(r"\x2ehidden-.x").as_deref(), Some(&b".hidden/.x"[..]));
+/// assert_eq!(unescape_unit_path("vm-100x").as_deref(), Some(&b"vm/100x"[..]));
+/// // Not spellings escape_unit_path would produce:
+/// for name in [r"vm-10\x30", "vm-2022:05", ".x", r"\x2E", r"a\x2", "-vm", r"\x2f"] {
+///     assert_eq!(unescape_unit_path(name), None, "{name}");
+/// }
+/// ```
+pub fn unescape_unit_path(name: &str) -> Option<Vec<u8>> {
+    match name {
+        "" => return None,
+        "-" => return Some(Vec::new()),
+        _ => {}
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let first = out.is_empty();
+        let byte = match bytes[at] {
+            b'\\' => {
+                let escaped = match bytes.get(at..at + 4) {
+                    Some([b'\\', b'x', high, low]) => (hex_value(*high)? << 4) | hex_value(*low)?,
+                    _ => return None,
+                };
+                // `/` is never escaped (it becomes `-`), and kept bytes are never escaped.
+                if escaped == b'/' || (keeps(escaped) && !(first && escaped == b'.')) {
+                    return None;
+                }
+                at += 4;
+                out.push(escaped);
+                continue;
+            }
+            // A leading `/` is stripped before escaping, never written as `-`.
+            b'-' if first => return None,
+            b'-' => b'/',
+            b'.' if first => return None,
+            b if keeps(b) => b,
+            _ => return None,
+        };
+        at += 1;
+        out.push(byte);
+    }
+    Some(out)
+}
+
+/// Whether [`escape_unit_path`] writes `byte` as it is (anywhere but at the start, for `.`).
+fn keeps(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'.'
+}
+
+/// The value of a lowercase hex digit, as [`escape_unit_path`] writes them.
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    }
 }
 
 /// The path of a PBS 4 lock file relative to `<lock root>/<store>/`.
@@ -117,7 +192,7 @@ fn push_escaped(out: &mut Vec<u8>, pieces: &[&[u8]]) {
         index = Some(i + 1);
         if b == b'/' {
             out.push(b'-');
-        } else if (i == 0 && b == b'.') || !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+        } else if (i == 0 && b == b'.') || !keeps(b) {
             out.extend_from_slice(&[
                 b'\\',
                 b'x',
@@ -224,6 +299,51 @@ mod tests {
         check(&[b"/", b"", b"a"]);
         check(&[b"", b""]);
         check(&[b".", b"."]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn unescape_inverts_escape(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let name = escape_unit_path(&raw);
+            let back = unescape_unit_path(&name).expect("an escaped name unescapes");
+            // Escaping forgets leading slashes only.
+            let stripped = &raw[raw.iter().take_while(|&&b| b == b'/').count()..];
+            proptest::prop_assert_eq!(&back, stripped);
+            proptest::prop_assert_eq!(escape_unit_path(&back), name);
+        }
+
+        #[test]
+        fn unescape_accepts_only_what_escape_writes(name in "[-_.a-z0-9:\\\\x]{0,24}") {
+            if let Some(raw) = unescape_unit_path(&name) {
+                proptest::prop_assert_eq!(escape_unit_path(&raw), name);
+            }
+        }
+
+        #[test]
+        fn unescape_of_lock_like_names(
+            name in "(vm|ct|host)-[a-z0-9._]{1,8}(-[0-9]{4}\\\\x2d[0-9]{2}\\\\x2d[0-9]{2}T[0-9]{2}\\\\x3a[0-9]{2}\\\\x3a[0-9]{2}Z)?"
+        ) {
+            let raw = unescape_unit_path(&name).expect("well-formed");
+            proptest::prop_assert_eq!(escape_unit_path(&raw), name);
+        }
+    }
+
+    #[test]
+    fn unescape_rejects_every_other_spelling() {
+        assert_eq!(unescape_unit_path(""), None);
+        assert_eq!(unescape_unit_path("-"), Some(Vec::new()));
+        assert_eq!(unescape_unit_path("a--b-").as_deref(), Some(&b"a//b/"[..]));
+        assert_eq!(unescape_unit_path(r"\x2e").as_deref(), Some(&b"."[..]));
+        assert_eq!(
+            unescape_unit_path(r"a.\x00\xff").as_deref(),
+            Some(&b"a.\x00\xff"[..])
+        );
+        for bad in [
+            "--", "-a", ".a", r"a\x2E", r"a\X2e", r"a\x2", r"a\", r"a\x2g", r"a\x41", r"a\x2f",
+            r"a\x5f", r"a\x2ex", "a b", "a:b", "ä",
+        ] {
+            assert_eq!(unescape_unit_path(bad), None, "{bad:?}");
+        }
     }
 
     #[track_caller]
