@@ -37,6 +37,7 @@ pub mod iter;
 pub mod journal;
 pub mod lease;
 mod namespace;
+pub mod pbs_host;
 pub mod prune;
 mod prune_apply;
 mod refresh;
@@ -56,6 +57,10 @@ pub use lease::{
     probe_conditional_writes,
 };
 pub use namespace::NamespaceRemoval;
+pub use pbs_host::{
+    ActiveOperation, MaintenanceMode, MaintenanceRefusal, MaintenanceType, Operation, PbsDatastore,
+    PbsHost, PbsHostError,
+};
 pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, PrunedSnapshot};
 pub use refresh::{CacheCheck, CacheDifference, CacheDifferenceKind, CacheRefresh, CacheReport};
 pub use relocate::{MoveRefusal, MoveReport};
