@@ -39,6 +39,7 @@ pub mod journal;
 pub mod lease;
 mod moves;
 mod namespace;
+pub mod pbs_host;
 pub mod prune;
 mod prune_apply;
 mod read_only;
@@ -60,6 +61,10 @@ pub use lease::{
 };
 pub use moves::MoveReport;
 pub use namespace::NamespaceRemoval;
+pub use pbs_host::{
+    ActiveOperation, MaintenanceMode, MaintenanceRefusal, MaintenanceType, Operation, PbsDatastore,
+    PbsHost, PbsHostError,
+};
 pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, PrunedSnapshot};
 pub use recover::{
     InterruptedIntent, PendingIntent, RecoveredIntent, RecoveryOutcome, RecoveryReport,
