@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use keepsake_backend::SyncLevel;
 use keepsake_datastore::prune::KeepWithin;
 use keepsake_hierarchy::{Authid, BackupNamespace, GroupFilter};
+use keepsake_lock::LockScheme;
 
 use crate::target::{GroupArg, SnapshotArg, TargetArg};
 
@@ -46,9 +47,40 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, env = "KEEPSAKE_STORE", value_name = "PATH")]
     pub(crate) store: Option<PathBuf>,
 
-    /// The datastore name (lock folder, S3 key prefix); default: the store folder's name.
+    /// The datastore name (lock folder, S3 key prefix); default: the name PBS's datastore.cfg
+    /// gives this folder, else the folder's own name (symbolic links resolved).
     #[arg(long, global = true, env = "KEEPSAKE_STORE_NAME", value_name = "NAME")]
     pub(crate) name: Option<String>,
+
+    /// A datastore PBS knows, by its name in datastore.cfg: its path and name come from there.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_DATASTORE",
+        value_name = "NAME",
+        conflicts_with_all = ["store", "name"]
+    )]
+    pub(crate) datastore: Option<String>,
+
+    /// PBS's configuration folder (datastore.cfg: datastore names, paths, maintenance modes).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_PBS_CONFIG_DIR",
+        value_name = "DIR",
+        default_value = "/etc/proxmox-backup"
+    )]
+    pub(crate) pbs_config_dir: PathBuf,
+
+    /// PBS's runtime folder (lock files under `locks/`, the active-operations counters).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_PBS_RUN_DIR",
+        value_name = "DIR",
+        default_value = "/run/proxmox-backup"
+    )]
+    pub(crate) pbs_run_dir: PathBuf,
 
     /// S3 endpoint URL (default: AWS for the region); credentials come from AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN.
@@ -81,10 +113,22 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, value_name = "SECS")]
     pub(crate) lease_secs: Option<u64>,
 
-    /// Folder for lock files (default: /run/proxmox-backup/locks if it exists, to exclude a PBS
-    /// server on this host; else `<temp dir>/keepsake-locks-<uid>`).
+    /// Folder for lock files (default: PBS's `<pbs run dir>/locks` if it exists, to exclude a PBS
+    /// server on this host; else `<temp dir>/keepsake-locks-<uid>`). It must not be, hold or lie
+    /// inside the datastore folder.
     #[arg(long, global = true, env = "KEEPSAKE_LOCK_ROOT", value_name = "DIR")]
     pub(crate) lock_root: Option<PathBuf>,
+
+    /// Which PBS locks to take: `files` (PBS 4's lock files), `dirs` (PBS 3's folder locks) or
+    /// `both` (default with PBS's lock root, so that PBS 3 and PBS 4 are both excluded; else
+    /// `files`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_LOCK_SCHEME",
+        value_name = "SCHEME"
+    )]
+    pub(crate) lock_scheme: Option<LockScheme>,
 
     /// How much a local write forces to disk: `filesystem` (PBS's default: durable when the
     /// command returns), `file` or `none` (PBS's `sync-level` tuning option).

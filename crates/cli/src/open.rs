@@ -20,8 +20,9 @@ use anyhow::{Context, Result, bail};
 use keepsake_backend::{
     Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
 };
+use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
 use keepsake_datastore::{Access, DataStore, DataStoreBuilder, LeaseSettings};
-use keepsake_lock::{DirLocker, FileLocker, LockScheme, LockTarget, PBS_LOCK_ROOT};
+use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
 use object_store::ObjectStoreExt;
 
 use crate::cli::GlobalArgs;
@@ -30,7 +31,7 @@ use crate::error::UsageError;
 /// Where the datastore is and how to reach it, from the global options.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreSpec {
-    /// The datastore folder (S3: the cache folder).
+    /// The datastore folder (S3: the cache folder), with symbolic links resolved.
     pub(crate) path: PathBuf,
     /// The datastore name.
     pub(crate) name: String,
@@ -44,6 +45,10 @@ pub(crate) struct StoreSpec {
     pub(crate) sync_level: SyncLevel,
     /// `--multi-host` (S3 only): the lease settings.
     pub(crate) multi_host: Option<LeaseSettings>,
+    /// The PBS server's folders on this host.
+    pub(crate) host: PbsHost,
+    /// The datastore as PBS's datastore.cfg knows it, if it does.
+    pub(crate) pbs: Option<PbsDatastore>,
 }
 
 /// The longest `--lease-secs` taken: a day (a crashed host's leases block others that long).
@@ -59,24 +64,79 @@ pub(crate) struct Session {
     /// For an S3 datastore: the cached backend the store was built with (the same `Arc`, as
     /// `DataStore::check_cache`, `refresh_cache` and `fsck` require).
     pub(crate) cached: Option<Arc<CachedBackend>>,
+    /// This command's entry in PBS's active-operations counter, while it runs.
+    _operation: Option<ActiveOperation>,
 }
 
 impl StoreSpec {
-    /// The datastore named by `--store` (or `path`, when the command names the folder itself).
-    pub(crate) fn from_args(global: &GlobalArgs, path: Option<&Path>) -> Result<Self> {
-        let path = match (path, &global.store) {
-            (Some(p), _) => p.to_path_buf(),
-            (None, Some(p)) => p.clone(),
-            (None, None) => {
+    /// The datastore named by `--datastore`, `--store` (or `path`, when the command names the
+    /// folder itself), for a command with this `access`.
+    pub(crate) fn from_args(
+        global: &GlobalArgs,
+        path: Option<&Path>,
+        access: Access,
+    ) -> Result<Self> {
+        let host = PbsHost::new(&global.pbs_config_dir, &global.pbs_run_dir);
+        let (path, name, pbs) = match (&global.datastore, path, &global.store) {
+            (Some(name), None, _) => {
+                let found = host
+                    .find(name)
+                    .with_context(|| format!("cannot read {}", host.datastore_cfg().display()))?
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "PBS knows no datastore `{name}` (in {})",
+                            host.datastore_cfg().display()
+                        ))
+                    })?;
+                (found.path.clone(), name.clone(), Some(found))
+            }
+            (Some(_), Some(_), _) => {
                 return Err(UsageError(
-                    "no datastore given: pass --store PATH (or set KEEPSAKE_STORE)".to_owned(),
+                    "--datastore names a PBS datastore: this command takes a folder instead"
+                        .to_owned(),
                 )
                 .into());
             }
-        };
-        let name = match &global.name {
-            Some(name) => name.clone(),
-            None => folder_name(&path)?,
+            (None, given, store) => {
+                let given = match (given, store) {
+                    (Some(p), _) => p.to_path_buf(),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => {
+                        return Err(UsageError(
+                            "no datastore given: pass --store PATH or --datastore NAME (or set \
+                             KEEPSAKE_STORE)"
+                                .to_owned(),
+                        )
+                        .into());
+                    }
+                };
+                // The folder's real place: a second path (a symbolic link) to the same store
+                // must give the same name, hence the same locks.
+                let path = resolve(&given)?;
+                // (A folder that does not exist yet, for `init`, is no datastore PBS knows.)
+                let pbs = if path.exists() {
+                    host.find_by_path(&path).with_context(|| {
+                        format!("cannot read {}", host.datastore_cfg().display())
+                    })?
+                } else {
+                    None
+                };
+                let name = match (&global.name, &pbs) {
+                    (Some(name), Some(known)) if *name != known.name => {
+                        return Err(UsageError(format!(
+                            "PBS knows {} as datastore `{}`: --name {name} would not exclude \
+                             PBS's locks",
+                            path.display(),
+                            known.name
+                        ))
+                        .into());
+                    }
+                    (Some(name), _) => name.clone(),
+                    (None, Some(known)) => known.name.clone(),
+                    (None, None) => derived_name(&path, access)?,
+                };
+                (path, name, pbs)
+            }
         };
         keepsake_hierarchy::check_datastore_name(&name).map_err(|e| {
             UsageError(format!(
@@ -100,15 +160,34 @@ impl StoreSpec {
             )
             .into());
         }
+        let pbs_lock_root = host.lock_root();
         let lock_root = match &global.lock_root {
             Some(root) => root.clone(),
+            None if pbs_lock_root.is_dir() => pbs_lock_root.clone(),
             None => default_lock_root(),
         };
-        let scheme = if lock_root == Path::new(PBS_LOCK_ROOT) {
-            LockScheme::from_old_locking_flag(keepsake_lock::PBS_OLD_LOCKING_FLAG)
-        } else {
-            LockScheme::LockFiles
+        let is_pbs_root = resolve(&lock_root).ok() == resolve(&pbs_lock_root).ok();
+        let scheme = match global.lock_scheme {
+            Some(scheme) => scheme,
+            // PBS 3 locks folders, PBS 4 lock files: beside a PBS server, exclude either.
+            None if is_pbs_root => LockScheme::Both,
+            None => LockScheme::LockFiles,
         };
+        if is_pbs_root && pbs.is_none() {
+            tracing::warn!(
+                "PBS runs on this host but its datastore.cfg does not know {}: keepsake locks it \
+                 as datastore `{name}`, which only excludes a PBS datastore of that name",
+                path.display()
+            );
+        }
+        keepsake_lock::check_lock_root(&lock_root, &path).map_err(|e| {
+            UsageError(format!(
+                "lock root {} cannot be used for {}: {}",
+                lock_root.display(),
+                path.display(),
+                crate::error::chain_line(&e)
+            ))
+        })?;
         Ok(Self {
             path,
             name,
@@ -117,7 +196,49 @@ impl StoreSpec {
             scheme,
             sync_level: global.sync_level,
             multi_host,
+            host,
+            pbs,
         })
+    }
+
+    /// PBS's maintenance mode and active-operations counter: refuses what the datastore's
+    /// maintenance mode forbids, and registers this command while it runs (when PBS's runtime
+    /// folder exists), so that PBS sees the datastore in use.
+    fn enter(&self, access: Access, owner: Option<FileOwner>) -> Result<Option<ActiveOperation>> {
+        if self.pbs.is_none() {
+            return Ok(None);
+        }
+        let op = match access {
+            Access::ReadOnly => Operation::Read,
+            _ => Operation::Write,
+        };
+        match self.host.enter(&self.name, op, owner) {
+            Ok((_, operation)) => Ok(Some(operation)),
+            Err(e) if e.is_no_run_dir() => {
+                // PBS is not running here: its maintenance mode still holds.
+                if let Some(known) = &self.pbs {
+                    known.check(op).map_err(|refusal| {
+                        anyhow::anyhow!("datastore `{}` is unavailable: {refusal}", self.name)
+                    })?;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e)
+                    .context(format!("datastore `{}` is unavailable", self.name)))
+            }
+        }
+    }
+
+    /// The owner to give what keepsake creates: when running as root, the owner of the
+    /// datastore's `.chunks` folder (PBS's `backup` user on a PBS host), so that PBS can use it.
+    fn file_owner(&self) -> Option<FileOwner> {
+        let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok()?;
+        if euid != 0 {
+            return None;
+        }
+        let owner = FileOwner::of(self.path.join(keepsake_datastore::CHUNK_DIR_NAME)).ok()?;
+        (owner.uid != 0 || owner.gid != 0).then_some(owner)
     }
 
     /// Whether the datastore is on S3.
@@ -131,10 +252,14 @@ impl StoreSpec {
     }
 
     fn builder(&self) -> DataStoreBuilder {
-        DataStore::builder(&self.name, &self.path)
+        let builder = DataStore::builder(&self.name, &self.path)
             .lock_root(&self.lock_root)
             .lock_scheme(self.scheme)
-            .sync_level(self.sync_level)
+            .sync_level(self.sync_level);
+        match self.file_owner() {
+            Some(owner) => builder.file_owner(owner),
+            None => builder,
+        }
     }
 
     /// The builder of an S3 datastore over `cached`, in multi-host mode with `--multi-host`.
@@ -209,6 +334,7 @@ impl StoreSpec {
             bail!("datastore folder {} does not exist", self.path.display());
         }
         tracing::debug!(store = %self.describe(), "opening datastore");
+        let operation = self.enter(access, self.file_owner())?;
         let Some(config) = &self.s3 else {
             let store = self
                 .builder()
@@ -219,6 +345,7 @@ impl StoreSpec {
                 store,
                 spec: self.clone(),
                 cached: None,
+                _operation: operation,
             });
         };
         let remote = self.remote(config)?;
@@ -243,6 +370,7 @@ impl StoreSpec {
             store,
             spec: self.clone(),
             cached: Some(cached),
+            _operation: operation,
         })
     }
 
@@ -262,6 +390,7 @@ impl StoreSpec {
                 store,
                 spec: self.clone(),
                 cached: None,
+                _operation: None,
             });
         };
         let remote = self.remote(config)?;
@@ -308,6 +437,7 @@ impl StoreSpec {
             store,
             spec: self.clone(),
             cached: Some(cached),
+            _operation: None,
         })
     }
 
@@ -334,7 +464,7 @@ impl StoreSpec {
     /// The lock file of `target` under this spec's lock root and scheme.
     pub(crate) fn lock_path(&self, target: &LockTarget<'_>) -> Result<PathBuf> {
         Ok(match self.scheme {
-            LockScheme::LockFiles => {
+            LockScheme::LockFiles | LockScheme::Both => {
                 FileLocker::new(&self.lock_root, &self.name)?.lock_path(target)
             }
             _ => DirLocker::new(&self.path, &self.lock_root, &self.name)?.lock_path(target),
@@ -368,28 +498,55 @@ fn multi_host_settings(multi_host: bool, lease_secs: Option<u64>) -> Result<Opti
     Ok(Some(LeaseSettings::with_lease(lease)))
 }
 
-/// The folder's last component, as the default datastore name.
-fn folder_name(path: &Path) -> Result<String> {
-    let absolute;
-    let path = if path.is_absolute() {
-        path
+/// `path` made absolute with its symbolic links resolved; a path that does not exist yet (a
+/// datastore about to be created) is resolved through its nearest existing ancestor.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
     } else {
-        absolute = std::env::current_dir()
-            .map(|cwd| cwd.join(path))
-            .unwrap_or_else(|_| path.to_path_buf());
-        &absolute
+        std::env::current_dir()
+            .context("cannot find the current folder")?
+            .join(path)
     };
-    let name = path
-        .components()
-        .rfind(|c| matches!(c, std::path::Component::Normal(_)))
-        .and_then(|c| c.as_os_str().to_str())
-        .ok_or_else(|| {
-            UsageError(format!(
-                "cannot take a datastore name from {}: pass --name NAME",
-                path.display()
-            ))
-        })?;
-    Ok(name.to_owned())
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(mut resolved) => {
+                resolved.extend(rest.iter().rev());
+                return Ok(resolved);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name.to_owned());
+                        existing = parent;
+                    }
+                    _ => return Err(e).context(format!("cannot resolve {}", path.display())),
+                }
+            }
+            Err(e) => return Err(e).context(format!("cannot resolve {}", path.display())),
+        }
+    }
+}
+
+/// The folder's own name, as the datastore name when neither `--name` nor PBS's datastore.cfg
+/// gives one. A name PBS would refuse (shorter than 3 bytes, say) is only good enough for a
+/// read-only command, which then uses a name of its own for its lock folder (`ks-` and a hash
+/// of the path): a PBS datastore cannot have the folder's name, so no PBS lock is missed.
+fn derived_name(path: &Path, access: Access) -> Result<String> {
+    let name = path.file_name().and_then(|c| c.to_str()).ok_or_else(|| {
+        UsageError(format!(
+            "cannot take a datastore name from {}: pass --name NAME",
+            path.display()
+        ))
+    })?;
+    if keepsake_hierarchy::check_datastore_name(name).is_ok() || access != Access::ReadOnly {
+        return Ok(name.to_owned());
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    Ok(format!("ks-{}", hex::encode(&digest[..8])))
 }
 
 /// Refuses a folder that has visible entries (what `DataStoreBuilder::create` would refuse),
@@ -514,13 +671,8 @@ fn s3_config(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> Resu
     Ok(config)
 }
 
-/// PBS's lock root if a PBS server runs here (so that both exclude each other), else a folder of
-/// this user's in the temp folder.
+/// Without PBS on this host: a folder of this user's in the temp folder.
 fn default_lock_root() -> PathBuf {
-    let pbs = Path::new(PBS_LOCK_ROOT);
-    if pbs.is_dir() {
-        return pbs.to_path_buf();
-    }
     let uid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .unwrap_or(0);
@@ -533,9 +685,17 @@ mod tests {
 
     #[test]
     fn names_come_from_the_folder() {
-        assert_eq!(folder_name(Path::new("/srv/store1")).unwrap(), "store1");
-        assert_eq!(folder_name(Path::new("/srv/store1/")).unwrap(), "store1");
-        assert!(folder_name(Path::new("/")).is_err());
+        let write = Access::ReadWrite;
+        assert_eq!(
+            derived_name(Path::new("/srv/store1"), write).unwrap(),
+            "store1"
+        );
+        assert!(derived_name(Path::new("/"), write).is_err());
+        // Too short for PBS: a write must be given a name, a read gets one of its own.
+        assert_eq!(derived_name(Path::new("/srv/ab"), write).unwrap(), "ab");
+        let read = derived_name(Path::new("/srv/ab"), Access::ReadOnly).unwrap();
+        assert!(read.starts_with("ks-") && read.len() == 19, "{read}");
+        assert!(keepsake_hierarchy::check_datastore_name(&read).is_ok());
     }
 
     #[test]

@@ -56,6 +56,17 @@ pub enum Error {
         source: keepsake_lock::Error,
     },
 
+    /// The lock root cannot be used for this datastore: it is, holds or lies inside the datastore
+    /// folder, or the locker could not be made for it.
+    #[error("cannot use lock root {}", lock_root.display())]
+    LockRoot {
+        /// The lock root given.
+        lock_root: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: keepsake_lock::Error,
+    },
+
     /// An operation failed after it had changed part of what it announced. `done` names exactly
     /// what was removed or moved already; the rest is recorded in the intent journal, and the
     /// next [`DataStore::recover`](crate::DataStore::recover) (or write command) completes it.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | temporary files of atomic writes (keepsake's `.<name>.tmp_*`, PBS's `<name>.tmp_XXXXXX`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
 //! | interrupted operations in the intent journal | [`DataStore::recover`] |
-//! | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
+//! | lock files of the store's scheme nobody holds ([`FsckOptions::sweep_lock_files`]; other entries of the lock folder are never touched, and a lock root that overlaps the datastore is refused) | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
 //! | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
 //! | groups without an owner file | report only |
 //! | unfinished snapshots (no manifest) whose backup time is older than [`FsckOptions::unfinished_older_than`] | report only |
@@ -14,13 +14,13 @@
 //!
 //! It never removes a snapshot folder, a manifest, or a `.protected` marker.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keepsake_backend::{CachedBackend, EntryKind, is_temporary_name};
 use keepsake_hierarchy::{BackupNamespace, BackupTime};
-use keepsake_lock::{LockFile, LockMode};
+use keepsake_lock::{SweepMode, SweepOptions, sweep_lock_folder};
 
 use crate::error::{Error, Result};
 use crate::group::Group;
@@ -36,9 +36,11 @@ pub struct FsckOptions {
     pub repair: bool,
     /// Report unfinished snapshots whose backup time is older than this (`None`: do not report).
     pub unfinished_older_than: Option<Duration>,
-    /// The folder of this datastore's PBS 4 lock files (`<lock root>/<store>`, see
-    /// `keepsake_lock::FileLocker::store_dir`); `None`: lock files are not checked.
-    pub lock_dir: Option<PathBuf>,
+    /// Sweep this datastore's lock folder (`<lock root>/<store>`) for lock files nobody holds
+    /// ([`keepsake_lock::sweep_lock_folder`] with the store's lock root and scheme): only names
+    /// the scheme produces are candidates, and a lock root that overlaps the datastore is
+    /// refused before anything is checked or changed.
+    pub sweep_lock_files: bool,
     /// The cached S3 backend the store was built with: compare bucket and cache (by size).
     pub cache: Option<Arc<CachedBackend>>,
 }
@@ -54,6 +56,9 @@ pub struct FsckReport {
     pub temp_files_in_use: Vec<String>,
     /// Lock files nobody held when checked.
     pub unused_lock_files: Vec<PathBuf>,
+    /// Entries of the lock folder that are not lock files of the scheme (PBS's `move-journal`,
+    /// anything else): never touched.
+    pub foreign_lock_entries: Vec<PathBuf>,
     /// Groups without a snapshot folder.
     pub empty_groups: Vec<String>,
     /// Groups whose owner file is missing or unreadable (report only).
@@ -99,7 +104,7 @@ impl DataStore {
     /// |---|---|
     /// | temporary files of atomic writes (keepsake's `.<name>.tmp_*`, PBS's `<name>.tmp_XXXXXX`) in group and snapshot folders | removed, under the group lock, or the snapshot and manifest locks (taken without waiting; busy means in use: left) |
     /// | interrupted operations in the intent journal | [`DataStore::recover`] |
-    /// | lock files (PBS 4 scheme) nobody holds, below [`FsckOptions::lock_dir`] | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
+    /// | lock files of the store's scheme nobody holds ([`FsckOptions::sweep_lock_files`]; other entries of the lock folder are never touched, and a lock root that overlaps the datastore is refused) | removed while held exclusively (taken without waiting), the order that keeps other lockers' double-stat check sound |
     /// | empty groups (no snapshot folder) | the group folder, owner and notes removed under the group lock |
     /// | groups without an owner file | report only |
     /// | unfinished snapshots (no manifest) whose backup time is older than [`FsckOptions::unfinished_older_than`] | report only |
@@ -129,6 +134,23 @@ impl DataStore {
     /// Only when the namespaces cannot be listed at all, or the journal cannot be read.
     pub fn fsck(&self, options: &FsckOptions) -> Result<FsckReport> {
         let mut report = FsckReport::default();
+        // The lock root is checked before anything else: one that overlaps the datastore
+        // refuses the whole run, with nothing changed.
+        // (A lock root that does not exist holds no lock file to sweep.)
+        let sweep = if let (true, Some((lock_root, scheme))) = (
+            options.sweep_lock_files,
+            self.lock_files().filter(|(r, _)| r.exists()),
+        ) {
+            let sweep = SweepOptions::new(lock_root, self.name(), self.path().unwrap_or(lock_root))
+                .scheme(scheme);
+            sweep_lock_folder(&sweep).map_err(|source| Error::LockRoot {
+                lock_root: lock_root.to_owned(),
+                source,
+            })?;
+            Some(sweep)
+        } else {
+            None
+        };
         // Interrupted operations first: their completion may be what empties a group.
         if options.repair {
             report.recovery = Some(self.recover()?);
@@ -167,8 +189,30 @@ impl DataStore {
                 }
             }
         }
-        if let Some(dir) = &options.lock_dir {
-            fsck_lock_dir(dir, options.repair, &mut report);
+        if let Some(sweep) = sweep {
+            let mode = if options.repair {
+                SweepMode::Remove
+            } else {
+                SweepMode::ReportOnly
+            };
+            match sweep_lock_folder(&sweep.mode(mode)) {
+                Ok(swept) => {
+                    if options.repair {
+                        report.repaired.extend(
+                            swept
+                                .free_lock_files
+                                .iter()
+                                .map(|p| format!("removed unused lock file {}", p.display())),
+                        );
+                    }
+                    report.unused_lock_files = swept.free_lock_files;
+                    report.foreign_lock_entries = swept.foreign_entries;
+                    report
+                        .errors
+                        .extend(swept.errors.iter().map(|e| crate::error::chain(e)));
+                }
+                Err(e) => report.errors.push(crate::error::chain(&e)),
+            }
         }
         if let Some(cached) = &options.cache {
             let check = self.check_cache(cached, CacheCheck::Sizes)?;
@@ -325,55 +369,6 @@ impl DataStore {
                 .repaired
                 .push(format!("removed temporary file {rel}")),
             Err(e) => report.errors.push(format!("removing {rel}: {e}")),
-        }
-    }
-}
-
-/// Lock files below `dir` that nobody holds; with `repair`, each removed while held exclusively.
-fn fsck_lock_dir(dir: &Path, repair: bool, report: &mut FsckReport) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(folder) = stack.pop() {
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                report.errors.push(format!("{}: {e}", folder.display()));
-                continue;
-            }
-        };
-        for entry in entries.flatten() {
-            // Never follows links: a lock folder is only ever made of folders and files.
-            let Ok(ty) = entry.file_type() else { continue };
-            if ty.is_dir() {
-                stack.push(entry.path());
-                continue;
-            }
-            if !ty.is_file() {
-                continue;
-            }
-            let lock = LockFile::new(entry.path());
-            match lock.lock(LockMode::Exclusive, Duration::ZERO) {
-                Ok(guard) => {
-                    report.unused_lock_files.push(entry.path());
-                    if repair {
-                        if let Ok(exclusive) = guard.into_exclusive() {
-                            match exclusive.remove() {
-                                Ok(()) => report.repaired.push(format!(
-                                    "removed unused lock file {}",
-                                    entry.path().display()
-                                )),
-                                Err(e) => report
-                                    .errors
-                                    .push(format!("{}: {e}", entry.path().display())),
-                            }
-                        }
-                    }
-                }
-                Err(e) if e.is_busy() => {}
-                Err(e) => report
-                    .errors
-                    .push(format!("{}: {e}", entry.path().display())),
-            }
         }
     }
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, GroupPath, SnapshotPath};
-use keepsake_lock::{ExclusiveGuard, LockFile};
+use keepsake_lock::{ExclusiveGuard, FileOwner, LockFile};
 
 use crate::error::{Error, Result};
 use crate::store::DataStore;
@@ -456,6 +456,7 @@ pub(crate) struct IntentGuard {
     id: String,
     intent: Intent,
     lock: Option<ExclusiveGuard>,
+    owner: Option<FileOwner>,
     /// False when the backend has no host-local folder to journal in.
     enabled: bool,
 }
@@ -489,6 +490,7 @@ impl IntentGuard {
             &self.dir,
             &format!("{}{INTENT_SUFFIX}", self.id),
             self.intent.encode().as_bytes(),
+            self.owner,
         )
         .map_err(|source| Error::Journal {
             path: self.dir.join(&self.id),
@@ -604,8 +606,17 @@ pub(crate) fn is_running(dir: &Path, id: &str) -> Result<bool> {
 }
 
 /// Takes the lock of intent `id` without waiting: `None` when its operation is still running.
-pub(crate) fn try_lock(dir: &Path, id: &str) -> Result<Option<ExclusiveGuard>> {
-    match LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}"))).lock_exclusive(Duration::ZERO) {
+/// A lock file this creates gets `owner`.
+pub(crate) fn try_lock(
+    dir: &Path,
+    id: &str,
+    owner: Option<FileOwner>,
+) -> Result<Option<ExclusiveGuard>> {
+    let mut file = LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}")));
+    if let Some(owner) = owner {
+        file = file.owner(owner);
+    }
+    match file.lock_exclusive(Duration::ZERO) {
         Ok(lock) => Ok(Some(lock)),
         Err(e) if e.is_busy() => Ok(None),
         Err(e) => Err(Error::lock("intent", id.to_owned(), e)),
@@ -613,12 +624,19 @@ pub(crate) fn try_lock(dir: &Path, id: &str) -> Result<Option<ExclusiveGuard>> {
 }
 
 /// Wraps an intent whose lock is held (recovery adopting it).
-pub(crate) fn adopt(dir: &Path, id: String, intent: Intent, lock: ExclusiveGuard) -> IntentGuard {
+pub(crate) fn adopt(
+    store: &DataStore,
+    dir: &Path,
+    id: String,
+    intent: Intent,
+    lock: ExclusiveGuard,
+) -> IntentGuard {
     IntentGuard {
         dir: dir.to_owned(),
         id,
         intent,
         lock: Some(lock),
+        owner: store.file_owner(),
         enabled: true,
     }
 }
@@ -636,6 +654,7 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
             id: String::new(),
             intent,
             lock: None,
+            owner: None,
             enabled: false,
         });
     };
@@ -643,18 +662,19 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
         path: path.to_owned(),
         source,
     };
+    let owner = store.file_owner();
     for listed in list(&dir)? {
         if listed.intent.as_ref() != Ok(&intent) {
             continue;
         }
-        if let Some(lock) = try_lock(&dir, &listed.id)? {
+        if let Some(lock) = try_lock(&dir, &listed.id, owner)? {
             // Still there under our lock (not finished by a recovery meanwhile)?
             if dir.join(format!("{}{INTENT_SUFFIX}", listed.id)).exists() {
-                return Ok(adopt(&dir, listed.id, intent, lock));
+                return Ok(adopt(store, &dir, listed.id, intent, lock));
             }
         }
     }
-    fs::create_dir_all(&dir).map_err(|e| journal_error(&dir, e))?;
+    create_journal_dir(&dir, owner).map_err(|e| journal_error(&dir, e))?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -663,7 +683,7 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     for attempt in 0u32..64 {
         // Fixed-width hex: names sort by time. The attempt number breaks ties.
         let id = format!("{nanos:024x}-{pid:08x}-{attempt:02x}");
-        let Some(lock) = try_lock(&dir, &id)? else {
+        let Some(lock) = try_lock(&dir, &id, owner)? else {
             continue;
         };
         let file = dir.join(format!("{id}{INTENT_SUFFIX}"));
@@ -674,6 +694,7 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
             &dir,
             &format!("{id}{INTENT_SUFFIX}"),
             intent.encode().as_bytes(),
+            owner,
         )
         .map_err(|e| journal_error(&file, e))?;
         return Ok(IntentGuard {
@@ -681,6 +702,7 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
             id,
             intent,
             lock: Some(lock),
+            owner,
             enabled: true,
         });
     }
@@ -690,10 +712,33 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     })
 }
 
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+/// Makes the journal folder (and `.keepsake` above it), giving new folders `owner`.
+fn create_journal_dir(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.exists() {
+        missing.push(at.to_owned());
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    fs::create_dir_all(dir)?;
+    if let Some(owner) = owner {
+        for folder in missing {
+            std::os::unix::fs::chown(&folder, Some(owner.uid), Some(owner.gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8], owner: Option<FileOwner>) -> io::Result<()> {
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     {
         let mut file = File::create(&temp)?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
     }

@@ -167,7 +167,7 @@ impl DataStore {
         };
         let mut intents = Vec::new();
         for listed in journal::list(&dir)? {
-            let Some(lock) = journal::try_lock(&dir, &listed.id)? else {
+            let Some(lock) = journal::try_lock(&dir, &listed.id, self.file_owner())? else {
                 report.in_progress += 1;
                 continue;
             };
@@ -178,7 +178,7 @@ impl DataStore {
                 continue;
             }
             match listed.intent {
-                Ok(intent) => intents.push(journal::adopt(&dir, listed.id, intent, lock)),
+                Ok(intent) => intents.push(journal::adopt(self, &dir, listed.id, intent, lock)),
                 Err(reason) => {
                     let bad = dir.join(format!("{}{INTENT_SUFFIX}{BAD_SUFFIX}", listed.id));
                     fs::rename(&file, &bad).map_err(|source| Error::Journal {
@@ -190,7 +190,7 @@ impl DataStore {
                 }
             }
         }
-        remove_orphans(&dir);
+        remove_orphans(&dir, self.file_owner());
         intents.sort_by(|a, b| {
             a.intent()
                 .rank()
@@ -278,7 +278,7 @@ impl DataStore {
 }
 
 /// Leftovers of a writer killed between creating its lock (or temp file) and writing its intent.
-fn remove_orphans(dir: &std::path::Path) {
+fn remove_orphans(dir: &std::path::Path, owner: Option<keepsake_lock::FileOwner>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
@@ -296,7 +296,7 @@ fn remove_orphans(dir: &std::path::Path) {
         if intent_file.exists() {
             continue;
         }
-        if let Ok(Some(lock)) = journal::try_lock(dir, &id) {
+        if let Ok(Some(lock)) = journal::try_lock(dir, &id, owner) {
             if !intent_file.exists() {
                 let _ = fs::remove_file(dir.join(format!("{id}{INTENT_SUFFIX}{TEMP_SUFFIX}")));
                 let _ = lock.remove();

@@ -9,7 +9,7 @@ use keepsake_backend::{
     Backend, BackendPath, EntryKind, LocalBackend, ObjectBackend, SyncLevel, WriteMode,
 };
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
-use keepsake_lock::{LockGuard, LockMode, LockScheme, LockTarget, Locker};
+use keepsake_lock::{FileOwner, LockGuard, LockMode, LockScheme, LockTarget, Locker};
 use keepsake_manifest::crypt::CryptConfig;
 
 use crate::error::{Error, Result};
@@ -61,6 +61,10 @@ struct Inner {
     crypt: Option<CryptConfig>,
     namespace_markers: bool,
     leases: Option<LeaseLocker>,
+    /// The lock root and scheme, when the locker is one of PBS's schemes (for fsck's sweep).
+    lock_files: Option<(PathBuf, LockScheme)>,
+    /// The owner of the files this store creates, when one was given.
+    owner: Option<FileOwner>,
 }
 
 impl fmt::Debug for DataStore {
@@ -111,9 +115,19 @@ pub struct DataStoreBuilder {
     namespace_markers: bool,
     multi_host: Option<(ObjectBackend, LeaseSettings)>,
     access: Access,
+    owner: Option<FileOwner>,
 }
 
 impl DataStoreBuilder {
+    /// Files and folders this store creates (lock files, the intent journal, and with the default
+    /// local backend every datastore file) get this owner and PBS's modes. For running as root
+    /// beside PBS, whose `backup` user must be able to use them: pass the owner of the
+    /// datastore's `.chunks` folder (see [`FileOwner::of`]).
+    pub fn file_owner(mut self, owner: FileOwner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
     /// Read-write (default) or read-only ([`Access::ReadOnly`]): a read-only store refuses every
     /// write, so a command that only reads can never change the datastore by mistake.
     pub fn access(mut self, access: Access) -> Self {
@@ -216,14 +230,26 @@ impl DataStoreBuilder {
                 )
             }
         };
+        let lock_files = match (&leases, &self.locker, &self.lock_root) {
+            (None, None, Some(root)) => Some((root.clone(), self.lock_scheme)),
+            _ => None,
+        };
+        if let Some((root, _)) = &lock_files {
+            // Lock files among the datastore's own files would be swept as lock files one day.
+            keepsake_lock::check_lock_root(root, &self.path).map_err(|source| Error::LockRoot {
+                lock_root: root.clone(),
+                source,
+            })?;
+        }
         let locker: Arc<dyn Locker> = match (&leases, self.locker, self.lock_root) {
             (Some(leases), _, _) => Arc::new(leases.clone()),
             (None, Some(locker), _) => locker,
             (None, None, Some(root)) => Arc::from(
                 self.lock_scheme
-                    .locker(&root, &self.name, &self.path)
-                    .map_err(|e| {
-                        Error::InvalidArgument(format!("lock root {}: {e}", root.display()))
+                    .locker_owned_by(&root, &self.name, &self.path, self.owner)
+                    .map_err(|source| Error::LockRoot {
+                        lock_root: root.clone(),
+                        source,
                     })?,
             ),
             (None, None, None) => {
@@ -250,6 +276,8 @@ impl DataStoreBuilder {
                     crypt: self.crypt,
                     namespace_markers: self.namespace_markers,
                     leases,
+                    lock_files,
+                    owner: self.owner,
                 }),
             },
             self.chunk_prefix_dirs,
@@ -340,6 +368,7 @@ impl DataStore {
             namespace_markers: false,
             multi_host: None,
             access: Access::ReadWrite,
+            owner: None,
         }
     }
 
@@ -364,6 +393,12 @@ impl DataStore {
         &*self.inner.given_backend
     }
 
+    /// The owner of the files this store creates, if one was given
+    /// ([`DataStoreBuilder::file_owner`]).
+    pub fn file_owner(&self) -> Option<FileOwner> {
+        self.inner.owner
+    }
+
     /// Whether this store may change anything.
     pub fn access(&self) -> Access {
         self.inner.access
@@ -375,6 +410,15 @@ impl DataStore {
             Access::ReadWrite => Ok(()),
             Access::ReadOnly => Err(Error::ReadOnly { operation }),
         }
+    }
+
+    /// The lock root and PBS lock scheme, when locks are PBS's lock files or folders (not a
+    /// caller's locker, not leases).
+    pub fn lock_files(&self) -> Option<(&Path, LockScheme)> {
+        self.inner
+            .lock_files
+            .as_ref()
+            .map(|(root, scheme)| (root.as_path(), *scheme))
     }
 
     /// The locker every lock goes through.

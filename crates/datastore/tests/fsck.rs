@@ -185,7 +185,6 @@ fn unused_lock_files_are_removed_held_ones_kept() {
     let root = BackupNamespace::root();
     let a = backup(store, "vm/100", 1_700_000_000);
     backup(store, "vm/101", 1_700_000_000);
-    let lock_dir = t.dir.path().join("locks/teststore");
     let locker = FileLocker::new(t.dir.path().join("locks"), "teststore").unwrap();
     let held_path = locker.lock_path(&LockTarget::snapshot(&root, &a));
     let held = locker
@@ -198,7 +197,7 @@ fn unused_lock_files_are_removed_held_ones_kept() {
     assert!(held_path.exists());
     let options = FsckOptions {
         repair: false,
-        lock_dir: Some(lock_dir.clone()),
+        sweep_lock_files: true,
         ..Default::default()
     };
     let report = store.fsck(&options).unwrap();

@@ -67,9 +67,11 @@ pub enum Error {
         /// The refused name.
         name: String,
     },
-    /// The lock-folder sweep refused to run: the lock folder could be (part of) a datastore, so
-    /// nothing was touched.
-    #[error("refusing to sweep the lock folder of lock root {lock_root:?}: {reason}")]
+    /// A lock root that could be (part of) the datastore: refused by [`check_lock_root`] and by
+    /// the lock-folder sweep before anything was touched.
+    ///
+    /// [`check_lock_root`]: crate::check_lock_root
+    #[error("refused lock root {lock_root:?} for datastore {datastore_root:?}: {reason}")]
     UnsafeLockRoot {
         /// The lock root as given.
         lock_root: PathBuf,
@@ -123,7 +125,7 @@ impl Error {
     }
 }
 
-/// Why the lock-folder sweep refused a lock root ([`Error::UnsafeLockRoot`]). "The lock folder" is
+/// Why a lock root was refused ([`Error::UnsafeLockRoot`]). "The lock folder" is
 /// `<lock root>/<store>`, the folder the sweep would walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -50,6 +50,39 @@ pub struct FileOwner {
     pub gid: u32,
 }
 
+impl FileOwner {
+    /// The owner of the file or folder at `path` (links are not followed): on a PBS host, the
+    /// datastore's `.chunks` folder belongs to PBS's `backup` user, which must be able to use
+    /// what keepsake creates.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `path` cannot be looked at.
+    pub fn of(path: impl AsRef<Path>) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let path = path.as_ref();
+        let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+    }
+
+    /// Gives `fd` (a file or folder this process just created) this owner.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming `path` when the change is refused.
+    pub fn apply(&self, fd: impl rustix::fd::AsFd, path: &Path) -> Result<()> {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::process::Uid::from_raw(self.uid)),
+            Some(rustix::process::Gid::from_raw(self.gid)),
+        )
+        .map_err(|e| Error::io(path, e.into()))
+    }
+}
+
 /// A lock file at a path of the caller's choosing, with PBS's semantics (see the crate docs): for
 /// locks outside the group/snapshot/manifest scheme, such as a datastore-wide journal lock.
 ///

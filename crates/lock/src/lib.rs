@@ -131,4 +131,4 @@ pub use path::{
 pub use scheme::{
     DirLocker, DualSchemeLocker, FileLocker, LockScheme, PBS_LOCK_ROOT, PBS_OLD_LOCKING_FLAG,
 };
-pub use sweep::{SweepMode, SweepOptions, SweepReport, sweep_lock_folder};
+pub use sweep::{SweepMode, SweepOptions, SweepReport, check_lock_root, sweep_lock_folder};

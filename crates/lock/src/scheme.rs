@@ -112,16 +112,36 @@ impl LockScheme {
         store: &str,
         datastore_root: impl AsRef<Path>,
     ) -> Result<Box<dyn Locker>> {
-        Ok(match self {
-            LockScheme::LockFiles => Box::new(FileLocker::new(lock_root, store)?),
-            LockScheme::DirectoryLocks => {
-                Box::new(DirLocker::new(datastore_root.as_ref(), lock_root, store)?)
+        self.locker_owned_by(lock_root, store, datastore_root, None)
+    }
+
+    /// [`locker`](Self::locker) whose lock files and folders are created owned by `owner` (on a
+    /// PBS host when running as root: the datastore's owner, PBS's `backup` user).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidStoreName`] if `store` is not a valid datastore name.
+    pub fn locker_owned_by(
+        self,
+        lock_root: impl AsRef<Path>,
+        store: &str,
+        datastore_root: impl AsRef<Path>,
+        owner: Option<FileOwner>,
+    ) -> Result<Box<dyn Locker>> {
+        let root = datastore_root.as_ref();
+        Ok(match (self, owner) {
+            (LockScheme::LockFiles, None) => Box::new(FileLocker::new(lock_root, store)?),
+            (LockScheme::LockFiles, Some(o)) => {
+                Box::new(FileLocker::new(lock_root, store)?.owner(o))
             }
-            LockScheme::Both => Box::new(DualSchemeLocker::new(
-                datastore_root.as_ref(),
-                lock_root,
-                store,
-            )?),
+            (LockScheme::DirectoryLocks, None) => Box::new(DirLocker::new(root, lock_root, store)?),
+            (LockScheme::DirectoryLocks, Some(o)) => {
+                Box::new(DirLocker::new(root, lock_root, store)?.owner(o))
+            }
+            (LockScheme::Both, None) => Box::new(DualSchemeLocker::new(root, lock_root, store)?),
+            (LockScheme::Both, Some(o)) => {
+                Box::new(DualSchemeLocker::new(root, lock_root, store)?.owner(o))
+            }
         })
     }
 }

@@ -256,7 +256,8 @@ pub fn sweep_lock_folder(options: &SweepOptions) -> Result<SweepReport> {
     Ok(report)
 }
 
-/// Refuses a lock root that is, holds or lies inside the datastore root.
+/// Refuses a lock root that is, holds or lies inside the datastore root (strictly: both must
+/// resolve, as a sweep only runs on an existing lock root).
 fn check_roots(options: &SweepOptions) -> Result<()> {
     let refuse = |reason, source| Error::UnsafeLockRoot {
         lock_root: options.lock_root.clone(),
@@ -268,16 +269,94 @@ fn check_roots(options: &SweepOptions) -> Result<()> {
         .map_err(|e| refuse(LockRootRefusal::LockRootUnresolvable, Some(e)))?;
     let datastore_root = std::fs::canonicalize(&options.datastore_root)
         .map_err(|e| refuse(LockRootRefusal::DatastoreRootUnresolvable, Some(e)))?;
-    let reason = if lock_root == datastore_root {
-        LockRootRefusal::IsDatastoreRoot
-    } else if datastore_root.starts_with(&lock_root) {
-        LockRootRefusal::ContainsDatastoreRoot
-    } else if lock_root.starts_with(&datastore_root) {
-        LockRootRefusal::InsideDatastoreRoot
+    overlap(&lock_root, &datastore_root).map_or(Ok(()), |reason| Err(refuse(reason, None)))
+}
+
+/// How a (canonical) lock root overlaps a (canonical) datastore root, if it does.
+fn overlap(lock_root: &Path, datastore_root: &Path) -> Option<LockRootRefusal> {
+    if lock_root == datastore_root {
+        Some(LockRootRefusal::IsDatastoreRoot)
+    } else if datastore_root.starts_with(lock_root) {
+        Some(LockRootRefusal::ContainsDatastoreRoot)
+    } else if lock_root.starts_with(datastore_root) {
+        Some(LockRootRefusal::InsideDatastoreRoot)
     } else {
-        return Ok(());
+        None
+    }
+}
+
+/// Refuses a lock root that is, holds or lies inside the datastore root: lock files would be
+/// created among the datastore's own files, and a sweep of them would take the datastore's files
+/// for lock files. Paths are compared after resolving symbolic links; a lock root that does not
+/// exist yet is resolved through its nearest existing ancestor.
+///
+/// ```
+/// use keepsake_lock::{Error, LockRootRefusal, check_lock_root};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = dir.path().join("store1");
+/// std::fs::create_dir(&store)?;
+/// assert!(check_lock_root(dir.path().join("locks"), &store).is_ok());
+/// let err = check_lock_root(dir.path(), &store).unwrap_err();
+/// assert!(matches!(err, Error::UnsafeLockRoot { reason: LockRootRefusal::ContainsDatastoreRoot, .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`Error::UnsafeLockRoot`].
+pub fn check_lock_root(
+    lock_root: impl AsRef<Path>,
+    datastore_root: impl AsRef<Path>,
+) -> Result<()> {
+    let (lock_root, datastore_root) = (lock_root.as_ref(), datastore_root.as_ref());
+    let refuse = |reason, source| Error::UnsafeLockRoot {
+        lock_root: lock_root.to_owned(),
+        datastore_root: datastore_root.to_owned(),
+        reason,
+        source,
     };
-    Err(refuse(reason, None))
+    let resolved_lock = resolve_existing_prefix(lock_root)
+        .map_err(|e| refuse(LockRootRefusal::LockRootUnresolvable, Some(e)))?;
+    let resolved_store = resolve_existing_prefix(datastore_root)
+        .map_err(|e| refuse(LockRootRefusal::DatastoreRootUnresolvable, Some(e)))?;
+    overlap(&resolved_lock, &resolved_store).map_or(Ok(()), |reason| Err(refuse(reason, None)))
+}
+
+/// `path` with its longest existing prefix canonicalized and the rest appended as given.
+fn resolve_existing_prefix(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(resolved) => {
+                let mut out = resolved;
+                for part in rest.iter().rev() {
+                    out.push(part);
+                }
+                return Ok(out);
+            }
+            // Missing, or below a regular file (then it can never exist, so it overlaps nothing):
+            // resolve the part that exists.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Err(e);
+                };
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Whether a folder is the lock folder itself (never removed) or one below it.

@@ -492,6 +492,6 @@ fn refusal_reasons_read_well() {
     };
     assert_eq!(
         err.to_string(),
-        "refusing to sweep the lock folder of lock root \"/srv\": it contains the datastore root"
+        "refused lock root \"/srv\" for datastore \"/srv/store1\": it contains the datastore root"
     );
 }

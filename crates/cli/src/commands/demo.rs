@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use keepsake_backend::{BackendPath, WriteMode};
-use keepsake_datastore::{DataStore, Group};
+use keepsake_datastore::{Access, DataStore, Group};
 use keepsake_hierarchy::{
     Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME,
 };
@@ -187,7 +187,7 @@ pub(crate) fn demo(ctx: &Ctx<'_>, dir: &Path) -> Result<ExitCode> {
             .into());
         }
     }
-    let spec = StoreSpec::from_args(&ctx.cli.global, Some(dir))?;
+    let spec = StoreSpec::from_args(&ctx.cli.global, Some(dir), Access::ReadWrite)?;
     if spec.path.is_dir() && std::fs::read_dir(&spec.path)?.next().is_some() {
         bail!(
             "{} is not empty: demo makes a new datastore in a missing or empty folder",

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use keepsake_datastore::{CacheDifferenceKind, FsckOptions, FsckReport, RecoveryOutcome};
-use keepsake_lock::LockScheme;
 use serde::Serialize;
 
 use super::Ctx;
@@ -234,8 +233,7 @@ pub(crate) fn fsck(
     let options = FsckOptions {
         repair,
         unfinished_older_than: unfinished_older_than.map(|a| a.duration),
-        // PBS 3's directory locks are flocks on the datastore's own folders: no files to clean.
-        lock_dir: (spec.scheme == LockScheme::LockFiles).then(|| spec.lock_dir()),
+        sweep_lock_files: true,
         cache: session.cached.clone(),
     };
     let spinner = ctx.out.spinner(if repair {

@@ -32,7 +32,8 @@ impl Ctx<'_> {
     /// change it. Interrupted operations waiting in the journal are only named, in one warning
     /// line.
     pub(crate) fn open_read(&self) -> Result<Session> {
-        let session = StoreSpec::from_args(&self.cli.global, None)?.open(Access::ReadOnly)?;
+        let session = StoreSpec::from_args(&self.cli.global, None, Access::ReadOnly)?
+            .open(Access::ReadOnly)?;
         let interrupted = session.store.interrupted_intents()?;
         if !interrupted.is_empty() {
             let names: Vec<String> = interrupted.iter().map(ToString::to_string).collect();
@@ -82,7 +83,7 @@ impl Ctx<'_> {
 
     /// [`Ctx::open_write`] for commands that recover themselves and report it (`fsck --repair`).
     pub(crate) fn open_write_without_recovery(&self) -> Result<Session> {
-        StoreSpec::from_args(&self.cli.global, None)?.open(Access::ReadWrite)
+        StoreSpec::from_args(&self.cli.global, None, Access::ReadWrite)?.open(Access::ReadWrite)
     }
 
     /// Read-only or for a change, as the command's options say.

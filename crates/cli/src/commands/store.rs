@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use keepsake_backend::{Backend, BackendPath, WriteMode};
-use keepsake_datastore::{CHUNK_DIR_NAME, LOCK_FILE_NAME};
+use keepsake_datastore::{Access, CHUNK_DIR_NAME, LOCK_FILE_NAME};
 use serde::Serialize;
 
 use super::Ctx;
@@ -30,7 +30,7 @@ impl Created {
 
 /// `keepsake init`.
 pub(crate) fn init(ctx: &Ctx<'_>, chunk_prefix_dirs: bool) -> Result<ExitCode> {
-    let spec = StoreSpec::from_args(&ctx.cli.global, None)?;
+    let spec = StoreSpec::from_args(&ctx.cli.global, None, Access::ReadWrite)?;
     let spinner = ctx.out.spinner(if chunk_prefix_dirs {
         "creating the datastore and its 65,536 chunk folders"
     } else {
@@ -63,7 +63,7 @@ struct Refreshed {
 /// (PBS's s3-refresh), then marks the cache folder as a datastore (`.chunks`, `.lock`) so that it
 /// opens.
 pub(crate) fn refresh(ctx: &Ctx<'_>) -> Result<ExitCode> {
-    let spec = StoreSpec::from_args(&ctx.cli.global, None)?;
+    let spec = StoreSpec::from_args(&ctx.cli.global, None, Access::ReadWrite)?;
     let cached = spec.cached_for_refresh()?;
     let spinner = ctx.out.spinner("downloading metadata from the bucket");
     let report = cached.refresh();
