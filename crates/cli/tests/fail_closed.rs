@@ -224,3 +224,183 @@ fn scenario_3_verify_that_cannot_lock_fails() {
     );
     assert_eq!(tree_contents(&store.path), before);
 }
+
+/// A PBS host's folders for one test: `etc/datastore.cfg` and `run/` (with `run/locks`).
+struct PbsHostDirs {
+    _dir: tempfile::TempDir,
+    etc: std::path::PathBuf,
+    run: std::path::PathBuf,
+}
+
+impl PbsHostDirs {
+    fn new(datastore_cfg: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (etc, run) = (dir.path().join("etc"), dir.path().join("run"));
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(run.join("locks")).unwrap();
+        std::fs::write(etc.join("datastore.cfg"), datastore_cfg).unwrap();
+        Self { _dir: dir, etc, run }
+    }
+
+    /// `keepsake --pbs-config-dir … --pbs-run-dir … <args>` (lock root: PBS's, by default).
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = common::keepsake();
+        cmd.arg("--pbs-config-dir")
+            .arg(&self.etc)
+            .arg("--pbs-run-dir")
+            .arg(&self.run)
+            .args(args);
+        cmd
+    }
+
+    fn locker(&self, store: &str) -> FileLocker {
+        FileLocker::new(self.run.join("locks"), store).unwrap()
+    }
+}
+
+fn exclusive_snapshot_lock(locker: &FileLocker, snapshot: &str) -> keepsake_lock::LockGuard {
+    let dir: BackupDir = snapshot.parse().unwrap();
+    locker
+        .lock(
+            &LockTarget::snapshot(&BackupNamespace::root(), &dir),
+            keepsake_lock::LockMode::Exclusive,
+            Duration::ZERO,
+        )
+        .unwrap()
+}
+
+#[test]
+fn scenario_5_a_second_path_to_the_store_keeps_lock_exclusion() {
+    let store = Store::demo();
+    let link = store.path.with_file_name("link");
+    std::os::unix::fs::symlink(&store.path, &link).unwrap();
+    let locker = FileLocker::new(&store.lock_root, "demo").unwrap();
+    let _held = exclusive_snapshot_lock(&locker, CT200[0]);
+    let mut cmd = common::keepsake();
+    cmd.arg("--store")
+        .arg(&link)
+        .arg("--lock-root")
+        .arg(&store.lock_root)
+        .args(["forget", CT200[0]]);
+    let run = common::run(&mut cmd);
+    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(store.path.join(CT200[0]).is_dir());
+}
+
+#[test]
+fn scenario_5_pbs_names_the_datastore_and_its_locks() {
+    let store = Store::demo();
+    let host = PbsHostDirs::new(&format!(
+        "datastore: backups-a\n\tpath {}\n\tcomment the folder is called demo\n",
+        store.path.display()
+    ));
+    let _held = exclusive_snapshot_lock(&host.locker("backups-a"), CT200[0]);
+    // By path: PBS's name decides the lock folder, not the folder's name.
+    let mut cmd = host.cmd(&["forget", CT200[0]]);
+    cmd.arg("--store").arg(&store.path);
+    let run = common::run(&mut cmd);
+    assert!(run.fails(1).contains("locked"), "{run:?}");
+    // By name, from datastore.cfg.
+    let run = common::run(&mut host.cmd(&["--datastore", "backups-a", "forget", CT200[0]]));
+    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(store.path.join(CT200[0]).is_dir());
+    let run = common::run(&mut host.cmd(&["--datastore", "backups-a", "--json", "groups"]));
+    assert_eq!(run.json().as_array().unwrap().len(), 3, "{run:?}");
+    // A --name that contradicts PBS is refused before anything happens.
+    let mut cmd = host.cmd(&["--name", "demo", "groups"]);
+    cmd.arg("--store").arg(&store.path);
+    assert!(common::run(&mut cmd).fails(2).contains("backups-a"));
+    // PBS saw the commands: the active-operations file exists, with no live entry left.
+    let ops = std::fs::read_to_string(host.run.join("active-operations/backups-a")).unwrap();
+    assert_eq!(ops.trim(), "[]", "{ops}");
+    assert!(!store.path.join(".keepsake/intents").exists() || store.intents().is_empty());
+}
+
+#[test]
+fn scenario_5_an_unknown_store_beside_pbs_is_named_in_a_warning() {
+    let store = Store::demo();
+    let host = PbsHostDirs::new("datastore: other\n\tpath /nonexistent/other\n");
+    let mut cmd = host.cmd(&["groups"]);
+    cmd.arg("--store").arg(&store.path);
+    let run = common::run(&mut cmd);
+    run.ok();
+    assert!(run.stderr.contains("does not know"), "{run:?}");
+}
+
+#[test]
+fn scenario_5_a_short_folder_name_never_blocks_a_read_only_command() {
+    let store = Store::demo();
+    let short = store.path.with_file_name("ab");
+    std::fs::rename(&store.path, &short).unwrap();
+    let run_on = |args: &[&str]| {
+        let mut cmd = common::keepsake();
+        cmd.arg("--store")
+            .arg(&short)
+            .arg("--lock-root")
+            .arg(&store.lock_root)
+            .args(args);
+        common::run(&mut cmd)
+    };
+    assert_eq!(run_on(&["--json", "groups"]).json().as_array().unwrap().len(), 3);
+    run_on(&["verify"]).ok();
+    // A change needs a real name.
+    let run = run_on(&["protect", CT200[0]]);
+    assert!(run.fails(2).contains("--name"), "{run:?}");
+    assert!(!short.join(CT200[0]).join(".protected").exists());
+}
+
+#[test]
+fn scenario_5_maintenance_mode_is_honoured() {
+    let store = Store::demo();
+    let cfg = |mode: &str| {
+        format!(
+            "datastore: demo\n\tpath {}\n\tmaintenance-mode {mode}\n",
+            store.path.display()
+        )
+    };
+    let host = PbsHostDirs::new(&cfg("type=read-only,message=disk%20swap"));
+    let before = store.contents();
+    let run = common::run(&mut host.cmd(&["--datastore", "demo", "protect", CT200[0]]));
+    let line = run.fails(1).to_owned();
+    assert!(line.contains("read-only") && line.contains("disk swap"), "{line}");
+    assert_eq!(store.contents(), before);
+    common::run(&mut host.cmd(&["--datastore", "demo", "groups"])).ok();
+    let host = PbsHostDirs::new(&cfg("type=offline"));
+    let run = common::run(&mut host.cmd(&["--datastore", "demo", "groups"]));
+    assert!(run.fails(1).contains("offline"), "{run:?}");
+}
+
+#[test]
+fn scenario_6_a_running_pbs3_is_excluded() {
+    let store = Store::demo();
+    // PBS 3 locks the snapshot folder itself (a flock on the directory).
+    let pbs3 = keepsake_lock::DirLocker::new(&store.path, &store.lock_root, "demo").unwrap();
+    let dir: BackupDir = CT200[0].parse().unwrap();
+    let _held = pbs3
+        .lock_exclusive(
+            &LockTarget::snapshot(&BackupNamespace::root(), &dir),
+            Duration::ZERO,
+        )
+        .unwrap();
+    let before = store.contents();
+    for args in [
+        &["--lock-scheme", "both", "forget", CT200[0]][..],
+        &["--lock-scheme", "both", "protect", CT200[0]],
+        &["--lock-scheme", "both", "forget", "ct/200"],
+    ] {
+        let run = store.run(args);
+        assert!(run.fails(1).contains("locked"), "{args:?}: {run:?}");
+    }
+    let run = store.run(&["--lock-scheme", "both", "--json", "prune", "ct/200", "--keep-last", "3"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("locked"), "{run:?}");
+    assert_eq!(store.contents(), before);
+    // Beside PBS (its lock root), both schemes are the default.
+    let host = PbsHostDirs::new("");
+    let mut cmd = host.cmd(&["forget", CT200[0]]);
+    cmd.arg("--store").arg(&store.path);
+    let run = common::run(&mut cmd);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("is locked"), "{run:?}");
+    assert_eq!(store.contents(), before);
+}
