@@ -239,7 +239,11 @@ impl PbsHostDirs {
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::create_dir_all(run.join("locks")).unwrap();
         std::fs::write(etc.join("datastore.cfg"), datastore_cfg).unwrap();
-        Self { _dir: dir, etc, run }
+        Self {
+            _dir: dir,
+            etc,
+            run,
+        }
     }
 
     /// `keepsake --pbs-config-dir … --pbs-run-dir … <args>` (lock root: PBS's, by default).
@@ -341,7 +345,14 @@ fn scenario_5_a_short_folder_name_never_blocks_a_read_only_command() {
             .args(args);
         common::run(&mut cmd)
     };
-    assert_eq!(run_on(&["--json", "groups"]).json().as_array().unwrap().len(), 3);
+    assert_eq!(
+        run_on(&["--json", "groups"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     run_on(&["verify"]).ok();
     // A change needs a real name.
     let run = run_on(&["protect", CT200[0]]);
@@ -362,7 +373,10 @@ fn scenario_5_maintenance_mode_is_honoured() {
     let before = store.contents();
     let run = common::run(&mut host.cmd(&["--datastore", "demo", "protect", CT200[0]]));
     let line = run.fails(1).to_owned();
-    assert!(line.contains("read-only") && line.contains("disk swap"), "{line}");
+    assert!(
+        line.contains("read-only") && line.contains("disk swap"),
+        "{line}"
+    );
     assert_eq!(store.contents(), before);
     common::run(&mut host.cmd(&["--datastore", "demo", "groups"])).ok();
     let host = PbsHostDirs::new(&cfg("type=offline"));
@@ -391,7 +405,15 @@ fn scenario_6_a_running_pbs3_is_excluded() {
         let run = store.run(args);
         assert!(run.fails(1).contains("locked"), "{args:?}: {run:?}");
     }
-    let run = store.run(&["--lock-scheme", "both", "--json", "prune", "ct/200", "--keep-last", "3"]);
+    let run = store.run(&[
+        "--lock-scheme",
+        "both",
+        "--json",
+        "prune",
+        "ct/200",
+        "--keep-last",
+        "3",
+    ]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("locked"), "{run:?}");
     assert_eq!(store.contents(), before);

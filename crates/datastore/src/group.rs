@@ -6,7 +6,7 @@ use std::time::Duration;
 use keepsake_backend::WriteMode;
 use keepsake_hierarchy::{
     Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, GROUP_NOTES_FILE_NAME,
-    GROUP_OWNER_FILE_NAME, GroupFilter, apply_filters,
+    GROUP_OWNER_FILE_NAME, GroupFilter, SnapshotPath, apply_filters,
 };
 use keepsake_lock::{LockGuard, LockMode, LockTarget};
 
@@ -17,8 +17,8 @@ use crate::iter::Snapshots;
 use crate::journal::Intent;
 use crate::store::{DataStore, path};
 
-/// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`, plus the names).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct DestroyStats {
     /// Group folders removed.
@@ -27,6 +27,8 @@ pub struct DestroyStats {
     pub removed_snapshots: u64,
     /// Protected snapshots left in place.
     pub protected_snapshots: u64,
+    /// The snapshots removed, with their namespaces.
+    pub removed: Vec<SnapshotPath>,
 }
 
 impl DestroyStats {
@@ -40,6 +42,7 @@ impl DestroyStats {
         self.removed_groups += other.removed_groups;
         self.removed_snapshots += other.removed_snapshots;
         self.protected_snapshots += other.protected_snapshots;
+        self.removed.extend(other.removed.iter().cloned());
     }
 }
 
@@ -407,6 +410,10 @@ pub(crate) fn destroy_held(
             Ok(()) => {
                 done.push(s.snapshot.relative_path());
                 stats.removed_snapshots += 1;
+                stats.removed.push(SnapshotPath {
+                    ns: s.snapshot.ns().clone(),
+                    snapshot: s.snapshot.dir().clone(),
+                });
                 s.release_gone();
             }
             // Protected since it was announced (by a writer that ignores the locks): it stays.

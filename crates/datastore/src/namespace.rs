@@ -14,7 +14,7 @@ use crate::journal::Intent;
 use crate::store::{DataStore, path};
 
 /// What removing a namespace did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NamespaceRemoval {
     /// Groups and snapshots removed, protected snapshots left.
@@ -215,8 +215,9 @@ impl DataStore {
                 .collect();
             let mut stats = DestroyStats::default();
             let result = destroy_held(h, &mine, &mut stats);
-            report.groups.removed_snapshots += stats.removed_snapshots;
-            report.groups.removed_groups += stats.removed_groups;
+            // Protected snapshots were counted when the removal was announced.
+            stats.protected_snapshots = 0;
+            report.groups.add(&stats);
             match result {
                 Ok(removed) => done.extend(removed),
                 Err((e, removed)) => {

@@ -174,11 +174,20 @@ impl Group {
                 path: rel,
             });
         }
+        let folder = path(&rel)?;
         self.store()
             .backend()
-            .create_dir_all(&path(&rel)?)
+            .create_dir_all(&folder)
             .map_err(|e| Error::backend(&rel, e))?;
-        let snapshot_lock = snapshot.lock()?;
+        let snapshot_lock = match snapshot.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                // A reader that listed the new folder holds it: the backup does not start, and
+                // the empty folder it made must not stay behind as an unfinished snapshot.
+                let _ = self.store().backend().remove_folder_if_empty(&folder);
+                return Err(e);
+            }
+        };
         Ok(BackupWriter {
             manifest: BackupManifest::new(&dir),
             snapshot,

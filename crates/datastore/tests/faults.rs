@@ -238,9 +238,74 @@ fn workload(store: &DataStore) {
         &TimeZone::UTC,
         false,
     );
+    // Busy-lock variants first: a reader holds one snapshot; each must refuse, changing nothing.
+    {
+        let _reader = store.snapshot(&root, &snap("ct/200", 1)).lock_shared();
+        let _ = store.group(&root, &group("ct/200")).destroy();
+    }
+    {
+        let _reader = store
+            .snapshot(&ns("a/b"), &snap("host/h1", 0))
+            .lock_shared();
+        let _ = store.remove_namespace(&ns("a/b"), true);
+        let _ = store.move_namespace(&ns("a"), &ns("c/a"), false);
+    }
     let _ = store.group(&root, &group("ct/200")).destroy();
     let _ = store.remove_namespace(&ns("a/b"), true);
     let _ = store.move_namespace(&ns("a"), &ns("c/a"), false);
+}
+
+/// Group and namespace destroys and a namespace move, each beside a reader's shared lock on one
+/// snapshot: refused as locked, nothing changed, nothing journaled; done once the reader is gone.
+#[test]
+fn busy_locks_refuse_destroys_and_moves_without_changes() {
+    for cached in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let root_dir = dir.path().join("store");
+        std::fs::create_dir_all(&root_dir).unwrap();
+        let cache = LocalBackend::open(&root_dir, SyncLevel::None).unwrap();
+        let backend: Arc<dyn Backend> = if cached {
+            let remote = ObjectBackend::in_memory("faults").unwrap();
+            Arc::new(CachedBackend::new(cache, remote))
+        } else {
+            Arc::new(cache)
+        };
+        let store = DataStore::builder("faults", &root_dir)
+            .lock_root(dir.path().join("locks"))
+            .chunk_prefix_dirs(false)
+            .namespace_markers(true)
+            .backend(backend)
+            .create()
+            .unwrap();
+        setup(&store);
+        let root = BackupNamespace::root();
+        let before = inventory(&store);
+        let reader = store
+            .snapshot(&root, &snap("ct/200", 1))
+            .lock_shared()
+            .unwrap();
+        let err = store.group(&root, &group("ct/200")).destroy().unwrap_err();
+        assert!(err.is_locked(), "{err:?}");
+        drop(reader);
+        let reader = store
+            .snapshot(&ns("a/b"), &snap("host/h1", 0))
+            .lock_shared()
+            .unwrap();
+        let err = store.remove_namespace(&ns("a/b"), true).unwrap_err();
+        assert!(err.is_locked(), "{err:?}");
+        let err = store
+            .move_namespace(&ns("a"), &ns("c/a"), false)
+            .unwrap_err();
+        assert!(err.is_locked(), "{err:?}");
+        assert_eq!(inventory(&store), before, "cached: {cached}");
+        assert!(store.journal_intents().unwrap().is_empty());
+        drop(reader);
+        let stats = store.group(&root, &group("ct/200")).destroy().unwrap();
+        assert_eq!(stats.removed_snapshots, 1);
+        assert_eq!(stats.protected_snapshots, 1);
+        store.move_namespace(&ns("a"), &ns("c/a"), false).unwrap();
+        assert!(store.namespace_exists(&ns("c/a/b")).unwrap());
+    }
 }
 
 /// Where every snapshot is: identity -> namespaces holding it, and whether it is protected there.

@@ -9,7 +9,13 @@
 //!   snapshot identity (group and time, which moves keep): no lost update;
 //! - no reader ever saw a torn manifest, owner or notes file, and verify finds nothing wrong;
 //! - every snapshot that was protected and never unprotected still exists, protected;
-//! - no snapshot exists twice (in two namespaces) and the intent journal is empty.
+//! - no snapshot exists twice (in two namespaces) and the intent journal is empty;
+//! - no unrequested removal: every snapshot created and gone was removed by an operation that
+//!   asked for exactly it (a snapshot destroy, a prune, a group or namespace destroy, by name).
+//!
+//! Beside them, "holders" keep every snapshot of a group locked shared for a while (as a reader or
+//! a verify would), so that group and namespace destroys and namespace moves meet busy locks and
+//! must refuse without changing anything.
 //!
 //! `KEEPSAKE_STRESS_SECS` sets the duration per backend (default 4 s; `cargo xtask stress`).
 
@@ -170,10 +176,27 @@ struct Record {
     unprotected: BTreeSet<String>,
     /// Torn or unreadable metadata seen by readers.
     torn: Vec<String>,
+    /// Snapshots created successfully.
+    created: BTreeSet<String>,
+    /// Snapshots an operation removed by name (destroy, prune, group or namespace destroy).
+    removed: BTreeSet<String>,
+    /// Groups (`type/id`) an interrupted destroy may have touched: its announced snapshots may be
+    /// removed later by recovery.
+    uncertain_groups: BTreeSet<String>,
 }
 
 impl Record {
     fn count(&mut self, op: &str, result: &std::result::Result<(), Error>) {
+        if let Err(e @ Error::Interrupted { .. }) = result {
+            // Rare, and worth seeing: which later step failed.
+            let mut text = format!("{op}: {e}");
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("stress: interrupted {text}");
+        }
         let outcome = match result {
             Ok(()) => "ok".to_owned(),
             Err(e) => kind_of(e),
@@ -200,6 +223,15 @@ impl Record {
         }
         for what in &self.torn {
             out.push_str(&format!("torn {}\n", what.replace('\n', " ")));
+        }
+        for id in &self.created {
+            out.push_str(&format!("created {id}\n"));
+        }
+        for id in &self.removed {
+            out.push_str(&format!("removed {id}\n"));
+        }
+        for id in &self.uncertain_groups {
+            out.push_str(&format!("uncertain-group {id}\n"));
         }
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, out).unwrap();
@@ -232,6 +264,15 @@ impl Record {
                     self.unprotected.insert(rest.to_owned());
                 }
                 "torn" => self.torn.push(rest.to_owned()),
+                "created" => {
+                    self.created.insert(rest.to_owned());
+                }
+                "removed" => {
+                    self.removed.insert(rest.to_owned());
+                }
+                "uncertain-group" => {
+                    self.uncertain_groups.insert(rest.to_owned());
+                }
                 other => panic!("unknown line {other}"),
             }
         }
@@ -321,11 +362,19 @@ fn worker(
             let owner = group
                 .owner()
                 .unwrap_or_else(|_| OWNERS[0].parse::<Authid>().unwrap());
+            // A namespace removed or moved away by another worker comes back.
+            if !n.is_root() && !store.namespace_exists(&n).unwrap_or(true) {
+                let _ = store.create_namespace(&n);
+            }
             let result = group.start_backup(&owner, time).and_then(|mut w| {
                 w.add_blob("conf.blob", format!("{time}\n").as_bytes(), false)?;
                 w.finish().map(|_| ())
             });
-            record.lock().unwrap().count("create", &result);
+            let mut r = record.lock().unwrap();
+            if result.is_ok() {
+                r.created.insert(format!("{}/{time}", group.name()));
+            }
+            r.count("create", &result);
         } else if roll < 50 {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
@@ -378,7 +427,7 @@ fn worker(
                 let notes = format!("notes of {dir}\nline two {}\n", rng.next());
                 record_op(record, "set-notes", group.set_notes(&notes));
             }
-        } else if roll < 78 {
+        } else if roll < 74 {
             // Readers: a torn manifest, owner or notes file would show as `Corrupt` here.
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
@@ -397,13 +446,41 @@ fn worker(
                 }
                 r.count(op, &result);
             }
-        } else if roll < 84 {
+        } else if roll < 78 {
+            // A holder: every snapshot of a group locked shared for a while, as a reader or a
+            // verify holds them; destroys and moves meanwhile must refuse, changing nothing.
+            let Some((n, dir)) = pick(&mut rng) else {
+                continue;
+            };
+            let held: Vec<_> = match store.group(&n, dir.group()).iter_snapshots() {
+                Ok(iter) => iter
+                    .filter_map(|s| s.ok())
+                    .filter_map(|s| s.lock_shared().ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            std::thread::sleep(Duration::from_millis(5 + rng.below(20) as u64));
+            let result = if held.is_empty() {
+                Err(Error::NotFound {
+                    what: "group",
+                    path: dir.group().to_string(),
+                })
+            } else {
+                Ok(())
+            };
+            drop(held);
+            record.lock().unwrap().count("hold", &result);
+        } else if roll < 83 {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
             let result = store.snapshot(&n, &dir).destroy(false);
-            record.lock().unwrap().count("destroy", &result);
-        } else if roll < 87 {
+            let mut r = record.lock().unwrap();
+            if result.is_ok() {
+                r.removed.insert(dir.to_string());
+            }
+            r.count("destroy", &result);
+        } else if roll < 86 {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
@@ -416,17 +493,41 @@ fn worker(
                     r.count("prune", &Ok(()));
                     *r.outcomes.entry("prune-removed ok".to_owned()).or_default() +=
                         p.removed() as u64;
+                    for s in &p.snapshots {
+                        if matches!(s.action, keepsake_datastore::PruneAction::Removed) {
+                            r.removed.insert(s.snapshot.to_string());
+                        }
+                    }
                 }
                 Err(e) => r.count("prune", &Err(e)),
             }
-        } else if roll < 95 {
+        } else if roll < 88 {
+            let Some((n, dir)) = pick(&mut rng) else {
+                continue;
+            };
+            let result = store.group(&n, dir.group()).destroy();
+            let mut r = record.lock().unwrap();
+            match result {
+                Ok(stats) => {
+                    r.removed
+                        .extend(stats.removed.iter().map(|s| s.snapshot.to_string()));
+                    r.count("destroy-group", &Ok(()));
+                }
+                Err(e) => {
+                    if matches!(e, Error::Interrupted { .. }) {
+                        r.uncertain_groups.insert(dir.group().to_string());
+                    }
+                    r.count("destroy-group", &Err(e));
+                }
+            }
+        } else if roll < 94 {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
             let to = ns(NAMESPACES[rng.below(NAMESPACES.len())]);
             let result = store.snapshot(&n, &dir).move_to(&to, true).map(|_| ());
             record.lock().unwrap().count("move-snapshot", &result);
-        } else {
+        } else if roll < 97 {
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
@@ -436,6 +537,38 @@ fn worker(
                 .move_to(&to, rng.below(2) == 0)
                 .map(|_| ());
             record.lock().unwrap().count("move-group", &result);
+        } else if roll < 98 {
+            // Namespace `b` with everything in it (protected snapshots stay).
+            let result = store.remove_namespace(&ns("b"), true);
+            let mut r = record.lock().unwrap();
+            match result {
+                Ok(removal) => {
+                    r.removed.extend(
+                        removal
+                            .groups
+                            .removed
+                            .iter()
+                            .map(|s| s.snapshot.to_string()),
+                    );
+                    r.count("destroy-namespace", &Ok(()));
+                }
+                Err(e) => {
+                    if matches!(e, Error::Interrupted { .. }) {
+                        // Which groups it announced is not known here: all are uncertain.
+                        r.uncertain_groups.insert("*".to_owned());
+                    }
+                    r.count("destroy-namespace", &Err(e));
+                }
+            }
+        } else {
+            // Namespace `a` into `b` (merging), or back.
+            let (from, to) = if rng.below(2) == 0 {
+                ("a", "b")
+            } else {
+                ("b", "a")
+            };
+            let result = store.move_namespace(&ns(from), &ns(to), true).map(|_| ());
+            record.lock().unwrap().count("move-namespace", &result);
         }
     }
 }
@@ -558,6 +691,16 @@ fn run(kind: Kind) {
         }
     }
 
+    // No unrequested removal: every snapshot created and gone was removed by name.
+    let unrequested: Vec<&String> = total
+        .created
+        .iter()
+        .filter(|id| !found.contains_key(*id) && !total.removed.contains(*id))
+        .filter(|id| {
+            let group = id.rsplit_once('/').map_or("", |(g, _)| g);
+            !total.uncertain_groups.contains(group) && !total.uncertain_groups.contains("*")
+        })
+        .collect();
     let ops: u64 = total.outcomes.values().sum();
     let errors: BTreeMap<&String, &u64> = total
         .outcomes
@@ -568,13 +711,17 @@ fn run(kind: Kind) {
         "stress {}: {ops} operations in {:.1?} by {processes} processes x {threads} threads; \
          {} snapshots at the end ({checked_increments} increments checked on them, {} lost), \
          {protected_checked} never-unprotected protected snapshots checked ({} removed), \
-         {} torn reads, verify: {} snapshots ok",
+         {} torn reads, {} unrequested removals ({} created, {} removed by name), \
+         verify: {} snapshots ok",
         kind.as_str(),
         started.elapsed(),
         found.len(),
         lost.len(),
         protected_removed.len(),
         total.torn.len(),
+        unrequested.len(),
+        total.created.len(),
+        total.removed.len(),
         report.snapshots.len(),
     );
     eprintln!("stress {}: outcomes {:?}", kind.as_str(), total.outcomes);
@@ -587,6 +734,11 @@ fn run(kind: Kind) {
     assert!(
         protected_removed.is_empty(),
         "{}: protected snapshots removed: {protected_removed:#?}",
+        kind.as_str()
+    );
+    assert!(
+        unrequested.is_empty(),
+        "{}: snapshots removed without being asked for: {unrequested:#?}",
         kind.as_str()
     );
     assert!(
