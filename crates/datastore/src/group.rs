@@ -196,12 +196,12 @@ impl Group {
         file: &keepsake_backend::BackendPath,
         mode: WriteMode,
     ) -> Result<WriteMode> {
-        // The bucket, not the cache: another host may have changed the file since this host
-        // cached it.
-        let Some(leases) = self.store.lease_locker() else {
+        if !self.store.is_multi_host() {
             return Ok(mode);
-        };
-        match keepsake_backend::Backend::read(leases.remote(), file) {
+        }
+        // The authority (the bucket), not the cache: another host may have changed the file
+        // since this host cached it.
+        match self.store.backend().read_authoritative(file) {
             Ok(current) => Ok(WriteMode::Update(current.version)),
             Err(keepsake_backend::Error::NotFound { .. }) => Ok(WriteMode::CreateOnly),
             Err(e) => Err(Error::backend(file.as_str(), e)),
@@ -231,6 +231,14 @@ impl Group {
             });
         }
         let guard = self.lock()?;
+        // Checked again under the lock, in the authority: a group another host destroyed must
+        // not get a notes file that makes it exist again.
+        if !crate::moves::group_exists_authoritative(self)? {
+            return Err(Error::NotFound {
+                what: "group",
+                path: self.relative_path(),
+            });
+        }
         let file = self.file(GROUP_NOTES_FILE_NAME)?;
         let mode = self.conditional_mode(&file, WriteMode::Replace)?;
         self.store.check_fence(&guard)?;

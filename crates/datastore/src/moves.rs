@@ -463,6 +463,7 @@ impl Snapshot {
             },
         )?;
         ensure_group(&target_group, &owner)?;
+        store.check_fence(held.guard())?;
         transfer_snapshot(
             &store,
             &self.relative_path(),
@@ -619,6 +620,8 @@ impl GroupMove {
                     });
                 }
                 let phase = first_phase(&store);
+                // In multi-host mode: still this host's lease, right before the copy and delete.
+                store.check_fence(held.guard())?;
                 let mut intent = journal::begin(
                     &store,
                     Intent::MoveSnapshot {

@@ -132,9 +132,17 @@ impl Snapshot {
     /// [`Error::NotFound`] if the snapshot does not exist; [`Error::Locked`] if it is in use.
     pub fn set_protected(&self, protected: bool) -> Result<()> {
         let guard = self.lock()?;
-        // Checked under the lock: a destroy that just finished must not leave a marker behind in a
-        // re-created folder.
-        if !self.exists()? {
+        // Checked under the lock, in the authority (on S3 the bucket): a destroy that just
+        // finished, here or on another host, must not leave a marker behind that makes the
+        // snapshot exist again.
+        let folder = path(&self.relative_path())?;
+        let exists = self.exists()?
+            && self
+                .store
+                .backend()
+                .exists_authoritative(&folder)
+                .map_err(|e| Error::backend(folder.as_str(), e))?;
+        if !exists {
             return Err(Error::NotFound {
                 what: "snapshot",
                 path: self.relative_path(),
