@@ -1,5 +1,5 @@
-//! Request accounting, retry settings, fault injection and runtime handling of the object
-//! backend, on the in-memory store and on a real S3 server (moto, from `cargo xtask test`).
+//! Request accounting, retry settings, lost replies, fault injection and runtime handling of the
+//! object backend, on the in-memory store and on a real S3 server (moto, from `cargo xtask test`).
 
 mod common;
 
@@ -356,4 +356,99 @@ fn chunks_live_beside_the_content_with_one_request_each() {
     std::fs::write(dir.path().join(format!(".chunks/4242/{other}")), b"").unwrap();
     assert_eq!(cached.read_chunk(&other).unwrap(), b"other");
     assert_eq!(cached.read_chunk(&digest).unwrap(), b"blob");
+}
+
+/// A conditional write whose first attempt landed but whose reply was lost: object_store
+/// retries, the retry meets the written object (412), and the backend recognises its own bytes.
+#[test]
+fn s3_conditional_writes_survive_a_lost_reply() {
+    let Some(mut config) = common::s3_config("s3_lost_replies") else {
+        return;
+    };
+    let proxy = keepsake_testkit::proxy::LostReplyProxy::start(
+        config
+            .endpoint
+            .as_deref()
+            .expect("the test server has an endpoint"),
+    )
+    .unwrap();
+    config.endpoint = Some(proxy.endpoint().to_owned());
+    config.retry = RetrySettings::for_tests();
+    assert!(config.retry.max_retries >= 1, "the test needs a retry");
+    let store = keepsake_testkit::s3::unique_prefix("s3_lost_replies");
+    let backend = ObjectBackend::s3(&config, &store).unwrap();
+    let file = p("vm/100/owner");
+
+    proxy.lose_reply_to_conditional_put(1);
+    let before = backend.requests();
+    let created = backend
+        .write(&file, b"root@pam\n", WriteMode::CreateOnly)
+        .unwrap();
+    let used = backend.requests() - before;
+    assert_eq!(proxy.lost_replies(), 1);
+    assert_eq!(
+        (used.put, used.get),
+        (2, 1),
+        "a retry and a read-back: {used}"
+    );
+    let read = backend.read(&file).unwrap();
+    assert_eq!(
+        (read.data.as_slice(), &read.version),
+        (&b"root@pam\n"[..], &created)
+    );
+
+    proxy.lose_reply_to_conditional_put(1);
+    let updated = backend
+        .write(&file, b"admin@pbs\n", WriteMode::Update(created.clone()))
+        .unwrap();
+    assert_eq!(proxy.lost_replies(), 2);
+    let read = backend.read(&file).unwrap();
+    assert_eq!(
+        (read.data.as_slice(), &read.version),
+        (&b"admin@pbs\n"[..], &updated)
+    );
+    assert_ne!(updated, created);
+
+    // Real conflicts stay conflicts: other bytes are not ours.
+    assert!(matches!(
+        backend.write(&file, b"late\n", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        backend.write(&file, b"late\n", WriteMode::Update(created)),
+        Err(Error::Precondition { .. })
+    ));
+    assert_eq!(backend.read(&file).unwrap().data, b"admin@pbs\n");
+    assert_eq!(proxy.lost_replies(), 2);
+}
+
+/// On the in-memory store: a create-only or compare-and-swap write that finds exactly its own
+/// bytes in place succeeds (what a retried request meets), other bytes are a conflict.
+#[test]
+fn conditional_writes_accept_their_own_bytes() {
+    let backend = ObjectBackend::in_memory("store1").unwrap();
+    let file = p("vm/100/owner");
+    let v1 = backend.write(&file, b"a", WriteMode::CreateOnly).unwrap();
+    assert_eq!(
+        backend.write(&file, b"a", WriteMode::CreateOnly).unwrap(),
+        v1
+    );
+    assert!(matches!(
+        backend.write(&file, b"b", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    let v2 = backend
+        .write(&file, b"b", WriteMode::Update(v1.clone()))
+        .unwrap();
+    assert_eq!(
+        backend
+            .write(&file, b"b", WriteMode::Update(v1.clone()))
+            .unwrap(),
+        v2,
+        "a stale version that finds exactly its bytes"
+    );
+    assert!(matches!(
+        backend.write(&file, b"c", WriteMode::Update(v1)),
+        Err(Error::Precondition { .. })
+    ));
 }
