@@ -112,7 +112,7 @@ struct CacheCopy {
 /// let cached = CachedBackend::open(LocalBackend::open(dir.path(), SyncLevel::None)?, remote.clone())?;
 /// cached.claim()?;
 /// assert_eq!(cache_identity(dir.path())?.as_ref(), Some(remote.identity()));
-/// # Ok::<(), keepsake_backend::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Errors

@@ -4,12 +4,17 @@
 //! - [`ObjectBackend`]: an object store through the `object_store` crate, S3 (any S3-compatible
 //!   endpoint) or in memory, with PBS's key layout (`<store>/.cnt/<path>`, see [`layout`]).
 //! - [`CachedBackend`]: PBS's S3 datastore: the bucket is the authority, a local directory is the
-//!   cache that reads come from.
+//!   cache that reads and listings come from without requests (each cache file records the bucket
+//!   version of its bytes); the folder's marker ([`CACHE_MARKER`], [`CacheIdentity`]) names the
+//!   bucket datastore it belongs to.
 //!
 //! Every backend is addressed by [`BackendPath`], a validated relative path, and keeps the
 //! contract written on [`Backend`]: atomic writes (replace, create-only, compare-and-swap on a
 //! [`Version`]), streamed listings, prefix deletes with a [`KeepFilter`] (PBS's "keep protected
-//! snapshots" rule is ready-made), tree renames and stat. The API is blocking, like `std::fs`, and
+//! snapshots" rule is ready-made), removal of exactly given files and of empty folders, tree
+//! renames and stat, and authoritative reads ([`Backend::read_authoritative`],
+//! [`Backend::exists_authoritative`], [`Backend::list_files_authoritative`]) that ask the bucket,
+//! not the cache, for destructive decisions. The API is blocking, like `std::fs`, and
 //! works from plain threads and from inside any tokio runtime: the object-store side runs its
 //! futures on a small runtime of its own.
 //!
@@ -41,7 +46,26 @@
 //! ```
 //!
 //! The same code runs against the bucket with `ObjectBackend::s3(&config, "store1")` or
-//! `ObjectBackend::in_memory("store1")`.
+//! `ObjectBackend::in_memory("store1")`, and against PBS's S3 datastore with
+//! `CachedBackend::open(cache, remote)`. A destructive decision there asks the bucket:
+//!
+//! ```
+//! use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let bucket = ObjectBackend::in_memory("store1")?;
+//! let store = CachedBackend::open(LocalBackend::open(dir.path(), SyncLevel::None)?, bucket.clone())?;
+//! let group = "vm/100".parse()?;
+//! store.write(&"vm/100/owner".parse()?, b"root@pam\n", WriteMode::CreateOnly)?;
+//! // Another host adds a snapshot; this host's cache does not know it yet.
+//! bucket.write(&"vm/100/2024-06-05T15:06:40Z/index.json.blob".parse()?, b"...", WriteMode::Replace)?;
+//!
+//! let files = store.list_files_authoritative(&group)?;
+//! assert_eq!(files.len(), 2, "the bucket knows both files");
+//! store.remove_files(&[ "vm/100/owner".parse()? ])?;
+//! assert!(!store.remove_folder_if_empty(&group)?, "the bucket still holds the snapshot");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cached;
 #[cfg(feature = "conformance")]
