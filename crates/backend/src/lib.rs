@@ -92,7 +92,7 @@ pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
 pub use layout::ChunkDigest;
 pub use local::{LocalBackend, SyncLevel};
-pub use object::ObjectBackend;
+pub use object::{ObjectBackend, WRITE_TOKEN_METADATA};
 pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use requests::{CountingConnector, RequestCounter, RequestCounts};
 pub use s3::{RetrySettings, S3Config};
@@ -227,11 +227,10 @@ pub struct Capabilities {
 /// is in it (on object stores: no key below it).
 ///
 /// **Conditional writes on object stores.** A create-only or compare-and-swap write whose request
-/// was retried (the first attempt landed but its reply was lost) finds its own object and would
-/// fail; the object backend then reads the object back and succeeds if it holds exactly the
-/// bytes written. So a conditional write that finds exactly its own bytes in place succeeds, also
-/// when another writer put those identical bytes there (indistinguishable, and harmless: the
-/// file holds what the caller wanted).
+/// was retried (the first attempt landed but its reply was lost) meets its own object and would
+/// fail; the object backend recognises its own attempt by a random token in the object's
+/// metadata and succeeds. Identical bytes written by someone else are still a conflict: a
+/// compare-and-swap that lost must lose even when the winner wrote the same bytes.
 ///
 /// **Authority.** Where a backend is a cache in front of an authority (the [`CachedBackend`]:
 /// the bucket decides, the local folder only remembers), listings, stat and reads come from the

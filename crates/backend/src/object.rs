@@ -11,7 +11,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload,
+};
 
 use crate::error::{Error, Result};
 use crate::identity::CacheIdentity;
@@ -32,6 +35,9 @@ use crate::{
 pub(crate) const BATCH: usize = 1000;
 /// Copies and downloads in flight at once.
 pub(crate) const CONCURRENCY: usize = 16;
+/// The user metadata key (`x-amz-meta-keepsake-write` on S3) that carries a conditional write's
+/// random token, by which a retried write recognises that its first attempt landed.
+pub const WRITE_TOKEN_METADATA: &str = "keepsake-write";
 
 /// A datastore in an object store: S3 (any S3-compatible endpoint) or in memory.
 ///
@@ -50,10 +56,12 @@ pub(crate) const CONCURRENCY: usize = 16;
 /// - **Lost replies**: object_store retries a request whose reply it did not get. If the first
 ///   attempt of a conditional write had landed, the retry finds the object already there (or at
 ///   a new ETag) and fails with "exists" or "precondition failed", although the write happened.
-///   So on those two answers the object is read back (one GET): if it holds exactly the bytes
-///   written, the write succeeded and its version is returned. Identical bytes written by
-///   someone else look the same and are accepted too, which is harmless: the object holds what
-///   the caller wanted.
+///   So every conditional write carries a random token in the object's user metadata
+///   ([`WRITE_TOKEN_METADATA`], `x-amz-meta-keepsake-write`), and on those two answers the
+///   backend asks for the object's metadata (one HEAD): if it carries this write's token, the
+///   write landed and its version is returned. The bytes alone would not do: two writers that
+///   read the same version and compute the same new bytes (two hosts incrementing one counter)
+///   must not both win a compare-and-swap.
 /// - **Removing a file** checks that it exists (HEAD) before deleting it (DELETE), since S3
 ///   deletes report success for missing keys.
 /// - **Removing a tree** lists every key below `<key>/` (the trailing `/` is the boundary:
@@ -368,17 +376,36 @@ fn below(key: &Path, prefix: &Path) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// The version of the object at `key` if it holds exactly `bytes`; `None` otherwise, also when
-/// it cannot be read (the caller then reports the conflict it had).
-async fn version_if_holding(
+/// A random token for one conditional write; `None` (no lost-reply recovery for this write) if
+/// the system has no randomness to give.
+fn write_token() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no random token: a lost reply will show as a conflict");
+            None
+        }
+    }
+}
+
+/// The version of the object at `key` if its metadata carries the write token `token` (one
+/// HEAD); `None` otherwise, also when it cannot be asked (the caller then reports the conflict
+/// it had).
+async fn version_if_written_by(
     store: &Arc<dyn ObjectStore>,
     key: &Path,
-    bytes: &Bytes,
+    token: &str,
 ) -> Option<Version> {
-    let result = store.get(key).await.ok()?;
-    let meta = result.meta.clone();
-    let found = result.bytes().await.ok()?;
-    (found == *bytes).then(|| Version::of_object(meta.e_tag, meta.version))
+    let options = GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    let result = store.get_opts(key, options).await.ok()?;
+    let found = result
+        .attributes
+        .get(&Attribute::Metadata(WRITE_TOKEN_METADATA.into()))?;
+    (found.as_ref() == token).then(|| Version::of_object(result.meta.e_tag, result.meta.version))
 }
 
 /// Whether any key lies below `<key>/`: one listing limited to one key where the store pages,
@@ -569,14 +596,25 @@ impl Backend for ObjectBackend {
             },
         };
         let is_update = matches!(put_mode, PutMode::Update(_));
-        let is_conditional = !matches!(put_mode, PutMode::Overwrite);
+        // Only conditional writes can be refused by their own first attempt.
+        let token = match put_mode {
+            PutMode::Overwrite => None,
+            _ => write_token(),
+        };
+        let mut attributes = Attributes::new();
+        if let Some(token) = &token {
+            attributes.insert(
+                Attribute::Metadata(WRITE_TOKEN_METADATA.into()),
+                token.clone().into(),
+            );
+        }
         let store = Arc::clone(&self.inner.store);
-        let bytes = Bytes::copy_from_slice(data);
-        let payload = PutPayload::from(bytes.clone());
+        let payload = PutPayload::from(Bytes::copy_from_slice(data));
         let (path, put_key) = (file.clone(), key.clone());
         self.exec(&key, async move {
             let options = PutOptions {
                 mode: put_mode,
+                attributes,
                 ..Default::default()
             };
             match store.put_opts(&put_key, payload, options).await {
@@ -588,9 +626,12 @@ impl Backend for ObjectBackend {
                 Err(
                     e @ (object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. }),
-                ) if is_conditional => match version_if_holding(&store, &put_key, &bytes).await {
+                ) => match &token {
                     // A retry of a write that landed (see the type's docs on lost replies).
-                    Some(version) => Ok(version),
+                    Some(token) => match version_if_written_by(&store, &put_key, token).await {
+                        Some(version) => Ok(version),
+                        None => Err(map_error(e, &path, &put_key)),
+                    },
                     None => Err(map_error(e, &path, &put_key)),
                 },
                 Err(e) => Err(map_error(e, &path, &put_key)),

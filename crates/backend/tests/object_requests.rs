@@ -359,7 +359,8 @@ fn chunks_live_beside_the_content_with_one_request_each() {
 }
 
 /// A conditional write whose first attempt landed but whose reply was lost: object_store
-/// retries, the retry meets the written object (412), and the backend recognises its own bytes.
+/// retries, the retry meets the written object (412), and the backend recognises its own write
+/// by the token in the object's metadata.
 #[test]
 fn s3_conditional_writes_survive_a_lost_reply() {
     let Some(mut config) = common::s3_config("s3_lost_replies") else {
@@ -387,9 +388,9 @@ fn s3_conditional_writes_survive_a_lost_reply() {
     let used = backend.requests() - before;
     assert_eq!(proxy.lost_replies(), 1);
     assert_eq!(
-        (used.put, used.get),
-        (2, 1),
-        "a retry and a read-back: {used}"
+        (used.put, used.head, used.total()),
+        (2, 1, 3),
+        "a retry and one HEAD: {used}"
     );
     let read = backend.read(&file).unwrap();
     assert_eq!(
@@ -409,7 +410,15 @@ fn s3_conditional_writes_survive_a_lost_reply() {
     );
     assert_ne!(updated, created);
 
-    // Real conflicts stay conflicts: other bytes are not ours.
+    // Real conflicts stay conflicts, also with the same bytes: they are not this write's.
+    assert!(matches!(
+        backend.write(&file, b"admin@pbs\n", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        backend.write(&file, b"admin@pbs\n", WriteMode::Update(created.clone())),
+        Err(Error::Precondition { .. })
+    ));
     assert!(matches!(
         backend.write(&file, b"late\n", WriteMode::CreateOnly),
         Err(Error::AlreadyExists { .. })
@@ -422,33 +431,24 @@ fn s3_conditional_writes_survive_a_lost_reply() {
     assert_eq!(proxy.lost_replies(), 2);
 }
 
-/// On the in-memory store: a create-only or compare-and-swap write that finds exactly its own
-/// bytes in place succeeds (what a retried request meets), other bytes are a conflict.
+/// Two writers that read one version and compute the same new bytes (two hosts incrementing one
+/// counter): exactly one wins the compare-and-swap; identical bytes are not the loser's own write.
 #[test]
-fn conditional_writes_accept_their_own_bytes() {
+fn identical_bytes_from_another_writer_are_a_conflict() {
     let backend = ObjectBackend::in_memory("store1").unwrap();
-    let file = p("vm/100/owner");
-    let v1 = backend.write(&file, b"a", WriteMode::CreateOnly).unwrap();
-    assert_eq!(
-        backend.write(&file, b"a", WriteMode::CreateOnly).unwrap(),
-        v1
-    );
+    let file = p("vm/100/2024-01-01T00:00:00Z/index.json.blob");
+    let v1 = backend
+        .write(&file, b"counter 1", WriteMode::CreateOnly)
+        .unwrap();
     assert!(matches!(
-        backend.write(&file, b"b", WriteMode::CreateOnly),
+        backend.write(&file, b"counter 1", WriteMode::CreateOnly),
         Err(Error::AlreadyExists { .. })
     ));
-    let v2 = backend
-        .write(&file, b"b", WriteMode::Update(v1.clone()))
+    backend
+        .write(&file, b"counter 2", WriteMode::Update(v1.clone()))
         .unwrap();
-    assert_eq!(
-        backend
-            .write(&file, b"b", WriteMode::Update(v1.clone()))
-            .unwrap(),
-        v2,
-        "a stale version that finds exactly its bytes"
-    );
     assert!(matches!(
-        backend.write(&file, b"c", WriteMode::Update(v1)),
+        backend.write(&file, b"counter 2", WriteMode::Update(v1)),
         Err(Error::Precondition { .. })
     ));
 }
