@@ -73,6 +73,7 @@ macro_rules! backend_conformance_tests {
             create_only_race,
             compare_and_swap,
             compare_and_swap_race,
+            races_with_equal_bytes,
             writes_are_never_torn,
             listing,
             large_listing,
@@ -405,6 +406,58 @@ pub fn compare_and_swap_race(backend: &dyn Backend) {
             read.data,
             format!("update {round} by {}", winners[0].0).as_bytes()
         );
+    }
+}
+
+/// Racers that write the same bytes (two hosts that read one counter and increment it) still
+/// have exactly one winner, for create-only and for compare-and-swap: equal bytes are not the
+/// loser's own write.
+pub fn races_with_equal_bytes(backend: &dyn Backend) {
+    const THREADS: usize = 6;
+    let race = |file: &BackendPath, mode: &WriteMode, data: &[u8]| -> usize {
+        let barrier = Barrier::new(THREADS);
+        let results: Vec<Result<crate::Version, Error>> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        backend.write(file, data, mode.clone())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for result in &results {
+            if let Err(e) = result {
+                assert!(
+                    matches!(e, Error::AlreadyExists { .. } | Error::Precondition { .. }),
+                    "{e:?}"
+                );
+            }
+        }
+        results.iter().filter(|r| r.is_ok()).count()
+    };
+    for round in 0..3 {
+        let file = p(&format!("race/equal-{round}"));
+        assert_eq!(
+            race(&file, &WriteMode::CreateOnly, b"counter 1"),
+            1,
+            "create-only"
+        );
+        assert_err!(
+            backend.write(&file, b"counter 1", WriteMode::CreateOnly),
+            Error::AlreadyExists { .. }
+        );
+        if backend.capabilities().compare_and_swap {
+            let base = backend.read(&file).unwrap().version;
+            let mode = WriteMode::Update(base.clone());
+            assert_eq!(race(&file, &mode, b"counter 2"), 1, "compare-and-swap");
+            assert_err!(
+                backend.write(&file, b"counter 2", WriteMode::Update(base)),
+                Error::Precondition { .. }
+            );
+        }
     }
 }
 

@@ -14,7 +14,7 @@ fn p(path: &str) -> BackendPath {
 
 struct Node {
     cached: CachedBackend,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 fn node(remote: ObjectBackend) -> Node {
@@ -22,7 +22,7 @@ fn node(remote: ObjectBackend) -> Node {
     let cache = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
     Node {
         cached: CachedBackend::open(cache, remote).unwrap(),
-        dir,
+        _dir: dir,
     }
 }
 
