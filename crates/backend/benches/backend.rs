@@ -5,7 +5,9 @@
 //! After criterion's figures, a second pass alternates batches of keepsake and the baseline (so
 //! that machine noise hits both alike) and prints the medians and their ratio, the figures
 //! docs/BENCHMARKS.md reports. The S3 part runs when `KEEPSAKE_S3_ENDPOINT` is set (start moto with
-//! `cargo xtask s3` and export what it prints) and says so when it is not.
+//! `cargo xtask s3` and export what it prints) and says so when it is not: request counts of
+//! listing and deleting, and the cached backend's refresh of 3,000 small objects (first run, a
+//! second run with nothing changed, and the requests of reading every file after a restart).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use keepsake_backend::{
-    Backend, BackendPath, KeepFilter, LocalBackend, ObjectBackend, RetrySettings, S3Config,
-    SyncLevel, WriteMode,
+    Backend, BackendPath, CachedBackend, KeepFilter, LocalBackend, ObjectBackend, RetrySettings,
+    S3Config, SyncLevel, WriteMode,
 };
 
 const ENTRIES: usize = 10_000;
@@ -168,9 +170,75 @@ fn request_counts(label: &str, backend: &ObjectBackend, sizes: &[usize]) {
     }
 }
 
+/// Objects in the refresh figures: 100 groups of 30 snapshots, one small manifest each.
+const REFRESH_OBJECTS: usize = 3000;
+
+fn refresh_figures(label: &str, remote: impl Fn() -> ObjectBackend) {
+    let writer = remote();
+    let files: Vec<BackendPath> = (0..REFRESH_OBJECTS)
+        .map(|i| {
+            format!(
+                "vm/{}/2024-01-01T00:00:{:02}Z/index.json.blob",
+                100 + i / 30,
+                i % 30
+            )
+            .parse()
+            .expect("path")
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(file) = files.get(i) else { break };
+                    writer
+                        .write(file, file.as_str().as_bytes(), WriteMode::Replace)
+                        .expect("put");
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let open = || {
+        let cache = LocalBackend::open(dir.path(), SyncLevel::Filesystem).expect("cache");
+        CachedBackend::open(cache, remote()).expect("cache identity")
+    };
+    let cached = open();
+    for run in ["first", "second"] {
+        let started = Instant::now();
+        let report = cached.refresh().expect("refresh");
+        println!(
+            "{label}: refresh of {REFRESH_OBJECTS} objects, {run} run: {:.2?}; downloaded {}, unchanged {}, removed {}; requests {}",
+            started.elapsed(),
+            report.downloaded,
+            report.unchanged,
+            report.removed,
+            report.requests
+        );
+    }
+    drop(cached);
+    let restarted = open();
+    let before = restarted.remote().requests();
+    let started = Instant::now();
+    for file in &files {
+        black_box(restarted.read(file).expect("read"));
+    }
+    println!(
+        "{label}: reading all {REFRESH_OBJECTS} files after a restart: {:.2?}, requests {}",
+        started.elapsed(),
+        restarted.remote().requests() - before
+    );
+}
+
 fn object_store_counts() {
     let memory = ObjectBackend::in_memory("bench").expect("in-memory store");
     request_counts("in-memory (trait calls)", &memory, &[1000, 2500, 10_000]);
+    let shared = std::sync::Arc::new(object_store::memory::InMemory::new());
+    refresh_figures("in-memory", || {
+        ObjectBackend::with_store(shared.clone(), "bench").expect("in-memory store")
+    });
     let Some(found) = keepsake_testkit::s3::config() else {
         println!(
             "S3 request counts skipped: no S3 endpoint (start `cargo xtask s3` and export the variables it prints)"
@@ -189,6 +257,10 @@ fn object_store_counts() {
     let store = keepsake_testkit::s3::unique_prefix("bench");
     let s3 = ObjectBackend::s3(&config, &store).expect("S3 configuration");
     request_counts("s3 on moto (HTTP requests)", &s3, &[1000, 2500]);
+    let store = keepsake_testkit::s3::unique_prefix("bench-refresh");
+    refresh_figures("s3 on moto", || {
+        ObjectBackend::s3(&config, &store).expect("S3 configuration")
+    });
 }
 
 fn main() {

@@ -73,6 +73,7 @@ macro_rules! backend_conformance_tests {
             create_only_race,
             compare_and_swap,
             compare_and_swap_race,
+            races_with_equal_bytes,
             writes_are_never_torn,
             listing,
             large_listing,
@@ -85,7 +86,10 @@ macro_rules! backend_conformance_tests {
             stat_kinds,
             folders,
             chunks,
-            blocking_inside_runtimes
+            blocking_inside_runtimes,
+            authoritative_reads,
+            remove_files,
+            remove_folder_if_empty
         );
     };
     (@checks $make:expr; $($check:ident),* $(,)?) => {$(
@@ -402,6 +406,58 @@ pub fn compare_and_swap_race(backend: &dyn Backend) {
             read.data,
             format!("update {round} by {}", winners[0].0).as_bytes()
         );
+    }
+}
+
+/// Racers that write the same bytes (two hosts that read one counter and increment it) still
+/// have exactly one winner, for create-only and for compare-and-swap: equal bytes are not the
+/// loser's own write.
+pub fn races_with_equal_bytes(backend: &dyn Backend) {
+    const THREADS: usize = 6;
+    let race = |file: &BackendPath, mode: &WriteMode, data: &[u8]| -> usize {
+        let barrier = Barrier::new(THREADS);
+        let results: Vec<Result<crate::Version, Error>> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        backend.write(file, data, mode.clone())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for result in &results {
+            if let Err(e) = result {
+                assert!(
+                    matches!(e, Error::AlreadyExists { .. } | Error::Precondition { .. }),
+                    "{e:?}"
+                );
+            }
+        }
+        results.iter().filter(|r| r.is_ok()).count()
+    };
+    for round in 0..3 {
+        let file = p(&format!("race/equal-{round}"));
+        assert_eq!(
+            race(&file, &WriteMode::CreateOnly, b"counter 1"),
+            1,
+            "create-only"
+        );
+        assert_err!(
+            backend.write(&file, b"counter 1", WriteMode::CreateOnly),
+            Error::AlreadyExists { .. }
+        );
+        if backend.capabilities().compare_and_swap {
+            let base = backend.read(&file).unwrap().version;
+            let mode = WriteMode::Update(base.clone());
+            assert_eq!(race(&file, &mode, b"counter 2"), 1, "compare-and-swap");
+            assert_err!(
+                backend.write(&file, b"counter 2", WriteMode::Update(base)),
+                Error::Precondition { .. }
+            );
+        }
     }
 }
 
@@ -817,4 +873,210 @@ pub fn blocking_inside_runtimes(backend: &dyn Backend) {
         tokio::task::yield_now().await;
         exercise("multi");
     });
+}
+
+/// The authoritative methods agree with what was written: reads with their versions, existence
+/// of files and folders, recursive file lists in path order that end at a `/` boundary.
+pub fn authoritative_reads(backend: &dyn Backend) {
+    let files = [
+        "vm/100/owner",
+        "vm/100/2024-01-01T00:00:00Z/index.json.blob",
+        "vm/100/2024-01-01T00:00:00Z/sub/deep",
+        "vm/1000/owner",
+        "ct/7/owner",
+    ];
+    write_all_concurrently(
+        backend,
+        files
+            .iter()
+            .map(|f| (p(f), f.as_bytes().to_vec()))
+            .collect(),
+    );
+    for file in files {
+        let read = backend.read(&p(file)).unwrap();
+        let authoritative = backend.read_authoritative(&p(file)).unwrap();
+        assert_eq!(authoritative.data, file.as_bytes());
+        assert_eq!(authoritative.version, read.version, "{file}");
+        assert!(backend.exists_authoritative(&p(file)).unwrap(), "{file}");
+    }
+    for folder in ["vm", "vm/100", "vm/100/2024-01-01T00:00:00Z/sub", "ct"] {
+        assert!(
+            backend.exists_authoritative(&p(folder)).unwrap(),
+            "{folder}"
+        );
+    }
+    assert!(backend.exists_authoritative(&BackendPath::root()).unwrap());
+    for missing in ["vm/10", "vm/100/notes", "host", "vm/100/owner/x"] {
+        assert!(
+            !backend.exists_authoritative(&p(missing)).unwrap(),
+            "{missing}"
+        );
+        assert_err!(
+            backend.read_authoritative(&p(missing)),
+            Error::NotFound { .. }
+        );
+    }
+    assert_err!(
+        backend.read_authoritative(&BackendPath::root()),
+        Error::RefusedPath { .. }
+    );
+
+    let listed = |folder: &str| -> Vec<String> {
+        backend
+            .list_files_authoritative(&p(folder))
+            .unwrap_or_else(|e| panic!("listing {folder}: {e}"))
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
+    };
+    assert_eq!(
+        listed("vm/100"),
+        [
+            "vm/100/2024-01-01T00:00:00Z/index.json.blob",
+            "vm/100/2024-01-01T00:00:00Z/sub/deep",
+            "vm/100/owner",
+        ],
+        "every file below, in path order, nothing from vm/1000"
+    );
+    assert_eq!(
+        listed("vm"),
+        [
+            "vm/100/2024-01-01T00:00:00Z/index.json.blob",
+            "vm/100/2024-01-01T00:00:00Z/sub/deep",
+            "vm/100/owner",
+            "vm/1000/owner",
+        ]
+    );
+    let mut everything: Vec<String> = files.iter().map(|f| f.to_string()).collect();
+    everything.sort_by_key(|f| p(f));
+    assert_eq!(listed(""), everything);
+    for missing in ["vm/10", "host", "vm/100/owner"] {
+        assert_err!(
+            backend.list_files_authoritative(&p(missing)),
+            Error::NotFound { .. }
+        );
+    }
+    // An empty folder: listed as empty where folders exist by themselves, absent where they
+    // exist only through keys.
+    backend.create_dir_all(&p("ns/empty")).unwrap();
+    match backend.list_files_authoritative(&p("ns/empty")) {
+        Ok(files) => assert!(files.is_empty(), "{files:?}"),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => panic!("listing an empty folder: {e}"),
+    }
+}
+
+/// Removing a set of files removes exactly those: not their siblings, not their folders, not
+/// a file that shares a name prefix; missing and repeated files are fine; the root is refused
+/// before anything goes.
+pub fn remove_files(backend: &dyn Backend) {
+    let stay = [
+        "vm/100/notes",
+        "vm/100/2024-01-01T00:00:00Z/sub/deep",
+        "vm/1000/owner",
+        "vm/100/owner.bak",
+    ];
+    let go = [
+        "vm/100/owner",
+        "vm/100/2024-01-01T00:00:00Z/index.json.blob",
+        "vm/100/2024-01-01T00:00:00Z/drive-scsi0.img.fidx",
+    ];
+    write_all_concurrently(
+        backend,
+        stay.iter()
+            .chain(&go)
+            .map(|f| (p(f), b"x".to_vec()))
+            .collect(),
+    );
+
+    let mut given: Vec<BackendPath> = go.iter().map(|f| p(f)).collect();
+    given.push(p(go[0]));
+    given.push(p("vm/100/missing"));
+    assert_err!(
+        backend.remove_files(&[p("vm/100/notes"), BackendPath::root()]),
+        Error::RefusedPath { .. }
+    );
+    assert!(
+        backend.exists(&p("vm/100/notes")).unwrap(),
+        "a refusal removes nothing"
+    );
+
+    let report = backend.remove_files(&given).unwrap();
+    // Object stores cannot tell a missing key from a removed one (S3's batch delete reports
+    // both as deleted): the missing file may count there, nowhere else.
+    assert!(
+        report.removed == go.len() as u64 || report.removed == go.len() as u64 + 1,
+        "{report:?}"
+    );
+    assert_eq!(report.kept, 0);
+    let expected: BTreeSet<String> = stay.iter().map(|s| s.to_string()).collect();
+    assert_eq!(files_below(backend, &BackendPath::root()), expected);
+    for file in go {
+        assert_err!(backend.read(&p(file)), Error::NotFound { .. });
+        assert!(!backend.exists_authoritative(&p(file)).unwrap());
+    }
+    assert_eq!(
+        backend
+            .stat(&p("vm/100/2024-01-01T00:00:00Z"))
+            .unwrap()
+            .kind,
+        EntryKind::Dir,
+        "folders stay"
+    );
+
+    let again = backend.remove_files(&[p("vm/100/owner")]).unwrap();
+    assert!(again.removed <= 1, "{again:?}");
+    assert_eq!(backend.remove_files(&[]).unwrap().removed, 0);
+    assert_eq!(files_below(backend, &BackendPath::root()), expected);
+}
+
+/// A folder is removed only while nothing is below it, decided at a `/` boundary; a missing
+/// folder counts as removed; the root is refused.
+pub fn remove_folder_if_empty(backend: &dyn Backend) {
+    let snapshot = "vm/100/2024-01-01T00:00:00Z";
+    let files = [
+        "vm/100/owner",
+        "vm/100/2024-01-01T00:00:00Z/index.json.blob",
+        "vm/1000/owner",
+    ];
+    write_all_concurrently(
+        backend,
+        files.iter().map(|f| (p(f), b"x".to_vec())).collect(),
+    );
+    let all: BTreeSet<String> = files.iter().map(|s| s.to_string()).collect();
+    for full in ["vm", "vm/100", snapshot] {
+        assert!(!backend.remove_folder_if_empty(&p(full)).unwrap(), "{full}");
+    }
+    assert_eq!(
+        files_below(backend, &BackendPath::root()),
+        all,
+        "nothing changes"
+    );
+
+    backend.remove_file(&p(files[1])).unwrap();
+    assert!(backend.remove_folder_if_empty(&p(snapshot)).unwrap());
+    assert_err!(backend.stat(&p(snapshot)), Error::NotFound { .. });
+    assert!(!backend.exists_authoritative(&p(snapshot)).unwrap());
+
+    backend.remove_file(&p(files[0])).unwrap();
+    assert!(
+        backend.remove_folder_if_empty(&p("vm/100")).unwrap(),
+        "vm/1000 is not below vm/100"
+    );
+    assert_err!(backend.stat(&p("vm/100")), Error::NotFound { .. });
+    assert_eq!(backend.read(&p("vm/1000/owner")).unwrap().data, b"x");
+    assert!(!backend.remove_folder_if_empty(&p("vm")).unwrap());
+
+    assert!(backend.remove_folder_if_empty(&p("ns/never")).unwrap());
+    backend.create_dir_all(&p("ns/made")).unwrap();
+    assert!(backend.remove_folder_if_empty(&p("ns/made")).unwrap());
+    assert_err!(backend.stat(&p("ns/made")), Error::NotFound { .. });
+    assert_err!(
+        backend.remove_folder_if_empty(&BackendPath::root()),
+        Error::RefusedPath { .. }
+    );
+    assert_eq!(
+        files_below(backend, &BackendPath::root()),
+        BTreeSet::from(["vm/1000/owner".to_owned()])
+    );
 }

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::identity::CacheIdentity;
 use crate::path::BackendPath;
 
 /// What a backend operation can fail with.
@@ -75,6 +76,19 @@ pub enum Error {
         /// What the object store reported.
         #[source]
         source: Box<object_store::Error>,
+    },
+
+    /// A cache folder belongs to another bucket datastore than the one it was opened with: its
+    /// marker ([`CACHE_MARKER`](crate::CACHE_MARKER)) names another endpoint, bucket or store.
+    #[error("cache folder {} belongs to {found}, not to {expected}", cache.display())]
+    CacheMismatch {
+        /// The cache folder.
+        cache: PathBuf,
+        /// The bucket datastore it was opened with (boxed: keeps every `Result` of this crate
+        /// small).
+        expected: Box<CacheIdentity>,
+        /// The bucket datastore its marker names.
+        found: Box<CacheIdentity>,
     },
 
     /// The local filesystem failed.

@@ -4,12 +4,17 @@
 //! - [`ObjectBackend`]: an object store through the `object_store` crate, S3 (any S3-compatible
 //!   endpoint) or in memory, with PBS's key layout (`<store>/.cnt/<path>`, see [`layout`]).
 //! - [`CachedBackend`]: PBS's S3 datastore: the bucket is the authority, a local directory is the
-//!   cache that reads come from.
+//!   cache that reads and listings come from without requests (each cache file records the bucket
+//!   version of its bytes); the folder's marker ([`CACHE_MARKER`], [`CacheIdentity`]) names the
+//!   bucket datastore it belongs to.
 //!
 //! Every backend is addressed by [`BackendPath`], a validated relative path, and keeps the
 //! contract written on [`Backend`]: atomic writes (replace, create-only, compare-and-swap on a
 //! [`Version`]), streamed listings, prefix deletes with a [`KeepFilter`] (PBS's "keep protected
-//! snapshots" rule is ready-made), tree renames and stat. The API is blocking, like `std::fs`, and
+//! snapshots" rule is ready-made), removal of exactly given files and of empty folders, tree
+//! renames and stat, and authoritative reads ([`Backend::read_authoritative`],
+//! [`Backend::exists_authoritative`], [`Backend::list_files_authoritative`]) that ask the bucket,
+//! not the cache, for destructive decisions. The API is blocking, like `std::fs`, and
 //! works from plain threads and from inside any tokio runtime: the object-store side runs its
 //! futures on a small runtime of its own.
 //!
@@ -41,17 +46,38 @@
 //! ```
 //!
 //! The same code runs against the bucket with `ObjectBackend::s3(&config, "store1")` or
-//! `ObjectBackend::in_memory("store1")`.
+//! `ObjectBackend::in_memory("store1")`, and against PBS's S3 datastore with
+//! `CachedBackend::open(cache, remote)`. A destructive decision there asks the bucket:
+//!
+//! ```
+//! use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let bucket = ObjectBackend::in_memory("store1")?;
+//! let store = CachedBackend::open(LocalBackend::open(dir.path(), SyncLevel::None)?, bucket.clone())?;
+//! let group = "vm/100".parse()?;
+//! store.write(&"vm/100/owner".parse()?, b"root@pam\n", WriteMode::CreateOnly)?;
+//! // Another host adds a snapshot; this host's cache does not know it yet.
+//! bucket.write(&"vm/100/2024-06-05T15:06:40Z/index.json.blob".parse()?, b"...", WriteMode::Replace)?;
+//!
+//! let files = store.list_files_authoritative(&group)?;
+//! assert_eq!(files.len(), 2, "the bucket knows both files");
+//! store.remove_files(&[ "vm/100/owner".parse()? ])?;
+//! assert!(!store.remove_folder_if_empty(&group)?, "the bucket still holds the snapshot");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod cached;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod identity;
 mod keep;
 pub mod layout;
 mod local;
 mod object;
 mod path;
+mod record;
 mod requests;
 mod runtime;
 mod s3;
@@ -60,12 +86,13 @@ mod version;
 use std::fmt;
 use std::sync::Arc;
 
-pub use cached::{CachedBackend, RefreshReport};
+pub use cached::{CachedBackend, RefreshReport, cache_identity};
 pub use error::{Error, Result};
+pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
 pub use layout::ChunkDigest;
 pub use local::{LocalBackend, SyncLevel};
-pub use object::ObjectBackend;
+pub use object::{ObjectBackend, WRITE_TOKEN_METADATA};
 pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN, is_temporary_name};
 pub use requests::{CountingConnector, RequestCounter, RequestCounts};
 pub use s3::{RetrySettings, S3Config};
@@ -195,7 +222,24 @@ pub struct Capabilities {
 /// **Removal.** [`Backend::remove_tree`] removes every file below a folder except what the
 /// [`KeepFilter`] keeps, and the folders left empty. It ends at a `/` boundary: removing `vm/100`
 /// never touches `vm/1000`. It is not atomic: a failure can leave part of the tree, which
-/// [`Error::Incomplete`] reports.
+/// [`Error::Incomplete`] reports. [`Backend::remove_files`] removes exactly the files it is
+/// given and nothing else, and [`Backend::remove_folder_if_empty`] a folder only while nothing
+/// is in it (on object stores: no key below it).
+///
+/// **Conditional writes on object stores.** A create-only or compare-and-swap write whose request
+/// was retried (the first attempt landed but its reply was lost) meets its own object and would
+/// fail; the object backend recognises its own attempt by a random token in the object's
+/// metadata and succeeds. Identical bytes written by someone else are still a conflict: a
+/// compare-and-swap that lost must lose even when the winner wrote the same bytes.
+///
+/// **Authority.** Where a backend is a cache in front of an authority (the [`CachedBackend`]:
+/// the bucket decides, the local folder only remembers), listings, stat and reads come from the
+/// cache and may be stale; the `*_authoritative` methods ask the authority itself
+/// ([`Backend::read_authoritative`], [`Backend::exists_authoritative`],
+/// [`Backend::list_files_authoritative`]), and [`Backend::remove_folder_if_empty`] decides from
+/// it. A destructive decision (is this folder empty, is this snapshot protected, which files are
+/// left) must be taken from them, right before acting. A backend that is its own authority
+/// answers them like the plain methods.
 ///
 /// **Rename.** [`Backend::rename`] moves a file or a folder to a path that must not exist. It is
 /// atomic on the local filesystem; on object stores it copies every object and then deletes the
@@ -277,6 +321,138 @@ pub trait Backend: Send + Sync + fmt::Debug {
         }
     }
 
+    /// Reads a whole file from the authority (see the contract): for a cache, the bytes and
+    /// version the authority holds now, never the cache's memory of them.
+    ///
+    /// The default is [`Backend::read`], for backends that are their own authority.
+    ///
+    /// ```
+    /// use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let bucket = ObjectBackend::in_memory("store1")?;
+    /// let cached = CachedBackend::new(LocalBackend::open(dir.path(), SyncLevel::None)?, bucket.clone());
+    /// let owner = "vm/100/owner".parse()?;
+    /// cached.write(&owner, b"root@pam\n", WriteMode::CreateOnly)?;
+    ///
+    /// // Another host changes the bucket; this cache does not know yet.
+    /// bucket.write(&owner, b"admin@pbs\n", WriteMode::Replace)?;
+    /// assert_eq!(cached.read(&owner)?.data, b"root@pam\n");
+    /// assert_eq!(cached.read_authoritative(&owner)?.data, b"admin@pbs\n");
+    /// // The authoritative read repaired the cache.
+    /// assert_eq!(cached.read(&owner)?.data, b"admin@pbs\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the authority has no file at `file`.
+    fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
+        self.read(file)
+    }
+
+    /// Whether anything (a file, or a folder with something below it) is at `path` in the
+    /// authority. The default is [`Backend::exists`].
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn exists_authoritative(&self, path: &BackendPath) -> Result<bool> {
+        self.exists(path)
+    }
+
+    /// Every file below `folder`, at any depth, as the authority holds them, in [`BackendPath`]
+    /// order. Folders are not listed; on the local filesystem neither are symbolic links and
+    /// other non-files (nothing is followed). On object stores this is one listing without
+    /// delimiter (a request per 1,000 keys).
+    ///
+    /// The default walks [`Backend::list`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no folder `folder` (on object stores: no key below it;
+    /// the root always exists).
+    fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
+        let mut files = Vec::new();
+        let mut stack = vec![folder.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match self.list(&dir) {
+                Ok(entries) => entries,
+                // Gone since its parent was listed: nothing below it any more.
+                Err(Error::NotFound { .. }) if dir != *folder => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                let path = dir.join(&entry.name)?;
+                match entry.kind {
+                    EntryKind::File => files.push(path),
+                    EntryKind::Dir => stack.push(path),
+                    EntryKind::Other => {}
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Removes exactly these files (in the authority first, where there is one) and nothing
+    /// else: no folder, no other file. Files that are not there are fine and not counted.
+    ///
+    /// The default removes them one by one with [`Backend::remove_file`].
+    ///
+    /// # Errors
+    /// [`Error::RefusedPath`] for the root (before anything is removed); [`Error::Incomplete`]
+    /// (naming the deepest folder holding every file) if some could not be removed, the rest
+    /// were.
+    fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+        for file in files {
+            check_file_path(file)?;
+        }
+        let mut report = RemoveReport::default();
+        let mut failures = Vec::new();
+        for file in unique_sorted(files) {
+            match self.remove_file(file) {
+                Ok(()) => report.removed += 1,
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => failures.push(e),
+            }
+        }
+        incomplete_unless_empty(files, failures).map(|()| report)
+    }
+
+    /// Removes `folder` if nothing is in it, deciding from the authority; returns whether it is
+    /// gone (also when it was not there).
+    ///
+    /// - Local filesystem: removes the folder only if it has no entry at all (an empty subfolder
+    ///   counts); `false` if something is in it, or if `folder` is not a folder.
+    /// - Object stores: `true` if no key is below `<key>/` (folders exist only through keys, so
+    ///   nothing needs deleting).
+    /// - Cached backend: `true` if the bucket has no key below the folder; then the cache folder
+    ///   goes too, with whatever stale copies are in it. If the bucket still has something, the
+    ///   answer is `false` and nothing changes, whatever the cache holds.
+    ///
+    /// The default lists the folder, and if it is empty removes it with [`Backend::remove_tree`]
+    /// keeping every file (so only folders left empty go).
+    ///
+    /// # Errors
+    /// [`Error::RefusedPath`] for the root.
+    fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+        check_folder_removable(folder)?;
+        match self.list(folder) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Ok(false);
+                }
+            }
+            Err(Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        let keep_every_file = KeepFilter::nothing().or_predicate(|_| true);
+        match self.remove_tree(folder, &keep_every_file) {
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(!self.exists(folder)?)
+    }
+
     /// Stores a chunk (its encoded DataBlob bytes) under its digest, create-only: a chunk that is
     /// there already is not rewritten and the answer is [`ChunkInsert::Duplicate`]. Concurrent
     /// inserts of one digest have one [`ChunkInsert::Stored`] winner.
@@ -310,80 +486,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Backend errors.
     fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
         self.exists(&digest.local_path())
-    }
-
-    /// Reads a file from the authority: the bucket for the cached backend (refreshing the cache
-    /// copy), the same as [`Backend::read`] elsewhere. For read-modify-write cycles whose
-    /// compare-and-swap must start from the current version.
-    ///
-    /// # Errors
-    /// As [`Backend::read`].
-    fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
-        self.read(file)
-    }
-
-    /// Whether anything is at `path` in the authority (the bucket for the cached backend).
-    ///
-    /// # Errors
-    /// As [`Backend::exists`].
-    fn exists_authoritative(&self, path: &BackendPath) -> Result<bool> {
-        self.exists(path)
-    }
-
-    /// Every file below `folder`, recursively, in the authority (the bucket for the cached
-    /// backend): what a destructive operation may remove, decided from the truth.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] if there is no such folder.
-    fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
-        let mut files = Vec::new();
-        let mut stack = vec![folder.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in self.list(&dir)? {
-                let entry = entry?;
-                let path = dir.join(&entry.name)?;
-                match entry.kind {
-                    EntryKind::File => files.push(path),
-                    EntryKind::Dir => stack.push(path),
-                    EntryKind::Other => {}
-                }
-            }
-        }
-        Ok(files)
-    }
-
-    /// Removes exactly these files (missing ones are skipped), and nothing else.
-    ///
-    /// # Errors
-    /// The first failure.
-    fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
-        let mut report = RemoveReport::default();
-        for file in files {
-            match self.remove_file(file) {
-                Ok(()) => report.removed += 1,
-                Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(report)
-    }
-
-    /// Removes `folder` (with the empty folders below it) if no file is below it in the
-    /// authority; returns whether it is gone.
-    ///
-    /// # Errors
-    /// Backend errors.
-    fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
-        match self.list_files_authoritative(folder) {
-            Ok(files) if files.is_empty() => {}
-            Ok(_) => return Ok(false),
-            Err(Error::NotFound { .. }) => return Ok(true),
-            Err(e) => return Err(e),
-        }
-        match self.remove_tree(folder, &KeepFilter::nothing()) {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(true),
-            Err(e) => Err(e),
-        }
     }
 
     /// The local datastore directory behind this backend, if there is one: the datastore itself
@@ -438,18 +540,6 @@ macro_rules! forward_backend {
             fn exists(&self, path: &BackendPath) -> Result<bool> {
                 (**self).exists(path)
             }
-            fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
-                (**self).insert_chunk(digest, blob)
-            }
-            fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
-                (**self).read_chunk(digest)
-            }
-            fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
-                (**self).chunk_exists(digest)
-            }
-            fn host_local(&self) -> Option<&LocalBackend> {
-                (**self).host_local()
-            }
             fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
                 (**self).read_authoritative(file)
             }
@@ -464,6 +554,18 @@ macro_rules! forward_backend {
             }
             fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
                 (**self).remove_folder_if_empty(folder)
+            }
+            fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+                (**self).insert_chunk(digest, blob)
+            }
+            fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+                (**self).read_chunk(digest)
+            }
+            fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
+                (**self).chunk_exists(digest)
+            }
+            fn host_local(&self) -> Option<&LocalBackend> {
+                (**self).host_local()
             }
         }
     )*};
@@ -491,6 +593,60 @@ pub(crate) fn check_file_path(file: &BackendPath) -> Result<()> {
         return Err(Error::refused("", "the root is a folder, not a file"));
     }
     Ok(())
+}
+
+/// Refuses the root as a folder to remove.
+pub(crate) fn check_folder_removable(folder: &BackendPath) -> Result<()> {
+    if folder.is_root() {
+        return Err(Error::refused("", "the root is never removed"));
+    }
+    Ok(())
+}
+
+/// `files` sorted, each once.
+pub(crate) fn unique_sorted(files: &[BackendPath]) -> Vec<&BackendPath> {
+    let mut sorted: Vec<&BackendPath> = files.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    sorted
+}
+
+/// The deepest folder that holds every one of `files` (the root if they share none).
+pub(crate) fn common_folder(files: &[BackendPath]) -> BackendPath {
+    let mut common: Option<BackendPath> = None;
+    for file in files {
+        let parent = file.parent().unwrap_or_default();
+        common = Some(match common {
+            None => parent,
+            Some(current) => {
+                let mut shared = BackendPath::root();
+                for (a, b) in current.components().zip(parent.components()) {
+                    if a != b {
+                        break;
+                    }
+                    // Components of a valid path join to a valid path.
+                    shared = shared.join(a).unwrap_or_default();
+                }
+                shared
+            }
+        });
+    }
+    common.unwrap_or_default()
+}
+
+/// [`Error::Incomplete`] over `files` if there are `failures`, the first one as its source.
+pub(crate) fn incomplete_unless_empty(
+    files: &[BackendPath],
+    mut failures: Vec<Error>,
+) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Incomplete {
+        path: common_folder(files),
+        failed: failures.len(),
+        source: Box::new(failures.swap_remove(0)),
+    })
 }
 
 #[cfg(test)]

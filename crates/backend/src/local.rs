@@ -10,7 +10,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::fs::{
+    self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags, XattrFlags,
+};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -19,7 +21,7 @@ use crate::path::{BackendPath, check_component};
 use crate::version::Version;
 use crate::{
     Backend, Capabilities, Entry, EntryKind, FileContents, Listing, RemoveReport, Stat, WriteMode,
-    check_file_path, check_rename,
+    check_file_path, check_folder_removable, check_rename, incomplete_unless_empty, unique_sorted,
 };
 
 /// How much a local write forces to disk (PBS's datastore tuning option `sync-level`).
@@ -84,6 +86,11 @@ const TEMP_FLAGS: OFlags = OFlags::WRONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
+/// PBS's mode for the files of a datastore, set explicitly when an owner is given.
+const FILE_MODE: u32 = 0o644;
+/// PBS's mode for the folders of a datastore, set explicitly when an owner is given.
+const DIR_MODE: u32 = 0o755;
+
 /// The marker in every temporary file name; no PBS listing regex matches a name holding it at
 /// the end (`.tmp_` followed by hex), and the leading `.` hides it from PBS's GC walk too.
 const TEMP_INFIX: &str = ".tmp_";
@@ -103,7 +110,8 @@ const TEMP_INFIX: &str = ".tmp_";
 ///   [`SyncLevel`], renamed into place; create-only uses `renameat2(RENAME_NOREPLACE)` (or
 ///   `link` where the filesystem lacks it), so exactly one concurrent creator wins and nothing
 ///   half-written is ever visible. Files are created with mode 0644 (less the umask), folders
-///   0755.
+///   0755; with [`LocalBackend::with_owner`] every file and folder this backend creates gets
+///   that owner and exactly these modes.
 /// - **Versions** are the length and SHA-256 of the content (reads hash what they read).
 /// - **Compare-and-swap** takes an exclusive `flock` on the current file, checks that the path
 ///   still names that file and that its content is at the expected version, and renames the new
@@ -121,6 +129,69 @@ pub struct LocalBackend {
     /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` works here (Linux 5.6+, not
     /// filtered by a seccomp policy); cleared on the first `ENOSYS`/`EPERM`.
     openat2: AtomicBool,
+    /// Who owns what this backend creates; `None` leaves it to the process.
+    owner: Option<Ownership>,
+    /// Whether extended attributes are used (tests turn them off to stand for a filesystem
+    /// that refuses them).
+    attributes: Attributes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attributes {
+    Used,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Refused,
+}
+
+/// The owner given to created files and folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ownership {
+    uid: u32,
+    gid: u32,
+}
+
+/// How a crate-internal write forces its bytes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Durability {
+    /// Per the backend's [`SyncLevel`], like [`Backend::write`].
+    #[default]
+    PerSyncLevel,
+    /// Not at all: the caller syncs many files at once afterwards
+    /// ([`LocalBackend::sync_filesystem`]).
+    Deferred,
+}
+
+/// What a crate-internal write adds to [`Backend::write`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WriteOptions<'a> {
+    /// An extended attribute (name, value) set on the temporary file before it is renamed into
+    /// place, so that the file and its attribute appear together.
+    pub(crate) attribute: Option<(&'a CStr, &'a [u8])>,
+    /// How the write forces its bytes to disk.
+    pub(crate) durability: Durability,
+}
+
+/// Whether the attribute of a [`WriteOptions`] was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttributeOutcome {
+    /// None was asked for.
+    NotAsked,
+    /// The file has it.
+    Set,
+    /// The filesystem refused it (no user attributes, e.g. some tmpfs; or no room): the file was
+    /// written without it.
+    Refused,
+}
+
+/// Every entry below a folder, by kind.
+#[derive(Debug, Default)]
+pub(crate) struct Tree {
+    /// Regular files.
+    pub(crate) files: Vec<BackendPath>,
+    /// Symbolic links, sockets, FIFOs, devices (never followed or opened).
+    pub(crate) others: Vec<BackendPath>,
+    /// Folders, parents before their children.
+    pub(crate) dirs: Vec<BackendPath>,
 }
 
 impl fmt::Debug for LocalBackend {
@@ -162,7 +233,38 @@ impl LocalBackend {
             sync,
             temp_counter: AtomicU64::new(0),
             openat2: AtomicBool::new(true),
+            owner: None,
+            attributes: Attributes::Used,
         })
+    }
+
+    /// This backend as on a filesystem that refuses extended attributes.
+    #[cfg(test)]
+    pub(crate) fn refusing_attributes(mut self) -> Self {
+        self.attributes = Attributes::Refused;
+        self
+    }
+
+    /// Gives every file and folder this backend creates from now on the owner `uid`:`gid` and
+    /// PBS's modes, set explicitly (not left to the umask): files 0644, folders 0755. For a
+    /// process running as root next to a PBS server, whose `backup` user must be able to use
+    /// what keepsake writes.
+    ///
+    /// Files get the owner on their temporary file, before the rename, so a file is never
+    /// visible with another owner; folders right after they are made. Files and folders that
+    /// exist already are left alone. Changing the owner needs the privilege to (`CAP_CHOWN`):
+    /// without it writes fail with [`Error::Io`].
+    ///
+    /// ```no_run
+    /// use keepsake_backend::{LocalBackend, SyncLevel};
+    ///
+    /// // PBS's `backup` user and group are 34:34 on Debian.
+    /// let store = LocalBackend::open("/srv/datastore", SyncLevel::Filesystem)?.with_owner(34, 34);
+    /// # Ok::<(), keepsake_backend::Error>(())
+    /// ```
+    pub fn with_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.owner = Some(Ownership { uid, gid });
+        self
     }
 
     /// The datastore directory.
@@ -239,9 +341,15 @@ impl LocalBackend {
                 match rfs::openat(&current, name, DIR_FLAGS, Mode::empty()) {
                     Ok(fd) => break fd,
                     Err(Errno::NOENT) if create => {
-                        match rfs::mkdirat(&current, name, Mode::from_raw_mode(0o755)) {
-                            // A new folder is only durable once its parent is synced too.
-                            Ok(()) => self.sync_dir(&current, &walked)?,
+                        match rfs::mkdirat(&current, name, Mode::from_raw_mode(DIR_MODE)) {
+                            Ok(()) => {
+                                if let Some(made) = self.own_new_dir(&current, &walked, name)? {
+                                    // A new folder is only durable once its parent is synced.
+                                    self.sync_dir(&current, &walked)?;
+                                    break made;
+                                }
+                                self.sync_dir(&current, &walked)?;
+                            }
                             // Another writer made it first: fine, open it.
                             Err(Errno::EXIST) => {}
                             Err(e) => return Err(self.io_error_name(&walked, name, e)),
@@ -310,21 +418,23 @@ impl LocalBackend {
         }
     }
 
-    /// Creates and fills a temporary file next to `name`; returns its name.
+    /// Creates and fills a temporary file next to `name` (owned per [`LocalBackend::with_owner`],
+    /// with the attribute of `options`, synced per `options`); returns its name.
     fn write_temp(
         &self,
         parent: &OwnedFd,
         folder: &BackendPath,
         name: &str,
         data: &[u8],
-    ) -> Result<String> {
+        options: &WriteOptions<'_>,
+    ) -> Result<(String, AttributeOutcome)> {
         let (temp, fd) = loop {
             let temp = self.temp_name(name);
             match rfs::openat(
                 parent,
                 temp.as_str(),
                 TEMP_FLAGS,
-                Mode::from_raw_mode(0o644),
+                Mode::from_raw_mode(FILE_MODE),
             ) {
                 Ok(fd) => break (temp, fd),
                 // Names are unique per backend; a collision means another process: draw again.
@@ -333,13 +443,32 @@ impl LocalBackend {
             }
         };
         let mut file = File::from(fd);
-        let written = file.write_all(data).and_then(|()| {
-            if self.sync == SyncLevel::None {
-                Ok(())
-            } else {
-                file.sync_all()
-            }
-        });
+        let mut outcome = AttributeOutcome::NotAsked;
+        let written = file
+            .write_all(data)
+            .and_then(|()| self.apply_owner(&file, FILE_MODE))
+            .and_then(|()| {
+                // Before the fsync, so that the sync covers the attribute too.
+                if let Some((attribute, value)) = options.attribute {
+                    outcome = match self.set_attribute(&file, attribute, value) {
+                        Ok(()) => AttributeOutcome::Set,
+                        Err(e) => {
+                            tracing::debug!(
+                                folder = %folder,
+                                name,
+                                error = %e,
+                                "the filesystem refuses an extended attribute"
+                            );
+                            AttributeOutcome::Refused
+                        }
+                    };
+                }
+                if self.sync == SyncLevel::None || options.durability == Durability::Deferred {
+                    Ok(())
+                } else {
+                    file.sync_all()
+                }
+            });
         if let Err(source) = written {
             let _ = rfs::unlinkat(parent, temp.as_str(), AtFlags::empty());
             return Err(Error::Io {
@@ -347,7 +476,51 @@ impl LocalBackend {
                 source,
             });
         }
-        Ok(temp)
+        Ok((temp, outcome))
+    }
+
+    fn set_attribute(&self, fd: &File, attribute: &CStr, value: &[u8]) -> rustix::io::Result<()> {
+        match self.attributes {
+            Attributes::Used => rfs::fsetxattr(fd, attribute, value, XattrFlags::empty()),
+            Attributes::Refused => Err(Errno::OPNOTSUPP),
+        }
+    }
+
+    /// Gives a file or folder this backend just created its owner and mode, if one is set.
+    fn apply_owner(&self, fd: impl AsFd, mode: u32) -> std::io::Result<()> {
+        let Some(owner) = self.owner else {
+            return Ok(());
+        };
+        std::os::unix::fs::fchown(&fd, Some(owner.uid), Some(owner.gid))?;
+        // After the chown, which may clear mode bits; explicit, so the umask cannot narrow it.
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        Ok(())
+    }
+
+    /// Opens the folder `name` just made in `parent` and gives it its owner, when an owner is
+    /// set; `None` when none is set, or the folder went away meanwhile (the caller opens or
+    /// makes it again).
+    fn own_new_dir(
+        &self,
+        parent: &OwnedFd,
+        folder: &BackendPath,
+        name: &str,
+    ) -> Result<Option<OwnedFd>> {
+        if self.owner.is_none() {
+            return Ok(None);
+        }
+        let fd = match rfs::openat(parent, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP) => return Err(symlink_refused(folder, name)),
+            Err(e) => return Err(self.io_error_name(folder, name, e)),
+        };
+        self.apply_owner(&fd, DIR_MODE)
+            .map_err(|source| Error::Io {
+                path: self.local_path(folder).join(name),
+                source,
+            })?;
+        Ok(Some(fd))
     }
 
     fn temp_name(&self, name: &str) -> String {
@@ -436,14 +609,177 @@ impl LocalBackend {
         }
     }
 
-    /// Collects every file (and link or other non-folder) and every folder below `folder`.
-    fn collect_tree(
+    /// [`Backend::write`] with the extras of `options`; also tells whether the attribute was set.
+    pub(crate) fn write_with(
         &self,
-        folder_fd: &OwnedFd,
-        folder: &BackendPath,
-    ) -> Result<(Vec<BackendPath>, Vec<BackendPath>)> {
-        let mut files = Vec::new();
-        let mut dirs = Vec::new();
+        file: &BackendPath,
+        data: &[u8],
+        mode: WriteMode,
+        options: &WriteOptions<'_>,
+    ) -> Result<(Version, AttributeOutcome)> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, true)?;
+        let (temp, outcome) = self.write_temp(&parent, &folder, name, data, options)?;
+        if let Err(e) = self.commit(&parent, &folder, file, name, &temp, &mode) {
+            let _ = rfs::unlinkat(&parent, temp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        if options.durability == Durability::PerSyncLevel {
+            self.sync_dir(&parent, &folder)?;
+        }
+        Ok((Version::of_content(data), outcome))
+    }
+
+    /// Opens the regular file `file` for reading, never through a link; with its status.
+    fn open_regular(&self, file: &BackendPath) -> Result<(OwnedFd, rfs::Stat)> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        // Look before opening: opening a device can have effects (a tape rewinds).
+        match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => {}
+                FileType::Directory => return Err(Error::NotFound { path: file.clone() }),
+                FileType::Symlink => return Err(symlink_refused(&folder, name)),
+                _ => return Err(not_regular_refused(&folder, name)),
+            },
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(e) => return Err(self.io_error(file, e)),
+        }
+        let fd = match rfs::openat(&parent, name, READ_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(Errno::LOOP) => return Err(symlink_refused(&folder, name)),
+            Err(e) => return Err(self.io_error(file, e)),
+        };
+        let st = rfs::fstat(&fd).map_err(|e| self.io_error(file, e))?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(not_regular_refused(&folder, name));
+        }
+        Ok((fd, st))
+    }
+
+    /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
+    fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
+        let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+        File::from(fd)
+            .read_to_end(&mut data)
+            .map_err(|source| Error::Io {
+                path: self.local_path(file),
+                source,
+            })?;
+        let version = Version::of_content(&data);
+        Ok(FileContents { data, version })
+    }
+
+    /// [`Backend::read`], and the value of the extended attribute `attribute` of the same file
+    /// (`None` if it has none, or the filesystem keeps none).
+    pub(crate) fn read_with_attribute(
+        &self,
+        file: &BackendPath,
+        attribute: &CStr,
+    ) -> Result<(FileContents, Option<Vec<u8>>)> {
+        let (fd, st) = self.open_regular(file)?;
+        let value = self.get_attribute(&fd, attribute);
+        Ok((self.read_open(file, fd, &st)?, value))
+    }
+
+    /// The size of the file `file` and the value of its extended attribute `attribute`, without
+    /// reading the file.
+    pub(crate) fn stat_with_attribute(
+        &self,
+        file: &BackendPath,
+        attribute: &CStr,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let (fd, st) = self.open_regular(file)?;
+        Ok((
+            u64::try_from(st.st_size).unwrap_or(0),
+            self.get_attribute(&fd, attribute),
+        ))
+    }
+
+    /// The value of the extended attribute `attribute` of the open file `fd`, if it has one that
+    /// fits the buffer (records are far smaller); `None` also where the filesystem keeps none.
+    fn get_attribute(&self, fd: &OwnedFd, attribute: &CStr) -> Option<Vec<u8>> {
+        if self.attributes == Attributes::Refused {
+            return None;
+        }
+        let mut buffer = vec![0u8; 4096];
+        match rfs::fgetxattr(fd, attribute, &mut buffer[..]) {
+            Ok(len) => {
+                buffer.truncate(len);
+                Some(buffer)
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Removes the extended attribute `attribute` of `file`, if it has it.
+    pub(crate) fn remove_attribute(&self, file: &BackendPath, attribute: &CStr) -> Result<()> {
+        let (fd, _) = self.open_regular(file)?;
+        match rfs::fremovexattr(&fd, attribute) {
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+            Err(e) => Err(self.io_error(file, e)),
+        }
+    }
+
+    /// Removes `file` only if it still holds the content `expected` (a content version from a
+    /// read), under the same lock as compare-and-swap writes.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if it is gone, [`Error::Precondition`] if it changed.
+    pub(crate) fn remove_file_if(&self, file: &BackendPath, expected: &Version) -> Result<()> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        let mut locked = match self.lock_current(&parent, &folder, name)? {
+            Current::Locked(f) => f,
+            Current::Missing | Current::Dir => return Err(Error::NotFound { path: file.clone() }),
+        };
+        let mut current = Vec::new();
+        locked
+            .read_to_end(&mut current)
+            .map_err(|source| Error::Io {
+                path: self.local_path(file),
+                source,
+            })?;
+        if Version::of_content(&current) != *expected {
+            return Err(Error::Precondition { path: file.clone() });
+        }
+        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(e) => return Err(self.io_error(file, e)),
+        }
+        self.sync_dir(&parent, &folder)
+    }
+
+    /// Every entry below `folder`, by kind, walking without following links.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such folder.
+    pub(crate) fn walk(&self, folder: &BackendPath) -> Result<Tree> {
+        let fd = self.open_dir(folder, false)?;
+        self.collect_tree(&fd, folder)
+    }
+
+    /// Forces everything written to the cache's filesystem to disk, once, per the
+    /// [`SyncLevel`] (`syncfs`; nothing for `None`): for writes made with
+    /// [`Durability::Deferred`].
+    pub(crate) fn sync_filesystem(&self) -> Result<()> {
+        if self.sync == SyncLevel::None {
+            return Ok(());
+        }
+        rfs::syncfs(&self.root_fd).map_err(|e| self.io_error(&BackendPath::root(), e))
+    }
+
+    /// Collects every entry below `folder`, by kind.
+    fn collect_tree(&self, folder_fd: &OwnedFd, folder: &BackendPath) -> Result<Tree> {
+        let mut tree = Tree::default();
         let first = rfs::openat(folder_fd, c".", DIR_FLAGS, Mode::empty())
             .map_err(|e| self.io_error(folder, e))?;
         let mut stack = vec![(folder.clone(), first)];
@@ -466,24 +802,26 @@ impl LocalBackend {
                     }
                     known => known,
                 };
-                if kind == FileType::Directory {
-                    let fd = dir.fd().map_err(|e| self.io_error(&path, e))?;
-                    match rfs::openat(fd, name, DIR_FLAGS, Mode::empty()) {
-                        Ok(sub) => {
-                            dirs.push(child.clone());
-                            stack.push((child, sub));
+                match kind {
+                    FileType::Directory => {
+                        let fd = dir.fd().map_err(|e| self.io_error(&path, e))?;
+                        match rfs::openat(fd, name, DIR_FLAGS, Mode::empty()) {
+                            Ok(sub) => {
+                                tree.dirs.push(child.clone());
+                                stack.push((child, sub));
+                            }
+                            Err(Errno::NOENT) => {}
+                            // Replaced by a link or file since the listing: not a folder.
+                            Err(Errno::LOOP | Errno::NOTDIR) => tree.others.push(child),
+                            Err(e) => return Err(self.io_error(&child, e)),
                         }
-                        Err(Errno::NOENT) => {}
-                        // Replaced by a link or file since the listing: remove it as a file.
-                        Err(Errno::LOOP | Errno::NOTDIR) => files.push(child),
-                        Err(e) => return Err(self.io_error(&child, e)),
                     }
-                } else {
-                    files.push(child);
+                    FileType::RegularFile => tree.files.push(child),
+                    _ => tree.others.push(child),
                 }
             }
         }
-        Ok((files, dirs))
+        Ok(tree)
     }
 }
 
@@ -626,53 +964,13 @@ impl Backend for LocalBackend {
     }
 
     fn read(&self, file: &BackendPath) -> Result<FileContents> {
-        let (folder, name) = split_file(file)?;
-        let parent = self.open_dir(&folder, false).map_err(|e| match e {
-            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
-            e => e,
-        })?;
-        // Look before opening: opening a device can have effects (a tape rewinds).
-        match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
-                FileType::RegularFile => {}
-                FileType::Directory => return Err(Error::NotFound { path: file.clone() }),
-                FileType::Symlink => return Err(symlink_refused(&folder, name)),
-                _ => return Err(not_regular_refused(&folder, name)),
-            },
-            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
-            Err(e) => return Err(self.io_error(file, e)),
-        }
-        let fd = match rfs::openat(&parent, name, READ_FLAGS, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
-            Err(Errno::LOOP) => return Err(symlink_refused(&folder, name)),
-            Err(e) => return Err(self.io_error(file, e)),
-        };
-        let st = rfs::fstat(&fd).map_err(|e| self.io_error(file, e))?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err(not_regular_refused(&folder, name));
-        }
-        let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
-        File::from(fd)
-            .read_to_end(&mut data)
-            .map_err(|source| Error::Io {
-                path: self.local_path(file),
-                source,
-            })?;
-        let version = Version::of_content(&data);
-        Ok(FileContents { data, version })
+        let (fd, st) = self.open_regular(file)?;
+        self.read_open(file, fd, &st)
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {
-        let (folder, name) = split_file(file)?;
-        let parent = self.open_dir(&folder, true)?;
-        let temp = self.write_temp(&parent, &folder, name, data)?;
-        if let Err(e) = self.commit(&parent, &folder, file, name, &temp, &mode) {
-            let _ = rfs::unlinkat(&parent, temp.as_str(), AtFlags::empty());
-            return Err(e);
-        }
-        self.sync_dir(&parent, &folder)?;
-        Ok(Version::of_content(data))
+        self.write_with(file, data, mode, &WriteOptions::default())
+            .map(|(version, _)| version)
     }
 
     fn remove_file(&self, file: &BackendPath) -> Result<()> {
@@ -695,7 +993,13 @@ impl Backend for LocalBackend {
 
     fn remove_tree(&self, folder: &BackendPath, keep: &KeepFilter) -> Result<RemoveReport> {
         let tree = self.open_dir(folder, false)?;
-        let (mut files, mut dirs) = self.collect_tree(&tree, folder)?;
+        let Tree {
+            mut files,
+            others,
+            mut dirs,
+        } = self.collect_tree(&tree, folder)?;
+        // Links and other non-folders go like files (unlinked, never followed).
+        files.extend(others);
         let plan = keep.plan(&files);
         files.sort();
         let mut report = RemoveReport::default();
@@ -856,6 +1160,91 @@ impl Backend for LocalBackend {
 
     fn create_dir_all(&self, folder: &BackendPath) -> Result<()> {
         self.open_dir(folder, true).map(drop)
+    }
+
+    fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
+        let mut files = self.walk(folder)?.files;
+        files.sort();
+        Ok(files)
+    }
+
+    /// Each file under the same lock as compare-and-swap writes (a symbolic link is refused and
+    /// counts as a failure); each folder synced once, per the [`SyncLevel`].
+    fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+        for file in files {
+            check_file_path(file)?;
+        }
+        let mut report = RemoveReport::default();
+        let mut failures = Vec::new();
+        // Sorted, so each folder is opened (and synced) once; `None` for a folder not there.
+        let mut open: Option<(BackendPath, Option<OwnedFd>, bool)> = None;
+        let finish = |open: Option<(BackendPath, Option<OwnedFd>, bool)>,
+                      failures: &mut Vec<Error>| {
+            if let Some((folder, Some(fd), true)) = open {
+                if let Err(e) = self.sync_dir(&fd, &folder) {
+                    failures.push(e);
+                }
+            }
+        };
+        for file in unique_sorted(files) {
+            let (folder, name) = split_file(file)?;
+            if open.as_ref().is_none_or(|(f, _, _)| *f != folder) {
+                finish(open.take(), &mut failures);
+                let fd = match self.open_dir(&folder, false) {
+                    Ok(fd) => Some(fd),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => {
+                        failures.push(e);
+                        None
+                    }
+                };
+                open = Some((folder.clone(), fd, false));
+            }
+            let Some((_, Some(parent), removed_here)) = &mut open else {
+                continue;
+            };
+            let _lock = match self.lock_current(parent, &folder, name) {
+                Ok(Current::Missing | Current::Dir) => continue,
+                Ok(locked) => locked,
+                Err(e) => {
+                    failures.push(e);
+                    continue;
+                }
+            };
+            match rfs::unlinkat(&*parent, name, AtFlags::empty()) {
+                Ok(()) => {
+                    report.removed += 1;
+                    *removed_here = true;
+                }
+                Err(Errno::NOENT) => {}
+                Err(e) => failures.push(self.io_error(file, e)),
+            }
+        }
+        finish(open, &mut failures);
+        incomplete_unless_empty(files, failures).map(|()| report)
+    }
+
+    fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+        check_folder_removable(folder)?;
+        let parent_path = folder.parent().unwrap_or_default();
+        let name = folder.file_name().unwrap_or_default();
+        let parent = match self.open_dir(&parent_path, false) {
+            Ok(fd) => fd,
+            Err(Error::NotFound { .. }) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        // One rmdir: the kernel checks emptiness and removes atomically, so nothing written
+        // into the folder meanwhile is ever lost.
+        match rfs::unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                self.sync_dir(&parent, &parent_path)?;
+                Ok(true)
+            }
+            Err(Errno::NOENT) => Ok(true),
+            // Something is in it; or it is a file or a link, not a folder (never followed).
+            Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOTDIR) => Ok(false),
+            Err(e) => Err(self.io_error(folder, e)),
+        }
     }
 }
 

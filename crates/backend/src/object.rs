@@ -11,9 +11,13 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode,
+    PutOptions, PutPayload,
+};
 
 use crate::error::{Error, Result};
+use crate::identity::CacheIdentity;
 use crate::keep::KeepFilter;
 use crate::layout::{ChunkDigest, ObjectLayout};
 use crate::path::{BackendPath, check_component};
@@ -23,13 +27,17 @@ use crate::s3::S3Config;
 use crate::version::Version;
 use crate::{
     Backend, Capabilities, ChunkInsert, Entry, EntryKind, FileContents, Listing, RemoveReport,
-    Stat, WriteMode, check_file_path, check_rename,
+    Stat, WriteMode, check_file_path, check_folder_removable, check_rename, common_folder,
+    unique_sorted,
 };
 
 /// S3's limit on keys per `DeleteObjects` request, and the page size of its listings.
 pub(crate) const BATCH: usize = 1000;
 /// Copies and downloads in flight at once.
 pub(crate) const CONCURRENCY: usize = 16;
+/// The user metadata key (`x-amz-meta-keepsake-write` on S3) that carries a conditional write's
+/// random token, by which a retried write recognises that its first attempt landed.
+pub const WRITE_TOKEN_METADATA: &str = "keepsake-write";
 
 /// A datastore in an object store: S3 (any S3-compatible endpoint) or in memory.
 ///
@@ -45,6 +53,15 @@ pub(crate) const CONCURRENCY: usize = 16;
 /// - **Writes**: replace is a plain PUT; create-only is `PutMode::Create` (`If-None-Match: *`);
 ///   compare-and-swap is `PutMode::Update` with the ETag and object version of the expected
 ///   [`Version`] (`If-Match`). Versions are ETags.
+/// - **Lost replies**: object_store retries a request whose reply it did not get. If the first
+///   attempt of a conditional write had landed, the retry finds the object already there (or at
+///   a new ETag) and fails with "exists" or "precondition failed", although the write happened.
+///   So every conditional write carries a random token in the object's user metadata
+///   ([`WRITE_TOKEN_METADATA`], `x-amz-meta-keepsake-write`), and on those two answers the
+///   backend asks for the object's metadata (one HEAD): if it carries this write's token, the
+///   write landed and its version is returned. The bytes alone would not do: two writers that
+///   read the same version and compute the same new bytes (two hosts incrementing one counter)
+///   must not both win a compare-and-swap.
 /// - **Removing a file** checks that it exists (HEAD) before deleting it (DELETE), since S3
 ///   deletes report success for missing keys.
 /// - **Removing a tree** lists every key below `<key>/` (the trailing `/` is the boundary:
@@ -70,6 +87,7 @@ struct Inner {
     counter: RequestCounter,
     compare_and_swap: bool,
     description: String,
+    identity: CacheIdentity,
     // Declared last so the store (and its HTTP client) goes first.
     runtime: BlockingRuntime,
 }
@@ -123,6 +141,7 @@ impl ObjectBackend {
         };
         let endpoint = config.endpoint.as_deref().unwrap_or("aws");
         let description = format!("s3 {endpoint} bucket {}", config.bucket);
+        let identity = CacheIdentity::new(config.endpoint.clone(), &config.bucket, store);
         let (object_store, paged): (Arc<dyn ObjectStore>, Option<Arc<dyn PaginatedListStore>>) =
             match wrap {
                 Some(wrap) => (wrap(s3), None),
@@ -136,6 +155,7 @@ impl ObjectBackend {
                 counter,
                 compare_and_swap: config.conditional_writes,
                 description,
+                identity,
                 runtime,
             }),
         })
@@ -149,7 +169,9 @@ impl ObjectBackend {
         Self::with_store(Arc::new(InMemory::new()), store)
     }
 
-    /// The datastore `store` in any object store. Requests are counted per trait call.
+    /// The datastore `store` in any object store. Requests are counted per trait call. Its
+    /// [`identity`](ObjectBackend::identity) is that of an in-memory store (endpoint and bucket
+    /// `memory`), whatever the store is.
     ///
     /// # Errors
     /// [`Error::RefusedPath`] for an invalid store name.
@@ -166,6 +188,7 @@ impl ObjectBackend {
                 counter,
                 compare_and_swap: true,
                 description,
+                identity: CacheIdentity::new(Some("memory".to_owned()), "memory", store),
                 runtime,
             }),
         })
@@ -174,6 +197,13 @@ impl ObjectBackend {
     /// The key layout of this datastore.
     pub fn layout(&self) -> &ObjectLayout {
         &self.inner.layout
+    }
+
+    /// Which bucket datastore this is: the endpoint (`None` for AWS, `memory` for a store made
+    /// by [`ObjectBackend::in_memory`] or [`ObjectBackend::with_store`]), the bucket and the
+    /// store name. What a cache folder's marker names (see [`CachedBackend`](crate::CachedBackend)).
+    pub fn identity(&self) -> &CacheIdentity {
+        &self.inner.identity
     }
 
     /// The requests sent so far.
@@ -346,6 +376,66 @@ fn below(key: &Path, prefix: &Path) -> bool {
         .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// A random token for one conditional write; `None` (no lost-reply recovery for this write) if
+/// the system has no randomness to give.
+fn write_token() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no random token: a lost reply will show as a conflict");
+            None
+        }
+    }
+}
+
+/// The version of the object at `key` if its metadata carries the write token `token` (one
+/// HEAD); `None` otherwise, also when it cannot be asked (the caller then reports the conflict
+/// it had).
+async fn version_if_written_by(
+    store: &Arc<dyn ObjectStore>,
+    key: &Path,
+    token: &str,
+) -> Option<Version> {
+    let options = GetOptions {
+        head: true,
+        ..Default::default()
+    };
+    let result = store.get_opts(key, options).await.ok()?;
+    let found = result
+        .attributes
+        .get(&Attribute::Metadata(WRITE_TOKEN_METADATA.into()))?;
+    (found.as_ref() == token).then(|| Version::of_object(result.meta.e_tag, result.meta.version))
+}
+
+/// Whether any key lies below `<key>/`: one listing limited to one key where the store pages,
+/// else the first item of a listing.
+async fn any_key_below(
+    store: &Arc<dyn ObjectStore>,
+    paged: Option<&Arc<dyn PaginatedListStore>>,
+    key: &Path,
+) -> Result<bool> {
+    match paged {
+        Some(paged) => {
+            let options = PaginatedListOptions {
+                max_keys: Some(1),
+                ..Default::default()
+            };
+            let prefix = format!("{}/", key.as_ref());
+            let page = paged
+                .list_paginated(Some(&prefix), options)
+                .await
+                .map_err(|e| Error::backend(key.as_ref(), e))?;
+            Ok(!page.result.objects.is_empty())
+        }
+        None => match store.list(Some(key)).next().await {
+            Some(Ok(_)) => Ok(true),
+            None => Ok(false),
+            Some(Err(e)) => Err(Error::backend(key.as_ref(), e)),
+        },
+    }
+}
+
 /// Deletes `keys` in batches of at most [`BATCH`]; returns how many went and the failures.
 pub(crate) async fn delete_batches(
     store: &Arc<dyn ObjectStore>,
@@ -506,12 +596,25 @@ impl Backend for ObjectBackend {
             },
         };
         let is_update = matches!(put_mode, PutMode::Update(_));
+        // Only conditional writes can be refused by their own first attempt.
+        let token = match put_mode {
+            PutMode::Overwrite => None,
+            _ => write_token(),
+        };
+        let mut attributes = Attributes::new();
+        if let Some(token) = &token {
+            attributes.insert(
+                Attribute::Metadata(WRITE_TOKEN_METADATA.into()),
+                token.clone().into(),
+            );
+        }
         let store = Arc::clone(&self.inner.store);
         let payload = PutPayload::from(Bytes::copy_from_slice(data));
         let (path, put_key) = (file.clone(), key.clone());
         self.exec(&key, async move {
             let options = PutOptions {
                 mode: put_mode,
+                attributes,
                 ..Default::default()
             };
             match store.put_opts(&put_key, payload, options).await {
@@ -520,6 +623,17 @@ impl Backend for ObjectBackend {
                 Err(object_store::Error::NotFound { .. }) if is_update => {
                     Err(Error::Precondition { path })
                 }
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => match &token {
+                    // A retry of a write that landed (see the type's docs on lost replies).
+                    Some(token) => match version_if_written_by(&store, &put_key, token).await {
+                        Some(version) => Ok(version),
+                        None => Err(map_error(e, &path, &put_key)),
+                    },
+                    None => Err(map_error(e, &path, &put_key)),
+                },
                 Err(e) => Err(map_error(e, &path, &put_key)),
             }
         })
@@ -687,25 +801,7 @@ impl Backend for ObjectBackend {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(Error::backend(stat_key.as_ref(), e)),
             }
-            let has_children = match paged {
-                Some(paged) => {
-                    let options = PaginatedListOptions {
-                        max_keys: Some(1),
-                        ..Default::default()
-                    };
-                    let prefix = format!("{}/", stat_key.as_ref());
-                    let page = paged
-                        .list_paginated(Some(&prefix), options)
-                        .await
-                        .map_err(|e| Error::backend(stat_key.as_ref(), e))?;
-                    !page.result.objects.is_empty()
-                }
-                None => match store.list(Some(&stat_key)).next().await {
-                    Some(Ok(_)) => true,
-                    None => false,
-                    Some(Err(e)) => return Err(Error::backend(stat_key.as_ref(), e)),
-                },
-            };
+            let has_children = any_key_below(&store, paged.as_ref(), &stat_key).await?;
             if has_children {
                 Ok(Stat {
                     kind: EntryKind::Dir,
@@ -721,6 +817,79 @@ impl Backend for ObjectBackend {
         // Folders exist only through their keys; checking the key length keeps the contract
         // that a path refused later is refused now.
         self.key(folder).map(drop)
+    }
+
+    fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
+        let key = self.key(folder)?;
+        let store = Arc::clone(&self.inner.store);
+        let layout = self.inner.layout.clone();
+        let (path, list_key) = (folder.clone(), key.clone());
+        self.exec(&key, async move {
+            // object_store lists below `<key>/` without delimiter, page by page.
+            let objects: Vec<ObjectMeta> = store
+                .list(Some(&list_key))
+                .try_collect()
+                .await
+                .map_err(|e| Error::backend(list_key.as_ref(), e))?;
+            let mut any = false;
+            let mut files = Vec::with_capacity(objects.len());
+            for meta in objects {
+                if !below(&meta.location, &list_key) {
+                    continue;
+                }
+                any = true;
+                match layout.path_of_content_key(&meta.location) {
+                    Some(file) if !file.is_root() => files.push(file),
+                    _ => tracing::warn!(key = %meta.location, "skipping a key no path can name"),
+                }
+            }
+            if !any && !path.is_root() {
+                return Err(Error::NotFound { path });
+            }
+            files.sort();
+            Ok(files)
+        })
+    }
+
+    /// `DeleteObjects` batches of at most 1,000 keys. S3 reports a key that was not there as
+    /// deleted, so `removed` counts the keys the store confirmed, missing ones included.
+    fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+        let mut keys = Vec::with_capacity(files.len());
+        for file in unique_sorted(files) {
+            check_file_path(file)?;
+            keys.push(self.key(file)?);
+        }
+        let tree = common_folder(files);
+        let tree_key = self.key(&tree)?;
+        let store = Arc::clone(&self.inner.store);
+        let error_key = tree_key.clone();
+        self.exec(&tree_key, async move {
+            let (removed, mut failures) = delete_batches(&store, keys, &error_key).await;
+            if failures.is_empty() {
+                Ok(RemoveReport { removed, kept: 0 })
+            } else {
+                Err(Error::Incomplete {
+                    path: tree,
+                    failed: failures.len(),
+                    source: Box::new(failures.swap_remove(0)),
+                })
+            }
+        })
+    }
+
+    /// No request but one listing limited to one key: folders exist only through their keys, so
+    /// nothing needs deleting.
+    fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+        check_folder_removable(folder)?;
+        let key = self.key(folder)?;
+        let store = Arc::clone(&self.inner.store);
+        let paged = self.inner.paged.clone();
+        let list_key = key.clone();
+        self.exec(&key, async move {
+            any_key_below(&store, paged.as_ref(), &list_key)
+                .await
+                .map(|any| !any)
+        })
     }
 }
 

@@ -48,6 +48,14 @@ impl Version {
         Version(Repr::Object { e_tag, version })
     }
 
+    /// The SHA-256 of the content, for versions of local files.
+    pub(crate) fn content_sha256(&self) -> Option<&[u8; 32]> {
+        match &self.0 {
+            Repr::Content { sha256, .. } => Some(sha256),
+            Repr::Object { .. } => None,
+        }
+    }
+
     /// The ETag, for versions that come from an object store.
     pub fn e_tag(&self) -> Option<&str> {
         match &self.0 {

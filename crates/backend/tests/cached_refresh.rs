@@ -1,5 +1,6 @@
-//! The cached object store: refresh from the bucket, reads from the cache, versions across
-//! writers sharing one bucket; on the in-memory store and on a real S3 server (moto).
+//! The cached object store: refresh from the bucket (incremental), reads from the cache without
+//! requests (also after a restart), versions across writers sharing one bucket; on the in-memory
+//! store and on a real S3 server (moto).
 
 mod common;
 
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use keepsake_backend::conformance::files_below;
 use keepsake_backend::{
-    Backend, BackendPath, CachedBackend, Error, LocalBackend, ObjectBackend, SyncLevel, WriteMode,
+    Backend, BackendPath, CachedBackend, EntryKind, Error, LocalBackend, ObjectBackend,
+    RequestCounts, SyncLevel, WriteMode,
 };
 use object_store::memory::InMemory;
 
@@ -16,32 +18,49 @@ fn p(path: &str) -> BackendPath {
     path.parse().unwrap()
 }
 
-/// Two nodes sharing one bucket, each with its own cache folder.
+/// Two nodes sharing one bucket, each with its own cache folder; `remote` makes a new client of
+/// the bucket (for a node that restarts).
 struct TwoNodes {
     a: CachedBackend,
     b: CachedBackend,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    remote: Box<dyn Fn() -> ObjectBackend>,
+    dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-fn nodes(remote: impl Fn() -> ObjectBackend) -> TwoNodes {
+impl TwoNodes {
+    /// Node b as a new process: a new backend over the same cache folder and bucket.
+    fn restart_b(&mut self) {
+        let cache = LocalBackend::open(self.dirs.1.path(), SyncLevel::None).unwrap();
+        self.b = CachedBackend::open(cache, (self.remote)()).unwrap();
+    }
+
+    fn b_requests<T>(&self, f: impl FnOnce(&CachedBackend) -> T) -> (T, RequestCounts) {
+        let before = self.b.remote().requests();
+        let out = f(&self.b);
+        (out, self.b.remote().requests() - before)
+    }
+}
+
+fn nodes(remote: impl Fn() -> ObjectBackend + 'static) -> TwoNodes {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cache = |dir: &tempfile::TempDir| LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
     TwoNodes {
         a: CachedBackend::new(cache(&da), remote()),
         b: CachedBackend::new(cache(&db), remote()),
-        _dirs: (da, db),
+        remote: Box::new(remote),
+        dirs: (da, db),
     }
 }
 
 fn in_memory_nodes() -> TwoNodes {
     let shared = Arc::new(InMemory::new());
-    nodes(|| ObjectBackend::with_store(shared.clone(), "store1").unwrap())
+    nodes(move || ObjectBackend::with_store(shared.clone(), "store1").unwrap())
 }
 
 fn s3_nodes(test: &str) -> Option<TwoNodes> {
     let config = common::s3_config(test)?;
     let store = keepsake_testkit::s3::unique_prefix(test);
-    Some(nodes(|| ObjectBackend::s3(&config, &store).unwrap()))
+    Some(nodes(move || ObjectBackend::s3(&config, &store).unwrap()))
 }
 
 const CONTENT: [&str; 7] = [
@@ -75,10 +94,13 @@ fn refresh_rebuilds_the_cache(n: TwoNodes) {
         .write(&p(".gc-status"), b"{}", WriteMode::Replace)
         .unwrap();
     b_cache.create_dir_all(&p(".chunks/0000")).unwrap();
+    b_cache.create_dir_all(&p("vm/empty-group")).unwrap();
 
     let report = n.b.refresh().unwrap();
     assert_eq!(report.listed, (CONTENT.len() + MARKERS.len()) as u64);
     assert_eq!(report.downloaded, CONTENT.len() as u64);
+    assert_eq!(report.unchanged, 0);
+    assert_eq!(report.removed, 3, "the stale files");
     assert_eq!(report.skipped_markers, MARKERS.len() as u64);
     assert_eq!(report.skipped_invalid, 0);
     assert_eq!(
@@ -91,33 +113,170 @@ fn refresh_rebuilds_the_cache(n: TwoNodes) {
 
     let mut expected: BTreeSet<String> = CONTENT.iter().map(|s| s.to_string()).collect();
     expected.insert(".gc-status".into());
+    expected.insert(keepsake_backend::CACHE_MARKER.into());
     assert_eq!(files_below(b_cache, &BackendPath::root()), expected);
     assert_eq!(
         b_cache.stat(&p(".chunks/0000")).unwrap().kind,
-        keepsake_backend::EntryKind::Dir
+        EntryKind::Dir
     );
-    assert!(
-        !b_cache.exists(&p("ns/empty")).unwrap(),
-        "markers are not downloaded"
-    );
-    let top: Vec<String> = b_cache
-        .list(&BackendPath::root())
-        .unwrap()
-        .map(|e| e.unwrap().name)
-        .collect();
-    assert!(
-        top.iter().all(|name| !name.starts_with(".tmp_refresh")),
-        "{top:?}"
+    for gone in [
+        "ns/empty",
+        "vm/999",
+        "host/old",
+        "ns/gone",
+        "vm/empty-group",
+    ] {
+        assert!(!b_cache.exists(&p(gone)).unwrap(), "{gone}");
+    }
+    assert_eq!(
+        keepsake_backend::cache_identity(b_cache.root()).unwrap(),
+        Some(n.b.remote().identity().clone()),
+        "a refresh claims the cache"
     );
 
     // After a refresh, reads come from the cache alone, with the bucket's versions.
-    let before = n.b.remote().requests();
-    for file in CONTENT {
-        let read = n.b.read(&p(file)).unwrap();
-        assert_eq!(read.data, file.as_bytes());
-        assert_eq!(read.version, n.a.read(&p(file)).unwrap().version);
+    let (_, used) = n.b_requests(|b| {
+        for file in CONTENT {
+            let read = b.read(&p(file)).unwrap();
+            assert_eq!(read.data, file.as_bytes());
+            assert_eq!(read.version, n.a.read(&p(file)).unwrap().version);
+        }
+    });
+    assert_eq!(used.total(), 0, "{used}");
+}
+
+fn refresh_downloads_only_what_changed(mut n: TwoNodes) {
+    const FILES: usize = 40;
+    let files: Vec<BackendPath> = (0..FILES)
+        .map(|i| {
+            p(&format!(
+                "vm/{}/2024-01-01T00:00:00Z/f{i:02}.blob",
+                100 + i % 5
+            ))
+        })
+        .collect();
+    for file in &files {
+        n.a.write(file, file.as_str().as_bytes(), WriteMode::Replace)
+            .unwrap();
     }
-    assert_eq!((n.b.remote().requests() - before).total(), 0);
+    let first = n.b.refresh().unwrap();
+    assert_eq!((first.downloaded, first.unchanged), (FILES as u64, 0));
+
+    let second = n.b.refresh().unwrap();
+    assert_eq!(
+        (second.downloaded, second.unchanged, second.removed),
+        (0, FILES as u64, 0)
+    );
+    assert_eq!(
+        second.requests.total(),
+        second.requests.list,
+        "only listing requests: {}",
+        second.requests
+    );
+
+    // A new process over the same cache knows the cache is current (the records persist).
+    n.restart_b();
+    let third = n.b.refresh().unwrap();
+    assert_eq!((third.downloaded, third.unchanged), (0, FILES as u64));
+    assert_eq!(
+        third.requests.total(),
+        third.requests.list,
+        "{}",
+        third.requests
+    );
+
+    // One object changes, with the same size: exactly one download.
+    let changed = &files[7];
+    let mut bytes = changed.as_str().as_bytes().to_vec();
+    bytes[0] ^= 0x20;
+    n.a.write(changed, &bytes, WriteMode::Replace).unwrap();
+    let fourth = n.b.refresh().unwrap();
+    assert_eq!((fourth.downloaded, fourth.unchanged), (1, FILES as u64 - 1));
+    assert_eq!(fourth.requests.get, 1, "{}", fourth.requests);
+    assert_eq!(n.b.cache().read(changed).unwrap().data, bytes);
+
+    // One object goes: its cache copy goes, and the folder it leaves empty.
+    let lonely = p("vm/200/owner");
+    n.a.write(&lonely, b"root@pam\n", WriteMode::Replace)
+        .unwrap();
+    n.b.refresh().unwrap();
+    assert!(n.b.cache().exists(&lonely).unwrap());
+    n.a.remove_file(&lonely).unwrap();
+    let fifth = n.b.refresh().unwrap();
+    assert_eq!((fifth.downloaded, fifth.removed), (0, 1));
+    assert!(!n.b.cache().exists(&p("vm/200")).unwrap());
+
+    // A cache file changed behind the backend's back is not trusted by reads...
+    let tampered = &files[3];
+    std::fs::write(n.b.cache().local_path(tampered), b"tampered").unwrap();
+    let (read, used) = n.b_requests(|b| b.read(tampered).unwrap());
+    assert_eq!(read.data, tampered.as_str().as_bytes());
+    assert_eq!(used.get, 1, "{used}");
+    // ...nor by a refresh, when its size differs.
+    std::fs::write(n.b.cache().local_path(tampered), b"tampered").unwrap();
+    let sixth = n.b.refresh().unwrap();
+    assert_eq!(sixth.downloaded, 1);
+    assert_eq!(
+        n.b.cache().read(tampered).unwrap().data,
+        tampered.as_str().as_bytes()
+    );
+
+    // Things outside the content folders are never touched.
+    for (file, data) in [
+        (".lock", &b""[..]),
+        (".chunks/0000/x", b"chunk"),
+        (".keepsake/intents/1.intent", b"{}"),
+    ] {
+        n.b.cache()
+            .write(&p(file), data, WriteMode::Replace)
+            .unwrap();
+    }
+    n.b.refresh().unwrap();
+    for file in [".lock", ".chunks/0000/x", ".keepsake/intents/1.intent"] {
+        assert!(n.b.cache().exists(&p(file)).unwrap(), "{file}");
+    }
+}
+
+fn reads_after_a_restart_need_no_request(mut n: TwoNodes) {
+    for file in CONTENT {
+        n.b.write(&p(file), file.as_bytes(), WriteMode::CreateOnly)
+            .unwrap();
+    }
+    n.restart_b();
+    let (_, used) = n.b_requests(|b| {
+        for file in CONTENT {
+            let read = b.read(&p(file)).unwrap();
+            assert_eq!(read.data, file.as_bytes());
+            assert_eq!(read.version, n.a.remote().read(&p(file)).unwrap().version);
+        }
+        assert_eq!(files_below(b, &BackendPath::root()).len(), CONTENT.len());
+    });
+    assert_eq!(used.total(), 0, "{used}");
+
+    // A cache file changed behind the backend's back: that one read fetches, and repairs.
+    let file = p(CONTENT[2]);
+    std::fs::write(n.b.cache().local_path(&file), b"tampered").unwrap();
+    let (read, used) = n.b_requests(|b| b.read(&file).unwrap());
+    assert_eq!(read.data, CONTENT[2].as_bytes());
+    assert_eq!((used.get, used.total()), (1, 1), "{used}");
+    n.restart_b();
+    let (_, used) = n.b_requests(|b| b.read(&file).unwrap());
+    assert_eq!(used.total(), 0, "the repaired copy has its record: {used}");
+
+    // A cache file moved behind the backend's back: its record names the old path.
+    let moved = p("vm/100/notes.moved");
+    std::fs::rename(
+        n.b.cache().local_path(&p("vm/100/notes")),
+        n.b.cache().local_path(&moved),
+    )
+    .unwrap();
+    let (result, used) = n.b_requests(|b| b.read(&moved));
+    assert!(matches!(result, Err(Error::NotFound { .. })), "{result:?}");
+    assert_eq!(used.get, 1, "{used}");
+    assert!(
+        !n.b.cache().exists(&moved).unwrap(),
+        "a copy the bucket does not have goes"
+    );
 }
 
 fn versions_work_across_nodes(n: TwoNodes) {
@@ -125,15 +284,15 @@ fn versions_work_across_nodes(n: TwoNodes) {
     n.a.write(&file, b"v1", WriteMode::Replace).unwrap();
 
     // b never saw the file: its first read fetches it from the bucket, the next does not.
-    let before = n.b.remote().requests();
-    let seen_by_b = n.b.read(&file).unwrap();
+    let (seen_by_b, used) = n.b_requests(|b| b.read(&file).unwrap());
     assert_eq!(seen_by_b.data, b"v1");
-    assert_eq!((n.b.remote().requests() - before).get, 1);
-    let before = n.b.remote().requests();
-    assert_eq!(n.b.read(&file).unwrap().version, seen_by_b.version);
-    assert_eq!((n.b.remote().requests() - before).total(), 0);
+    assert_eq!(used.get, 1);
+    let (again, used) = n.b_requests(|b| b.read(&file).unwrap());
+    assert_eq!(again.version, seen_by_b.version);
+    assert_eq!(used.total(), 0);
 
-    // a updates; b's update from its stale read must lose, and b then sees a's bytes.
+    // a updates; b's update from its stale read must lose, and b then sees a's bytes without
+    // another request (the conflict repaired its cache).
     let seen_by_a = n.a.read(&file).unwrap();
     n.a.write(&file, b"v2 by a", WriteMode::Update(seen_by_a.version))
         .unwrap();
@@ -141,8 +300,9 @@ fn versions_work_across_nodes(n: TwoNodes) {
         n.b.write(&file, b"v2 by b", WriteMode::Update(seen_by_b.version)),
         Err(Error::Precondition { .. })
     ));
-    let fresh = n.b.read(&file).unwrap();
+    let (fresh, used) = n.b_requests(|b| b.read(&file).unwrap());
     assert_eq!(fresh.data, b"v2 by a");
+    assert_eq!(used.total(), 0, "{used}");
     n.b.write(&file, b"v3 by b", WriteMode::Update(fresh.version))
         .unwrap();
     assert_eq!(n.a.remote().read(&file).unwrap().data, b"v3 by b");
@@ -156,17 +316,18 @@ fn versions_work_across_nodes(n: TwoNodes) {
         "repaired"
     );
 
-    // Create-only conflicts between nodes: the bucket decides.
+    // Create-only conflicts between nodes: the bucket decides, and the loser's cache learns
+    // what the bucket holds.
     let owner = p("vm/200/owner");
     n.a.write(&owner, b"a", WriteMode::CreateOnly).unwrap();
     assert!(matches!(
         n.b.write(&owner, b"b", WriteMode::CreateOnly),
         Err(Error::AlreadyExists { .. })
     ));
-    assert!(
-        !n.b.cache().exists(&owner).unwrap(),
-        "a refused write leaves the cache alone"
-    );
+    assert_eq!(n.b.cache().read(&owner).unwrap().data, b"a");
+    let (read, used) = n.b_requests(|b| b.read(&owner).unwrap());
+    assert_eq!(read.version, n.a.read(&owner).unwrap().version);
+    assert_eq!(used.total(), 0, "{used}");
 }
 
 fn writes_go_to_the_bucket_first(n: TwoNodes) {
@@ -182,38 +343,35 @@ fn writes_go_to_the_bucket_first(n: TwoNodes) {
     assert!(!n.a.cache().exists(&file).unwrap());
 }
 
-#[test]
-fn in_memory_refresh_rebuilds_the_cache() {
-    refresh_rebuilds_the_cache(in_memory_nodes());
+macro_rules! on_both {
+    ($($check:ident),* $(,)?) => {
+        mod in_memory {
+            use super::*;
+            $(
+                #[test]
+                fn $check() {
+                    super::$check(in_memory_nodes());
+                }
+            )*
+        }
+        mod s3 {
+            use super::*;
+            $(
+                #[test]
+                fn $check() {
+                    if let Some(n) = s3_nodes(concat!("cached_", stringify!($check))) {
+                        super::$check(n);
+                    }
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn in_memory_versions_work_across_nodes() {
-    versions_work_across_nodes(in_memory_nodes());
-}
-
-#[test]
-fn in_memory_writes_go_to_the_bucket_first() {
-    writes_go_to_the_bucket_first(in_memory_nodes());
-}
-
-#[test]
-fn s3_refresh_rebuilds_the_cache() {
-    if let Some(n) = s3_nodes("cached_s3_refresh") {
-        refresh_rebuilds_the_cache(n);
-    }
-}
-
-#[test]
-fn s3_versions_work_across_nodes() {
-    if let Some(n) = s3_nodes("cached_s3_versions") {
-        versions_work_across_nodes(n);
-    }
-}
-
-#[test]
-fn s3_writes_go_to_the_bucket_first() {
-    if let Some(n) = s3_nodes("cached_s3_order") {
-        writes_go_to_the_bucket_first(n);
-    }
-}
+on_both!(
+    refresh_rebuilds_the_cache,
+    refresh_downloads_only_what_changed,
+    reads_after_a_restart_need_no_request,
+    versions_work_across_nodes,
+    writes_go_to_the_bucket_first,
+);

@@ -1,5 +1,5 @@
-//! Request accounting, retry settings, fault injection and runtime handling of the object
-//! backend, on the in-memory store and on a real S3 server (moto, from `cargo xtask test`).
+//! Request accounting, retry settings, lost replies, fault injection and runtime handling of the
+//! object backend, on the in-memory store and on a real S3 server (moto, from `cargo xtask test`).
 
 mod common;
 
@@ -356,4 +356,99 @@ fn chunks_live_beside_the_content_with_one_request_each() {
     std::fs::write(dir.path().join(format!(".chunks/4242/{other}")), b"").unwrap();
     assert_eq!(cached.read_chunk(&other).unwrap(), b"other");
     assert_eq!(cached.read_chunk(&digest).unwrap(), b"blob");
+}
+
+/// A conditional write whose first attempt landed but whose reply was lost: object_store
+/// retries, the retry meets the written object (412), and the backend recognises its own write
+/// by the token in the object's metadata.
+#[test]
+fn s3_conditional_writes_survive_a_lost_reply() {
+    let Some(mut config) = common::s3_config("s3_lost_replies") else {
+        return;
+    };
+    let proxy = keepsake_testkit::proxy::LostReplyProxy::start(
+        config
+            .endpoint
+            .as_deref()
+            .expect("the test server has an endpoint"),
+    )
+    .unwrap();
+    config.endpoint = Some(proxy.endpoint().to_owned());
+    config.retry = RetrySettings::for_tests();
+    assert!(config.retry.max_retries >= 1, "the test needs a retry");
+    let store = keepsake_testkit::s3::unique_prefix("s3_lost_replies");
+    let backend = ObjectBackend::s3(&config, &store).unwrap();
+    let file = p("vm/100/owner");
+
+    proxy.lose_reply_to_conditional_put(1);
+    let before = backend.requests();
+    let created = backend
+        .write(&file, b"root@pam\n", WriteMode::CreateOnly)
+        .unwrap();
+    let used = backend.requests() - before;
+    assert_eq!(proxy.lost_replies(), 1);
+    assert_eq!(
+        (used.put, used.head, used.total()),
+        (2, 1, 3),
+        "a retry and one HEAD: {used}"
+    );
+    let read = backend.read(&file).unwrap();
+    assert_eq!(
+        (read.data.as_slice(), &read.version),
+        (&b"root@pam\n"[..], &created)
+    );
+
+    proxy.lose_reply_to_conditional_put(1);
+    let updated = backend
+        .write(&file, b"admin@pbs\n", WriteMode::Update(created.clone()))
+        .unwrap();
+    assert_eq!(proxy.lost_replies(), 2);
+    let read = backend.read(&file).unwrap();
+    assert_eq!(
+        (read.data.as_slice(), &read.version),
+        (&b"admin@pbs\n"[..], &updated)
+    );
+    assert_ne!(updated, created);
+
+    // Real conflicts stay conflicts, also with the same bytes: they are not this write's.
+    assert!(matches!(
+        backend.write(&file, b"admin@pbs\n", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        backend.write(&file, b"admin@pbs\n", WriteMode::Update(created.clone())),
+        Err(Error::Precondition { .. })
+    ));
+    assert!(matches!(
+        backend.write(&file, b"late\n", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        backend.write(&file, b"late\n", WriteMode::Update(created)),
+        Err(Error::Precondition { .. })
+    ));
+    assert_eq!(backend.read(&file).unwrap().data, b"admin@pbs\n");
+    assert_eq!(proxy.lost_replies(), 2);
+}
+
+/// Two writers that read one version and compute the same new bytes (two hosts incrementing one
+/// counter): exactly one wins the compare-and-swap; identical bytes are not the loser's own write.
+#[test]
+fn identical_bytes_from_another_writer_are_a_conflict() {
+    let backend = ObjectBackend::in_memory("store1").unwrap();
+    let file = p("vm/100/2024-01-01T00:00:00Z/index.json.blob");
+    let v1 = backend
+        .write(&file, b"counter 1", WriteMode::CreateOnly)
+        .unwrap();
+    assert!(matches!(
+        backend.write(&file, b"counter 1", WriteMode::CreateOnly),
+        Err(Error::AlreadyExists { .. })
+    ));
+    backend
+        .write(&file, b"counter 2", WriteMode::Update(v1.clone()))
+        .unwrap();
+    assert!(matches!(
+        backend.write(&file, b"counter 2", WriteMode::Update(v1)),
+        Err(Error::Precondition { .. })
+    ));
 }
