@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keepsake_backend::{BackendPath, EntryKind, WriteMode};
+use keepsake_backend::{BackendPath, EntryKind, KeepFilter, WriteMode};
 use keepsake_hierarchy::{
     ArchiveKind, BackupDir, BackupNamespace, CLIENT_LOG_BLOB_NAME, MANIFEST_BLOB_NAME,
     PROTECTED_MARKER_FILENAME,
@@ -463,10 +463,46 @@ impl Snapshot {
         backend
             .remove_files(&files)
             .map_err(|e| Error::backend(&p, e))?;
-        backend
+        if backend
             .remove_folder_if_empty(&folder)
-            .map_err(|e| Error::backend(&p, e))?;
-        Ok(())
+            .map_err(|e| Error::backend(&p, e))?
+        {
+            return Ok(());
+        }
+        // Something is left. Files the authority lists now appeared after the listing (a writer
+        // that ignores the locks): they are not ours to remove.
+        let left = match backend.list_files_authoritative(&folder) {
+            Ok(files) => files,
+            Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(Error::backend(&p, e)),
+        };
+        if !backend.capabilities().empty_folders && left.is_empty() {
+            // An object store has no folders to leave: it is gone.
+            return Ok(());
+        }
+        if let Some(first) = left.first() {
+            return Err(Error::Refused {
+                path: p,
+                reason: format!(
+                    "{} file(s) appeared during the destroy and were left in place (first: {})",
+                    left.len(),
+                    first.as_str()
+                ),
+            });
+        }
+        // Only folders or links without files (never followed): the snapshot's own leftovers on
+        // a filesystem, removed under the snapshot lock. (A cached S3 store got here only if a
+        // key appeared in the bucket between two listings: never a prefix delete there.)
+        if !backend.capabilities().atomic_rename {
+            return Err(Error::Refused {
+                path: p,
+                reason: "the bucket changed during the destroy; what is left stays".to_owned(),
+            });
+        }
+        match backend.remove_tree(&folder, &KeepFilter::nothing()) {
+            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::backend(&p, e)),
+        }
     }
 
     /// Removes every file of the snapshot that the manifest does not name, except the manifest,
