@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path as LocalPath;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -26,6 +27,67 @@ use crate::{
 /// The top-level folders of content that a refresh brings in line with the bucket: the backup
 /// types of the root namespace and `ns`.
 const CONTENT_FOLDERS: [&str; 4] = ["vm", "ct", "host", "ns"];
+
+/// The lock file that keeps a cache refresh and the cache's writers apart, in the cache folder:
+/// every change through a [`CachedBackend`] (any process) holds it shared, a refresh
+/// exclusively.
+pub const REFRESH_LOCK: &str = ".keepsake/refresh.lock";
+/// How long a change waits for a running refresh to end.
+const WRITER_WAIT: Duration = Duration::from_secs(60);
+/// How long a refresh waits for the changes in progress to end (they are short; a refresh that
+/// cannot start says who is busy rather than starving them).
+const REFRESH_WAIT: Duration = Duration::from_secs(10);
+
+/// A held refresh lock (shared or exclusive); closing the descriptor releases it.
+struct RefreshLock {
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl CachedBackend {
+    /// Takes the refresh lock shared (a change) or exclusively (a refresh), waiting up to `wait`.
+    fn refresh_lock(&self, exclusive: bool, wait: Duration) -> Result<RefreshLock> {
+        use rustix::fs::{FlockOperation, flock};
+        let file = BackendPath::new(REFRESH_LOCK)?;
+        let fd = self.cache.open_lock_file(&file)?;
+        let operation = if exclusive {
+            FlockOperation::NonBlockingLockExclusive
+        } else {
+            FlockOperation::NonBlockingLockShared
+        };
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match flock(&fd, operation) {
+                Ok(()) => return Ok(RefreshLock { _fd: fd }),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(Error::Busy {
+                        path: self.cache.local_path(&file),
+                        what: if exclusive {
+                            "changes to this cache are in progress: the refresh did not start"
+                        } else {
+                            "the cache is being refreshed: the change did not start"
+                        },
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: self.cache.local_path(&file),
+                        source: e.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The shared refresh lock every change holds.
+    fn changing(&self) -> Result<RefreshLock> {
+        self.refresh_lock(false, self.waits.0)
+    }
+}
 
 /// PBS's S3 datastore: an object store is the authority, a local datastore directory the cache.
 ///
@@ -59,6 +121,8 @@ pub struct CachedBackend {
     remote: ObjectBackend,
     /// Records of cache files whose filesystem refused the attribute.
     fallback: Mutex<HashMap<BackendPath, RemoteRecord>>,
+    /// How long a change waits for a refresh, and a refresh for the changes in progress.
+    waits: (Duration, Duration),
 }
 
 impl fmt::Debug for CachedBackend {
@@ -148,7 +212,15 @@ impl CachedBackend {
             cache,
             remote,
             fallback: Mutex::new(HashMap::new()),
+            waits: (WRITER_WAIT, REFRESH_WAIT),
         }
+    }
+
+    /// How long a change waits for a running refresh of this cache (default 60 s), and a refresh
+    /// for the changes in progress (default 10 s), before each gives up with [`Error::Busy`].
+    pub fn with_lock_waits(mut self, change: Duration, refresh: Duration) -> Self {
+        self.waits = (change, refresh);
+        self
     }
 
     /// The datastore whose authority is `remote` and whose cache is `cache`, if the cache folder
@@ -375,6 +447,8 @@ impl CachedBackend {
     /// is changed); listing, download and cache errors.
     pub fn refresh(&self) -> Result<RefreshReport> {
         self.check_identity()?;
+        // No change through any backend on this cache runs meanwhile.
+        let _exclusive = self.refresh_lock(true, self.waits.1)?;
         let before = self.remote.requests();
         let objects = self.list_content()?;
         let layout = self.remote.layout();
@@ -543,6 +617,7 @@ impl Backend for CachedBackend {
     /// PBS's order: a chunk the cache holds (in full, or as an empty marker of an evicted chunk)
     /// is a duplicate without a request; otherwise a no-replace upload, then the cache copy.
     fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
+        let _changing = self.changing()?;
         let local = digest.local_path();
         if self.cache.exists(&local)? {
             return Ok(ChunkInsert::Duplicate);
@@ -627,6 +702,7 @@ impl Backend for CachedBackend {
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
+        let _changing = self.changing()?;
         let create_only = matches!(mode, WriteMode::CreateOnly);
         match self.remote.write(file, data, mode) {
             Ok(remote) => {
@@ -652,6 +728,7 @@ impl Backend for CachedBackend {
     }
 
     fn remove_file(&self, file: &BackendPath) -> Result<()> {
+        let _changing = self.changing()?;
         let remote = self.remote.remove_file(file);
         self.fallback().remove(file);
         match remote {
@@ -668,6 +745,7 @@ impl Backend for CachedBackend {
     /// The bucket first; if that fails, the cache is not touched (its copies show more than
     /// the bucket holds until a refresh, never less). Then each cache copy.
     fn remove_files(&self, files: &[BackendPath]) -> Result<RemoveReport> {
+        let _changing = self.changing()?;
         let report = self.remote.remove_files(files)?;
         {
             let mut fallback = self.fallback();
@@ -683,6 +761,7 @@ impl Backend for CachedBackend {
     /// folder, the cache folder goes with whatever stale copies are in it. Callers hold the lock
     /// that keeps writers out of the folder, as for any removal.
     fn remove_folder_if_empty(&self, folder: &BackendPath) -> Result<bool> {
+        let _changing = self.changing()?;
         if !self.remote.remove_folder_if_empty(folder)? {
             return Ok(false);
         }
@@ -694,6 +773,7 @@ impl Backend for CachedBackend {
     }
 
     fn remove_tree(&self, folder: &BackendPath, keep: &KeepFilter) -> Result<RemoveReport> {
+        let _changing = self.changing()?;
         let remote = self.remote.remove_tree(folder, keep);
         self.forget_tree(folder);
         match remote {
@@ -709,6 +789,7 @@ impl Backend for CachedBackend {
     /// Records move with the cache files but name their old path, so moved files are fetched
     /// once on their next read (a copied object may have another version).
     fn rename(&self, from: &BackendPath, to: &BackendPath) -> Result<()> {
+        let _changing = self.changing()?;
         crate::check_rename(from, to)?;
         if self.cache.exists(to)? {
             // The bucket may not know it, but the cache cannot take the tree.
@@ -729,6 +810,7 @@ impl Backend for CachedBackend {
     }
 
     fn create_dir_all(&self, folder: &BackendPath) -> Result<()> {
+        let _changing = self.changing()?;
         self.remote.create_dir_all(folder)?;
         self.cache.create_dir_all(folder)
     }

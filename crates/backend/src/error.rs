@@ -68,6 +68,16 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// Someone else holds what this call needs exclusively, longer than it may wait (a cache
+    /// refresh and the writers of its cache exclude each other).
+    #[error("{}: {what}", path.display())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+        /// What is in the way.
+        what: &'static str,
+    },
+
     /// The object store failed.
     #[error("object store failed on `{key}`")]
     Backend {

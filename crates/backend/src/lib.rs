@@ -86,7 +86,7 @@ mod version;
 use std::fmt;
 use std::sync::Arc;
 
-pub use cached::{CachedBackend, RefreshReport, cache_identity};
+pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport, cache_identity};
 pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};

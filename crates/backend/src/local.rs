@@ -767,6 +767,23 @@ impl LocalBackend {
         self.collect_tree(&fd, folder)
     }
 
+    /// Opens (creating it and its folders if missing) the lock file `file`, never following a
+    /// link, for a `flock` by the caller: the lock that keeps a cache refresh and writers apart.
+    pub(crate) fn open_lock_file(&self, file: &BackendPath) -> Result<OwnedFd> {
+        check_file_path(file)?;
+        let parent = file.parent().unwrap_or_default();
+        let name = file.file_name().unwrap_or_default();
+        let dir = self.open_dir(&parent, true)?;
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(&dir, name, flags, Mode::from_raw_mode(0o644))
+            .map_err(|e| self.io_error(file, e))?;
+        self.apply_owner(&fd, FILE_MODE).map_err(|e| Error::Io {
+            path: self.local_path(file),
+            source: e,
+        })?;
+        Ok(fd)
+    }
+
     /// Forces everything written to the cache's filesystem to disk, once, per the
     /// [`SyncLevel`] (`syncfs`; nothing for `None`): for writes made with
     /// [`Durability::Deferred`].

@@ -375,3 +375,40 @@ on_both!(
     versions_work_across_nodes,
     writes_go_to_the_bucket_first,
 );
+
+/// A refresh and the changes to its cache exclude each other (any process: a flock on
+/// `.keepsake/refresh.lock`): a refresh does not start while a change is in progress, and a change
+/// does not start while a refresh runs; each says so after its wait.
+#[test]
+fn refresh_and_changes_exclude_each_other() {
+    use rustix::fs::{FlockOperation, flock};
+    let dir = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_millis(100);
+    let cached = CachedBackend::new(
+        LocalBackend::open(dir.path(), SyncLevel::None).unwrap(),
+        ObjectBackend::in_memory("store1").unwrap(),
+    )
+    .with_lock_waits(wait, wait);
+    cached
+        .write(&p("vm/100/owner"), b"root@pam\n", WriteMode::CreateOnly)
+        .unwrap();
+    let lock_path = dir.path().join(keepsake_backend::REFRESH_LOCK);
+    let held = std::fs::File::open(&lock_path).unwrap();
+    // A change in progress (another process's, as far as flock can tell).
+    flock(&held, FlockOperation::LockShared).unwrap();
+    let err = cached.refresh().unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    // Other changes may run side by side.
+    cached
+        .write(&p("vm/100/notes"), b"n", WriteMode::Replace)
+        .unwrap();
+    // A refresh in progress: changes wait, then give up; reads go on.
+    flock(&held, FlockOperation::LockExclusive).unwrap();
+    let err = cached
+        .write(&p("vm/100/notes"), b"m", WriteMode::Replace)
+        .unwrap_err();
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    assert_eq!(cached.read(&p("vm/100/notes")).unwrap().data, b"n");
+    drop(held);
+    cached.refresh().unwrap();
+}

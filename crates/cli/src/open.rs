@@ -360,7 +360,11 @@ impl StoreSpec {
                 self.name
             );
         }
-        let cached = Arc::new(CachedBackend::new(cache, remote.clone()));
+        // The cache knows whose it is: another bucket's (or endpoint's) cache is refused.
+        let cached = Arc::new(
+            CachedBackend::open(cache, remote.clone())
+                .with_context(|| format!("cache folder {}", self.path.display()))?,
+        );
         let store = self
             .s3_builder(&cached, &remote)
             .access(access)
@@ -432,6 +436,9 @@ impl StoreSpec {
             .chunk_prefix_dirs(chunk_prefix_dirs)
             .create()
             .with_context(|| self.failed("create"))?;
+        cached
+            .claim()
+            .with_context(|| format!("cannot mark {} as this cache", self.path.display()))?;
         mark_in_use(&remote, config)?;
         Ok(Session {
             store,
@@ -458,7 +465,9 @@ impl StoreSpec {
             .with_context(|| format!("cannot create {}", self.path.display()))?;
         let cache = LocalBackend::open(&self.path, self.sync_level)
             .with_context(|| format!("cache folder {}", self.path.display()))?;
-        Ok(Arc::new(CachedBackend::new(cache, remote)))
+        Ok(Arc::new(CachedBackend::open(cache, remote).with_context(
+            || format!("cache folder {}", self.path.display()),
+        )?))
     }
 
     /// The lock file of `target` under this spec's lock root and scheme.

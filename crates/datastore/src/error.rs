@@ -56,6 +56,16 @@ pub enum Error {
         source: keepsake_lock::Error,
     },
 
+    /// The folder is the local cache of an S3 datastore: opened as a plain local datastore,
+    /// changes would go to the cache only and never to the bucket.
+    #[error("{} is the local cache of the S3 datastore in {identity}: open it with those S3 settings", path.display())]
+    S3Cache {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The bucket datastore it caches (from its `.keepsake/cache.json`).
+        identity: Box<keepsake_backend::CacheIdentity>,
+    },
+
     /// The lock root cannot be used for this datastore: it is, holds or lies inside the datastore
     /// folder, or the locker could not be made for it.
     #[error("cannot use lock root {}", lock_root.display())]

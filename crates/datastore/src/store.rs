@@ -224,10 +224,22 @@ impl DataStoreBuilder {
                         source,
                     })?;
                 }
-                Arc::new(
-                    LocalBackend::open(&self.path, self.sync_level)
-                        .map_err(|e| Error::backend("", e))?,
-                )
+                // A cache of an S3 datastore opened as a local one would take changes that
+                // never reach the bucket.
+                if let Some(identity) = keepsake_backend::cache_identity(&self.path)
+                    .map_err(|e| Error::backend("", e))?
+                {
+                    return Err(Error::S3Cache {
+                        path: self.path.clone(),
+                        identity: Box::new(identity),
+                    });
+                }
+                let local = LocalBackend::open(&self.path, self.sync_level)
+                    .map_err(|e| Error::backend("", e))?;
+                Arc::new(match self.owner {
+                    Some(owner) => local.with_owner(owner.uid, owner.gid),
+                    None => local,
+                })
             }
         };
         let lock_files = match (&leases, &self.locker, &self.lock_root) {

@@ -298,7 +298,27 @@ pub(crate) fn demo(ctx: &Ctx<'_>, dir: &Path) -> Result<ExitCode> {
         }
         ctx.out.line("")?;
         ctx.out.line("Try:")?;
-        let store_arg = format!("--store {}", session.spec.path.display());
+        // The hints must reach the same datastore: an S3 demo's keep its S3 options.
+        let mut store_arg = format!("--store {}", session.spec.path.display());
+        let global = &ctx.cli.global;
+        if let Some(bucket) = &global.s3_bucket {
+            if let Some(endpoint) = &global.s3_endpoint {
+                store_arg.push_str(&format!(" --s3-endpoint {endpoint}"));
+            }
+            store_arg.push_str(&format!(" --s3-bucket {bucket}"));
+            if let Some(region) = &global.s3_region {
+                store_arg.push_str(&format!(" --s3-region {region}"));
+            }
+            if global.multi_host {
+                store_arg.push_str(" --multi-host");
+            }
+        }
+        if let Some(name) = &global.name {
+            store_arg.push_str(&format!(" --name {name}"));
+        }
+        if let Some(lock_root) = &global.lock_root {
+            store_arg.push_str(&format!(" --lock-root {}", lock_root.display()));
+        }
         for example in [
             "groups --recursive",
             "snapshots vm/100",

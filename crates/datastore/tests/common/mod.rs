@@ -117,7 +117,9 @@ fn walk_with(
         let path = folder.join(&entry.name).unwrap();
         // Chunks and the process lock file are not content metadata: in the bucket they must not
         // appear below `.cnt` at all.
-        if skip_host_files && folder.is_root() && (entry.name == ".chunks" || entry.name == ".lock" || entry.name == ".keepsake")
+        if skip_host_files
+            && folder.is_root()
+            && (entry.name == ".chunks" || entry.name == ".lock" || entry.name == ".keepsake")
         {
             continue;
         }
