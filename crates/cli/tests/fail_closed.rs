@@ -426,3 +426,65 @@ fn scenario_6_a_running_pbs3_is_excluded() {
     assert!(run.stderr.contains("is locked"), "{run:?}");
     assert_eq!(store.contents(), before);
 }
+
+/// Every file and folder below `root` whose owner is not `uid`:`gid`.
+fn not_owned_by(root: &Path, uid: u32, gid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut wrong = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.uid() != uid || meta.gid() != gid {
+                wrong.push(format!("{} ({}:{})", path.display(), meta.uid(), meta.gid()));
+            }
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn scenario_4_running_as_root_gives_what_it_creates_the_datastores_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let euid = std::fs::metadata("/proc/self").unwrap().uid();
+    if euid != 0 {
+        eprintln!("scenario_4: skipped (needs root to hand files to PBS's backup user)");
+        return;
+    }
+    let store = Store::demo();
+    // The datastore and its lock folder as PBS (user `backup`, 34:34) has them.
+    let (uid, gid) = (34, 34);
+    for root in [&store.path, &store.lock_root] {
+        std::os::unix::fs::chown(root, Some(uid), Some(gid)).unwrap();
+        for path in not_owned_by(root, uid, gid) {
+            let path = path.rsplit_once(" (").unwrap().0;
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    store.run(&["protect", CT200[1]]).ok();
+    store.run(&["ns", "create", "staging"]).ok();
+    // PBS's modes: lock files 0660, datastore files 0644, folders 0755.
+    let lock = FileLocker::new(&store.lock_root, "demo")
+        .unwrap()
+        .lock_path(&LockTarget::snapshot(
+            &BackupNamespace::root(),
+            &CT200[1].parse().unwrap(),
+        ));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&lock), 0o660, "{}", lock.display());
+    let marker = store.path.join(CT200[1]).join(".protected");
+    assert_eq!(mode(&marker), 0o644);
+    assert_eq!(mode(&store.path.join("ns/staging")), 0o755);
+    store.run(&["notes", "ct/200", "--set", "by root"]).ok();
+    store.run(&["owner", "ct/200", "root@pam", "--force"]).ok();
+    store.run(&["move", "host/web", "--to-ns", "staging"]).ok();
+    store.run(&["forget", CT200[0]]).ok();
+    store.run(&["fsck", "--repair"]).ok();
+    store.run(&["ns", "move", "staging", "--to", "dev"]).ok();
+    assert_eq!(not_owned_by(&store.path, uid, gid), Vec::<String>::new());
+    assert_eq!(not_owned_by(&store.lock_root, uid, gid), Vec::<String>::new());
+}
