@@ -8,6 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
+use object_store::client::HttpClient;
 use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -78,10 +80,16 @@ pub const WRITE_TOKEN_METADATA: &str = "keepsake-write";
 #[derive(Clone)]
 pub struct ObjectBackend {
     inner: Arc<Inner>,
+    /// Every request of this handle ends within this time ([`ObjectBackend::with_time_limit`]).
+    limit: Option<std::time::Duration>,
 }
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
+    /// On S3: the client (it signs conditional deletes) and its HTTP client (which sends them).
+    s3: Option<(Arc<AmazonS3>, HttpClient)>,
+    /// In memory: makes a conditional delete's check and delete one step.
+    memory_delete: std::sync::Mutex<()>,
     paged: Option<Arc<dyn PaginatedListStore>>,
     layout: ObjectLayout,
     counter: RequestCounter,
@@ -135,21 +143,28 @@ impl ObjectBackend {
         let runtime = BlockingRuntime::new()?;
         let counter = RequestCounter::new();
         // The HTTP client binds to the runtime that is current when it is built.
-        let s3 = {
+        let (s3, http) = {
             let _entered = runtime.handle().enter();
-            Arc::new(config.build(&counter)?)
+            (
+                Arc::new(config.build(&counter)?),
+                config.http_client(&counter)?,
+            )
         };
         let endpoint = config.endpoint.as_deref().unwrap_or("aws");
         let description = format!("s3 {endpoint} bucket {}", config.bucket);
         let identity = CacheIdentity::new(config.endpoint.clone(), &config.bucket, store);
+        let signer = Arc::clone(&s3);
         let (object_store, paged): (Arc<dyn ObjectStore>, Option<Arc<dyn PaginatedListStore>>) =
             match wrap {
                 Some(wrap) => (wrap(s3), None),
                 None => (s3.clone(), Some(s3)),
             };
         Ok(Self {
+            limit: None,
             inner: Arc::new(Inner {
                 store: object_store,
+                s3: Some((signer, http)),
+                memory_delete: std::sync::Mutex::new(()),
                 paged,
                 layout,
                 counter,
@@ -181,8 +196,11 @@ impl ObjectBackend {
         let counter = RequestCounter::new();
         let description = object_store.to_string();
         Ok(Self {
+            limit: None,
             inner: Arc::new(Inner {
                 store: Arc::new(CountingStore::new(object_store, counter.clone())),
+                s3: None,
+                memory_delete: std::sync::Mutex::new(()),
                 paged: None,
                 layout,
                 counter,
@@ -251,7 +269,125 @@ impl ObjectBackend {
         key: &Path,
         future: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.inner.runtime.run(key.as_ref(), future)?
+        self.exec_at(key, future)
+    }
+
+    /// Runs `future` on the runtime, within this handle's time limit if it has one.
+    pub(crate) fn exec_at<T: Send + 'static>(
+        &self,
+        key: &Path,
+        future: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let Some(limit) = self.limit else {
+            return self.inner.runtime.run(key.as_ref(), future)?;
+        };
+        let what = key.to_string();
+        self.inner.runtime.run(key.as_ref(), async move {
+            match tokio::time::timeout(limit, future).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::backend(
+                    what,
+                    object_store::Error::Generic {
+                        store: "keepsake",
+                        source: format!("the request took longer than its limit of {limit:?}")
+                            .into(),
+                    },
+                )),
+            }
+        })?
+    }
+
+    /// This handle with another time limit (see [`ObjectBackend::with_time_limit`]).
+    pub(crate) fn limited(&self, limit: Option<std::time::Duration>) -> ObjectBackend {
+        ObjectBackend {
+            inner: Arc::clone(&self.inner),
+            limit,
+        }
+    }
+
+    /// The S3 client and its HTTP client, when this is S3.
+    pub(crate) fn s3_parts(&self) -> Option<(Arc<AmazonS3>, HttpClient)> {
+        self.inner
+            .s3
+            .as_ref()
+            .map(|(s3, http)| (Arc::clone(s3), http.clone()))
+    }
+
+    /// The lock that makes an in-memory conditional delete one step.
+    pub(crate) fn memory_delete_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner
+            .memory_delete
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A write of the object `key` (errors name `file`), with the lost-reply handling of
+    /// conditional writes.
+    pub(crate) fn put_key(
+        &self,
+        key: &Path,
+        file: &BackendPath,
+        data: &[u8],
+        mode: WriteMode,
+    ) -> Result<Version> {
+        let key = key.clone();
+        let put_mode = match mode {
+            WriteMode::Replace => PutMode::Overwrite,
+            WriteMode::CreateOnly => PutMode::Create,
+            WriteMode::Update(_) if !self.inner.compare_and_swap => {
+                return Err(Error::Unsupported {
+                    path: file.clone(),
+                    what: "compare-and-swap",
+                });
+            }
+            WriteMode::Update(expected) => match expected.to_update_version() {
+                Some(version) => PutMode::Update(version),
+                // A local version never matches an object.
+                None => return Err(Error::Precondition { path: file.clone() }),
+            },
+        };
+        let is_update = matches!(put_mode, PutMode::Update(_));
+        // Only conditional writes can be refused by their own first attempt.
+        let token = match put_mode {
+            PutMode::Overwrite => None,
+            _ => write_token(),
+        };
+        let mut attributes = Attributes::new();
+        if let Some(token) = &token {
+            attributes.insert(
+                Attribute::Metadata(WRITE_TOKEN_METADATA.into()),
+                token.clone().into(),
+            );
+        }
+        let store = Arc::clone(&self.inner.store);
+        let payload = PutPayload::from(Bytes::copy_from_slice(data));
+        let (path, put_key) = (file.clone(), key.clone());
+        self.exec(&key, async move {
+            let options = PutOptions {
+                mode: put_mode,
+                attributes,
+                ..Default::default()
+            };
+            match store.put_opts(&put_key, payload, options).await {
+                Ok(result) => Ok(Version::of_object(result.e_tag, result.version)),
+                // "If-Match" on a missing object: the expected version is gone too.
+                Err(object_store::Error::NotFound { .. }) if is_update => {
+                    Err(Error::Precondition { path })
+                }
+                Err(
+                    e @ (object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }),
+                ) => match &token {
+                    // A retry of a write that landed (see the type's docs on lost replies).
+                    Some(token) => match version_if_written_by(&store, &put_key, token).await {
+                        Some(version) => Ok(version),
+                        None => Err(map_error(e, &path, &put_key)),
+                    },
+                    None => Err(map_error(e, &path, &put_key)),
+                },
+                Err(e) => Err(map_error(e, &path, &put_key)),
+            }
+        })
     }
 
     fn key(&self, path: &BackendPath) -> Result<Path> {
@@ -580,63 +716,7 @@ impl Backend for ObjectBackend {
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
         check_file_path(file)?;
         let key = self.key(file)?;
-        let put_mode = match mode {
-            WriteMode::Replace => PutMode::Overwrite,
-            WriteMode::CreateOnly => PutMode::Create,
-            WriteMode::Update(_) if !self.inner.compare_and_swap => {
-                return Err(Error::Unsupported {
-                    path: file.clone(),
-                    what: "compare-and-swap",
-                });
-            }
-            WriteMode::Update(expected) => match expected.to_update_version() {
-                Some(version) => PutMode::Update(version),
-                // A local version never matches an object.
-                None => return Err(Error::Precondition { path: file.clone() }),
-            },
-        };
-        let is_update = matches!(put_mode, PutMode::Update(_));
-        // Only conditional writes can be refused by their own first attempt.
-        let token = match put_mode {
-            PutMode::Overwrite => None,
-            _ => write_token(),
-        };
-        let mut attributes = Attributes::new();
-        if let Some(token) = &token {
-            attributes.insert(
-                Attribute::Metadata(WRITE_TOKEN_METADATA.into()),
-                token.clone().into(),
-            );
-        }
-        let store = Arc::clone(&self.inner.store);
-        let payload = PutPayload::from(Bytes::copy_from_slice(data));
-        let (path, put_key) = (file.clone(), key.clone());
-        self.exec(&key, async move {
-            let options = PutOptions {
-                mode: put_mode,
-                attributes,
-                ..Default::default()
-            };
-            match store.put_opts(&put_key, payload, options).await {
-                Ok(result) => Ok(Version::of_object(result.e_tag, result.version)),
-                // "If-Match" on a missing object: the expected version is gone too.
-                Err(object_store::Error::NotFound { .. }) if is_update => {
-                    Err(Error::Precondition { path })
-                }
-                Err(
-                    e @ (object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::Precondition { .. }),
-                ) => match &token {
-                    // A retry of a write that landed (see the type's docs on lost replies).
-                    Some(token) => match version_if_written_by(&store, &put_key, token).await {
-                        Some(version) => Ok(version),
-                        None => Err(map_error(e, &path, &put_key)),
-                    },
-                    None => Err(map_error(e, &path, &put_key)),
-                },
-                Err(e) => Err(map_error(e, &path, &put_key)),
-            }
-        })
+        self.put_key(&key, file, data, mode)
     }
 
     fn remove_file(&self, file: &BackendPath) -> Result<()> {

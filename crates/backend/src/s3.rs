@@ -157,12 +157,28 @@ impl S3Config {
         }
     }
 
-    /// Builds the object_store client, counting its HTTP requests into `counter`.
-    pub(crate) fn build(&self, counter: &RequestCounter) -> Result<AmazonS3> {
-        let options = ClientOptions::new()
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions::new()
             .with_allow_http(self.allow_http)
             .with_timeout(self.request_timeout)
-            .with_connect_timeout(self.connect_timeout);
+            .with_connect_timeout(self.connect_timeout)
+    }
+
+    /// An HTTP client like the S3 client's own (same options, counted), for the requests
+    /// object_store has no call for (conditional deletes).
+    pub(crate) fn http_client(
+        &self,
+        counter: &RequestCounter,
+    ) -> Result<object_store::client::HttpClient> {
+        use object_store::client::HttpConnector;
+        CountingConnector::new(counter.clone())
+            .connect(&self.client_options())
+            .map_err(|source| Error::backend(format!("s3://{}", self.bucket), source))
+    }
+
+    /// Builds the object_store client, counting its HTTP requests into `counter`.
+    pub(crate) fn build(&self, counter: &RequestCounter) -> Result<AmazonS3> {
+        let options = self.client_options();
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)

@@ -335,6 +335,10 @@ pub(crate) enum Command {
     Locks {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: Option<TargetArg>,
+        /// With --multi-host: also leases nobody holds now (released or expired), not only the
+        /// held ones.
+        #[arg(long)]
+        all: bool,
     },
 
     /// Find what crashes and other tools leave behind, and with --repair mend it; exit code 1 while

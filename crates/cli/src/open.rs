@@ -23,7 +23,6 @@ use keepsake_backend::{
 use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
 use keepsake_datastore::{Access, DataStore, DataStoreBuilder, LeaseSettings};
 use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
-use object_store::ObjectStoreExt;
 
 use crate::cli::GlobalArgs;
 use crate::error::UsageError;
@@ -600,32 +599,13 @@ fn remote_has_content(remote: &ObjectBackend, config: &S3Config) -> Result<bool>
 /// The host named in the bucket's `.in-use` marker of this datastore (`""` when the marker names
 /// none), or `None` without a marker.
 fn in_use_by(remote: &ObjectBackend, config: &S3Config) -> Result<Option<String>> {
-    let store = Arc::clone(remote.object_store());
-    let key = remote.layout().in_use_key();
-    let fetched = remote.block_on(async move {
-        match store.get(&key).await {
-            Ok(result) => result.bytes().await.map(|b| Some(b.to_vec())),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    })?;
-    let bytes = fetched.with_context(|| {
+    remote.in_use_by().with_context(|| {
         format!(
             "cannot read from bucket `{}` at {}",
             config.bucket,
             config.endpoint.as_deref().unwrap_or("AWS")
         )
-    })?;
-    Ok(bytes.map(|b| {
-        serde_json::from_slice::<serde_json::Value>(&b)
-            .ok()
-            .and_then(|v| {
-                v.get("hostname")
-                    .and_then(|h| h.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default()
-    }))
+    })
 }
 
 /// Writes PBS's `.in-use` marker (`{"hostname": …}`) for this datastore (a plain put, as PBS).
@@ -633,22 +613,12 @@ fn mark_in_use(remote: &ObjectBackend, config: &S3Config) -> Result<()> {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    let body = serde_json::to_vec(&serde_json::json!({ "hostname": hostname }))?;
-    let store = Arc::clone(remote.object_store());
-    let key = remote.layout().in_use_key();
-    remote
-        .block_on(async move {
-            store
-                .put(&key, object_store::PutPayload::from(body))
-                .await
-                .map(|_| ())
-        })?
-        .with_context(|| {
-            format!(
-                "cannot write the in-use marker to bucket `{}`",
-                config.bucket
-            )
-        })
+    remote.mark_in_use(&hostname).with_context(|| {
+        format!(
+            "cannot write the in-use marker to bucket `{}`",
+            config.bucket
+        )
+    })
 }
 
 /// The S3 settings from the options and the AWS environment variables.

@@ -437,7 +437,12 @@ fn not_owned_by(root: &Path, uid: u32, gid: u32) -> Vec<String> {
             let path = entry.unwrap().path();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             if meta.uid() != uid || meta.gid() != gid {
-                wrong.push(format!("{} ({}:{})", path.display(), meta.uid(), meta.gid()));
+                wrong.push(format!(
+                    "{} ({}:{})",
+                    path.display(),
+                    meta.uid(),
+                    meta.gid()
+                ));
             }
             if meta.is_dir() {
                 stack.push(path);
@@ -486,5 +491,8 @@ fn scenario_4_running_as_root_gives_what_it_creates_the_datastores_owner() {
     store.run(&["fsck", "--repair"]).ok();
     store.run(&["ns", "move", "staging", "--to", "dev"]).ok();
     assert_eq!(not_owned_by(&store.path, uid, gid), Vec::<String>::new());
-    assert_eq!(not_owned_by(&store.lock_root, uid, gid), Vec::<String>::new());
+    assert_eq!(
+        not_owned_by(&store.lock_root, uid, gid),
+        Vec::<String>::new()
+    );
 }

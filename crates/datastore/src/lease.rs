@@ -54,10 +54,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keepsake_backend::ObjectBackend;
+use keepsake_backend::{DeleteOutcome, ObjectBackend, RawKey, Version, WriteMode};
 use keepsake_lock::{HeldLock, Holder, LockGuard, LockMode, LockTarget, Locker};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -304,12 +302,12 @@ fn lock_backend_error(
 /// A lease object as read: its body and the version to compare-and-swap against.
 struct Current {
     body: LeaseBody,
-    version: UpdateVersion,
+    version: Version,
 }
 
 /// What an attempt to write a lease object found.
 enum Put {
-    Written(UpdateVersion),
+    Written(Version),
     /// Create-only found an object, or compare-and-swap a newer one.
     Raced,
 }
@@ -322,7 +320,12 @@ type Registry = HashMap<PathBuf, Vec<HeldEntry>>;
 
 /// The part shared by a [`LeaseLocker`] and its guards.
 struct Shared {
+    /// The bucket, every request limited to a third of the lease (a request that hangs must not
+    /// outlive the lease it is about).
     remote: ObjectBackend,
+    /// Whether the endpoint enforces conditional deletes (found by the probe): then released
+    /// lease objects are deleted; otherwise they are kept, with no holder.
+    conditional_deletes: bool,
     folder: String,
     settings: LeaseSettings,
     me: Identity,
@@ -341,95 +344,65 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        Arc::clone(self.remote.object_store())
-    }
-
     fn held(&self) -> std::sync::MutexGuard<'_, Registry> {
         // The map holds no invariant a panicking holder could break half-way.
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn read(&self, key: &ObjectPath) -> keepsake_lock::Result<Option<Current>> {
-        let store = self.store();
-        let get_key = key.clone();
-        let fetched = self
+    fn key(&self, key: &str) -> keepsake_lock::Result<RawKey> {
+        self.remote
+            .raw_key(key)
+            .map_err(|e| lock_backend_error(key, e))
+    }
+
+    fn read(&self, key: &RawKey) -> keepsake_lock::Result<Option<Current>> {
+        let Some(object) = self
             .remote
-            .block_on(async move {
-                match store.get(&get_key).await {
-                    Ok(result) => {
-                        let meta = result.meta.clone();
-                        result.bytes().await.map(|bytes| Some((bytes, meta)))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .map_err(|e| lock_backend_error(key.as_ref(), e))?
-            .map_err(|e| lock_backend_error(key.as_ref(), e))?;
-        let Some((bytes, meta)) = fetched else {
+            .get_raw(key)
+            .map_err(|e| lock_backend_error(&key.to_string(), e))?
+        else {
             return Ok(None);
         };
-        let body: LeaseBody =
-            serde_json::from_slice(&bytes).map_err(|e| lock_backend_error(key.as_ref(), e))?;
+        let body: LeaseBody = serde_json::from_slice(&object.data)
+            .map_err(|e| lock_backend_error(&key.to_string(), e))?;
         Ok(Some(Current {
             body,
-            version: UpdateVersion {
-                e_tag: meta.e_tag,
-                version: meta.version,
-            },
+            version: object.version,
         }))
     }
 
     fn put(
         &self,
-        key: &ObjectPath,
+        key: &RawKey,
         body: &LeaseBody,
-        expected: Option<&UpdateVersion>,
+        expected: Option<&Version>,
     ) -> keepsake_lock::Result<Put> {
-        let data = serde_json::to_vec(body).map_err(|e| lock_backend_error(key.as_ref(), e))?;
+        let data = serde_json::to_vec(body).map_err(|e| lock_backend_error(&key.to_string(), e))?;
         let mode = match expected {
-            None => PutMode::Create,
-            Some(version) => PutMode::Update(version.clone()),
+            None => WriteMode::CreateOnly,
+            Some(version) => WriteMode::Update(version.clone()),
         };
-        let store = self.store();
-        let put_key = key.clone();
-        let result = self
-            .remote
-            .block_on(async move {
-                let options = PutOptions {
-                    mode,
-                    ..Default::default()
-                };
-                store
-                    .put_opts(&put_key, PutPayload::from(data), options)
-                    .await
-            })
-            .map_err(|e| lock_backend_error(key.as_ref(), e))?;
-        match result {
-            Ok(put) => Ok(Put::Written(UpdateVersion {
-                e_tag: put.e_tag,
-                version: put.version,
-            })),
+        match self.remote.put_raw(key, &data, mode) {
+            Ok(version) => Ok(Put::Written(version)),
             Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
+                keepsake_backend::Error::AlreadyExists { .. }
+                | keepsake_backend::Error::Precondition { .. }
+                | keepsake_backend::Error::NotFound { .. },
             ) => Ok(Put::Raced),
-            Err(e) => Err(lock_backend_error(key.as_ref(), e)),
+            Err(e) => Err(lock_backend_error(&key.to_string(), e)),
         }
     }
 
-    fn delete(&self, key: &ObjectPath) -> keepsake_lock::Result<()> {
-        let store = self.store();
-        let delete_key = key.clone();
-        let result = self
-            .remote
-            .block_on(async move { store.delete(&delete_key).await })
-            .map_err(|e| lock_backend_error(key.as_ref(), e))?;
-        match result {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(lock_backend_error(key.as_ref(), e)),
+    /// Deletes the lease object if it is still at `version` (a compare-and-swap delete), where
+    /// the endpoint enforces that; otherwise leaves it. Never removes a successor's lease.
+    fn delete_at(&self, key: &RawKey, version: &Version) -> keepsake_lock::Result<()> {
+        if !self.conditional_deletes {
+            return Ok(());
+        }
+        match self.remote.delete_raw(key, Some(version)) {
+            Ok(DeleteOutcome::Deleted | DeleteOutcome::Changed | DeleteOutcome::Missing) => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(lock_backend_error(&key.to_string(), e)),
         }
     }
 
@@ -442,14 +415,21 @@ impl Shared {
     /// One decision on the lease object: take it, or report who is in the way.
     fn try_acquire(
         &self,
-        key: &ObjectPath,
+        key: &RawKey,
         target: &str,
         mode: LockMode,
-    ) -> keepsake_lock::Result<std::result::Result<(LeaseHolder, UpdateVersion), Vec<Holder>>> {
-        let id = random_id().map_err(|e| lock_backend_error(key.as_ref(), e))?;
+    ) -> keepsake_lock::Result<std::result::Result<(LeaseHolder, Version), Vec<Holder>>> {
+        let id = random_id().map_err(|e| lock_backend_error(&key.to_string(), e))?;
         for _ in 0..CAS_RETRIES {
             let current = self.read(key)?;
             let now = now_ms();
+            // Our own entry already there: an earlier attempt of this very request landed (its
+            // reply was lost). The holder id is new for every request, so it is ours alone.
+            if let Some(c) = &current {
+                if let Some(mine) = c.body.holders.iter().find(|h| h.holder == id) {
+                    return Ok(Ok((mine.clone(), c.version.clone())));
+                }
+            }
             let (mut body, expected) = match current {
                 Some(c) => (c.body, Some(c.version)),
                 None => (
@@ -497,7 +477,7 @@ impl Shared {
     /// Returns whether the entry was still there.
     fn change_entry(
         &self,
-        key: &ObjectPath,
+        key: &RawKey,
         holder: &str,
         mut change: impl FnMut(&mut LeaseHolder, u64) -> bool,
     ) -> keepsake_lock::Result<bool> {
@@ -514,12 +494,20 @@ impl Shared {
             }
             body.holders.retain(|h| !self.is_stale(h, now));
             match self.put(key, &body, Some(&version))? {
-                Put::Written(_) => return Ok(true),
+                Put::Written(written) => {
+                    if body.holders.is_empty() {
+                        // Released by its last holder: the object goes, unless someone took the
+                        // lease meanwhile (then the delete finds another version and does
+                        // nothing). Best effort: a kept object is harmless.
+                        let _ = self.delete_at(key, &written);
+                    }
+                    return Ok(true);
+                }
                 Put::Raced => continue,
             }
         }
         Err(lock_backend_error(
-            key.as_ref(),
+            &key.to_string(),
             std::io::Error::other("the lease object kept changing; gave up updating it"),
         ))
     }
@@ -582,12 +570,28 @@ impl LeaseLocker {
     /// [`Error::InvalidArgument`] for settings whose lease is shorter than 300 ms or not more
     /// than twice the clock-skew bound.
     pub fn new(remote: ObjectBackend, settings: LeaseSettings) -> Result<Self> {
+        Self::with_capabilities(remote, settings, false)
+    }
+
+    /// [`LeaseLocker::new`] for an endpoint whose capabilities the probe established
+    /// ([`probe_conditional_writes`]): with `conditional_deletes`, released lease objects are
+    /// deleted (a compare-and-swap delete that never removes a successor's lease).
+    ///
+    /// # Errors
+    /// As [`LeaseLocker::new`].
+    pub fn with_capabilities(
+        remote: ObjectBackend,
+        settings: LeaseSettings,
+        conditional_deletes: bool,
+    ) -> Result<Self> {
         settings.check()?;
-        let folder = format!("{}/{LEASE_FOLDER}", remote.layout().store_root().as_ref());
+        // Every lease request ends within a third of the lease, retries included.
+        let remote = remote.with_time_limit(settings.lease / 3);
         Ok(Self {
             shared: Arc::new(Shared {
                 remote,
-                folder,
+                conditional_deletes,
+                folder: LEASE_FOLDER.to_owned(),
                 settings,
                 me: Identity::current(),
                 held: Mutex::new(HashMap::new()),
@@ -605,13 +609,35 @@ impl LeaseLocker {
         self.shared.settings
     }
 
-    /// The object key of `target`'s lease.
+    /// Whether released lease objects are deleted (the endpoint enforces conditional deletes).
+    pub fn deletes_released_leases(&self) -> bool {
+        self.shared.conditional_deletes
+    }
+
+    /// The object key of `target`'s lease (store prefix included).
     pub fn key_of(&self, target: &LockTarget<'_>) -> String {
+        format!(
+            "{}/{}",
+            self.shared.remote.layout().store_root().as_ref(),
+            self.relative_key_of(target)
+        )
+    }
+
+    /// The key of `target`'s lease below the store prefix.
+    fn relative_key_of(&self, target: &LockTarget<'_>) -> String {
         let mut hash = Sha256::new();
         hash.update(target.ns().to_string().as_bytes());
         hash.update(b"\n");
         hash.update(target.relative_path().as_bytes());
         format!("{}/{}", self.shared.folder, hex::encode(hash.finalize()))
+    }
+
+    /// The raw key of the lease a guard of this locker holds (its resource is the full key).
+    fn key_of_resource(&self, resource: &FsPath) -> keepsake_lock::Result<RawKey> {
+        let text = resource.to_string_lossy();
+        let root = format!("{}/", self.shared.remote.layout().store_root().as_ref());
+        let relative = text.strip_prefix(&root).unwrap_or(&text);
+        self.shared.key(relative)
     }
 
     /// Checks the fencing token of `guard` (taken from this locker): its lease object still names
@@ -641,7 +667,13 @@ impl LeaseLocker {
         if flag.load(Ordering::Acquire) {
             return Err(lost("a renewal found the lease taken over"));
         }
-        let key = ObjectPath::from(resource.to_string_lossy().as_ref());
+        let key = self
+            .key_of_resource(&resource)
+            .map_err(|source| Error::Locked {
+                what: "lease",
+                path: resource.display().to_string(),
+                source,
+            })?;
         let current = self
             .shared
             .read(&key)
@@ -671,31 +703,22 @@ impl LeaseLocker {
     /// # Errors
     /// [`Error::Backend`] when listing or reading fails.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        let store = self.shared.store();
-        let folder = ObjectPath::from(self.shared.folder.as_str());
+        let folder = self
+            .shared
+            .remote
+            .raw_key(&self.shared.folder)
+            .map_err(|e| Error::backend(&self.shared.folder, e))?;
         let keys = self
             .shared
             .remote
-            .block_on(async move {
-                let listing = store.list_with_delimiter(Some(&folder)).await?;
-                Ok::<_, object_store::Error>(
-                    listing
-                        .objects
-                        .into_iter()
-                        .map(|m| m.location)
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .map_err(|e| Error::backend(&self.shared.folder, e))?
-            .map_err(|e| Error::Refused {
-                path: self.shared.folder.clone(),
-                reason: format!("cannot list leases: {e}"),
-            })?;
+            .list_raw(&folder)
+            .map_err(|e| Error::backend(&self.shared.folder, e))?;
         let mut out = Vec::new();
         for key in keys {
             // Probe objects of `probe_conditional_writes` are not leases.
             if key
-                .filename()
+                .relative()
+                .file_name()
                 .is_some_and(|name| name.starts_with(".probe-"))
             {
                 continue;
@@ -737,7 +760,7 @@ impl Locker for LeaseLocker {
         timeout: Duration,
     ) -> keepsake_lock::Result<LockGuard> {
         let key_text = self.key_of(target);
-        let key = ObjectPath::from(key_text.as_str());
+        let key = self.shared.key(&self.relative_key_of(target))?;
         let resource = PathBuf::from(&key_text);
         let start = Instant::now();
         let mut pause = POLL_FIRST;
@@ -781,7 +804,7 @@ impl Locker for LeaseLocker {
 /// A held lease: renewed by its own thread until dropped or removed.
 struct LeaseHeld {
     shared: Arc<Shared>,
-    key: ObjectPath,
+    key: RawKey,
     resource: PathBuf,
     mode: LockMode,
     id: String,
@@ -802,7 +825,7 @@ impl fmt::Debug for LeaseHeld {
 impl LeaseHeld {
     fn start(
         shared: Arc<Shared>,
-        key: ObjectPath,
+        key: RawKey,
         resource: PathBuf,
         mode: LockMode,
         entry: LeaseHolder,
@@ -889,17 +912,18 @@ impl HeldLock for LeaseHeld {
 
     fn remove(mut self: Box<Self>) -> keepsake_lock::Result<()> {
         self.stop();
+        // The object goes with its target, by a compare-and-swap delete at the version that
+        // shows this guard as the only holder: a successor's lease is never removed.
         let current = self.shared.read(&self.key)?;
-        let safe = current.as_ref().is_some_and(|c| {
-            c.body.holders.len() == 1
-                && c.body.holders[0].holder == self.id
-                && c.body.holders[0].expires
-                    >= now_ms().saturating_add(ms(self.shared.settings.lease) / 2)
-        });
-        let result = if safe {
-            self.shared.delete(&self.key)
-        } else {
-            self.release()
+        let result = match current {
+            Some(c)
+                if self.shared.conditional_deletes
+                    && c.body.holders.len() == 1
+                    && c.body.holders[0].holder == self.id =>
+            {
+                self.shared.delete_at(&self.key, &c.version)
+            }
+            _ => self.release(),
         };
         // Released either way: Drop must not release again.
         self.id.clear();
@@ -939,87 +963,72 @@ impl fmt::Display for MissingCondition {
     }
 }
 
+/// What the endpoint can do beyond what multi-host mode requires (see
+/// [`probe_conditional_writes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointCapabilities {
+    /// A delete with `If-Match` and an outdated ETag is refused (S3 since 2025-09; MinIO ignores
+    /// the header). Without it, released lease objects are kept instead of deleted.
+    pub conditional_deletes: bool,
+}
+
 /// Tests whether the endpoint behind `remote` enforces create-only and compare-and-swap writes,
 /// with a probe object `<store>/.keepsake-leases/.probe-<random>` that is removed afterwards:
 /// create it, create it again (must fail), update it with its ETag (must succeed), update it with
-/// the outdated ETag (must fail).
+/// the outdated ETag (must fail); then whether it enforces conditional deletes (a delete at the
+/// outdated ETag must leave it in place).
 ///
 /// # Errors
 /// [`Error::MultiHostUnsupported`] naming the missing condition (also when the endpoint refuses
-/// conditional writes outright); [`Error::Backend`]-like errors when the endpoint fails.
-pub fn probe_conditional_writes(remote: &ObjectBackend) -> Result<()> {
+/// conditional writes outright); [`Error::Backend`] when the endpoint fails.
+pub fn probe_conditional_writes(remote: &ObjectBackend) -> Result<EndpointCapabilities> {
     let store_root = remote.layout().store_root();
     let name = random_id().map_err(|e| Error::Refused {
         path: store_root.to_string(),
         reason: format!("no random numbers for the probe: {e}"),
     })?;
-    let key = ObjectPath::from(format!(
-        "{}/{LEASE_FOLDER}/.probe-{name}",
-        store_root.as_ref()
-    ));
-    let store = Arc::clone(remote.object_store());
-    let probe_key = key.clone();
-    let outcome = remote
-        .block_on(async move { run_probe(store, probe_key).await })
-        .map_err(|e| Error::backend(key.as_ref(), e))?;
-    let store = Arc::clone(remote.object_store());
-    let cleanup_key = key.clone();
-    // Best effort: a probe object left behind is harmless (nobody reads it).
-    let _ = remote.block_on(async move { store.delete(&cleanup_key).await });
-    match outcome {
-        Ok(None) => Ok(()),
-        Ok(Some(missing)) => Err(Error::MultiHostUnsupported {
-            store: remote.layout().store().to_owned(),
-            missing,
-            detail: None,
-        }),
-        Err((missing, e)) => Err(Error::MultiHostUnsupported {
-            store: remote.layout().store().to_owned(),
-            missing,
-            detail: Some(e.to_string()),
-        }),
-    }
-}
-
-type ProbeOutcome =
-    std::result::Result<Option<MissingCondition>, (MissingCondition, object_store::Error)>;
-
-async fn run_probe(store: Arc<dyn ObjectStore>, key: ObjectPath) -> ProbeOutcome {
-    let put = |mode: PutMode, body: &'static str| {
-        let (store, key) = (Arc::clone(&store), key.clone());
-        async move {
-            let options = PutOptions {
-                mode,
-                ..Default::default()
-            };
-            store
-                .put_opts(&key, PutPayload::from_static(body.as_bytes()), options)
-                .await
-        }
+    let relative = format!("{LEASE_FOLDER}/.probe-{name}");
+    let key = remote
+        .raw_key(&relative)
+        .map_err(|e| Error::backend(&relative, e))?;
+    let unsupported = |missing, detail: Option<String>| Error::MultiHostUnsupported {
+        store: remote.layout().store().to_owned(),
+        missing,
+        detail,
     };
+    let put = |body: &[u8], mode| remote.put_raw(&key, body, mode);
     use MissingCondition::{CompareAndSwap, CreateOnly};
-    let first = put(PutMode::Create, "1")
-        .await
-        .map_err(|e| (CreateOnly, e))?;
-    match put(PutMode::Create, "2").await {
-        Ok(_) => return Ok(Some(CreateOnly)),
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => {}
-        Err(e) => return Err((CreateOnly, e)),
-    }
-    let stale = UpdateVersion {
-        e_tag: first.e_tag,
-        version: first.version,
-    };
-    put(PutMode::Update(stale.clone()), "3")
-        .await
-        .map_err(|e| (CompareAndSwap, e))?;
-    match put(PutMode::Update(stale), "4").await {
-        Ok(_) => Ok(Some(CompareAndSwap)),
-        Err(object_store::Error::Precondition { .. }) => Ok(None),
-        Err(e) => Err((CompareAndSwap, e)),
-    }
+    use keepsake_backend::Error as B;
+    let outcome = (|| {
+        let first = put(b"1", WriteMode::CreateOnly)
+            .map_err(|e| unsupported(CreateOnly, Some(e.to_string())))?;
+        match put(b"2", WriteMode::CreateOnly) {
+            Ok(_) => return Err(unsupported(CreateOnly, None)),
+            Err(B::AlreadyExists { .. } | B::Precondition { .. }) => {}
+            Err(e) => return Err(unsupported(CreateOnly, Some(e.to_string()))),
+        }
+        let second = put(b"3", WriteMode::Update(first.clone()))
+            .map_err(|e| unsupported(CompareAndSwap, Some(e.to_string())))?;
+        match put(b"4", WriteMode::Update(first.clone())) {
+            Ok(_) => return Err(unsupported(CompareAndSwap, None)),
+            Err(B::Precondition { .. }) => {}
+            Err(e) => return Err(unsupported(CompareAndSwap, Some(e.to_string()))),
+        }
+        // Conditional deletes: at the outdated version nothing may go.
+        let conditional_deletes = match remote.delete_raw(&key, Some(&first)) {
+            Ok(DeleteOutcome::Changed) => {
+                matches!(remote.get_raw(&key), Ok(Some(object)) if object.version == second)
+            }
+            _ => false,
+        };
+        Ok(EndpointCapabilities {
+            conditional_deletes,
+        })
+    })();
+    // Best effort: a probe object left behind is harmless (nobody reads it).
+    let _ = remote.delete_raw(&key, None);
+    outcome
 }
 
 #[cfg(test)]
@@ -1096,7 +1105,7 @@ mod tests {
 
         // A holder that stops renewing (its entry is rewritten as if it had stopped long ago)
         // is broken after expiry plus skew, and its fencing check fails from then on.
-        let key = ObjectPath::from(a.key_of(&target));
+        let key = a.shared.key(&a.relative_key_of(&target)).unwrap();
         a.shared
             .change_entry(
                 &key,

@@ -56,8 +56,8 @@ pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
 pub use journal::{Intent, Phase};
 pub use lease::{
-    LEASE_FOLDER, LeaseHolderInfo, LeaseInfo, LeaseLocker, LeaseSettings, MissingCondition,
-    probe_conditional_writes,
+    EndpointCapabilities, LEASE_FOLDER, LeaseHolderInfo, LeaseInfo, LeaseLocker, LeaseSettings,
+    MissingCondition, probe_conditional_writes,
 };
 pub use moves::MoveReport;
 pub use namespace::NamespaceRemoval;

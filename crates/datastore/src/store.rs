@@ -208,8 +208,12 @@ impl DataStoreBuilder {
         keepsake_hierarchy::check_datastore_name(&self.name)?;
         let leases = match &self.multi_host {
             Some((remote, settings)) => {
-                crate::lease::probe_conditional_writes(remote)?;
-                Some(LeaseLocker::new(remote.clone(), *settings)?)
+                let found = crate::lease::probe_conditional_writes(remote)?;
+                Some(LeaseLocker::with_capabilities(
+                    remote.clone(),
+                    *settings,
+                    found.conditional_deletes,
+                )?)
             }
             None => None,
         };

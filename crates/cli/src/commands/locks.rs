@@ -206,7 +206,7 @@ impl Collect<'_> {
 }
 
 /// `keepsake locks`.
-pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>) -> Result<ExitCode> {
+pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>, all: bool) -> Result<ExitCode> {
     let session = ctx.open_read()?;
     let spec = &session.spec;
     let mut collect = Collect {
@@ -261,6 +261,9 @@ pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>) -> Result<ExitCod
         .into_iter()
         .filter(|l| target.is_none() || lease_keys.contains(&l.key))
         .map(|l| lease_entry(l, now))
+        // Held leases only, unless asked for all (released ones stay on endpoints without
+        // conditional deletes, and expired ones until the next acquire cleans them).
+        .filter(|l| all || l.holders.iter().any(|h| !h.expired))
         .collect();
     found.sort_by(|a, b| a.target.cmp(&b.target).then_with(|| a.key.cmp(&b.key)));
     let doc = MultiHostDoc {

@@ -166,7 +166,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Unprotect { snapshot } => change::protect(&ctx, snapshot, false),
         Command::Forget { target } => change::forget(&ctx, target),
         Command::Prune(args) => prune::prune(&ctx, args),
-        Command::Locks { target } => locks::locks(&ctx, target.as_ref()),
+        Command::Locks { target, all } => locks::locks(&ctx, target.as_ref(), *all),
         Command::Fsck {
             repair,
             unfinished_older_than,
