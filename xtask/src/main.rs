@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         "test" => test(&root, rest),
         "stress" => stress(&root, rest),
         "fuzz" => fuzz::run(&root, rest),
-        "bench" => bench(rest),
+        "bench" => bench(&root, rest),
         "s3" => s3(&root),
         "layering" => layering::check_workspace(&root),
         "help" | "--help" | "-h" => {
@@ -157,15 +157,27 @@ fn test_with_env(root: &Path, extra: &[String], env: &[(&str, String)]) -> Resul
     result
 }
 
-fn bench(extra: &[String]) -> Result<()> {
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
     // With no arguments every bench of the workspace; arguments select as for `cargo bench`
-    // (`cargo xtask bench -p keepsake-manifest --bench blob -- --measurement-time 3`).
+    // (`cargo xtask bench -p keepsake-manifest --bench blob -- --measurement-time 3`). The S3
+    // figures need the test server: built first, then the server runs while the benches do.
+    let selection: Vec<String> = if extra.is_empty() {
+        vec!["--workspace".to_owned()]
+    } else {
+        extra.to_vec()
+    };
+    let build_args: Vec<&String> = selection.iter().take_while(|a| *a != "--").collect();
+    run(cargo()
+        .args(["bench", "--locked", "--no-run"])
+        .args(build_args))?;
+    let server = moto::MotoServer::start(root)?;
+    eprintln!("xtask: S3 test server at {}", server.endpoint());
     let mut cmd = cargo();
-    cmd.args(["bench", "--locked"]);
-    if extra.is_empty() {
-        cmd.arg("--workspace");
-    }
-    run(cmd.args(extra))
+    cmd.args(["bench", "--locked"]).args(&selection);
+    server.export_to(&mut cmd);
+    let result = run(&mut cmd);
+    drop(server);
+    result
 }
 
 fn s3(root: &Path) -> Result<()> {

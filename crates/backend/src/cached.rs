@@ -28,6 +28,9 @@ use crate::{
 /// types of the root namespace and `ns`.
 const CONTENT_FOLDERS: [&str; 4] = ["vm", "ct", "host", "ns"];
 
+/// The cache's own folder at its root (identity marker, refresh lock): not listed as content.
+const BOOKKEEPING_FOLDER: &str = ".keepsake";
+
 /// The lock file that keeps a cache refresh and the cache's writers apart, in the cache folder:
 /// every change through a [`CachedBackend`] (any process) holds it shared, a refresh
 /// exclusively.
@@ -665,8 +668,16 @@ impl Backend for CachedBackend {
         }
     }
 
+    /// The cache's listing, less the cache's own bookkeeping (`.keepsake/` at the root: the
+    /// identity marker and the refresh lock), which is not datastore content.
     fn list(&self, folder: &BackendPath) -> Result<Listing<'_>> {
-        self.cache.list(folder)
+        let listing = self.cache.list(folder)?;
+        if !folder.is_root() {
+            return Ok(listing);
+        }
+        Ok(Box::new(listing.filter(
+            |entry| !matches!(entry, Ok(e) if e.name == BOOKKEEPING_FOLDER),
+        )))
     }
 
     fn read(&self, file: &BackendPath) -> Result<FileContents> {

@@ -114,6 +114,7 @@ fn refresh_rebuilds_the_cache(n: TwoNodes) {
     let mut expected: BTreeSet<String> = CONTENT.iter().map(|s| s.to_string()).collect();
     expected.insert(".gc-status".into());
     expected.insert(keepsake_backend::CACHE_MARKER.into());
+    expected.insert(keepsake_backend::REFRESH_LOCK.into());
     assert_eq!(files_below(b_cache, &BackendPath::root()), expected);
     assert_eq!(
         b_cache.stat(&p(".chunks/0000")).unwrap().kind,
@@ -249,6 +250,7 @@ fn reads_after_a_restart_need_no_request(mut n: TwoNodes) {
             assert_eq!(read.data, file.as_bytes());
             assert_eq!(read.version, n.a.remote().read(&p(file)).unwrap().version);
         }
+        // The content only: the cache's bookkeeping (`.keepsake/`) is not listed.
         assert_eq!(files_below(b, &BackendPath::root()).len(), CONTENT.len());
     });
     assert_eq!(used.total(), 0, "{used}");

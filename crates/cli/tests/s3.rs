@@ -69,6 +69,18 @@ impl S3Store {
         walk(&self.remote(&self.name), &BackendPath::root(), &mut out);
         out
     }
+
+    /// The lease objects in the bucket (beside the content, under `.keepsake-leases/`).
+    fn lease_objects(&self) -> Vec<String> {
+        let remote = self.remote(&self.name);
+        let folder = remote.raw_key(".keepsake-leases").unwrap();
+        remote
+            .list_raw(&folder)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
 }
 
 fn walk(backend: &dyn Backend, folder: &BackendPath, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -530,42 +542,23 @@ fn s3_multi_host_two_hosts_share_a_datastore() {
     let notes = b.multi(&["--json", "notes", snap]).json();
     assert_eq!(notes["notes"], "from a", "{notes}");
 
-    // Every command has finished: the leases are all free, with the epochs they reached.
+    // Every command has finished: no lease is held, and the released lease objects are gone
+    // from the bucket (compare-and-swap deletes: the test server enforces them).
     let doc = a.multi(&["--json", "locks"]).json();
-    let leases = leases_of(&doc);
-    assert!(!leases.is_empty(), "{doc}");
-    for lease in &leases {
-        assert!(lease["epoch"].as_u64().unwrap() > 0, "{lease}");
-        assert_eq!(lease["holders"], serde_json::json!([]), "{lease}");
-        assert!(
-            lease["key"]
-                .as_str()
-                .unwrap()
-                .contains("/.keepsake-leases/"),
-            "{lease}"
-        );
-    }
-    let targets: Vec<&str> = leases
-        .iter()
-        .map(|l| l["target"].as_str().unwrap())
-        .collect();
-    assert!(targets.iter().any(|t| t.contains(snap)), "{targets:?}");
-    // With a target only its leases (snapshot and manifest; the group's when it was locked).
+    assert_eq!(leases_of(&doc), Vec::<serde_json::Value>::new(), "{doc}");
+    let doc = a.multi(&["--json", "locks", "--all"]).json();
+    assert_eq!(leases_of(&doc), Vec::<serde_json::Value>::new(), "{doc}");
+    assert_eq!(
+        a.lease_objects(),
+        Vec::<String>::new(),
+        "released leases left in the bucket"
+    );
+    // With a target: its lock files, and no lease held.
     let doc = b.multi(&["--json", "locks", snap]).json();
-    let leases = leases_of(&doc);
     assert_eq!(doc["locks"].as_array().unwrap().len(), 2, "{doc}");
-    assert!(!leases.is_empty(), "{doc}");
-    assert!(
-        leases
-            .iter()
-            .all(|l| l["target"].as_str().unwrap().contains(snap)),
-        "{doc}"
-    );
+    assert_eq!(leases_of(&doc), Vec::<serde_json::Value>::new(), "{doc}");
     let text = a.multi(&["locks", snap]).ok().to_owned();
-    assert!(
-        text.contains("leases in bucket") && text.contains("free"),
-        "{text}"
-    );
+    assert!(text.contains("no leases in bucket"), "{text}");
     // Without --multi-host the document stays an array of lock files.
     assert!(a.run(&["--json", "locks", snap]).json().is_array());
 }

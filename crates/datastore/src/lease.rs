@@ -25,12 +25,14 @@
 //! - **Shared leases** are several entries in the one object; an exclusive lease is the only entry.
 //! - **Renew**: each guard owns a thread that extends its own entry every third of the lease
 //!   length, by compare-and-swap. A renewal that finds its entry gone marks the guard lost.
-//! - **Release** (drop): the caller's entry is taken out by compare-and-swap; the object stays
-//!   (with its epoch), so the epoch never goes back while the target exists.
-//! - **Remove** ([`keepsake_lock::ExclusiveGuard::remove`], when the snapshot or group is gone):
-//!   S3 has no conditional delete, so the lease object is deleted after a read that shows this
-//!   guard as its holder with at least half a lease still to run. Nobody may break a lease that far
-//!   from expiry, so the delete cannot remove a successor's lease. Otherwise it releases.
+//! - **Release** (drop): the caller's entry is taken out by compare-and-swap. An object left
+//!   without holders is deleted by a compare-and-swap delete at the version just written (S3's
+//!   `If-Match` on `DeleteObject`): if anyone took the lease meanwhile, the version differs and
+//!   nothing is deleted. Endpoints that ignore that condition (found by the probe) keep the object.
+//! - **Remove** ([`keepsake_lock::ExclusiveGuard::remove`], when the snapshot or group is gone): the
+//!   same compare-and-swap delete, at the version that shows this guard as the only holder.
+//!   Epochs start again at 1 on a new object: fencing compares the holder id (random per guard)
+//!   and its epoch, so an old holder never matches a new object.
 //! - **Fencing token**: the epoch a guard was granted. [`DataStore`](crate::DataStore) metadata writes made under a
 //!   lease (manifest, notes, protection) first re-read the lease object and check that the guard's
 //!   entry (holder id and epoch) is still there and valid for more than the clock-skew bound;

@@ -198,7 +198,14 @@ impl Snapshot {
     /// [`Error::NotFound`] for an unfinished snapshot; [`Error::Corrupt`] if it does not decode or
     /// parse.
     pub fn load_manifest(&self) -> Result<BackupManifest> {
-        Ok(self.load_manifest_versioned()?.0)
+        let file = self.file(MANIFEST_BLOB_NAME)?;
+        let contents = self
+            .store
+            .backend()
+            .read(&file)
+            .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
+        BackupManifest::from_blob_bytes(&contents.data)
+            .map_err(|source| self.corrupt_manifest(source))
     }
 
     fn corrupt_manifest(&self, source: keepsake_manifest::Error) -> Error {

@@ -155,10 +155,96 @@ impl Drop for HostProcess {
     }
 }
 
+/// A cached backend that, once armed, stops right after it answered the bucket's check of a
+/// `.protected` marker (the last question a destroy asks before it deletes): it says so on stdout
+/// and waits for a line on stdin. The parent stops the whole process there (SIGSTOP: no lease
+/// renewal either), as a host paused at the worst moment.
+#[derive(Debug)]
+struct PauseAfterProtectedCheck {
+    inner: Arc<CachedBackend>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+macro_rules! forward {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $ret { self.inner.$name($($arg),*) })*
+    };
+}
+
+impl keepsake_backend::Backend for PauseAfterProtectedCheck {
+    forward! {
+        capabilities() -> keepsake_backend::Capabilities;
+        list(folder: &keepsake_backend::BackendPath) -> keepsake_backend::Result<keepsake_backend::Listing<'_>>;
+        read(file: &keepsake_backend::BackendPath) -> keepsake_backend::Result<keepsake_backend::FileContents>;
+        write(file: &keepsake_backend::BackendPath, data: &[u8], mode: keepsake_backend::WriteMode) -> keepsake_backend::Result<keepsake_backend::Version>;
+        remove_file(file: &keepsake_backend::BackendPath) -> keepsake_backend::Result<()>;
+        remove_tree(folder: &keepsake_backend::BackendPath, keep: &keepsake_backend::KeepFilter) -> keepsake_backend::Result<keepsake_backend::RemoveReport>;
+        rename(from: &keepsake_backend::BackendPath, to: &keepsake_backend::BackendPath) -> keepsake_backend::Result<()>;
+        stat(path: &keepsake_backend::BackendPath) -> keepsake_backend::Result<keepsake_backend::Stat>;
+        create_dir_all(folder: &keepsake_backend::BackendPath) -> keepsake_backend::Result<()>;
+        exists(path: &keepsake_backend::BackendPath) -> keepsake_backend::Result<bool>;
+        read_authoritative(file: &keepsake_backend::BackendPath) -> keepsake_backend::Result<keepsake_backend::FileContents>;
+        list_files_authoritative(folder: &keepsake_backend::BackendPath) -> keepsake_backend::Result<Vec<keepsake_backend::BackendPath>>;
+        remove_files(files: &[keepsake_backend::BackendPath]) -> keepsake_backend::Result<keepsake_backend::RemoveReport>;
+        remove_folder_if_empty(folder: &keepsake_backend::BackendPath) -> keepsake_backend::Result<bool>;
+    }
+
+    fn host_local(&self) -> Option<&LocalBackend> {
+        self.inner.host_local()
+    }
+
+    fn exists_authoritative(
+        &self,
+        path: &keepsake_backend::BackendPath,
+    ) -> keepsake_backend::Result<bool> {
+        let answer = self.inner.exists_authoritative(path);
+        if path.file_name() == Some(".protected")
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{INSIDE}").unwrap();
+            out.flush().unwrap();
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).unwrap();
+        }
+        answer
+    }
+}
+
 /// What a child does instead of the test; exits the process when done.
 fn child_main(cfg: &S3TestConfig, role: &str) -> ! {
     let prefix = std::env::var(PREFIX_VAR).unwrap();
     let cache = std::path::PathBuf::from(std::env::var_os(CACHE_VAR).unwrap());
+    if role == "paused-destroy" {
+        // The store over a backend that stops after the protection check.
+        host(cfg, &prefix, &cache, false);
+        let remote = ObjectBackend::s3(&s3_config(cfg), &prefix).unwrap();
+        let local = LocalBackend::open(&cache, SyncLevel::None).unwrap();
+        let pausing = Arc::new(PauseAfterProtectedCheck {
+            inner: Arc::new(CachedBackend::new(local, remote.clone())),
+            armed: std::sync::atomic::AtomicBool::new(true),
+        });
+        let store = DataStore::builder(&prefix, &cache)
+            .backend(pausing)
+            .namespace_markers(true)
+            .multi_host(remote, settings())
+            .open()
+            .unwrap();
+        let dir: BackupDir = SNAPSHOT.parse().unwrap();
+        let outcome = match store
+            .snapshot(&BackupNamespace::root(), &dir)
+            .destroy(false)
+        {
+            Ok(()) => "destroyed".to_owned(),
+            Err(Error::LeaseLost { reason, .. }) => format!("lease-lost {reason}"),
+            Err(Error::Protected { .. }) => "protected".to_owned(),
+            Err(e) => format!("other {e}"),
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{OUTCOME} {outcome}").unwrap();
+        out.flush().unwrap();
+        std::process::exit(0);
+    }
     let store = host(cfg, &prefix, &cache, false);
     match role.split(':').collect::<Vec<_>>().as_slice() {
         ["count", n] => {
@@ -257,20 +343,12 @@ fn concurrent_manifest_counters_lose_no_increment() {
     // Read from the bucket, through a fresh host: nothing stale from this host's cache.
     let check = host(&cfg, &prefix, &dir.path().join("check"), false);
     assert_eq!(counter(&check), (HOSTS as u64 + 1) * PER_HOST);
-    let leases = check.lease_locker().unwrap().leases().unwrap();
-    assert!(
-        leases.iter().all(|l| l.holders.is_empty()),
-        "leases left held: {leases:?}"
-    );
-    let manifest_lease = leases
-        .iter()
-        .find(|l| l.target.starts_with("manifest of"))
-        .expect("the manifest's lease object");
-    // Every update was granted the manifest's lease with an epoch of its own.
-    assert!(
-        manifest_lease.epoch >= (HOSTS as u64 + 1) * PER_HOST,
-        "{manifest_lease:?}"
-    );
+    // Every lease was released, and its object deleted by its last holder (the test server
+    // enforces conditional deletes).
+    let locker = check.lease_locker().unwrap();
+    assert!(locker.deletes_released_leases());
+    let leases = locker.leases().unwrap();
+    assert!(leases.is_empty(), "leases left in the bucket: {leases:?}");
     eprintln!(
         "{test}: {} increments from {} processes in {:?}",
         (HOSTS as u64 + 1) * PER_HOST,
@@ -328,6 +406,44 @@ fn paused_holder_cannot_write_after_its_lease_was_taken() {
     assert_eq!(counter(&check), 1);
     increment(&store).unwrap();
     assert_eq!(counter(&store), 2);
+}
+
+#[test]
+fn a_destroy_paused_past_its_lease_never_removes_what_was_protected_meanwhile() {
+    let test = "a_destroy_paused_past_its_lease_never_removes_what_was_protected_meanwhile";
+    let Some(cfg) = keepsake_testkit::s3::config_or_skip(test) else {
+        return;
+    };
+    if let Some(role) = child_role() {
+        child_main(&cfg, &role);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = keepsake_testkit::s3::unique_prefix("mhpd");
+    let store = first_host(&cfg, &prefix, &dir.path().join("host0"));
+    let root = BackupNamespace::root();
+    let snapshot = store.snapshot(&root, &SNAPSHOT.parse().unwrap());
+
+    // The other host checks `.protected` in the bucket (not there), and stops right after.
+    let mut paused = HostProcess::spawn(test, "paused-destroy", &prefix, &dir.path().join("host1"));
+    let stdout = paused.child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map(Result::unwrap);
+    paused.wait_for(&mut lines, INSIDE);
+    rustix::process::kill_process(paused.pid(), rustix::process::Signal::STOP).unwrap();
+    // Past its lease (2 s + 0.5 s skew), this host takes the snapshot and protects it.
+    std::thread::sleep(Duration::from_millis(3200));
+    snapshot.set_protected(true).unwrap();
+    rustix::process::kill_process(paused.pid(), rustix::process::Signal::CONT).unwrap();
+    writeln!(paused.child.stdin.as_mut().unwrap(), "go").unwrap();
+    let outcome = paused.wait_for(&mut lines, OUTCOME);
+    assert!(
+        outcome.starts_with(&format!("{OUTCOME} lease-lost")),
+        "the paused destroy was not fenced: {outcome}"
+    );
+    assert!(paused.child.wait().unwrap().success());
+    let check = host(&cfg, &prefix, &dir.path().join("check"), false);
+    let kept = check.snapshot(&root, &SNAPSHOT.parse().unwrap());
+    assert!(kept.is_finished().unwrap(), "the manifest was removed");
+    assert!(kept.is_protected().unwrap());
 }
 
 #[test]
