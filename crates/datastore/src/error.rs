@@ -336,6 +336,33 @@ impl Error {
     }
 }
 
+/// A multi-step operation that failed part-way: the error, and what was done before it (the
+/// relative paths removed or moved), for [`Error::Interrupted`].
+#[derive(Debug)]
+pub(crate) struct Partial {
+    pub(crate) error: Error,
+    pub(crate) done: Vec<String>,
+}
+
+impl Partial {
+    /// A failure with `done` already done.
+    pub(crate) fn new(error: Error, done: Vec<String>) -> Box<Self> {
+        Box::new(Self { error, done })
+    }
+
+    /// The failure as the operation's error, naming what it did.
+    pub(crate) fn interrupted(self, operation: String) -> Error {
+        Error::Interrupted {
+            operation,
+            done: self.done,
+            source: Box::new(self.error),
+        }
+    }
+}
+
+/// The result of the steps of a multi-step operation.
+pub(crate) type Steps<T> = std::result::Result<T, Box<Partial>>;
+
 /// An error with its causes, in one line (`what: why: cause`), for reports that keep text.
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();

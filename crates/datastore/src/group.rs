@@ -10,7 +10,7 @@ use keepsake_hierarchy::{
 };
 use keepsake_lock::{LockGuard, LockMode, LockTarget};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Partial, Result, Steps};
 use crate::hold::{HeldGroup, drop_lock_file};
 use crate::info::BackupInfo;
 use crate::iter::Snapshots;
@@ -335,13 +335,8 @@ impl Group {
                 snapshots: announced.clone(),
             },
         )?;
-        let done = destroy_held(held, &announced, &mut stats).map_err(|(source, done)| {
-            Error::Interrupted {
-                operation: intent.intent().to_string(),
-                done,
-                source: Box::new(source),
-            }
-        })?;
+        let done = destroy_held(held, &announced, &mut stats)
+            .map_err(|p| p.interrupted(intent.intent().to_string()))?;
         debug_assert_eq!(done.len() as u64, stats.removed_snapshots);
         intent.finish()?;
         Ok(stats)
@@ -403,7 +398,7 @@ pub(crate) fn destroy_held(
     held: HeldGroup,
     announced: &[BackupDir],
     stats: &mut DestroyStats,
-) -> std::result::Result<Vec<String>, (Error, Vec<String>)> {
+) -> Steps<Vec<String>> {
     let mut done = Vec::new();
     let HeldGroup {
         group,
@@ -427,13 +422,13 @@ pub(crate) fn destroy_held(
             // Protected since it was announced (by a writer that ignores the locks): it stays.
             Err(Error::Protected { .. }) => stats.protected_snapshots += 1,
             Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err((e, done)),
+            Err(e) => return Err(Partial::new(e, done)),
         }
     }
     match group.remove_folder(lock) {
         Ok(true) => stats.removed_groups += 1,
         Ok(false) => {}
-        Err(e) => return Err((e, done)),
+        Err(e) => return Err(Partial::new(e, done)),
     }
     Ok(done)
 }

@@ -24,7 +24,7 @@ use keepsake_hierarchy::{
 };
 use keepsake_lock::LockGuard;
 
-use crate::error::{Error, MoveRefusal, Result};
+use crate::error::{Error, MoveRefusal, Partial, Result, Steps};
 use crate::group::Group;
 use crate::hold::{HeldGroup, HeldSnapshot, drop_lock_file};
 use crate::journal::{self, Intent, IntentGuard, Phase};
@@ -570,7 +570,7 @@ impl GroupMove {
     /// otherwise snapshot by snapshot (oldest first, each with its own intent), then the notes,
     /// then the source group's folder if nothing is left in it. On failure: the error and the
     /// snapshots moved before it.
-    fn run(self, whole: bool) -> std::result::Result<MoveReport, (Error, Vec<String>)> {
+    fn run(self, whole: bool) -> Steps<MoveReport> {
         let GroupMove {
             held,
             target,
@@ -586,11 +586,11 @@ impl GroupMove {
             let result = store
                 .backend()
                 .rename(
-                    &path(&source.relative_path()).map_err(|e| (e, Vec::new()))?,
-                    &path(&target.relative_path()).map_err(|e| (e, Vec::new()))?,
+                    &path(&source.relative_path()).map_err(|e| Partial::new(e, Vec::new()))?,
+                    &path(&target.relative_path()).map_err(|e| Partial::new(e, Vec::new()))?,
                 )
                 .map_err(|e| Error::from_backend("folder", &source.relative_path(), e));
-            result.map_err(|e| (e, Vec::new()))?;
+            result.map_err(|e| Partial::new(e, Vec::new()))?;
             report.groups_moved = 1;
             report.snapshots = held.snapshots.len() as u64;
             for s in held.snapshots {
@@ -602,7 +602,7 @@ impl GroupMove {
             return Ok(report);
         }
         if let (Some(owner), false) = (&owner, held.snapshots.is_empty()) {
-            ensure_group(&target, owner).map_err(|e| (e, Vec::new()))?;
+            ensure_group(&target, owner).map_err(|e| Partial::new(e, Vec::new()))?;
         }
         let HeldGroup {
             group: _,
@@ -647,7 +647,7 @@ impl GroupMove {
                     report.snapshots += 1;
                     held.release_gone();
                 }
-                Err(e) => return Err((e, done)),
+                Err(e) => return Err(Partial::new(e, done)),
             }
         }
         let finish = (|| {
@@ -659,7 +659,7 @@ impl GroupMove {
         })();
         match finish {
             Ok(_) => {}
-            Err(e) => return Err((e, done)),
+            Err(e) => return Err(Partial::new(e, done)),
         }
         if target_exists {
             report.groups_merged = 1;
@@ -738,11 +738,7 @@ impl Group {
         )?;
         let report = plan
             .run(true)
-            .map_err(|(source, done)| Error::Interrupted {
-                operation: intent.intent().to_string(),
-                done,
-                source: Box::new(source),
-            })?;
+            .map_err(|p| p.interrupted(intent.intent().to_string()))?;
         intent.finish()?;
         Ok(report)
     }
@@ -850,13 +846,8 @@ impl DataStore {
                     .collect(),
             },
         )?;
-        let report = run_namespace_move(self, from, to, merge, &namespaces, plans).map_err(
-            |(source, done)| Error::Interrupted {
-                operation: intent.intent().to_string(),
-                done,
-                source: Box::new(source),
-            },
-        )?;
+        let report = run_namespace_move(self, from, to, merge, &namespaces, plans)
+            .map_err(|p| p.interrupted(intent.intent().to_string()))?;
         intent.finish()?;
         Ok(report)
     }
@@ -892,7 +883,7 @@ fn run_namespace_move(
     merge: bool,
     namespaces: &[BackupNamespace],
     plans: Vec<GroupMove>,
-) -> std::result::Result<MoveReport, (Error, Vec<String>)> {
+) -> Steps<MoveReport> {
     let mut report = MoveReport::default();
     let mut done: Vec<String> = Vec::new();
     let mut sorted = namespaces.to_vec();
@@ -906,7 +897,7 @@ fn run_namespace_move(
             }
             Ok(())
         })();
-        step.map_err(|e| (e, done.clone()))?;
+        step.map_err(|e| Partial::new(e, done.clone()))?;
     }
     for plan in plans {
         let group = plan.held.group.clone();
@@ -927,23 +918,24 @@ fn run_namespace_move(
                 snapshots: names,
             },
         )
-        .map_err(|e| (e, done.clone()))?;
+        .map_err(|e| Partial::new(e, done.clone()))?;
         match plan.run(whole) {
             Ok(r) => {
                 report.add(&r);
                 done.push(group.relative_path());
-                intent.finish().map_err(|e| (e, done.clone()))?;
+                intent.finish().map_err(|e| Partial::new(e, done.clone()))?;
             }
-            Err((e, moved)) => {
-                done.extend(moved);
-                return Err((e, done));
+            Err(mut failed) => {
+                done.append(&mut failed.done);
+                failed.done = done;
+                return Err(failed);
             }
         }
     }
     let mut removal = crate::NamespaceRemoval::default();
     store
         .remove_namespace_folders(namespaces, &mut removal)
-        .map_err(|e| (e, done.clone()))?;
+        .map_err(|e| Partial::new(e, done.clone()))?;
     report.namespaces_removed = removal.removed_namespaces;
     Ok(report)
 }
@@ -1081,7 +1073,7 @@ pub(crate) fn resume_group_move(
         }
         Err(e) => return Err(e),
     };
-    plan.run(false).map_err(|(e, _)| e)?;
+    plan.run(false).map_err(|p| p.error)?;
     Ok(crate::RecoveryOutcome::Completed)
 }
 
@@ -1124,6 +1116,6 @@ pub(crate) fn resume_namespace_move(
             present.push(n.clone());
         }
     }
-    run_namespace_move(store, from, to, merge, &present, plans).map_err(|(e, _)| e)?;
+    run_namespace_move(store, from, to, merge, &present, plans).map_err(|p| p.error)?;
     Ok(crate::RecoveryOutcome::Completed)
 }

@@ -6,7 +6,7 @@ use keepsake_hierarchy::{
     SnapshotPath,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Partial, Result, Steps};
 use crate::group::{DestroyStats, destroy_held};
 use crate::hold::HeldGroup;
 use crate::iter::{Groups, Namespaces, NamespacesRecursive};
@@ -184,13 +184,8 @@ impl DataStore {
                 namespaces: namespaces.clone(),
             },
         )?;
-        let interrupted = |source, done| Error::Interrupted {
-            operation: intent.intent().to_string(),
-            done,
-            source: Box::new(source),
-        };
         self.destroy_announced(held, &announced, &namespaces, &mut report)
-            .map_err(|(e, done)| interrupted(e, done))?;
+            .map_err(|p| p.interrupted(intent.intent().to_string()))?;
         intent.finish()?;
         Ok(report)
     }
@@ -204,7 +199,7 @@ impl DataStore {
         announced: &[SnapshotPath],
         namespaces: &[BackupNamespace],
         report: &mut NamespaceRemoval,
-    ) -> std::result::Result<(), (Error, Vec<String>)> {
+    ) -> Steps<()> {
         let mut done = Vec::new();
         for h in held {
             let ns = h.group.ns().clone();
@@ -220,14 +215,15 @@ impl DataStore {
             report.groups.add(&stats);
             match result {
                 Ok(removed) => done.extend(removed),
-                Err((e, removed)) => {
-                    done.extend(removed);
-                    return Err((e, done));
+                Err(mut failed) => {
+                    done.append(&mut failed.done);
+                    failed.done = done;
+                    return Err(failed);
                 }
             }
         }
         self.remove_namespace_folders(namespaces, report)
-            .map_err(|e| (e, done))
+            .map_err(|e| Partial::new(e, done))
     }
 
     /// Removes the folders of `namespaces` that are empty, deepest first.

@@ -389,12 +389,12 @@ fn resume_destroy(
                 .map(|s| s.snapshot.dir().clone())
                 .collect();
             let mut stats = DestroyStats::default();
-            destroy_held(h, &names, &mut stats).map_err(|(e, _)| e)?;
+            destroy_held(h, &names, &mut stats).map_err(|p| p.error)?;
         }
     } else {
         store
             .destroy_announced(held, snapshots, &present, &mut report)
-            .map_err(|(e, _)| e)?;
+            .map_err(|p| p.error)?;
     }
     Ok(RecoveryOutcome::Completed)
 }
