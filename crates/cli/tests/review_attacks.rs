@@ -524,3 +524,31 @@ fn a_pbs_path_through_a_symlink_still_names_the_store() {
     assert!(run.fails(1).contains("locked"), "{run:?}");
     assert!(store.path.join(CT200[0]).is_dir());
 }
+
+// FINDING (files outside the datastore deleted; hostile tree): the journal folder is used through
+// symbolic links. With `.keepsake/intents` a link to another folder, every write command's
+// recovery removes the `*.lock` and `*.intent.tmp` files it finds there (`remove_orphans`), and
+// moves write their intents there. A user who can write into the datastore (PBS's `backup`) can
+// so make a keepsake run as root delete lock files anywhere. (`.keepsake` itself as a link is
+// refused; the hostile-tree promise "no path ever escapes the datastore" does not cover the
+// journal.)
+#[test]
+fn the_journal_never_follows_a_symbolic_link_out_of_the_store() {
+    let store = Store::demo();
+    let outside = store.path.with_file_name("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("app.lock"), b"someone else's").unwrap();
+    std::fs::write(outside.join("draft.intent.tmp"), b"someone else's").unwrap();
+    std::fs::create_dir_all(store.path.join(".keepsake")).unwrap();
+    std::os::unix::fs::symlink(&outside, store.path.join(".keepsake/intents")).unwrap();
+    store.run(&["protect", CT200[1]]);
+    store.run(&["move", "host/web", "--to-ns", "dev"]);
+    assert!(
+        outside.join("app.lock").is_file(),
+        "deleted outside the store"
+    );
+    assert!(
+        outside.join("draft.intent.tmp").is_file(),
+        "deleted outside the store"
+    );
+}
