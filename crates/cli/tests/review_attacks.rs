@@ -552,3 +552,43 @@ fn the_journal_never_follows_a_symbolic_link_out_of_the_store() {
         "deleted outside the store"
     );
 }
+
+// FINDING (lock exclusion lost, data loss under a PBS holder): on a PBS host, a `--lock-root`
+// (or a KEEPSAKE_LOCK_ROOT left in the environment) other than PBS's is taken without a word for
+// a datastore PBS knows: keepsake then locks in a folder PBS never looks at, and `forget` removes
+// a snapshot a PBS reader or backup holds. (An unknown store beside PBS gets a warning; a known
+// one with a foreign lock root gets none.)
+#[test]
+fn a_foreign_lock_root_never_bypasses_pbs_locks() {
+    let store = Store::demo();
+    let host = tempfile::tempdir().unwrap();
+    let (etc, run_dir) = (host.path().join("etc"), host.path().join("run"));
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(run_dir.join("locks")).unwrap();
+    std::fs::write(
+        etc.join("datastore.cfg"),
+        format!("datastore: backups-a\n\tpath {}\n", store.path.display()),
+    )
+    .unwrap();
+    // A PBS reader holds the snapshot.
+    let pbs = FileLocker::new(run_dir.join("locks"), "backups-a").unwrap();
+    let dir: BackupDir = CT200[0].parse().unwrap();
+    let _reader = pbs
+        .lock_shared(
+            &LockTarget::snapshot(&BackupNamespace::root(), &dir),
+            Duration::ZERO,
+        )
+        .unwrap();
+    let mut cmd = common::keepsake();
+    cmd.env("KEEPSAKE_LOCK_ROOT", host.path().join("my-test-locks"))
+        .arg("--pbs-config-dir")
+        .arg(&etc)
+        .arg("--pbs-run-dir")
+        .arg(&run_dir)
+        .args(["--datastore", "backups-a", "forget", CT200[0]]);
+    let run = common::run(&mut cmd);
+    assert!(
+        store.path.join(CT200[0]).is_dir(),
+        "forgot a snapshot PBS holds: {run:?}"
+    );
+}
