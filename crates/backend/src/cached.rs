@@ -365,21 +365,17 @@ impl CachedBackend {
     }
 
     /// Reads `file` from the bucket and brings the cache copy (`seen`, as read before) in line:
-    /// rewritten with its record, or removed if the bucket has no such file. A copy another
-    /// writer changed since `seen` is left to that writer.
+    /// rewritten with its record. A file the bucket does not have is `NotFound`, and its cache
+    /// copy stays (a read never removes). A copy another writer changed since `seen` is left to
+    /// that writer.
     fn fetch(&self, file: &BackendPath, seen: Option<CacheCopy>) -> Result<FileContents> {
         let fresh = match self.remote.read(file) {
             Ok(fresh) => fresh,
+            // A read never removes anything, not even a copy the bucket does not hold: the cache
+            // may be PBS's (no identity marker) and the bucket the wrong one. Writes, removals
+            // and refresh bring the cache in line.
             Err(Error::NotFound { .. }) => {
                 self.fallback().remove(file);
-                if let Some(copy) = seen {
-                    match self.cache.remove_file_if(file, &copy.content) {
-                        Ok(()) | Err(Error::NotFound { .. } | Error::Precondition { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(path = %file, error = %e, "cannot remove a stale cache copy");
-                        }
-                    }
-                }
                 return Err(Error::NotFound { path: file.clone() });
             }
             Err(e) => return Err(e),
@@ -697,7 +693,7 @@ impl Backend for CachedBackend {
     }
 
     /// One GET; the cache copy is rewritten with its record (not when it holds exactly that
-    /// already), or removed if the bucket has no such file.
+    /// already); a file the bucket does not have is `NotFound` (its cache copy stays).
     fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
         let seen = self.cache_copy(file).map(|(_, copy)| copy);
         self.fetch(file, seen)

@@ -725,39 +725,6 @@ impl LocalBackend {
         }
     }
 
-    /// Removes `file` only if it still holds the content `expected` (a content version from a
-    /// read), under the same lock as compare-and-swap writes.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] if it is gone, [`Error::Precondition`] if it changed.
-    pub(crate) fn remove_file_if(&self, file: &BackendPath, expected: &Version) -> Result<()> {
-        let (folder, name) = split_file(file)?;
-        let parent = self.open_dir(&folder, false).map_err(|e| match e {
-            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
-            e => e,
-        })?;
-        let mut locked = match self.lock_current(&parent, &folder, name)? {
-            Current::Locked(f) => f,
-            Current::Missing | Current::Dir => return Err(Error::NotFound { path: file.clone() }),
-        };
-        let mut current = Vec::new();
-        locked
-            .read_to_end(&mut current)
-            .map_err(|source| Error::Io {
-                path: self.local_path(file),
-                source,
-            })?;
-        if Version::of_content(&current) != *expected {
-            return Err(Error::Precondition { path: file.clone() });
-        }
-        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
-            Err(e) => return Err(self.io_error(file, e)),
-        }
-        self.sync_dir(&parent, &folder)
-    }
-
     /// Every entry below `folder`, by kind, walking without following links.
     ///
     /// # Errors
@@ -767,9 +734,13 @@ impl LocalBackend {
         self.collect_tree(&fd, folder)
     }
 
-    /// Opens (creating it and its folders if missing) the lock file `file`, never following a
-    /// link, for a `flock` by the caller: the lock that keeps a cache refresh and writers apart.
-    pub(crate) fn open_lock_file(&self, file: &BackendPath) -> Result<OwnedFd> {
+    /// Opens (creating it and its folders if missing) the lock file `file` beneath the root,
+    /// never following a link, for a `flock` by the caller (the cache's refresh lock, the intent
+    /// journal's locks). Created files and folders get this backend's owner.
+    ///
+    /// # Errors
+    /// [`Error::RefusedPath`] for a link on the way; [`Error::Io`].
+    pub fn open_lock_file(&self, file: &BackendPath) -> Result<OwnedFd> {
         check_file_path(file)?;
         let parent = file.parent().unwrap_or_default();
         let name = file.file_name().unwrap_or_default();
@@ -782,6 +753,43 @@ impl LocalBackend {
             source: e,
         })?;
         Ok(fd)
+    }
+
+    /// Removes the lock file `file` (opened with [`LocalBackend::open_lock_file`] and held by the
+    /// caller), beneath the root, never following a link. Unlike [`Backend::remove_file`] it takes
+    /// no lock of its own on the file: the caller's lock is the one that matters, and taking
+    /// another would wait for the caller itself.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such file; [`Error::RefusedPath`]; [`Error::Io`].
+    pub fn remove_lock_file(&self, file: &BackendPath) -> Result<()> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) => self.sync_dir(&parent, &folder),
+            Err(Errno::NOENT) => Err(Error::NotFound { path: file.clone() }),
+            Err(e) => Err(self.io_error(file, e)),
+        }
+    }
+
+    /// Opens the existing file `file` beneath the root for reading, never following a link and
+    /// never creating anything: to try a lock without leaving a trace.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such file; [`Error::RefusedPath`]; [`Error::Io`].
+    pub fn open_existing_file(&self, file: &BackendPath) -> Result<OwnedFd> {
+        check_file_path(file)?;
+        let parent = file.parent().unwrap_or_default();
+        let name = file.file_name().unwrap_or_default();
+        let dir = self.open_dir(&parent, false)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rfs::openat(&dir, name, flags, Mode::empty()).map_err(|e| match e {
+            Errno::NOENT => Error::NotFound { path: file.clone() },
+            e => self.io_error(file, e),
+        })
     }
 
     /// Forces everything written to the cache's filesystem to disk, once, per the

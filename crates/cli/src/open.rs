@@ -142,6 +142,28 @@ impl StoreSpec {
                 "`{name}` cannot be a datastore name ({e}); pass --name NAME"
             ))
         })?;
+        // A PBS S3 datastore's folder is only its cache: changed through it, the bucket never
+        // sees the change (PBS's next refresh undoes it).
+        if let Some(bucket) = pbs.as_ref().and_then(pbs_s3_bucket) {
+            match &global.s3_bucket {
+                None => {
+                    return Err(UsageError(format!(
+                        "datastore `{name}` is PBS's S3 datastore in bucket `{bucket}`: {} is its \
+                         cache; pass --s3-bucket {bucket} and --s3-endpoint",
+                        path.display()
+                    ))
+                    .into());
+                }
+                Some(given) if *given != bucket => {
+                    return Err(UsageError(format!(
+                        "datastore `{name}` is in bucket `{bucket}` by PBS's datastore.cfg, not \
+                         `{given}`"
+                    ))
+                    .into());
+                }
+                Some(_) => {}
+            }
+        }
         let s3 = match &global.s3_bucket {
             Some(bucket) => Some(s3_config(
                 bucket,
@@ -166,6 +188,16 @@ impl StoreSpec {
             None => default_lock_root(),
         };
         let is_pbs_root = resolve(&lock_root).ok() == resolve(&pbs_lock_root).ok();
+        if pbs.is_some() && pbs_lock_root.is_dir() && !is_pbs_root {
+            // PBS locks this datastore in its own lock root: another one would exclude nothing.
+            return Err(UsageError(format!(
+                "PBS locks datastore `{name}` in {}: the lock root {} would not exclude it (drop \
+                 --lock-root and KEEPSAKE_LOCK_ROOT)",
+                pbs_lock_root.display(),
+                lock_root.display()
+            ))
+            .into());
+        }
         let scheme = match global.lock_scheme {
             Some(scheme) => scheme,
             // PBS 3 locks folders, PBS 4 lock files: beside a PBS server, exclude either.
@@ -504,6 +536,26 @@ fn multi_host_settings(multi_host: bool, lease_secs: Option<u64>) -> Result<Opti
         .into());
     }
     Ok(Some(LeaseSettings::with_lease(lease)))
+}
+
+/// The bucket of a PBS S3 datastore (`backend type=s3,…,bucket=NAME`), if it is one.
+fn pbs_s3_bucket(datastore: &PbsDatastore) -> Option<String> {
+    let backend = datastore.backend.as_deref()?;
+    let mut is_s3 = false;
+    let mut bucket = None;
+    for (i, part) in backend.split(',').enumerate() {
+        match part.split_once('=') {
+            Some(("type", value)) => is_s3 = value == "s3",
+            Some(("bucket", value)) => bucket = Some(value.to_owned()),
+            // The default key is `type`.
+            None if i == 0 => is_s3 = part == "s3",
+            _ => {}
+        }
+    }
+    if !is_s3 {
+        return None;
+    }
+    Some(bucket.unwrap_or_default())
 }
 
 /// `path` made absolute with its symbolic links resolved; a path that does not exist yet (a

@@ -1,6 +1,7 @@
 //! A hostile review of the "fail closed" work (issues 15 and 16), through the real binary.
 //!
-//! Tests marked `FINDING` demonstrate a weakness and fail on the code they were written against;
+//! Tests marked `FOUND (fixed)` demonstrated a weakness and failed on the code they were written
+//! against (an adversarial review); they pass since the fix, and stay as regression tests;
 //! tests marked `HOLDS` are attacks the code withstood, kept as regression tests.
 
 mod common;
@@ -60,7 +61,7 @@ fn run_in(dir: &Path, store: &Path, lock_root: &Path, args: &[&str]) -> common::
     common::run(&mut cmd)
 }
 
-// FINDING: fsck (without --repair) calls a store "clean" and exits 0 while the journal holds an
+// FOUND (fixed): fsck (without --repair) calls a store "clean" and exits 0 while the journal holds an
 // intent it cannot read (truncated, or of format 1): `FsckReport::interrupted` comes from
 // `journal_intents`, which skips unreadable files (verify, by contrast, reports them).
 #[test]
@@ -78,7 +79,7 @@ fn fsck_is_not_clean_while_an_unreadable_intent_waits() {
     assert_eq!(doc["clean"], false, "{doc:#}");
 }
 
-// FINDING: once a write command has set an unreadable (or format-1) intent aside as
+// FOUND (fixed): once a write command has set an unreadable (or format-1) intent aside as
 // `<id>.intent.bad`, nothing ever mentions it again: fsck says "clean", read-only commands do not
 // warn, verify is ok. The interrupted operation it described is silently forgotten.
 #[test]
@@ -109,7 +110,7 @@ fn a_set_aside_intent_is_still_reported_afterwards() {
     );
 }
 
-// FINDING (misleading message): a read-only command warns that "a write command or `keepsake fsck
+// FOUND (fixed) (misleading message): a read-only command warns that "a write command or `keepsake fsck
 // --repair` completes" an intent that can never be completed (format 1, or truncated): the write
 // command only sets it aside.
 #[test]
@@ -129,7 +130,7 @@ fn the_warning_never_promises_to_complete_an_unreadable_intent() {
     );
 }
 
-// FINDING (misleading): fsck without --repair lists an operation that is still running (its
+// FOUND (fixed) (misleading): fsck without --repair lists an operation that is still running (its
 // intent lock is held) as "interrupted", exits 1 and suggests --repair, which then leaves it
 // alone and reports "clean". Read-only commands rightly stay silent about it.
 #[test]
@@ -157,7 +158,7 @@ fn fsck_never_calls_a_running_operation_interrupted() {
     assert_eq!(code, 0, "{doc:#}");
 }
 
-// FINDING: recovery of a group move announced *without* `--merge` merges into a target group that
+// FOUND (fixed): recovery of a group move announced *without* `--merge` merges into a target group that
 // appeared after the crash (`resume_group_move` plans with merge = true). The live command refuses
 // exactly this (`move host/web --to-ns dev` says the target exists): recovery carries out a merge
 // the operator never asked for, and the source group is gone.
@@ -196,7 +197,7 @@ fn recovery_of_a_move_without_merge_never_merges() {
     );
 }
 
-// FINDING: the same for a namespace move announced without `--merge`: its recovery merges the
+// FOUND (fixed): the same for a namespace move announced without `--merge`: its recovery merges the
 // announced groups into target groups that appeared since (`resume_namespace_move` plans every
 // group with merge = true).
 #[test]
@@ -229,7 +230,7 @@ fn recovery_of_a_namespace_move_without_merge_never_merges_groups() {
     );
 }
 
-// FINDING: an intent that names one snapshot twice (hand-edited, or a damaged copy) can never be
+// FOUND (fixed): an intent that names one snapshot twice (hand-edited, or a damaged copy) can never be
 // recovered: recovery locks the snapshot a second time and fails against itself ("is locked ...
 // held by pid <this keepsake>"). It stays pending forever, and every move and group or namespace
 // destroy of the datastore is refused with RecoveryPending until an operator deletes the file.
@@ -247,7 +248,7 @@ fn an_intent_naming_a_snapshot_twice_does_not_block_the_datastore() {
     assert_eq!(run.code, 0, "an unrelated move is refused: {run:?}");
 }
 
-// FINDING (wrong success; with PBS's garbage collection, data loss): a PBS 4 S3 datastore
+// FOUND (fixed) (wrong success; with PBS's garbage collection, data loss): a PBS 4 S3 datastore
 // (`backend type=s3,…` in datastore.cfg) is opened through `--datastore` or `--store` as a plain
 // local datastore: `protect` and `forget` change only PBS's local cache and report success. The
 // bucket never sees them (PBS's next s3-refresh undoes the protection; a snapshot missing from the
@@ -291,26 +292,33 @@ fn a_pbs_s3_datastore_is_never_changed_through_its_cache() {
     assert_eq!(store.contents(), before);
 }
 
-// FINDING (wrong success, minor): `forget GROUP` whose group folder cannot go (a stray or
+// FOUND (fixed) (wrong success, minor): `forget GROUP` whose group folder cannot go (a stray or
 // temporary file in it; on S3 a snapshot only the bucket knows) exits 0 and prints "forgot
 // ct/200: removed 4 snapshots" although the group is still listed. Nothing in the text says the
 // group stays, and the JSON has no error.
 #[test]
 fn forget_of_a_group_that_stays_is_not_a_success() {
     let store = Store::demo();
+    // A temporary file of an owner or notes write (under the group lock the destroy holds: its
+    // writer is gone) goes with the group.
     std::fs::write(store.path.join("ct/200/owner.tmp_Ab12Cd"), b"torn").unwrap();
-    let run = store.run(&["--json", "forget", "ct/200"]);
+    store.run(&["forget", "ct/200"]).ok();
+    assert!(!store.path.join("ct/200").exists());
+    // A stray file keeps the group: that is not a success, and the error says why.
+    std::fs::write(store.path.join("host/web/README"), b"mine").unwrap();
+    let run = store.run(&["--json", "forget", "host/web"]);
     let groups = store.run(&["--json", "groups"]).json();
     let still_there = groups
         .as_array()
         .unwrap()
         .iter()
-        .any(|g| g["backup-type"] == "ct" && g["backup-id"] == "200");
+        .any(|g| g["backup-type"] == "host" && g["backup-id"] == "web");
     assert!(still_there, "the group stays: {groups:#}");
     assert_ne!(run.code, 0, "forget reported success: {run:?}");
+    assert!(run.stderr.contains("host/web/README"), "{run:?}");
 }
 
-// FINDING (misleading message): a namespace removal that keeps a namespace for any reason other
+// FOUND (fixed) (misleading message): a namespace removal that keeps a namespace for any reason other
 // than a protected snapshot (here a stray file) says "0 protected snapshots kept (with their
 // namespaces); unprotect them first".
 #[test]
@@ -525,7 +533,7 @@ fn a_pbs_path_through_a_symlink_still_names_the_store() {
     assert!(store.path.join(CT200[0]).is_dir());
 }
 
-// FINDING (files outside the datastore deleted; hostile tree): the journal folder is used through
+// FOUND (fixed) (files outside the datastore deleted; hostile tree): the journal folder is used through
 // symbolic links. With `.keepsake/intents` a link to another folder, every write command's
 // recovery removes the `*.lock` and `*.intent.tmp` files it finds there (`remove_orphans`), and
 // moves write their intents there. A user who can write into the datastore (PBS's `backup`) can
@@ -553,7 +561,7 @@ fn the_journal_never_follows_a_symbolic_link_out_of_the_store() {
     );
 }
 
-// FINDING (lock exclusion lost, data loss under a PBS holder): on a PBS host, a `--lock-root`
+// FOUND (fixed) (lock exclusion lost, data loss under a PBS holder): on a PBS host, a `--lock-root`
 // (or a KEEPSAKE_LOCK_ROOT left in the environment) other than PBS's is taken without a word for
 // a datastore PBS knows: keepsake then locks in a folder PBS never looks at, and `forget` removes
 // a snapshot a PBS reader or backup holds. (An unknown store beside PBS gets a warning; a known

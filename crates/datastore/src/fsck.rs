@@ -24,8 +24,7 @@ use keepsake_lock::{SweepMode, SweepOptions, sweep_lock_folder};
 
 use crate::error::{Error, Result};
 use crate::group::Group;
-use crate::journal::Intent;
-use crate::recover::RecoveryReport;
+use crate::recover::{InterruptedIntent, RecoveryReport};
 use crate::refresh::{CacheCheck, CacheRefresh, CacheReport};
 use crate::store::{DataStore, path};
 
@@ -66,7 +65,10 @@ pub struct FsckReport {
     /// Unfinished snapshots older than the given age (report only).
     pub old_unfinished_snapshots: Vec<String>,
     /// Interrupted operations found in the journal (without `repair`).
-    pub interrupted: Vec<Intent>,
+    pub interrupted: Vec<InterruptedIntent>,
+    /// Intents set aside as unreadable (`<id>.intent.bad`): never completed, for an operator to
+    /// check and delete (report only; they stay until then).
+    pub set_aside_intents: Vec<PathBuf>,
     /// What recovery did (with `repair`).
     pub recovery: Option<RecoveryReport>,
     /// Differences between bucket and cache (when a cache was given).
@@ -88,6 +90,7 @@ impl FsckReport {
             && self.groups_without_owner.is_empty()
             && self.old_unfinished_snapshots.is_empty()
             && self.interrupted.is_empty()
+            && self.set_aside_intents.is_empty()
             && self.recovery.as_ref().is_none_or(RecoveryReport::is_empty)
             && self.cache.as_ref().is_none_or(CacheReport::is_consistent)
             && self.errors.is_empty()
@@ -155,8 +158,10 @@ impl DataStore {
         if options.repair {
             report.recovery = Some(self.recover()?);
         } else {
-            report.interrupted = self.journal_intents()?;
+            // Interrupted only: an operation still running (its intent lock held) is not.
+            report.interrupted = self.interrupted_intents()?;
         }
+        report.set_aside_intents = self.set_aside_intents()?;
         let namespaces: Vec<BackupNamespace> = self
             .iter_namespaces_recursive(&BackupNamespace::root(), None)?
             .filter_map(|n| match n {

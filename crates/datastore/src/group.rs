@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use keepsake_backend::WriteMode;
+use keepsake_backend::{WriteMode, is_temporary_name};
 use keepsake_hierarchy::{
     Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, GROUP_NOTES_FILE_NAME,
     GROUP_OWNER_FILE_NAME, GroupFilter, SnapshotPath, apply_filters,
@@ -11,7 +11,7 @@ use keepsake_hierarchy::{
 use keepsake_lock::{LockGuard, LockMode, LockTarget};
 
 use crate::error::{Error, Partial, Result, Steps};
-use crate::hold::{HeldGroup, drop_lock_file};
+use crate::hold::{HeldGroup, Seen, drop_lock_file};
 use crate::info::BackupInfo;
 use crate::iter::Snapshots;
 use crate::journal::Intent;
@@ -121,6 +121,64 @@ impl Group {
         self.iter_snapshots()?
             .map(|s| s.and_then(|s| s.info()))
             .collect()
+    }
+
+    /// Every snapshot as the authority has it (on S3 the bucket: snapshots another host or a
+    /// PBS server made or removed since this cache saw the group), with its files and
+    /// protection; plus the snapshot folders of this host that hold no file yet (a backup that
+    /// just started). What destructive decisions (prune) are made from. Oldest first.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if neither the authority nor this host has the group.
+    pub fn list_backups_authoritative(&self) -> Result<Vec<BackupInfo>> {
+        let dir = self.relative_path();
+        let folder = path(&dir)?;
+        let files = match self.store.backend().list_files_authoritative(&folder) {
+            Ok(files) => files,
+            Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(Error::backend(&dir, e)),
+        };
+        let mut found: std::collections::BTreeMap<BackupTime, BackupInfo> =
+            std::collections::BTreeMap::new();
+        for file in &files {
+            let Some(rest) = file.strip_prefix(&folder) else {
+                continue;
+            };
+            let mut parts = rest.components();
+            let (Some(first), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(time) = first.parse::<BackupTime>() else {
+                continue;
+            };
+            let info = found.entry(time).or_insert_with(|| BackupInfo {
+                ns: self.ns.clone(),
+                snapshot: BackupDir::new(self.group.clone(), time),
+                files: Vec::new(),
+                protected: false,
+            });
+            if name == keepsake_hierarchy::PROTECTED_MARKER_FILENAME {
+                info.protected = true;
+            } else if keepsake_hierarchy::ArchiveKind::is_backup_file(name) {
+                info.files.push(name.to_owned());
+            }
+        }
+        let local = match self.iter_snapshots() {
+            Ok(iter) => iter.filter_map(|s| s.ok()).collect::<Vec<_>>(),
+            Err(Error::NotFound { .. }) if !files.is_empty() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for snapshot in local {
+            found
+                .entry(snapshot.dir().time())
+                .or_insert_with(|| BackupInfo {
+                    ns: self.ns.clone(),
+                    snapshot: snapshot.dir().clone(),
+                    files: Vec::new(),
+                    protected: false,
+                });
+        }
+        Ok(found.into_values().collect())
     }
 
     /// The newest snapshot (only among finished ones if asked), or `None`.
@@ -304,6 +362,9 @@ impl Group {
     /// the owner, the folder and the group's lock file. Protected snapshots stay with their
     /// group's owner and notes.
     ///
+    /// The snapshots destroyed are those this store lists (on S3 its cache: what the operator
+    /// saw); one that another host or cache added, which nobody here saw, stays, and so does
+    /// the group (its folder goes only when the authority holds nothing but owner and notes).
     /// Every lock is taken first (the group, and each snapshot's lock and manifest lock): a busy
     /// lock refuses the whole destroy and nothing changes. Then the snapshots to remove are
     /// announced in the intent journal, so that a destroy interrupted later is completed by
@@ -317,7 +378,7 @@ impl Group {
     pub fn destroy(&self) -> Result<DestroyStats> {
         // What a failed operation left half done is finished first (docs/JOURNAL.md).
         self.store.recover_before_journaled()?;
-        let held = HeldGroup::take_all(self)?;
+        let held = HeldGroup::take_all(self, Seen::Listed)?;
         let mut announced = Vec::new();
         let mut stats = DestroyStats::default();
         for s in &held.snapshots {
@@ -355,10 +416,13 @@ impl Group {
             Err(e) => return Err(Error::backend(&dir, e)),
         };
         let group_files = [GROUP_NOTES_FILE_NAME, GROUP_OWNER_FILE_NAME];
-        // Anything but the owner and notes (a snapshot file, a stray file) keeps the group.
+        // Owner, notes, and temporary files of their atomic writes (written under the group
+        // lock, which we hold: their writer is gone) go with the group. Anything else (a
+        // snapshot file, a stray file) keeps it.
         let (own, other): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| {
             f.parent().as_ref() == Some(&folder)
-                && f.file_name().is_some_and(|n| group_files.contains(&n))
+                && f.file_name()
+                    .is_some_and(|n| group_files.contains(&n) || is_temporary_name(n))
         });
         if !other.is_empty() || self.has_snapshot_folder()? {
             return Ok(false);

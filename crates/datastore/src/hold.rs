@@ -44,6 +44,18 @@ impl HeldSnapshot {
     }
 }
 
+/// Which snapshots of a group an operation takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Those this store lists (on S3 its cache): what the operator saw. Destroys take these, so
+    /// that a snapshot another host or cache added, which nobody here saw, is never destroyed by
+    /// a "forget the group" (it stays, and so does its group).
+    Listed,
+    /// Those the authority lists (on S3 the bucket), and this host's folders without files yet:
+    /// moves take these, so that a group never splits between two namespaces.
+    Authority,
+}
+
 /// A group with its lock held exclusively, and some or all of its snapshots held.
 #[derive(Debug)]
 pub(crate) struct HeldGroup {
@@ -54,12 +66,32 @@ pub(crate) struct HeldGroup {
 }
 
 impl HeldGroup {
-    /// Takes the group lock (no wait), then every snapshot of the group (listed under the group
-    /// lock, so no backup can add one meanwhile).
-    pub(crate) fn take_all(group: &Group) -> Result<Self> {
+    /// Takes the group lock (no wait), then the snapshots `seen` names (see [`Seen`]), listed
+    /// under the group lock, so no backup can add one meanwhile.
+    pub(crate) fn take_all(group: &Group, seen: Seen) -> Result<Self> {
         let lock = group.lock()?;
-        let mut snapshots: Vec<Snapshot> = group.iter_snapshots()?.collect::<Result<_>>()?;
-        snapshots.sort_by_key(|s| s.dir().time());
+        let snapshots: Vec<Snapshot> = match seen {
+            Seen::Listed => {
+                let mut listed: Vec<Snapshot> = group.iter_snapshots()?.collect::<Result<_>>()?;
+                listed.sort_by_key(|s| s.dir().time());
+                listed
+            }
+            Seen::Authority => {
+                if !group.exists()? && !crate::moves::group_exists_authoritative(group)? {
+                    return Err(crate::error::Error::NotFound {
+                        what: "group",
+                        path: group.relative_path(),
+                    });
+                }
+                crate::moves::snapshot_times_authoritative(group)?
+                    .into_iter()
+                    .map(|time| {
+                        let dir = keepsake_hierarchy::BackupDir::new(group.name().clone(), time);
+                        group.store().snapshot(group.ns(), &dir)
+                    })
+                    .collect()
+            }
+        };
         Self::hold(group, lock, snapshots)
     }
 

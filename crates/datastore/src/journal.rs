@@ -20,13 +20,16 @@
 //! `s3-refresh` never sees a key it does not know.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use keepsake_backend::{
+    Backend, BackendPath, EntryKind, LocalBackend, WriteMode, is_temporary_name,
+};
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, GroupPath, SnapshotPath};
-use keepsake_lock::{ExclusiveGuard, FileOwner, LockFile};
+use rustix::fs::{FlockOperation, flock};
 
 use crate::error::{Error, Result};
 use crate::store::DataStore;
@@ -38,7 +41,6 @@ pub const JOURNAL_DIR: &str = ".keepsake/intents";
 pub const INTENT_HEADER: &str = "keepsake-intent 2";
 pub(crate) const INTENT_SUFFIX: &str = ".intent";
 pub(crate) const LOCK_SUFFIX: &str = ".lock";
-pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 pub(crate) const BAD_SUFFIX: &str = ".bad";
 
 /// How far a move on a backend without atomic renames (object storage) has come.
@@ -314,17 +316,21 @@ impl Intent {
                 .parse::<BackupGroup>()
                 .map_err(|e| format!("`group`: {e}"))
         };
-        // Every item of a list key, parsed with `parse`.
-        fn items<T>(
+        // Every item of a list key, parsed with `parse`; an item named twice counts once (a
+        // damaged or hand-edited intent must not make recovery lock one snapshot twice).
+        fn items<T: PartialEq>(
             fields: &[(&str, &str)],
             key: &str,
             parse: impl Fn(&str) -> std::result::Result<T, keepsake_hierarchy::Error>,
         ) -> std::result::Result<Vec<T>, String> {
-            fields
-                .iter()
-                .filter(|(k, _)| *k == key)
-                .map(|(_, v)| parse(v).map_err(|e| format!("`{key}` {v:?}: {e}")))
-                .collect()
+            let mut out: Vec<T> = Vec::new();
+            for (_, v) in fields.iter().filter(|(k, _)| *k == key) {
+                let item = parse(v).map_err(|e| format!("`{key}` {v:?}: {e}"))?;
+                if !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+            Ok(out)
         }
         let dirs = |key: &str| items(&fields, key, str::parse::<BackupDir>);
         let groups = |key: &str| items(&fields, key, str::parse::<GroupPath>);
@@ -447,18 +453,244 @@ fn parse_ns(text: &str) -> std::result::Result<BackupNamespace, keepsake_hierarc
     }
 }
 
+/// The journal of a store: `.keepsake/intents/` in the backend's host-local folder (the
+/// datastore folder, or the cache of an S3 datastore), reached through that folder's
+/// [`LocalBackend`], so that every file is opened beneath the datastore and no symbolic link is
+/// ever followed. `None` for a backend without a host-local folder (a bare object store), which
+/// cannot keep a journal.
+pub(crate) struct Journal<'a> {
+    local: &'a LocalBackend,
+    folder: BackendPath,
+}
+
+impl<'a> Journal<'a> {
+    pub(crate) fn of(store: &'a DataStore) -> Option<Self> {
+        let local = store.backend().host_local()?;
+        Some(Self {
+            local,
+            folder: BackendPath::new(JOURNAL_DIR).ok()?,
+        })
+    }
+
+    fn file(&self, id: &str, suffix: &str) -> Result<BackendPath> {
+        self.folder
+            .join(&format!("{id}{suffix}"))
+            .map_err(|source| self.error_at(id, source))
+    }
+
+    fn error_at(&self, name: &str, source: keepsake_backend::Error) -> Error {
+        Error::Journal {
+            path: self.local.local_path(&self.folder).join(name),
+            source: io::Error::other(source),
+        }
+    }
+
+    /// The full local path of an entry, for messages.
+    pub(crate) fn local_path(&self, id: &str, suffix: &str) -> PathBuf {
+        self.local
+            .local_path(&self.folder)
+            .join(format!("{id}{suffix}"))
+    }
+
+    /// The names in the journal folder; none when it does not exist.
+    fn names(&self) -> Result<Vec<String>> {
+        let listing = match self.local.list(&self.folder) {
+            Ok(listing) => listing,
+            Err(keepsake_backend::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.error_at("", e)),
+        };
+        let mut names = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(|e| self.error_at("", e))?;
+            if entry.kind == EntryKind::File {
+                names.push(entry.name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The intent files, oldest first (ids sort by time).
+    pub(crate) fn list(&self) -> Result<Vec<Listed>> {
+        let mut found = Vec::new();
+        for name in self.names()? {
+            let Some(id) = name.strip_suffix(INTENT_SUFFIX) else {
+                continue;
+            };
+            let intent = match self.local.read(&self.file(id, INTENT_SUFFIX)?) {
+                Ok(contents) => String::from_utf8(contents.data)
+                    .map_err(|_| "not UTF-8".to_owned())
+                    .and_then(|t| Intent::decode(&t)),
+                // Finished by its owner since the listing.
+                Err(keepsake_backend::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.error_at(&name, e)),
+            };
+            found.push(Listed {
+                id: id.to_owned(),
+                intent,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The ids of intents recovery set aside as unreadable (`<id>.intent.bad`), oldest first.
+    pub(crate) fn list_set_aside(&self) -> Result<Vec<String>> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter_map(|name| {
+                name.strip_suffix(BAD_SUFFIX)
+                    .and_then(|n| n.strip_suffix(INTENT_SUFFIX))
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+
+    /// Whether intent `id` is still there.
+    pub(crate) fn has_intent(&self, id: &str) -> Result<bool> {
+        self.local
+            .exists(&self.file(id, INTENT_SUFFIX)?)
+            .map_err(|e| self.error_at(id, e))
+    }
+
+    /// Whether the operation that wrote intent `id` is still running (its lock file is held),
+    /// found without writing anything: the lock file is opened read-only (never created) and
+    /// only tried.
+    pub(crate) fn is_running(&self, id: &str) -> Result<bool> {
+        let fd = match self.local.open_existing_file(&self.file(id, LOCK_SUFFIX)?) {
+            Ok(fd) => fd,
+            Err(keepsake_backend::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(self.error_at(id, e)),
+        };
+        match flock(&fd, FlockOperation::NonBlockingLockShared) {
+            // Released when `fd` closes.
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+            Err(e) => Err(Error::Journal {
+                path: self.local_path(id, LOCK_SUFFIX),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Takes the lock of intent `id` without waiting: `None` when its operation is still
+    /// running.
+    pub(crate) fn try_lock(&self, id: &str) -> Result<Option<IntentLock>> {
+        let file = self.file(id, LOCK_SUFFIX)?;
+        let fd = self
+            .local
+            .open_lock_file(&file)
+            .map_err(|e| self.error_at(id, e))?;
+        match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(IntentLock { fd, file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::Journal {
+                path: self.local_path(id, LOCK_SUFFIX),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Writes intent `id` atomically (the backend's temp file, fsync per its sync level, rename).
+    fn write(&self, id: &str, intent: &Intent) -> Result<()> {
+        self.local
+            .write(
+                &self.file(id, INTENT_SUFFIX)?,
+                intent.encode().as_bytes(),
+                WriteMode::Replace,
+            )
+            .map(drop)
+            .map_err(|e| self.error_at(id, e))
+    }
+
+    /// Removes intent `id` (done: nothing is left to recover).
+    fn remove(&self, id: &str) -> Result<()> {
+        match self.local.remove_file(&self.file(id, INTENT_SUFFIX)?) {
+            Ok(()) | Err(keepsake_backend::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error_at(id, e)),
+        }
+    }
+
+    /// Sets intent `id` aside as `<id>.intent.bad` (it does not parse).
+    pub(crate) fn set_aside(&self, id: &str) -> Result<()> {
+        let bad = self.file(id, &format!("{INTENT_SUFFIX}{BAD_SUFFIX}"))?;
+        self.local
+            .rename(&self.file(id, INTENT_SUFFIX)?, &bad)
+            .map_err(|e| self.error_at(id, e))
+    }
+
+    /// Leftovers of writers killed between creating their lock (or temp file) and writing their
+    /// intent, or between writing and renaming it: removed once their lock is free.
+    pub(crate) fn remove_orphans(&self) {
+        let Ok(names) = self.names() else {
+            return;
+        };
+        for name in &names {
+            if is_temporary_name(name) {
+                // A temp file of an interrupted atomic write of an intent: its writer is gone
+                // if the intent's lock is free.
+                let id = name
+                    .trim_start_matches('.')
+                    .split(INTENT_SUFFIX)
+                    .next()
+                    .unwrap_or_default();
+                if let Ok(Some(lock)) = self.try_lock(id) {
+                    if let Ok(path) = self.folder.join(name) {
+                        let _ = self.local.remove_file(&path);
+                    }
+                    lock.remove(self);
+                }
+                continue;
+            }
+            let Some(id) = name.strip_suffix(LOCK_SUFFIX) else {
+                continue;
+            };
+            if names.contains(&format!("{id}{INTENT_SUFFIX}")) {
+                continue;
+            }
+            if let Ok(Some(lock)) = self.try_lock(id) {
+                if !self.has_intent(id).unwrap_or(true) {
+                    lock.remove(self);
+                }
+            }
+        }
+    }
+}
+
+/// A held lock of one intent (an exclusive `flock` on `<id>.lock`); dropping it releases it.
+#[derive(Debug)]
+pub(crate) struct IntentLock {
+    fd: OwnedFd,
+    file: BackendPath,
+}
+
+impl IntentLock {
+    /// Removes the lock file while still holding it, then releases it. Best effort: a lock file
+    /// left behind is harmless (the next recovery removes it).
+    fn remove(self, journal: &Journal<'_>) {
+        let _ = journal.local.remove_lock_file(&self.file);
+        drop(self.fd);
+    }
+}
+
+/// One intent file of the journal, as listed (not locked).
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) id: String,
+    /// The parsed intent, or why it does not parse.
+    pub(crate) intent: std::result::Result<Intent, String>,
+}
+
 /// A journal entry held by the running operation (or by the recovery that adopted it): the
 /// intent file plus its held lock. Dropping it without [`finish`](Self::finish) releases the lock
 /// and *keeps* the intent, so that the next recovery completes an operation that failed half-way.
 #[derive(Debug)]
 pub(crate) struct IntentGuard {
-    dir: PathBuf,
+    /// The store whose journal holds the intent; `None` when it cannot keep one.
+    store: Option<DataStore>,
     id: String,
     intent: Intent,
-    lock: Option<ExclusiveGuard>,
-    owner: Option<FileOwner>,
-    /// False when the backend has no host-local folder to journal in.
-    enabled: bool,
+    lock: Option<IntentLock>,
 }
 
 impl IntentGuard {
@@ -483,161 +715,41 @@ impl IntentGuard {
             }
             _ => return Ok(()),
         }
-        if !self.enabled {
-            return Ok(());
+        match self.store.as_ref().and_then(Journal::of) {
+            Some(journal) => journal.write(&self.id, &self.intent),
+            None => Ok(()),
         }
-        write_atomic(
-            &self.dir,
-            &format!("{}{INTENT_SUFFIX}", self.id),
-            self.intent.encode().as_bytes(),
-            self.owner,
-        )
-        .map_err(|source| Error::Journal {
-            path: self.dir.join(&self.id),
-            source,
-        })
     }
 
     /// The operation is over (done, or found to need nothing more): removes the intent
     /// (durably), then the lock file.
     pub(crate) fn finish(mut self) -> Result<()> {
-        if !self.enabled {
+        let Some(store) = self.store.take() else {
             return Ok(());
-        }
-        let file = self.dir.join(format!("{}{INTENT_SUFFIX}", self.id));
-        match fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Journal { path: file, source }),
-        }
-        sync_dir(&self.dir).map_err(|source| Error::Journal {
-            path: self.dir.clone(),
-            source,
-        })?;
+        };
+        let Some(journal) = Journal::of(&store) else {
+            return Ok(());
+        };
+        journal.remove(&self.id)?;
         if let Some(lock) = self.lock.take() {
-            // A lock file left behind is harmless; the next recovery removes it.
-            let _ = lock.remove();
+            lock.remove(&journal);
         }
         Ok(())
-    }
-}
-
-/// The journal folder of a store: in the backend's host-local folder (the datastore folder, or the
-/// cache of an S3 datastore). `None` for a backend without one (a bare object store), which cannot
-/// keep a journal.
-pub(crate) fn journal_dir(store: &DataStore) -> Option<PathBuf> {
-    store
-        .backend()
-        .host_local()
-        .map(|local| local.root().join(JOURNAL_DIR))
-}
-
-/// One intent file of the journal, as listed (not locked).
-#[derive(Debug)]
-pub(crate) struct Listed {
-    pub(crate) id: String,
-    /// The parsed intent, or why it does not parse.
-    pub(crate) intent: std::result::Result<Intent, String>,
-}
-
-/// The intent files of the journal, oldest first (ids sort by time). A missing journal is empty.
-pub(crate) fn list(dir: &Path) -> Result<Vec<Listed>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Journal {
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::Journal {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(INTENT_SUFFIX) else {
-            continue;
-        };
-        let intent = match fs::read(entry.path()) {
-            Ok(bytes) => String::from_utf8(bytes)
-                .map_err(|_| "not UTF-8".to_owned())
-                .and_then(|t| Intent::decode(&t)),
-            // Finished by its owner since the listing.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(Error::Journal {
-                    path: entry.path(),
-                    source,
-                });
-            }
-        };
-        found.push(Listed {
-            id: id.to_owned(),
-            intent,
-        });
-    }
-    found.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(found)
-}
-
-/// Whether the operation that wrote intent `id` is still running (its lock file is held), found
-/// without writing anything: the lock file is opened read-only (never created) and only tried.
-pub(crate) fn is_running(dir: &Path, id: &str) -> Result<bool> {
-    let path = dir.join(format!("{id}{LOCK_SUFFIX}"));
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => return Err(Error::Journal { path, source }),
-    };
-    use rustix::fs::{FlockOperation, flock};
-    match flock(&file, FlockOperation::NonBlockingLockShared) {
-        // Released when `file` closes at the end of this function.
-        Ok(()) => Ok(false),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
-        Err(e) => Err(Error::Journal {
-            path,
-            source: e.into(),
-        }),
-    }
-}
-
-/// Takes the lock of intent `id` without waiting: `None` when its operation is still running.
-/// A lock file this creates gets `owner`.
-pub(crate) fn try_lock(
-    dir: &Path,
-    id: &str,
-    owner: Option<FileOwner>,
-) -> Result<Option<ExclusiveGuard>> {
-    let mut file = LockFile::new(dir.join(format!("{id}{LOCK_SUFFIX}")));
-    if let Some(owner) = owner {
-        file = file.owner(owner);
-    }
-    match file.lock_exclusive(Duration::ZERO) {
-        Ok(lock) => Ok(Some(lock)),
-        Err(e) if e.is_busy() => Ok(None),
-        Err(e) => Err(Error::lock("intent", id.to_owned(), e)),
     }
 }
 
 /// Wraps an intent whose lock is held (recovery adopting it).
 pub(crate) fn adopt(
     store: &DataStore,
-    dir: &Path,
     id: String,
     intent: Intent,
-    lock: ExclusiveGuard,
+    lock: IntentLock,
 ) -> IntentGuard {
     IntentGuard {
-        dir: dir.to_owned(),
+        store: Some(store.clone()),
         id,
         intent,
         lock: Some(lock),
-        owner: store.file_owner(),
-        enabled: true,
     }
 }
 
@@ -647,34 +759,27 @@ pub(crate) fn adopt(
 /// Idempotent: when the journal already holds the same intent, left by an interrupted run whose
 /// lock is free, that entry is adopted instead of writing a second copy.
 pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
-    let Some(dir) = journal_dir(store) else {
+    let Some(journal) = Journal::of(store) else {
         // Nowhere to journal: the operation runs unjournaled.
         return Ok(IntentGuard {
-            dir: PathBuf::new(),
+            store: None,
             id: String::new(),
             intent,
             lock: None,
-            owner: None,
-            enabled: false,
         });
     };
-    let journal_error = |path: &Path, source| Error::Journal {
-        path: path.to_owned(),
-        source,
-    };
-    let owner = store.file_owner();
-    for listed in list(&dir)? {
+    for listed in journal.list()? {
         if listed.intent.as_ref() != Ok(&intent) {
             continue;
         }
-        if let Some(lock) = try_lock(&dir, &listed.id, owner)? {
+        if let Some(lock) = journal.try_lock(&listed.id)? {
             // Still there under our lock (not finished by a recovery meanwhile)?
-            if dir.join(format!("{}{INTENT_SUFFIX}", listed.id)).exists() {
-                return Ok(adopt(store, &dir, listed.id, intent, lock));
+            if journal.has_intent(&listed.id)? {
+                return Ok(adopt(store, listed.id, intent, lock));
             }
+            lock.remove(&journal);
         }
     }
-    create_journal_dir(&dir, owner).map_err(|e| journal_error(&dir, e))?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -683,71 +788,24 @@ pub(crate) fn begin(store: &DataStore, intent: Intent) -> Result<IntentGuard> {
     for attempt in 0u32..64 {
         // Fixed-width hex: names sort by time. The attempt number breaks ties.
         let id = format!("{nanos:024x}-{pid:08x}-{attempt:02x}");
-        let Some(lock) = try_lock(&dir, &id, owner)? else {
+        let Some(lock) = journal.try_lock(&id)? else {
             continue;
         };
-        let file = dir.join(format!("{id}{INTENT_SUFFIX}"));
-        if file.exists() {
+        if journal.has_intent(&id)? {
             continue;
         }
-        write_atomic(
-            &dir,
-            &format!("{id}{INTENT_SUFFIX}"),
-            intent.encode().as_bytes(),
-            owner,
-        )
-        .map_err(|e| journal_error(&file, e))?;
+        journal.write(&id, &intent)?;
         return Ok(IntentGuard {
-            dir,
+            store: Some(store.clone()),
             id,
             intent,
             lock: Some(lock),
-            owner,
-            enabled: true,
         });
     }
     Err(Error::Journal {
-        path: dir,
+        path: journal.local_path("", ""),
         source: io::Error::new(io::ErrorKind::AlreadyExists, "no free intent id"),
     })
-}
-
-/// Makes the journal folder (and `.keepsake` above it), giving new folders `owner`.
-fn create_journal_dir(dir: &Path, owner: Option<FileOwner>) -> io::Result<()> {
-    let mut missing = Vec::new();
-    let mut at = dir;
-    while !at.exists() {
-        missing.push(at.to_owned());
-        match at.parent() {
-            Some(parent) => at = parent,
-            None => break,
-        }
-    }
-    fs::create_dir_all(dir)?;
-    if let Some(owner) = owner {
-        for folder in missing {
-            std::os::unix::fs::chown(&folder, Some(owner.uid), Some(owner.gid))?;
-        }
-    }
-    Ok(())
-}
-
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8], owner: Option<FileOwner>) -> io::Result<()> {
-    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    {
-        let mut file = File::create(&temp)?;
-        if let Some(owner) = owner {
-            std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid))?;
-        }
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&temp, dir.join(name))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

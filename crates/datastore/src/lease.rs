@@ -648,7 +648,7 @@ impl LeaseLocker {
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when another holder took over, the lease ran out, or the guard is not
-    /// one of this locker's; [`Error::Locked`] (with the lock crate's backend error) when the lease
+    /// one of this locker's; [`Error::LockFailed`] (with the lock crate's backend error) when the lease
     /// object could not be read.
     pub fn check_fence(&self, guard: &LockGuard) -> Result<u64> {
         let resource = guard.resource().to_path_buf();
@@ -671,19 +671,11 @@ impl LeaseLocker {
         }
         let key = self
             .key_of_resource(&resource)
-            .map_err(|source| Error::Locked {
-                what: "lease",
-                path: resource.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| Error::lock("lease", resource.display().to_string(), source))?;
         let current = self
             .shared
             .read(&key)
-            .map_err(|source| Error::Locked {
-                what: "lease",
-                path: resource.display().to_string(),
-                source,
-            })?
+            .map_err(|source| Error::lock("lease", resource.display().to_string(), source))?
             .ok_or_else(|| lost("the lease object is gone"))?;
         let Some(entry) = current.body.holders.iter().find(|h| h.holder == id) else {
             return Err(lost(&format!(
@@ -725,11 +717,10 @@ impl LeaseLocker {
             {
                 continue;
             }
-            let current = self.shared.read(&key).map_err(|e| Error::Locked {
-                what: "lease",
-                path: key.to_string(),
-                source: e,
-            })?;
+            let current = self
+                .shared
+                .read(&key)
+                .map_err(|e| Error::lock("lease", key.to_string(), e))?;
             let Some(current) = current else { continue };
             out.push(LeaseInfo {
                 key: key.to_string(),

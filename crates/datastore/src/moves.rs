@@ -26,7 +26,7 @@ use keepsake_lock::LockGuard;
 
 use crate::error::{Error, MoveRefusal, Partial, Result, Steps};
 use crate::group::Group;
-use crate::hold::{HeldGroup, HeldSnapshot, drop_lock_file};
+use crate::hold::{HeldGroup, HeldSnapshot, Seen, drop_lock_file};
 use crate::journal::{self, Intent, IntentGuard, Phase};
 use crate::snapshot::Snapshot;
 use crate::store::{DataStore, path};
@@ -90,32 +90,14 @@ pub(crate) fn group_exists_authoritative(group: &Group) -> Result<bool> {
         .map_err(|e| Error::backend(&p, e))
 }
 
-/// Snapshot times of a group in the authority, oldest first; none for a missing group.
+/// Snapshot times of a group in the authority (and its folders of this host without files yet),
+/// oldest first; none for a missing group.
 pub(crate) fn snapshot_times_authoritative(group: &Group) -> Result<Vec<BackupTime>> {
-    let p = group.relative_path();
-    let folder = path(&p)?;
-    let files = match group.store().backend().list_files_authoritative(&folder) {
-        Ok(files) => files,
-        Err(keepsake_backend::Error::NotFound { .. }) => Vec::new(),
-        Err(e) => return Err(Error::backend(&p, e)),
-    };
-    let mut times: Vec<BackupTime> = files
-        .iter()
-        .filter_map(|f| f.strip_prefix(&folder))
-        .filter_map(|rest| {
-            let mut parts = rest.components();
-            let first = parts.next()?;
-            parts.next()?; // a file inside a snapshot folder, not the owner or notes
-            first.parse().ok()
-        })
-        .collect();
-    // Local folders of running backups may hold no file yet.
-    for snapshot in group.iter_snapshots().into_iter().flatten().flatten() {
-        times.push(snapshot.dir().time());
+    match group.list_backups_authoritative() {
+        Ok(list) => Ok(list.iter().map(|b| b.snapshot.time()).collect()),
+        Err(Error::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
-    times.sort_unstable();
-    times.dedup();
-    Ok(times)
 }
 
 /// The owner of a group as the authority has it.
@@ -439,7 +421,9 @@ impl Snapshot {
                 path: target.relative_path(),
             });
         }
-        let owner = source_group.owner()?;
+        // The owner as the bucket has it: a stale cache must not carry a snapshot into a group
+        // of another owner.
+        let owner = owner_authoritative(&source_group)?;
         let created_group = !(target_group.exists()? || group_exists_authoritative(&target_group)?);
         if !created_group {
             if !merge {
@@ -515,7 +499,7 @@ impl GroupMove {
             return Err(refuse(MoveRefusal::SameLocation));
         }
         let held = match announced {
-            None => HeldGroup::take_all(source)?,
+            None => HeldGroup::take_all(source, Seen::Authority)?,
             Some(names) => {
                 let snapshots: Vec<Snapshot> = names
                     .iter()
@@ -526,7 +510,7 @@ impl GroupMove {
         };
         let target_lock = target.lock()?;
         let target_exists = target.exists()? || group_exists_authoritative(&target)?;
-        let owner = match source.owner() {
+        let owner = match owner_authoritative(source) {
             Ok(owner) => Some(owner),
             // A source emptied by an interrupted merge may have lost nothing but its owner file
             // never; a missing owner only matters when there is something to move.
@@ -534,11 +518,16 @@ impl GroupMove {
             Err(e) => return Err(e),
         };
         if target_exists {
+            // On recovery, the snapshots this very move put there before it was interrupted do
+            // not count: the target may be a group it made.
             let exclude: Vec<BackupTime> = match announced {
                 Some(names) => names.iter().map(|d| d.time()).collect(),
                 None => Vec::new(),
             };
-            if !merge && announced.is_none() {
+            let foreign = snapshot_times_authoritative(&target)?
+                .into_iter()
+                .any(|t| !exclude.contains(&t));
+            if !merge && (announced.is_none() || foreign) {
                 return Err(refuse(MoveRefusal::TargetExists));
             }
             if let (Some(owner), Some(oldest)) = (&owner, held.snapshots.first()) {
@@ -985,7 +974,7 @@ pub(crate) fn resume_snapshot_move(
             None
         };
         if phase == Phase::Copy {
-            let owner = source_group.owner()?;
+            let owner = owner_authoritative(&source_group)?;
             ensure_group(&target_group, &owner)?;
         }
         transfer_snapshot(
@@ -1005,7 +994,7 @@ pub(crate) fn resume_snapshot_move(
         (false, true) => Ok(RecoveryOutcome::Completed),
         (true, false) => {
             let held = HeldSnapshot::take(source.clone())?;
-            let owner = source_group.owner()?;
+            let owner = owner_authoritative(&source_group)?;
             // A group this move created (perhaps killed before its owner was written) is ours to
             // complete; an existing one must still accept the snapshot.
             let ours = created_group && snapshot_times_authoritative(&target_group)?.is_empty();
@@ -1056,6 +1045,7 @@ pub(crate) fn resume_group_move(
     from: &BackupNamespace,
     to: &BackupNamespace,
     group: &keepsake_hierarchy::BackupGroup,
+    merge: bool,
     snapshots: &[BackupDir],
 ) -> Result<crate::RecoveryOutcome> {
     let source = store.group(from, group);
@@ -1066,7 +1056,7 @@ pub(crate) fn resume_group_move(
         let _lock = source.lock()?;
         remove_temp_files(&source)?;
     }
-    let plan = match GroupMove::plan(&source, to, true, Some(snapshots)) {
+    let plan = match GroupMove::plan(&source, to, merge, Some(snapshots)) {
         Ok(plan) => plan,
         Err(reason @ Error::MoveRefused { .. }) => {
             return Ok(crate::RecoveryOutcome::RolledBack { reason });
@@ -1101,7 +1091,7 @@ pub(crate) fn resume_namespace_move(
             .map(|s| s.snapshot.clone())
             .collect();
         let target_ns = map_namespace(from, to, &g.ns)?;
-        match GroupMove::plan(&source, &target_ns, true, Some(&announced)) {
+        match GroupMove::plan(&source, &target_ns, merge, Some(&announced)) {
             Ok(plan) => plans.push(plan),
             Err(reason @ Error::MoveRefused { .. }) => {
                 return Ok(crate::RecoveryOutcome::RolledBack { reason });

@@ -8,7 +8,7 @@ use keepsake_hierarchy::{
 
 use crate::error::{Error, Partial, Result, Steps};
 use crate::group::{DestroyStats, destroy_held};
-use crate::hold::HeldGroup;
+use crate::hold::{HeldGroup, Seen};
 use crate::iter::{Groups, Namespaces, NamespacesRecursive};
 use crate::journal::Intent;
 use crate::store::{DataStore, path};
@@ -153,7 +153,7 @@ impl DataStore {
         for n in &namespaces {
             let groups: Vec<_> = self.iter_groups(n)?.collect::<Result<_>>()?;
             for group in groups {
-                held.push(HeldGroup::take_all(&group)?);
+                held.push(HeldGroup::take_all(&group, Seen::Listed)?);
             }
         }
         let mut announced: Vec<SnapshotPath> = Vec::new();

@@ -138,7 +138,8 @@ impl NamespacePrune {
 }
 
 impl Group {
-    /// Prunes this group: computes the plan with [`compute_prune_plan`] (periods in local time of
+    /// Prunes this group: computes the plan with [`compute_prune_plan`] from the snapshots the
+    /// authority lists ([`Group::list_backups_authoritative`]; periods in local time of
     /// `tz`; pass `jiff::tz::TimeZone::system()` for the process's zone, as PBS), then, unless
     /// `dry_run`, removes every snapshot marked [`PruneMark::Remove`], oldest first, each with a
     /// non-forced [`Snapshot::destroy`](crate::Snapshot::destroy) (snapshot lock, protection check
@@ -175,7 +176,9 @@ impl Group {
     /// # Errors
     /// Listing the group's snapshots failed (nothing was removed).
     pub fn prune(&self, options: &KeepOptions, tz: &TimeZone, dry_run: bool) -> Result<GroupPrune> {
-        let backups = self.list_backups()?;
+        // The plan comes from the authority: a stale cache (another host, another cache folder,
+        // a PBS server) must not make a snapshot the policy keeps look like one it removes.
+        let backups = self.list_backups_authoritative()?;
         let input: Vec<PruneSnapshot> = backups
             .iter()
             .map(|info| PruneSnapshot {

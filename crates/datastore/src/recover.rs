@@ -8,16 +8,12 @@
 //! calls this implicitly except journaled operations (which must not act on half-done state)
 //! and, in the CLI, write commands: opening, listing and verifying never recover.
 
-use std::fs;
-
 use keepsake_hierarchy::{BackupDir, GroupPath, SnapshotPath};
 
 use crate::error::{Error, Result};
 use crate::group::{DestroyStats, destroy_held};
 use crate::hold::HeldGroup;
-use crate::journal::{
-    self, BAD_SUFFIX, INTENT_SUFFIX, Intent, IntentGuard, LOCK_SUFFIX, TEMP_SUFFIX, journal_dir,
-};
+use crate::journal::{self, BAD_SUFFIX, INTENT_SUFFIX, Intent, IntentGuard, Journal};
 use crate::moves;
 use crate::namespace::NamespaceRemoval;
 use crate::store::DataStore;
@@ -103,6 +99,14 @@ pub struct InterruptedIntent {
     pub intent: std::result::Result<Intent, String>,
 }
 
+impl InterruptedIntent {
+    /// Whether recovery can complete it (its file parses); an unreadable one is only ever set
+    /// aside, for an operator.
+    pub fn is_recoverable(&self) -> bool {
+        self.intent.is_ok()
+    }
+}
+
 impl std::fmt::Display for InterruptedIntent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.intent {
@@ -162,35 +166,30 @@ impl DataStore {
     pub fn recover(&self) -> Result<RecoveryReport> {
         self.require_writable("recovery")?;
         let mut report = RecoveryReport::default();
-        let Some(dir) = journal_dir(self) else {
+        let Some(journal) = Journal::of(self) else {
             return Ok(report);
         };
         let mut intents = Vec::new();
-        for listed in journal::list(&dir)? {
-            let Some(lock) = journal::try_lock(&dir, &listed.id, self.file_owner())? else {
+        for listed in journal.list()? {
+            let Some(lock) = journal.try_lock(&listed.id)? else {
                 report.in_progress += 1;
                 continue;
             };
-            let file = dir.join(format!("{}{INTENT_SUFFIX}", listed.id));
-            if !file.exists() {
+            if !journal.has_intent(&listed.id)? {
                 // Finished by its owner between listing and locking.
-                let _ = lock.remove();
+                drop(lock);
                 continue;
             }
             match listed.intent {
-                Ok(intent) => intents.push(journal::adopt(self, &dir, listed.id, intent, lock)),
+                Ok(intent) => intents.push(journal::adopt(self, listed.id, intent, lock)),
                 Err(reason) => {
-                    let bad = dir.join(format!("{}{INTENT_SUFFIX}{BAD_SUFFIX}", listed.id));
-                    fs::rename(&file, &bad).map_err(|source| Error::Journal {
-                        path: file.clone(),
-                        source,
-                    })?;
-                    let _ = lock.remove();
+                    journal.set_aside(&listed.id)?;
+                    drop(lock);
                     report.unreadable.push((listed.id, reason));
                 }
             }
         }
-        remove_orphans(&dir, self.file_owner());
+        journal.remove_orphans();
         intents.sort_by(|a, b| {
             a.intent()
                 .rank()
@@ -249,12 +248,12 @@ impl DataStore {
     /// # Errors
     /// [`Error::Journal`] if the journal cannot be read.
     pub fn interrupted_intents(&self) -> Result<Vec<InterruptedIntent>> {
-        let Some(dir) = journal_dir(self) else {
+        let Some(journal) = Journal::of(self) else {
             return Ok(Vec::new());
         };
         let mut found = Vec::new();
-        for listed in journal::list(&dir)? {
-            if !journal::is_running(&dir, &listed.id)? {
+        for listed in journal.list()? {
+            if !journal.is_running(&listed.id)? {
                 found.push(InterruptedIntent {
                     id: listed.id,
                     intent: listed.intent,
@@ -264,44 +263,34 @@ impl DataStore {
         Ok(found)
     }
 
+    /// Intents recovery set aside because they did not parse (`<journal>/<id>.intent.bad`, with
+    /// their full paths): what they described was never completed, and nothing will complete
+    /// it. An operator checks the datastore, then deletes them.
+    ///
+    /// # Errors
+    /// [`Error::Journal`] if the journal cannot be read.
+    pub fn set_aside_intents(&self) -> Result<Vec<std::path::PathBuf>> {
+        let Some(journal) = Journal::of(self) else {
+            return Ok(Vec::new());
+        };
+        Ok(journal
+            .list_set_aside()?
+            .into_iter()
+            .map(|id| journal.local_path(&id, &format!("{INTENT_SUFFIX}{BAD_SUFFIX}")))
+            .collect())
+    }
+
     /// The intents now in the journal (operations running or interrupted), oldest first, for
     /// monitoring and tests. Unreadable files are skipped.
     pub fn journal_intents(&self) -> Result<Vec<Intent>> {
-        let Some(dir) = journal_dir(self) else {
+        let Some(journal) = Journal::of(self) else {
             return Ok(Vec::new());
         };
-        Ok(journal::list(&dir)?
+        Ok(journal
+            .list()?
             .into_iter()
             .filter_map(|l| l.intent.ok())
             .collect())
-    }
-}
-
-/// Leftovers of a writer killed between creating its lock (or temp file) and writing its intent.
-fn remove_orphans(dir: &std::path::Path, owner: Option<keepsake_lock::FileOwner>) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let id = match name
-            .strip_suffix(TEMP_SUFFIX)
-            .and_then(|n| n.strip_suffix(INTENT_SUFFIX))
-            .or_else(|| name.strip_suffix(LOCK_SUFFIX))
-        {
-            Some(id) => id.to_owned(),
-            None => continue,
-        };
-        let intent_file = dir.join(format!("{id}{INTENT_SUFFIX}"));
-        if intent_file.exists() {
-            continue;
-        }
-        if let Ok(Some(lock)) = journal::try_lock(dir, &id, owner) {
-            if !intent_file.exists() {
-                let _ = fs::remove_file(dir.join(format!("{id}{INTENT_SUFFIX}{TEMP_SUFFIX}")));
-                let _ = lock.remove();
-            }
-        }
     }
 }
 
@@ -313,9 +302,9 @@ fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<RecoveryOutcome>
             from,
             to,
             group,
-            merge: _,
+            merge,
             snapshots,
-        } => moves::resume_group_move(store, &from, &to, &group, &snapshots),
+        } => moves::resume_group_move(store, &from, &to, &group, merge, &snapshots),
         Intent::MoveNamespace {
             from,
             to,

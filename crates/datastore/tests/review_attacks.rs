@@ -2,7 +2,8 @@
 //! of one bucket on one host (as two cache folders, or keepsake beside a PBS S3 server), on an
 //! in-memory object store (the behaviour under test is the cache's, not the endpoint's).
 //!
-//! Tests marked `FINDING` demonstrate a weakness and fail on the code they were written against;
+//! Tests marked `FOUND (fixed)` demonstrated a weakness and failed on the code they were written
+//! against (an adversarial review); they pass since the fix, and stay as regression tests;
 //! tests marked `HOLDS` are attacks the code withstood, kept as regression tests.
 
 use std::path::Path;
@@ -63,7 +64,7 @@ fn manifest_of(ns: &BackupNamespace, dir: &BackupDir) -> String {
     format!("{}/index.json.blob", dir.relative_path(ns))
 }
 
-// FINDING (data loss against the retention policy): prune plans from the cache. Cache B (or a PBS
+// FOUND (fixed) (data loss against the retention policy): prune plans from the cache. Cache B (or a PBS
 // server on the bucket) forgets the newest snapshot; stale cache A then prunes with keep-last=2,
 // still counting the forgotten one as kept, and removes a snapshot the policy keeps: the bucket is
 // left with one snapshot where the policy keeps two. Each removal re-checks only protection in
@@ -93,7 +94,7 @@ fn prune_from_a_stale_cache_never_removes_what_the_policy_keeps() {
     );
 }
 
-// FINDING (ownership decided from the cache): a move checks the *source* group's owner from the
+// FOUND (fixed) (ownership decided from the cache): a move checks the *source* group's owner from the
 // cache. Cache B changes the owner of vm/100 (owner --force); stale cache A then merges a
 // snapshot of it into prod/vm/100, owned by the old owner: PBS's rule (owners must be equal) is
 // broken, and the snapshot changes hands.
@@ -122,7 +123,7 @@ fn a_merge_checks_the_source_owner_in_the_bucket() {
     assert!(in_bucket(&bucket, &manifest_of(&root, &newer)));
 }
 
-// FINDING (wrong success): a group move from a stale cache moves only the snapshots the cache
+// FOUND (fixed) (wrong success): a group move from a stale cache moves only the snapshots the cache
 // knows, reports the group moved, moves its notes away, and leaves the group behind in the source
 // namespace with the snapshot another cache added. The operator is told the group moved; it is
 // now split across two namespaces.
@@ -268,7 +269,7 @@ fn multi_host_with_faulty_leases(
     (store, faulty, snap, gets)
 }
 
-// FINDING (misleading message): in multi-host mode, when the endpoint fails the fencing read
+// FOUND (fixed) (misleading message): in multi-host mode, when the endpoint fails the fencing read
 // (the lease object's GET right before a write), the error is `Error::Locked` — "lease `…` is
 // locked" — although nobody holds the lease: `LeaseLocker::check_fence` maps every read failure
 // to `Locked`. Issue 15 asked for lock I/O errors never to be reported as "locked".
@@ -316,7 +317,7 @@ fn copy_as_pbs_cache(from: &Path, to: &Path) {
     walk(from, to);
 }
 
-// FINDING (a read-only command deletes files of PBS's cache): a cache folder without keepsake's
+// FOUND (fixed) (a read-only command deletes files of PBS's cache): a cache folder without keepsake's
 // identity marker (every PBS-made S3 cache) is accepted for any bucket. Opened read-only with the
 // wrong bucket (another bucket holding a datastore of the same name), a read of a manifest the
 // wrong bucket lacks deletes PBS's cache copy (`CachedBackend::fetch` removes what the bucket
@@ -360,7 +361,7 @@ fn a_read_only_store_never_deletes_files_of_an_unmarked_cache() {
     assert!(pbs.join("vm/100/owner").is_file(), "and the owner");
 }
 
-// FINDING (same as `prune_from_a_stale_cache_never_removes_what_the_policy_keeps`, on the S3 test
+// FOUND (fixed) (same as `prune_from_a_stale_cache_never_removes_what_the_policy_keeps`, on the S3 test
 // server through `cargo xtask test`): the over-removal is the cache's, not an artefact of the
 // in-memory store.
 #[test]

@@ -116,16 +116,20 @@ pub(crate) fn ns_remove(
     spinner.finish_and_clear();
     let removal = removal.with_context(|| format!("cannot remove namespace `{ns}`"))?;
     let error = (!removal.all_removed()).then(|| {
-        format!(
-            "namespace `{ns}` was not removed completely: {} protected snapshot{} kept (with their \
-             namespaces); unprotect them first",
-            removal.groups.protected_snapshots,
-            if removal.groups.protected_snapshots == 1 {
-                ""
-            } else {
-                "s"
-            }
-        )
+        if removal.groups.protected_snapshots > 0 {
+            format!(
+                "namespace `{ns}` was not removed completely: {} protected snapshot{} kept (with \
+                 their namespaces); unprotect them first",
+                removal.groups.protected_snapshots,
+                plural(removal.groups.protected_snapshots)
+            )
+        } else {
+            format!(
+                "namespace `{ns}` was not removed completely: its folder holds {} that keepsake \
+                 does not remove",
+                leftovers(store, &ns.path())
+            )
+        }
     });
     let report = NsRemoved {
         ns: ns.to_string(),
@@ -154,6 +158,24 @@ pub(crate) fn ns_remove(
         Some(e) => partial_failure(&e),
         None => ExitCode::SUCCESS,
     })
+}
+
+/// What is left in a folder a removal kept, for the message: the first few entries (recursively),
+/// as relative paths.
+fn leftovers(store: &keepsake_datastore::DataStore, folder: &str) -> String {
+    let Ok(path) = keepsake_backend::BackendPath::new(folder) else {
+        return "entries".to_owned();
+    };
+    let files = keepsake_backend::Backend::list_files_authoritative(store.backend(), &path)
+        .unwrap_or_default();
+    let mut names: Vec<String> = files.iter().take(3).map(ToString::to_string).collect();
+    if names.is_empty() {
+        return "entries (folders or links)".to_owned();
+    }
+    if files.len() > names.len() {
+        names.push(format!("… {} in all", files.len()));
+    }
+    names.join(", ")
 }
 
 pub(crate) fn plural(n: u64) -> &'static str {
@@ -372,15 +394,27 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
             let stats =
                 stats.with_context(|| format!("cannot forget `{}`", group.relative_path()))?;
             tracing::info!(group = %group.relative_path(), ?stats, "forgot group");
-            let error = (!stats.all_removed()).then(|| {
-                format!(
+            let error = if !stats.all_removed() {
+                Some(format!(
                     "group `{}` kept {} protected snapshot{}: unprotect {} first to forget the group",
                     group.relative_path(),
                     stats.protected_snapshots,
                     plural(stats.protected_snapshots),
-                    if stats.protected_snapshots == 1 { "it" } else { "them" },
-                )
-            });
+                    if stats.protected_snapshots == 1 {
+                        "it"
+                    } else {
+                        "them"
+                    },
+                ))
+            } else if group.exists()? {
+                Some(format!(
+                    "group `{}` stays: its folder holds {} that keepsake does not remove",
+                    group.relative_path(),
+                    leftovers(&session.store, &group.relative_path())
+                ))
+            } else {
+                None
+            };
             ForgetReport {
                 ns: ns.to_string(),
                 target: name.to_string(),

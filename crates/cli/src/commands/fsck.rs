@@ -49,6 +49,9 @@ struct FsckDoc {
     old_unfinished_snapshots: Vec<String>,
     /// Interrupted operations found in the intent journal.
     interrupted: Vec<String>,
+    /// Journal entries set aside as unreadable (`<id>.intent.bad`): never completed; check the
+    /// datastore, then delete them. They count as remaining until then.
+    set_aside_intents: Vec<String>,
     /// Whether bucket and cache were compared (S3 datastores).
     cache_checked: bool,
     /// Differences between bucket and cache.
@@ -115,9 +118,9 @@ fn document(store: &str, repair: bool, report: &FsckReport) -> FsckDoc {
             ));
         }
         for (id, reason) in &recovery.unreadable {
-            interrupted.push(format!("journal entry {id}"));
-            errors.push(format!(
-                "journal entry {id} is unreadable (kept as {id}.intent.bad): {reason}"
+            // Counted below with the other set-aside entries.
+            repaired.push(format!(
+                "set aside unreadable journal entry {id} (as {id}.intent.bad): {reason}"
             ));
         }
         // Pending and unreadable intents are counted once, as errors.
@@ -149,8 +152,14 @@ fn document(store: &str, repair: bool, report: &FsckReport) -> FsckDoc {
     } else {
         (report.temp_files.len(), report.empty_groups.len())
     };
+    let set_aside_intents: Vec<String> = report
+        .set_aside_intents
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let remaining = temp_left
         + empty_left
+        + set_aside_intents.len()
         + report.groups_without_owner.len()
         + report.old_unfinished_snapshots.len()
         + interrupted_left
@@ -170,6 +179,7 @@ fn document(store: &str, repair: bool, report: &FsckReport) -> FsckDoc {
         groups_without_owner: report.groups_without_owner.clone(),
         old_unfinished_snapshots: report.old_unfinished_snapshots.clone(),
         interrupted,
+        set_aside_intents,
         cache_checked: report.cache.is_some(),
         cache_differences,
         repaired,
@@ -202,6 +212,12 @@ fn finding_lines(doc: &FsckDoc) -> Vec<(&'static str, String)> {
             .map(|s| ("old unfinished", format!("{s} (report only)"))),
     );
     lines.extend(doc.interrupted.iter().map(|i| ("interrupted", i.clone())));
+    lines.extend(doc.set_aside_intents.iter().map(|p| {
+        (
+            "set aside",
+            format!("{p} (never completed: check the datastore, then delete it)"),
+        )
+    }));
     for d in &doc.cache_differences {
         let what = match (d.cache_size, d.bucket_size) {
             (Some(c), Some(b)) => format!("size differs: cache {c} B, bucket {b} B"),

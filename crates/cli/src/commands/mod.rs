@@ -34,18 +34,7 @@ impl Ctx<'_> {
     pub(crate) fn open_read(&self) -> Result<Session> {
         let session = StoreSpec::from_args(&self.cli.global, None, Access::ReadOnly)?
             .open(Access::ReadOnly)?;
-        let interrupted = session.store.interrupted_intents()?;
-        if !interrupted.is_empty() {
-            let names: Vec<String> = interrupted.iter().map(ToString::to_string).collect();
-            tracing::warn!(
-                "{} interrupted operation{} pending ({}): a write command or `keepsake fsck \
-                 --repair` completes {}",
-                names.len(),
-                if names.len() == 1 { " is" } else { "s are" },
-                names.join("; "),
-                if names.len() == 1 { "it" } else { "them" },
-            );
-        }
+        warn_about_journal(&session.store)?;
         Ok(session)
     }
 
@@ -76,7 +65,10 @@ impl Ctx<'_> {
             );
         }
         for (id, reason) in &report.unreadable {
-            tracing::warn!("journal entry {id} is unreadable (kept as {id}.intent.bad): {reason}");
+            tracing::warn!(
+                "journal entry {id} is unreadable and was set aside as {id}.intent.bad (never \
+                 completed: check the datastore, then delete it): {reason}"
+            );
         }
         Ok(session)
     }
@@ -103,6 +95,39 @@ impl Ctx<'_> {
     pub(crate) fn ns_arg(&self) -> Option<&BackupNamespace> {
         self.cli.global.ns.as_ref()
     }
+}
+
+/// One warning line each for what waits in the intent journal, for commands that do not recover:
+/// interrupted operations (a write command completes them), unreadable ones and set-aside ones
+/// (nothing completes them: an operator checks and deletes them).
+fn warn_about_journal(store: &DataStore) -> Result<()> {
+    let interrupted = store.interrupted_intents()?;
+    let (recoverable, unreadable): (Vec<_>, Vec<_>) =
+        interrupted.iter().partition(|i| i.is_recoverable());
+    if !recoverable.is_empty() {
+        let names: Vec<String> = recoverable.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            "{} interrupted operation{} pending ({}): a write command or `keepsake fsck \
+             --repair` completes {}",
+            names.len(),
+            if names.len() == 1 { " is" } else { "s are" },
+            names.join("; "),
+            if names.len() == 1 { "it" } else { "them" },
+        );
+    }
+    for entry in unreadable {
+        tracing::warn!(
+            "{entry}: it will never be completed (the next write command sets it aside); check \
+             the datastore, then delete it"
+        );
+    }
+    for path in store.set_aside_intents()? {
+        tracing::warn!(
+            "journal entry {} was set aside, never completed: check the datastore, then delete it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Whether a command changes the datastore (decides how it is opened).
