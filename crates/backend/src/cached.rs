@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path as LocalPath;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -10,11 +9,12 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
+use crate::chunk::ChunkDigest;
 use crate::error::{Error, Result};
-use crate::identity::{CACHE_MARKER, CacheIdentity};
 use crate::keep::KeepFilter;
-use crate::layout::{ChunkDigest, NAMESPACE_MARKER};
-use crate::local::{AttributeOutcome, Durability, LocalBackend, SyncLevel, WriteOptions};
+use crate::layout::NAMESPACE_MARKER;
+use crate::local::{AttributeOutcome, Durability, LocalBackend, WriteOptions};
+use crate::marker::{marker_path, read_marker};
 use crate::object::{CONCURRENCY, ObjectBackend};
 use crate::path::BackendPath;
 use crate::record::{ATTRIBUTE, RemoteRecord};
@@ -117,7 +117,8 @@ impl CachedBackend {
 ///   [`Backend::remove_folder_if_empty`]) ask the bucket; an authoritative read also repairs the
 ///   cache copy (rewrites it, or removes it when the bucket has no such file).
 /// - **Identity**: the cache folder may name the bucket datastore it belongs to in
-///   [`CACHE_MARKER`] (see [`CacheIdentity`]); [`CachedBackend::open`] refuses a folder that names
+///   [`CACHE_MARKER`](crate::CACHE_MARKER) (see [`CacheIdentity`](crate::CacheIdentity));
+///   [`CachedBackend::open`] refuses a folder that names
 ///   another one, [`CachedBackend::claim`] writes it.
 pub struct CachedBackend {
     cache: LocalBackend,
@@ -166,46 +167,6 @@ struct CacheCopy {
     recorded: Option<Version>,
 }
 
-/// The bucket datastore the cache folder `folder` belongs to, as its marker
-/// ([`CACHE_MARKER`]) says; `None` if it has none (a local datastore, or a cache made by PBS or
-/// before markers existed). For a local open that must refuse a folder that is an S3 cache.
-///
-/// ```
-/// use keepsake_backend::{CachedBackend, LocalBackend, ObjectBackend, SyncLevel, cache_identity};
-///
-/// let dir = tempfile::tempdir()?;
-/// assert_eq!(cache_identity(dir.path())?, None);
-/// let remote = ObjectBackend::in_memory("store1")?;
-/// let cached = CachedBackend::open(LocalBackend::open(dir.path(), SyncLevel::None)?, remote.clone())?;
-/// cached.claim()?;
-/// assert_eq!(cache_identity(dir.path())?.as_ref(), Some(remote.identity()));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// # Errors
-/// [`Error::Io`] if the folder cannot be opened or the marker is not valid JSON of an identity.
-pub fn cache_identity(folder: &LocalPath) -> Result<Option<CacheIdentity>> {
-    read_marker(&LocalBackend::open(folder, SyncLevel::None)?)
-}
-
-fn marker_path() -> Result<BackendPath> {
-    BackendPath::new(CACHE_MARKER)
-}
-
-fn read_marker(cache: &LocalBackend) -> Result<Option<CacheIdentity>> {
-    let marker = marker_path()?;
-    match cache.read(&marker) {
-        Ok(contents) => serde_json::from_slice(&contents.data)
-            .map(Some)
-            .map_err(|e| Error::Io {
-                path: cache.local_path(&marker),
-                source: e.into(),
-            }),
-        Err(Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 impl CachedBackend {
     /// The datastore whose authority is `remote` and whose cache is `cache`, without checking
     /// the cache folder's marker (see [`CachedBackend::open`], which does). For callers that
@@ -227,7 +188,7 @@ impl CachedBackend {
     }
 
     /// The datastore whose authority is `remote` and whose cache is `cache`, if the cache folder
-    /// may be its cache: its marker ([`CACHE_MARKER`]) names `remote`'s
+    /// may be its cache: its marker ([`CACHE_MARKER`](crate::CACHE_MARKER)) names `remote`'s
     /// [`identity`](ObjectBackend::identity), or it has none (PBS's own caches have none; opening
     /// never writes one, see [`CachedBackend::claim`]). Sends no request.
     ///
@@ -240,7 +201,7 @@ impl CachedBackend {
         Ok(backend)
     }
 
-    /// Marks the cache folder as this bucket datastore's cache: writes [`CACHE_MARKER`]
+    /// Marks the cache folder as this bucket datastore's cache: writes [`CACHE_MARKER`](crate::CACHE_MARKER)
     /// (atomically) unless it names this datastore already. For the commands that write a
     /// cache: creating a datastore, and [`CachedBackend::refresh`] (which calls it).
     ///
@@ -830,6 +791,7 @@ mod tests {
     use object_store::memory::InMemory;
 
     use super::*;
+    use crate::local::SyncLevel;
 
     fn p(path: &str) -> BackendPath {
         path.parse().unwrap()

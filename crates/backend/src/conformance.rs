@@ -86,11 +86,11 @@ macro_rules! backend_conformance_tests {
             stat_kinds,
             folders,
             chunks,
-            blocking_inside_runtimes,
             authoritative_reads,
             remove_files,
             remove_folder_if_empty
         );
+        $crate::__backend_conformance_runtime_checks!($make);
     };
     (@checks $make:expr; $($check:ident),* $(,)?) => {$(
         #[test]
@@ -101,6 +101,24 @@ macro_rules! backend_conformance_tests {
             }
         }
     )*};
+}
+
+/// The checks that need tokio (feature `s3`), for [`backend_conformance_tests!`](crate::backend_conformance_tests).
+#[cfg(feature = "s3")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_conformance_runtime_checks {
+    ($make:expr) => {
+        $crate::backend_conformance_tests!(@checks $make; blocking_inside_runtimes);
+    };
+}
+
+/// Without the `s3` feature there is no tokio to run these checks in.
+#[cfg(not(feature = "s3"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __backend_conformance_runtime_checks {
+    ($make:expr) => {};
 }
 
 fn p(path: &str) -> BackendPath {
@@ -845,7 +863,8 @@ pub fn folders(backend: &dyn Backend) {
 }
 
 /// The blocking API works when called from inside tokio runtimes of both flavours (in their
-/// async context, where a nested `block_on` would panic).
+/// async context, where a nested `block_on` would panic). Feature `s3` (which brings tokio).
+#[cfg(feature = "s3")]
 pub fn blocking_inside_runtimes(backend: &dyn Backend) {
     let exercise = |tag: &str| {
         let file = p(&format!("rt/{tag}/owner"));

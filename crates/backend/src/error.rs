@@ -79,6 +79,7 @@ pub enum Error {
     },
 
     /// The object store failed.
+    #[cfg(feature = "s3")]
     #[error("object store failed on `{key}`")]
     Backend {
         /// The object key (or key prefix) of the failed request.
@@ -128,6 +129,7 @@ impl Error {
         }
     }
 
+    #[cfg(feature = "s3")]
     pub(crate) fn backend(key: impl Into<String>, source: object_store::Error) -> Self {
         Error::Backend {
             key: key.into(),

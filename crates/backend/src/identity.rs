@@ -17,15 +17,13 @@ pub const CACHE_MARKER: &str = ".keepsake/cache.json";
 /// S3 cache.
 ///
 /// ```
-/// use keepsake_backend::{CacheIdentity, ObjectBackend};
+/// use keepsake_backend::CacheIdentity;
 ///
-/// let remote = ObjectBackend::in_memory("store1")?;
-/// assert_eq!(
-///     remote.identity(),
-///     &CacheIdentity::new(Some("memory".into()), "memory", "store1")
-/// );
-/// assert_eq!(remote.identity().to_string(), "bucket `memory` at memory, store `store1`");
-/// # Ok::<(), keepsake_backend::Error>(())
+/// let minio = CacheIdentity::new(Some("http://minio:9000/".into()), "backups", "store1");
+/// assert_eq!(minio.endpoint.as_deref(), Some("http://minio:9000"));
+/// assert_eq!(minio.to_string(), "bucket `backups` at http://minio:9000, store `store1`");
+/// let aws = CacheIdentity::new(None, "backups", "store1");
+/// assert_eq!(aws.to_string(), "bucket `backups` on AWS, store `store1`");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]

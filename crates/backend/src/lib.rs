@@ -50,6 +50,8 @@
 //! `CachedBackend::open(cache, remote)`. A destructive decision there asks the bucket:
 //!
 //! ```
+//! # #[cfg(feature = "s3")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -64,39 +66,57 @@
 //! assert_eq!(files.len(), 2, "the bucket knows both files");
 //! store.remove_files(&[ "vm/100/owner".parse()? ])?;
 //! assert!(!store.remove_folder_if_empty(&group)?, "the bucket still holds the snapshot");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # Ok(()) }
+//! # #[cfg(not(feature = "s3"))]
+//! # fn main() {}
 //! ```
 
+#[cfg(feature = "s3")]
 mod cached;
+mod chunk;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 mod identity;
 mod keep;
+#[cfg(feature = "s3")]
 pub mod layout;
 mod local;
+mod marker;
+#[cfg(feature = "s3")]
 mod object;
 mod path;
+#[cfg(feature = "s3")]
 mod raw;
+#[cfg(feature = "s3")]
 mod record;
+#[cfg(feature = "s3")]
 mod requests;
+#[cfg(feature = "s3")]
 mod runtime;
+#[cfg(feature = "s3")]
 mod s3;
 mod version;
 
 use std::fmt;
 use std::sync::Arc;
 
-pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport, cache_identity};
+#[cfg(feature = "s3")]
+pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport};
+pub use chunk::ChunkDigest;
 pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
-pub use layout::ChunkDigest;
 pub use local::{LocalBackend, SyncLevel};
+pub use marker::cache_identity;
+#[cfg(feature = "s3")]
 pub use object::{ObjectBackend, WRITE_TOKEN_METADATA};
 pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN, is_temporary_name};
+#[cfg(feature = "s3")]
 pub use raw::{DeleteOutcome, RawKey, RawObject};
+#[cfg(feature = "s3")]
 pub use requests::{CountingConnector, RequestCounter, RequestCounts};
+#[cfg(feature = "s3")]
 pub use s3::{RetrySettings, S3Config};
 pub use version::Version;
 
@@ -329,6 +349,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The default is [`Backend::read`], for backends that are their own authority.
     ///
     /// ```
+    /// # #[cfg(feature = "s3")]
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
     ///
     /// let dir = tempfile::tempdir()?;
@@ -343,7 +365,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// assert_eq!(cached.read_authoritative(&owner)?.data, b"admin@pbs\n");
     /// // The authoritative read repaired the cache.
     /// assert_eq!(cached.read(&owner)?.data, b"admin@pbs\n");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "s3"))]
+    /// # fn main() {}
     /// ```
     ///
     /// # Errors
@@ -660,13 +684,18 @@ mod tests {
     #[test]
     fn everything_shared_is_send_and_sync() {
         shared::<LocalBackend>();
-        shared::<ObjectBackend>();
-        shared::<CachedBackend>();
         shared::<Box<dyn Backend>>();
         shared::<KeepFilter>();
         shared::<KeepPlan>();
         shared::<Version>();
         shared::<Error>();
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn everything_shared_on_the_object_store_side_is_send_and_sync() {
+        shared::<ObjectBackend>();
+        shared::<CachedBackend>();
         shared::<RequestCounter>();
         shared::<S3Config>();
     }

@@ -139,7 +139,8 @@ pub struct LocalBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attributes {
     Used,
-    #[cfg_attr(not(test), allow(dead_code))]
+    // Only the S3 cache's tests refuse them.
+    #[cfg_attr(not(all(test, feature = "s3")), allow(dead_code))]
     Refused,
 }
 
@@ -239,7 +240,7 @@ impl LocalBackend {
     }
 
     /// This backend as on a filesystem that refuses extended attributes.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "s3"))]
     pub(crate) fn refusing_attributes(mut self) -> Self {
         self.attributes = Attributes::Refused;
         self
@@ -674,6 +675,8 @@ impl LocalBackend {
         Ok(FileContents { data, version })
     }
 
+    // The S3 cache's side of the local backend.
+    #[cfg(feature = "s3")]
     /// [`Backend::read`], and the value of the extended attribute `attribute` of the same file
     /// (`None` if it has none, or the filesystem keeps none).
     pub(crate) fn read_with_attribute(
@@ -686,6 +689,8 @@ impl LocalBackend {
         Ok((self.read_open(file, fd, &st)?, value))
     }
 
+    // The S3 cache's side of the local backend.
+    #[cfg(feature = "s3")]
     /// The size of the file `file` and the value of its extended attribute `attribute`, without
     /// reading the file.
     pub(crate) fn stat_with_attribute(
@@ -700,6 +705,8 @@ impl LocalBackend {
         ))
     }
 
+    // The S3 cache's side of the local backend.
+    #[cfg(feature = "s3")]
     /// The value of the extended attribute `attribute` of the open file `fd`, if it has one that
     /// fits the buffer (records are far smaller); `None` also where the filesystem keeps none.
     fn get_attribute(&self, fd: &OwnedFd, attribute: &CStr) -> Option<Vec<u8>> {
@@ -716,6 +723,8 @@ impl LocalBackend {
         }
     }
 
+    // The S3 cache's side of the local backend.
+    #[cfg(feature = "s3")]
     /// Removes the extended attribute `attribute` of `file`, if it has it.
     pub(crate) fn remove_attribute(&self, file: &BackendPath, attribute: &CStr) -> Result<()> {
         let (fd, _) = self.open_regular(file)?;
@@ -792,6 +801,8 @@ impl LocalBackend {
         })
     }
 
+    // The S3 cache's side of the local backend.
+    #[cfg(feature = "s3")]
     /// Forces everything written to the cache's filesystem to disk, once, per the
     /// [`SyncLevel`] (`syncfs`; nothing for `None`): for writes made with
     /// [`Durability::Deferred`].

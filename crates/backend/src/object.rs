@@ -18,10 +18,11 @@ use object_store::{
     PutOptions, PutPayload,
 };
 
+use crate::chunk::ChunkDigest;
 use crate::error::{Error, Result};
 use crate::identity::CacheIdentity;
 use crate::keep::KeepFilter;
-use crate::layout::{ChunkDigest, ObjectLayout};
+use crate::layout::ObjectLayout;
 use crate::path::{BackendPath, check_component};
 use crate::requests::{CountingStore, RequestCounter, RequestCounts};
 use crate::runtime::BlockingRuntime;

@@ -25,6 +25,8 @@ enum Repr {
         len: u64,
         sha256: [u8; 32],
     },
+    // Only object stores (feature `s3`) make these.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     Object {
         e_tag: Option<String>,
         version: Option<String>,
@@ -44,11 +46,13 @@ impl Version {
     }
 
     /// The version of an object as the object store reported it.
+    #[cfg(any(feature = "s3", test))]
     pub(crate) fn of_object(e_tag: Option<String>, version: Option<String>) -> Self {
         Version(Repr::Object { e_tag, version })
     }
 
     /// The SHA-256 of the content, for versions of local files.
+    #[cfg(feature = "s3")]
     pub(crate) fn content_sha256(&self) -> Option<&[u8; 32]> {
         match &self.0 {
             Repr::Content { sha256, .. } => Some(sha256),
@@ -73,6 +77,7 @@ impl Version {
     }
 
     /// What object_store's conditional update needs; `None` for a local version.
+    #[cfg(feature = "s3")]
     pub(crate) fn to_update_version(&self) -> Option<object_store::UpdateVersion> {
         match &self.0 {
             Repr::Object { e_tag, version } => Some(object_store::UpdateVersion {
