@@ -20,8 +20,9 @@ use anyhow::{Context, Result, bail};
 use keepsake_backend::{
     Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
 };
+use keepsake_datastore::lease::{LeaseLocker, LeaseSettings};
 use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
-use keepsake_datastore::{Access, DataStore, DataStoreBuilder, LeaseSettings};
+use keepsake_datastore::{Access, DataStore, DataStoreBuilder};
 use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
 
 use crate::cli::GlobalArgs;
@@ -63,6 +64,9 @@ pub(crate) struct Session {
     /// For an S3 datastore: the cached backend the store was built with (the same `Arc`, as
     /// `DataStore::check_cache`, `refresh_cache` and `fsck` require).
     pub(crate) cached: Option<Arc<CachedBackend>>,
+    /// In multi-host mode: a lease locker on the same bucket and settings as the store's, for
+    /// listing leases (`keepsake locks`); the store takes its locks through its own.
+    pub(crate) leases: Option<LeaseLocker>,
     /// This command's entry in PBS's active-operations counter, while it runs.
     _operation: Option<ActiveOperation>,
 }
@@ -376,6 +380,7 @@ impl StoreSpec {
                 store,
                 spec: self.clone(),
                 cached: None,
+                leases: None,
                 _operation: operation,
             });
         };
@@ -405,8 +410,21 @@ impl StoreSpec {
             store,
             spec: self.clone(),
             cached: Some(cached),
+            leases: self.lease_lister(remote, "open")?,
             _operation: operation,
         })
+    }
+
+    /// In multi-host mode, a lease locker on `remote` with the store's settings, for
+    /// [`Session::leases`].
+    fn lease_lister(&self, remote: ObjectBackend, action: &str) -> Result<Option<LeaseLocker>> {
+        match self.multi_host {
+            // Listing and naming leases deletes nothing, so no second probe.
+            Some(settings) => Ok(Some(
+                LeaseLocker::new(remote, settings).with_context(|| self.failed(action))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Creates a new datastore (the folder must be missing or empty; on S3 the bucket must not
@@ -425,6 +443,7 @@ impl StoreSpec {
                 store,
                 spec: self.clone(),
                 cached: None,
+                leases: None,
                 _operation: None,
             });
         };
@@ -454,7 +473,7 @@ impl StoreSpec {
         if self.is_multi_host() {
             // Before the cache folder is made: a refused endpoint leaves nothing behind. (Building
             // the store probes again; the probe is four small requests.)
-            keepsake_datastore::probe_conditional_writes(&remote)
+            keepsake_datastore::lease::probe_conditional_writes(&remote)
                 .with_context(|| self.failed("create"))?;
         }
         std::fs::create_dir_all(&self.path)
@@ -475,6 +494,7 @@ impl StoreSpec {
             store,
             spec: self.clone(),
             cached: Some(cached),
+            leases: self.lease_lister(remote, "create")?,
             _operation: None,
         })
     }

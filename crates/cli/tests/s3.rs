@@ -565,7 +565,7 @@ fn s3_multi_host_two_hosts_share_a_datastore() {
 
 #[test]
 fn s3_multi_host_a_held_lease_blocks_and_is_listed() {
-    use keepsake_datastore::{LeaseLocker, LeaseSettings};
+    use keepsake_datastore::lease::{LeaseLocker, LeaseSettings};
     use keepsake_hierarchy::{BackupDir, BackupNamespace};
     use keepsake_lock::{LockMode, LockTarget, Locker};
 

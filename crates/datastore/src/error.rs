@@ -238,26 +238,21 @@ pub enum Error {
 
     /// A write under a lease lock was refused because the lease is no longer this holder's (it ran
     /// out and another host took it, or it is about to run out): the fencing check of
-    /// multi-host mode.
+    /// multi-host mode ([`keepsake_lock::Locker::check_fence`]).
     #[error("lease {lease} lost: {reason}")]
     LeaseLost {
         /// The lease object's key.
         lease: String,
         /// What the check found.
-        reason: String,
+        reason: keepsake_lock::LostReason,
     },
 
-    /// Multi-host mode was asked for, but the object store does not enforce conditional writes
-    /// (found by the capability probe at open); single-host mode still works.
-    #[error("datastore {store}: multi-host mode refused: {missing}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    MultiHostUnsupported {
-        /// The datastore (bucket prefix).
-        store: String,
-        /// The condition the endpoint did not enforce.
-        missing: crate::lease::MissingCondition,
-        /// The endpoint's error, when it refused the conditional write outright.
-        detail: Option<String>,
-    },
+    /// Multi-host mode could not be set up: the lease settings are invalid, or the object store
+    /// does not enforce conditional writes ([`keepsake_lease::Error::Unsupported`], found by
+    /// the capability probe at open; single-host mode still works).
+    #[cfg(feature = "multi-host")]
+    #[error(transparent)]
+    Lease(#[from] keepsake_lease::Error),
 
     /// The intent journal (`.keepsake/intents` in the datastore folder) could not be read or
     /// written.

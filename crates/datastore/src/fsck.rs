@@ -15,16 +15,20 @@
 //! It never removes a snapshot folder, a manifest, or a `.protected` marker.
 
 use std::path::PathBuf;
+#[cfg(feature = "s3")]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keepsake_backend::{CachedBackend, EntryKind, is_temporary_name};
+#[cfg(feature = "s3")]
+use keepsake_backend::CachedBackend;
+use keepsake_backend::{EntryKind, is_temporary_name};
 use keepsake_hierarchy::{BackupNamespace, BackupTime};
 use keepsake_lock::{SweepMode, SweepOptions, sweep_lock_folder};
 
 use crate::error::{Error, Result};
 use crate::group::Group;
 use crate::recover::{InterruptedIntent, RecoveryReport};
+#[cfg(feature = "s3")]
 use crate::refresh::{CacheCheck, CacheRefresh, CacheReport};
 use crate::store::{DataStore, path};
 
@@ -41,6 +45,7 @@ pub struct FsckOptions {
     /// refused before anything is checked or changed.
     pub sweep_lock_files: bool,
     /// The cached S3 backend the store was built with: compare bucket and cache (by size).
+    #[cfg(feature = "s3")]
     pub cache: Option<Arc<CachedBackend>>,
 }
 
@@ -72,8 +77,10 @@ pub struct FsckReport {
     /// What recovery did (with `repair`).
     pub recovery: Option<RecoveryReport>,
     /// Differences between bucket and cache (when a cache was given).
+    #[cfg(feature = "s3")]
     pub cache: Option<CacheReport>,
     /// The cache refresh (with `repair`, when the cache differed).
+    #[cfg(feature = "s3")]
     pub cache_refresh: Option<CacheRefresh>,
     /// What was mended, one line each.
     pub repaired: Vec<String>,
@@ -92,8 +99,18 @@ impl FsckReport {
             && self.interrupted.is_empty()
             && self.set_aside_intents.is_empty()
             && self.recovery.as_ref().is_none_or(RecoveryReport::is_empty)
-            && self.cache.as_ref().is_none_or(CacheReport::is_consistent)
+            && self.cache_is_consistent()
             && self.errors.is_empty()
+    }
+
+    #[cfg(feature = "s3")]
+    fn cache_is_consistent(&self) -> bool {
+        self.cache.as_ref().is_none_or(CacheReport::is_consistent)
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn cache_is_consistent(&self) -> bool {
+        true
     }
 }
 
@@ -219,6 +236,7 @@ impl DataStore {
                 Err(e) => report.errors.push(crate::error::chain(&e)),
             }
         }
+        #[cfg(feature = "s3")]
         if let Some(cached) = &options.cache {
             let check = self.check_cache(cached, CacheCheck::Sizes)?;
             if options.repair && !check.is_consistent() {

@@ -36,7 +36,6 @@ mod hold;
 mod info;
 pub mod iter;
 pub mod journal;
-pub mod lease;
 mod moves;
 mod namespace;
 pub mod pbs_host;
@@ -44,6 +43,7 @@ pub mod prune;
 mod prune_apply;
 mod read_only;
 mod recover;
+#[cfg(feature = "s3")]
 mod refresh;
 mod snapshot;
 mod store;
@@ -55,10 +55,10 @@ pub use fsck::{FsckOptions, FsckReport};
 pub use group::{DestroyStats, Group};
 pub use info::BackupInfo;
 pub use journal::{Intent, Phase};
-pub use lease::{
-    EndpointCapabilities, LEASE_FOLDER, LeaseHolderInfo, LeaseInfo, LeaseLocker, LeaseSettings,
-    MissingCondition, probe_conditional_writes,
-};
+/// The lease locks of multi-host mode ([`DataStoreBuilder::multi_host`]): the crate
+/// `keepsake-lease`, re-exported so that its version always matches this crate's.
+#[cfg(feature = "multi-host")]
+pub use keepsake_lease as lease;
 pub use moves::MoveReport;
 pub use namespace::NamespaceRemoval;
 pub use pbs_host::{
@@ -69,6 +69,7 @@ pub use prune_apply::{GroupPrune, NamespacePrune, PruneAction, PruneScope, Prune
 pub use recover::{
     InterruptedIntent, PendingIntent, RecoveredIntent, RecoveryOutcome, RecoveryReport,
 };
+#[cfg(feature = "s3")]
 pub use refresh::{CacheCheck, CacheDifference, CacheDifferenceKind, CacheRefresh, CacheReport};
 pub use snapshot::Snapshot;
 pub use store::{

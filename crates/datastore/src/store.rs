@@ -5,16 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keepsake_backend::{
-    Backend, BackendPath, EntryKind, LocalBackend, ObjectBackend, SyncLevel, WriteMode,
-};
+#[cfg(feature = "multi-host")]
+use keepsake_backend::ObjectBackend;
+use keepsake_backend::{Backend, BackendPath, EntryKind, LocalBackend, SyncLevel, WriteMode};
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 use keepsake_lock::{FileOwner, LockGuard, LockMode, LockScheme, LockTarget, Locker};
 use keepsake_manifest::crypt::CryptConfig;
 
 use crate::error::{Error, Result};
 use crate::group::Group;
-use crate::lease::{LeaseLocker, LeaseSettings};
 use crate::snapshot::Snapshot;
 
 /// Name of the chunk store folder at the datastore root.
@@ -60,7 +59,8 @@ struct Inner {
     locker: Arc<dyn Locker>,
     crypt: Option<CryptConfig>,
     namespace_markers: bool,
-    leases: Option<LeaseLocker>,
+    /// Whether locks are leases shared with other hosts ([`DataStoreBuilder::multi_host`]).
+    multi_host: bool,
     /// The lock root and scheme, when the locker is one of PBS's schemes (for fsck's sweep).
     lock_files: Option<(PathBuf, LockScheme)>,
     /// The owner of the files this store creates, when one was given.
@@ -113,7 +113,8 @@ pub struct DataStoreBuilder {
     crypt: Option<CryptConfig>,
     chunk_prefix_dirs: bool,
     namespace_markers: bool,
-    multi_host: Option<(ObjectBackend, LeaseSettings)>,
+    #[cfg(feature = "multi-host")]
+    multi_host: Option<(ObjectBackend, keepsake_lease::LeaseSettings)>,
     access: Access,
     owner: Option<FileOwner>,
 }
@@ -192,31 +193,40 @@ impl DataStoreBuilder {
     }
 
     /// Several hosts share the bucket of `remote` (the object store behind the datastore's
-    /// `CachedBackend`): locks become leases in the bucket ([`LeaseLocker`], replacing any lock
-    /// root or locker given), and writes of the manifest, notes and protection check the lease's
-    /// fencing token first. Building the store first probes the endpoint
-    /// ([`probe_conditional_writes`](crate::probe_conditional_writes)).
+    /// `CachedBackend`): locks become leases in the bucket
+    /// ([`keepsake_lease::LeaseLocker`], replacing any lock root or locker given), and writes of
+    /// the manifest, notes and protection check the lease's fencing token first. Building the
+    /// store first probes the endpoint ([`keepsake_lease::probe_conditional_writes`]).
     ///
-    /// Building fails with [`Error::MultiHostUnsupported`] when the endpoint does not enforce
-    /// create-only and compare-and-swap writes.
-    pub fn multi_host(mut self, remote: ObjectBackend, settings: LeaseSettings) -> Self {
+    /// Building fails with [`Error::Lease`] ([`keepsake_lease::Error::Unsupported`]) when the
+    /// endpoint does not enforce create-only and compare-and-swap writes.
+    #[cfg(feature = "multi-host")]
+    pub fn multi_host(
+        mut self,
+        remote: ObjectBackend,
+        settings: keepsake_lease::LeaseSettings,
+    ) -> Self {
         self.multi_host = Some((remote, settings));
         self
     }
 
     fn build(self, creating: bool) -> Result<(DataStore, bool)> {
         keepsake_hierarchy::check_datastore_name(&self.name)?;
-        let leases = match &self.multi_host {
+        #[cfg(feature = "multi-host")]
+        let leases: Option<Arc<dyn Locker>> = match &self.multi_host {
             Some((remote, settings)) => {
-                let found = crate::lease::probe_conditional_writes(remote)?;
-                Some(LeaseLocker::with_capabilities(
+                let found = keepsake_lease::probe_conditional_writes(remote)?;
+                Some(Arc::new(keepsake_lease::LeaseLocker::with_capabilities(
                     remote.clone(),
                     *settings,
-                    found.conditional_deletes,
-                )?)
+                    found,
+                )?))
             }
             None => None,
         };
+        #[cfg(not(feature = "multi-host"))]
+        let leases: Option<Arc<dyn Locker>> = None;
+        let multi_host = leases.is_some();
         let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => b,
             None => {
@@ -257,8 +267,8 @@ impl DataStoreBuilder {
                 source,
             })?;
         }
-        let locker: Arc<dyn Locker> = match (&leases, self.locker, self.lock_root) {
-            (Some(leases), _, _) => Arc::new(leases.clone()),
+        let locker: Arc<dyn Locker> = match (leases, self.locker, self.lock_root) {
+            (Some(leases), _, _) => leases,
             (None, Some(locker), _) => locker,
             (None, None, Some(root)) => Arc::from(
                 self.lock_scheme
@@ -291,7 +301,7 @@ impl DataStoreBuilder {
                     locker,
                     crypt: self.crypt,
                     namespace_markers: self.namespace_markers,
-                    leases,
+                    multi_host,
                     lock_files,
                     owner: self.owner,
                 }),
@@ -382,6 +392,7 @@ impl DataStore {
             crypt: None,
             chunk_prefix_dirs: true,
             namespace_markers: false,
+            #[cfg(feature = "multi-host")]
             multi_host: None,
             access: Access::ReadWrite,
             owner: None,
@@ -447,23 +458,26 @@ impl DataStore {
         self.inner.crypt.as_ref()
     }
 
-    /// The lease locker, in multi-host mode ([`DataStoreBuilder::multi_host`]).
-    pub fn lease_locker(&self) -> Option<&LeaseLocker> {
-        self.inner.leases.as_ref()
-    }
-
-    /// Whether several hosts may share the bucket ([`DataStoreBuilder::multi_host`]).
+    /// Whether several hosts share the bucket, locks being leases in it
+    /// (`DataStoreBuilder::multi_host`, feature `multi-host`).
     pub fn is_multi_host(&self) -> bool {
-        self.inner.leases.is_some()
+        self.inner.multi_host
     }
 
-    /// In multi-host mode, checks that `guard`'s lease is still this holder's (the fencing
-    /// token); a no-op otherwise.
+    /// Checks, right before a write made under `guard`, that its lock is still held (the
+    /// locker's fencing hook: leases check that no other host took them over; flocks always
+    /// pass).
     pub(crate) fn check_fence(&self, guard: &LockGuard) -> Result<()> {
-        match &self.inner.leases {
-            Some(leases) => leases.check_fence(guard).map(|_| ()),
-            None => Ok(()),
-        }
+        self.inner
+            .locker
+            .check_fence(guard)
+            .map_err(|source| match source {
+                keepsake_lock::Error::Lost { resource, reason } => Error::LeaseLost {
+                    lease: resource,
+                    reason,
+                },
+                other => Error::lock("lease", guard.resource().display().to_string(), other),
+            })
     }
 
     pub(crate) fn keeps_namespace_markers(&self) -> bool {

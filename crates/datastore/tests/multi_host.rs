@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use keepsake_backend::{
     CachedBackend, LocalBackend, ObjectBackend, RetrySettings, S3Config, SyncLevel,
 };
-use keepsake_datastore::{DataStore, Error, LeaseSettings, MissingCondition};
+use keepsake_datastore::lease::{
+    self, LeaseLocker, LeaseSettings, MissingCondition, probe_conditional_writes,
+};
+use keepsake_datastore::{DataStore, Error};
 use keepsake_hierarchy::{Authid, BackupDir, BackupNamespace};
 use keepsake_testkit::faults::{FaultPlan, FaultyStore};
 use keepsake_testkit::s3::S3TestConfig;
@@ -345,7 +348,10 @@ fn concurrent_manifest_counters_lose_no_increment() {
     assert_eq!(counter(&check), (HOSTS as u64 + 1) * PER_HOST);
     // Every lease was released, and its object deleted by its last holder (the test server
     // enforces conditional deletes).
-    let locker = check.lease_locker().unwrap();
+    assert!(check.is_multi_host());
+    let remote = ObjectBackend::s3(&s3_config(&cfg), &prefix).unwrap();
+    let found = probe_conditional_writes(&remote).unwrap();
+    let locker = LeaseLocker::with_capabilities(remote, settings(), found).unwrap();
     assert!(locker.deletes_released_leases());
     let leases = locker.leases().unwrap();
     assert!(leases.is_empty(), "leases left in the bucket: {leases:?}");
@@ -494,11 +500,11 @@ fn probe_refuses_a_store_that_ignores_put_conditions() {
         FaultPlan::new(1).ignore_put_conditions(),
     ));
     match probe_with(faulty) {
-        Err(Error::MultiHostUnsupported {
+        Err(Error::Lease(lease::Error::Unsupported {
             missing: MissingCondition::CreateOnly,
             ..
-        }) => {}
-        other => panic!("expected MultiHostUnsupported(CreateOnly), got {other:?}"),
+        })) => {}
+        other => panic!("expected Unsupported(CreateOnly), got {other:?}"),
     }
     let store = probe_with(Arc::new(InMemory::new())).unwrap();
     assert!(store.is_multi_host());
@@ -536,7 +542,11 @@ fn probe_on_the_s3_server() {
     let prefix = keepsake_testkit::s3::unique_prefix("mhq");
     let store = host(&cfg, &prefix, &dir.path().join("ok"), true);
     assert!(store.is_multi_host());
-    assert!(store.lease_locker().unwrap().leases().unwrap().is_empty());
+    let lister = LeaseLocker::new(
+        ObjectBackend::s3(&s3_config(&cfg), &prefix).unwrap(),
+        settings(),
+    );
+    assert!(lister.unwrap().leases().unwrap().is_empty());
 
     // The same server behind a wrapper that drops the conditions.
     let wrapped = ObjectBackend::s3_wrapped(&s3_config(&cfg), &prefix, |s3| {
@@ -546,12 +556,12 @@ fn probe_on_the_s3_server() {
         ))
     })
     .unwrap();
-    match keepsake_datastore::probe_conditional_writes(&wrapped) {
-        Err(Error::MultiHostUnsupported {
+    match probe_conditional_writes(&wrapped) {
+        Err(lease::Error::Unsupported {
             missing: MissingCondition::CreateOnly,
             ..
         }) => {}
-        other => panic!("expected MultiHostUnsupported(CreateOnly), got {other:?}"),
+        other => panic!("expected Unsupported(CreateOnly), got {other:?}"),
     }
 
     // A client configured without conditional writes refuses the first conditional put: the
@@ -559,11 +569,11 @@ fn probe_on_the_s3_server() {
     let mut config = s3_config(&cfg);
     config.conditional_writes = false;
     let plain = ObjectBackend::s3(&config, &prefix).unwrap();
-    let err = keepsake_datastore::probe_conditional_writes(&plain).unwrap_err();
+    let err = probe_conditional_writes(&plain).unwrap_err();
     assert!(
         matches!(
             err,
-            Error::MultiHostUnsupported {
+            lease::Error::Unsupported {
                 missing: MissingCondition::CreateOnly,
                 detail: Some(_),
                 ..

@@ -260,7 +260,9 @@ fn multi_host_with_faulty_leases(
         .chunk_prefix_dirs(false)
         .multi_host(
             leases,
-            keepsake_datastore::LeaseSettings::with_lease(std::time::Duration::from_secs(30)),
+            keepsake_datastore::lease::LeaseSettings::with_lease(std::time::Duration::from_secs(
+                30,
+            )),
         )
         .create()
         .unwrap();

@@ -62,7 +62,7 @@ fn cache_in_mode(
         Some(locks) => builder.lock_root(locks),
         None => builder.multi_host(
             remote,
-            keepsake_datastore::LeaseSettings::with_lease(Duration::from_secs(5)),
+            keepsake_datastore::lease::LeaseSettings::with_lease(Duration::from_secs(5)),
         ),
     };
     let store = if create {

@@ -83,6 +83,18 @@ pub enum Error {
         #[source]
         source: Option<io::Error>,
     },
+    /// A lock held in the past is no longer this holder's (a lease that ran out and was taken over,
+    /// or is about to run out): the fencing check of [`Locker::check_fence`] refuses the write
+    /// the holder was about to make.
+    ///
+    /// [`Locker::check_fence`]: crate::Locker::check_fence
+    #[error("lock {resource} lost: {reason}")]
+    Lost {
+        /// What was locked, in the implementation's terms (for leases: the object key).
+        resource: String,
+        /// What the check found.
+        reason: LostReason,
+    },
     /// A lock scheme name other than `files`, `dirs` or `both` (see
     /// [`LockScheme`](crate::LockScheme)).
     #[error("unknown lock scheme {name:?}: expected files, dirs or both")]
@@ -121,6 +133,41 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+}
+
+/// Why a held lock is no longer its holder's ([`Error::Lost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// This locker holds no such lock (it was released, or the guard is another locker's).
+    NotHeld,
+    /// A renewal found the lock taken over.
+    TakenOver,
+    /// The lock's record is gone.
+    Gone,
+    /// Another holder has it now, at this epoch.
+    Replaced {
+        /// The epoch the lock is at now.
+        epoch: u64,
+        /// The epoch this holder was granted.
+        ours: u64,
+    },
+    /// The lock runs out within the clock-skew bound.
+    RunningOut,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::NotHeld => f.write_str("this process holds no such lock"),
+            LostReason::TakenOver => f.write_str("a renewal found it taken over"),
+            LostReason::Gone => f.write_str("its record is gone"),
+            LostReason::Replaced { epoch, ours } => {
+                write!(f, "taken over (epoch {epoch} now, ours was {ours})")
+            }
+            LostReason::RunningOut => f.write_str("it is about to run out"),
         }
     }
 }

@@ -118,7 +118,7 @@ mod sweep;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use error::{Error, LockRootRefusal, Result};
+pub use error::{Error, LockRootRefusal, LostReason, Result};
 pub use file::{FileOwner, LOCK_DIR_MODE, LOCK_FILE_MODE, LockFile};
 pub use holders::{Holder, holders_of, holders_of_path, parse_flock_holders};
 pub use locker::{

@@ -175,6 +175,19 @@ pub trait Locker: Send + Sync + fmt::Debug {
     fn lock_shared(&self, target: &LockTarget<'_>, timeout: Duration) -> Result<LockGuard> {
         self.lock(target, LockMode::Shared, timeout)
     }
+
+    /// The fencing check: whether `guard` (taken from this locker) still holds its lock, asked
+    /// right before a write made under it. Locks that cannot be lost while their guard lives
+    /// (flocks) always pass; leases, which run out, check that nobody took them over.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lost`](crate::Error::Lost) when the lock is no longer the guard's; other errors
+    /// when it could not be checked (never read them as "still held").
+    fn check_fence(&self, guard: &LockGuard) -> Result<()> {
+        let _ = guard;
+        Ok(())
+    }
 }
 
 /// A lock held by a [`Locker`] implementation. Implement this (and [`Locker`]) to add a lock

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use keepsake_datastore::{LeaseInfo, LeaseLocker};
+use keepsake_datastore::lease::{LeaseInfo, LeaseLocker};
 use keepsake_lock::{Holder, LockTarget, holders_of_path};
 use serde::Serialize;
 
@@ -211,7 +211,7 @@ pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>, all: bool) -> Res
     let spec = &session.spec;
     let mut collect = Collect {
         spec,
-        leases: session.store.lease_locker(),
+        leases: session.leases.as_ref(),
         entries: Vec::new(),
         lease_keys: BTreeSet::new(),
     };

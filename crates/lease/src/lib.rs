@@ -1,51 +1,4 @@
-//! Several hosts on one bucket: lease locks in the object store ([`LeaseLocker`]), the fencing
-//! check that metadata writes make under them, and the capability probe that decides whether an
-//! endpoint can carry them ([`probe_conditional_writes`]).
-//!
-//! # Protocol
-//!
-//! Every lock target (group, snapshot, manifest) has one **lease object** at
-//! `<store>/.keepsake-leases/<sha256 hex of "<namespace>\n<relative lock path>">`: outside
-//! `<store>/.cnt`, so PBS's `s3-refresh` and keepsake's cache refresh never list it, and outside
-//! `<store>/.chunks`, so garbage collection never sees it. Its body is JSON:
-//!
-//! ```json
-//! {"target": "snapshot vm/100/2024-06-05T15:06:40Z", "epoch": 7,
-//!  "holders": [{"holder": "9f…", "host": "pbs1", "pid": 4242, "command": "keepsake prune …",
-//!               "mode": "exclusive", "expires": 1718000000000, "epoch": 7}]}
-//! ```
-//!
-//! - **Acquire**: read the object (with its ETag). Holders whose `expires` (epoch milliseconds)
-//!   lies more than the clock-skew bound in the past are dropped (break after expiry), and so are
-//!   holders on this very host whose process is gone (a `SIGKILL`ed holder frees its lease at
-//!   once for its neighbours). If the remaining holders conflict with the wanted mode, the lock is
-//!   busy and the error names them. Otherwise the object is written back with the caller added,
-//!   `epoch + 1` as the new epoch: create-only (`If-None-Match: *`) when there was no object,
-//!   compare-and-swap on the ETag (`If-Match`) otherwise. A lost race re-reads and decides again.
-//! - **Shared leases** are several entries in the one object; an exclusive lease is the only entry.
-//! - **Renew**: each guard owns a thread that extends its own entry every third of the lease
-//!   length, by compare-and-swap. A renewal that finds its entry gone marks the guard lost.
-//! - **Release** (drop): the caller's entry is taken out by compare-and-swap. An object left
-//!   without holders is deleted by a compare-and-swap delete at the version just written (S3's
-//!   `If-Match` on `DeleteObject`): if anyone took the lease meanwhile, the version differs and
-//!   nothing is deleted. Endpoints that ignore that condition (found by the probe) keep the object.
-//! - **Remove** ([`keepsake_lock::ExclusiveGuard::remove`], when the snapshot or group is gone): the
-//!   same compare-and-swap delete, at the version that shows this guard as the only holder.
-//!   Epochs start again at 1 on a new object: fencing compares the holder id (random per guard)
-//!   and its epoch, so an old holder never matches a new object.
-//! - **Fencing token**: the epoch a guard was granted. [`DataStore`](crate::DataStore) metadata writes made under a
-//!   lease (manifest, notes, protection) first re-read the lease object and check that the guard's
-//!   entry (holder id and epoch) is still there and valid for more than the clock-skew bound;
-//!   a holder that was paused past its expiry and replaced gets [`Error::LeaseLost`] instead of
-//!   writing. The data writes themselves are conditional on the version read, so a write that
-//!   slips between the check and the successor's first write still cannot overwrite newer data.
-//!
-//! # Assumptions
-//!
-//! Clocks of all hosts agree within [`LeaseSettings::clock_skew`] (default 2 s; NTP does far
-//! better). A paused holder must not resume and finish one request later than its lease length
-//! plus the skew bound after its last fencing check: the fencing check narrows the window to one
-//! request, it cannot close it on an object store without server-side fencing.
+#![doc = include_str!("../README.md")]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,11 +10,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keepsake_backend::{DeleteOutcome, ObjectBackend, RawKey, Version, WriteMode};
-use keepsake_lock::{HeldLock, Holder, LockGuard, LockMode, LockTarget, Locker};
+use keepsake_lock::{HeldLock, Holder, LockGuard, LockMode, LockTarget, Locker, LostReason};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+mod error;
+
+pub use error::{Error, MissingCondition, Result};
 
 /// The folder of lease objects below the store prefix (outside `.cnt` and `.chunks`).
 pub const LEASE_FOLDER: &str = ".keepsake-leases";
@@ -109,11 +64,10 @@ impl LeaseSettings {
 
     fn check(&self) -> Result<()> {
         if self.lease < Duration::from_millis(300) || self.clock_skew * 2 >= self.lease {
-            return Err(Error::InvalidArgument(format!(
-                "lease settings: the lease ({:?}) must be at least 300 ms and more than twice \
-                 the clock skew ({:?})",
-                self.lease, self.clock_skew
-            )));
+            return Err(Error::InvalidSettings {
+                lease: self.lease,
+                clock_skew: self.clock_skew,
+            });
         }
         Ok(())
     }
@@ -533,7 +487,7 @@ fn holder_of(h: &LeaseHolder) -> Holder {
 /// ```
 /// use std::time::Duration;
 /// use keepsake_backend::ObjectBackend;
-/// use keepsake_datastore::{LeaseLocker, LeaseSettings};
+/// use keepsake_lease::{LeaseLocker, LeaseSettings};
 /// use keepsake_hierarchy::{BackupDir, BackupNamespace};
 /// use keepsake_lock::{LockTarget, Locker};
 ///
@@ -569,23 +523,27 @@ impl LeaseLocker {
     /// Lease locks for the datastore of `remote`, under `<store>/.keepsake-leases/`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for settings whose lease is shorter than 300 ms or not more
+    /// [`Error::InvalidSettings`] for settings whose lease is shorter than 300 ms or not more
     /// than twice the clock-skew bound.
     pub fn new(remote: ObjectBackend, settings: LeaseSettings) -> Result<Self> {
-        Self::with_capabilities(remote, settings, false)
+        Self::with_capabilities(remote, settings, EndpointCapabilities::UNKNOWN)
     }
 
     /// [`LeaseLocker::new`] for an endpoint whose capabilities the probe established
-    /// ([`probe_conditional_writes`]): with `conditional_deletes`, released lease objects are
-    /// deleted (a compare-and-swap delete that never removes a successor's lease).
+    /// ([`probe_conditional_writes`]): with
+    /// [`conditional_deletes`](EndpointCapabilities::conditional_deletes), released lease
+    /// objects are deleted (a compare-and-swap delete that never removes a successor's lease).
     ///
     /// # Errors
     /// As [`LeaseLocker::new`].
     pub fn with_capabilities(
         remote: ObjectBackend,
         settings: LeaseSettings,
-        conditional_deletes: bool,
+        capabilities: EndpointCapabilities,
     ) -> Result<Self> {
+        let EndpointCapabilities {
+            conditional_deletes,
+        } = capabilities;
         settings.check()?;
         // Every lease request ends within a third of the lease, retries included.
         let remote = remote.with_time_limit(settings.lease / 3);
@@ -644,17 +602,18 @@ impl LeaseLocker {
 
     /// Checks the fencing token of `guard` (taken from this locker): its lease object still names
     /// the guard with the epoch it was granted, and the lease runs for longer than the clock-skew
-    /// bound. Call it right before a write made under the lock.
+    /// bound. Returns that epoch. Call it right before a write made under the lock (or use the
+    /// [`Locker::check_fence`] hook, which calls this).
     ///
     /// # Errors
-    /// [`Error::LeaseLost`] when another holder took over, the lease ran out, or the guard is not
-    /// one of this locker's; [`Error::LockFailed`] (with the lock crate's backend error) when the lease
-    /// object could not be read.
-    pub fn check_fence(&self, guard: &LockGuard) -> Result<u64> {
+    /// [`keepsake_lock::Error::Lost`] when another holder took over, the lease ran out, or the
+    /// guard is not one of this locker's; [`keepsake_lock::Error::Backend`] when the lease
+    /// object could not be read (never to be read as "still held").
+    pub fn fence(&self, guard: &LockGuard) -> keepsake_lock::Result<u64> {
         let resource = guard.resource().to_path_buf();
-        let lost = |reason: &str| Error::LeaseLost {
-            lease: resource.display().to_string(),
-            reason: reason.to_owned(),
+        let lost = |reason| keepsake_lock::Error::Lost {
+            resource: resource.display().to_string(),
+            reason,
         };
         let entries: Vec<HeldEntry> = self
             .shared
@@ -664,30 +623,30 @@ impl LeaseLocker {
             .unwrap_or_default();
         // Several entries only for shared guards of one process; any of them proves the lease.
         let Some((id, epoch, flag)) = entries.into_iter().next() else {
-            return Err(lost("this process holds no lease on it"));
+            return Err(lost(LostReason::NotHeld));
         };
         if flag.load(Ordering::Acquire) {
-            return Err(lost("a renewal found the lease taken over"));
+            return Err(lost(LostReason::TakenOver));
         }
-        let key = self
-            .key_of_resource(&resource)
-            .map_err(|source| Error::lock("lease", resource.display().to_string(), source))?;
+        let key = self.key_of_resource(&resource)?;
         let current = self
             .shared
-            .read(&key)
-            .map_err(|source| Error::lock("lease", resource.display().to_string(), source))?
-            .ok_or_else(|| lost("the lease object is gone"))?;
+            .read(&key)?
+            .ok_or_else(|| lost(LostReason::Gone))?;
         let Some(entry) = current.body.holders.iter().find(|h| h.holder == id) else {
-            return Err(lost(&format!(
-                "taken over (epoch {} now, ours was {epoch})",
-                current.body.epoch
-            )));
+            return Err(lost(LostReason::Replaced {
+                epoch: current.body.epoch,
+                ours: epoch,
+            }));
         };
         if entry.epoch != epoch {
-            return Err(lost("the epoch changed"));
+            return Err(lost(LostReason::Replaced {
+                epoch: entry.epoch,
+                ours: epoch,
+            }));
         }
         if entry.expires < now_ms().saturating_add(ms(self.shared.settings.clock_skew)) {
-            return Err(lost("the lease is about to run out"));
+            return Err(lost(LostReason::RunningOut));
         }
         Ok(epoch)
     }
@@ -695,18 +654,24 @@ impl LeaseLocker {
     /// Every lease object of the datastore, for operators (`keepsake locks`).
     ///
     /// # Errors
-    /// [`Error::Backend`] when listing or reading fails.
+    /// [`Error::Backend`] when listing fails, [`Error::Lock`] when a lease cannot be read.
     pub fn leases(&self) -> Result<Vec<LeaseInfo>> {
         let folder = self
             .shared
             .remote
             .raw_key(&self.shared.folder)
-            .map_err(|e| Error::backend(&self.shared.folder, e))?;
+            .map_err(|source| Error::Backend {
+                key: self.shared.folder.clone(),
+                source,
+            })?;
         let keys = self
             .shared
             .remote
             .list_raw(&folder)
-            .map_err(|e| Error::backend(&self.shared.folder, e))?;
+            .map_err(|source| Error::Backend {
+                key: self.shared.folder.clone(),
+                source,
+            })?;
         let mut out = Vec::new();
         for key in keys {
             // Probe objects of `probe_conditional_writes` are not leases.
@@ -717,10 +682,7 @@ impl LeaseLocker {
             {
                 continue;
             }
-            let current = self
-                .shared
-                .read(&key)
-                .map_err(|e| Error::lock("lease", key.to_string(), e))?;
+            let current = self.shared.read(&key).map_err(Error::Lock)?;
             let Some(current) = current else { continue };
             out.push(LeaseInfo {
                 key: key.to_string(),
@@ -746,6 +708,10 @@ impl LeaseLocker {
 }
 
 impl Locker for LeaseLocker {
+    fn check_fence(&self, guard: &LockGuard) -> keepsake_lock::Result<()> {
+        self.fence(guard).map(drop)
+    }
+
     fn lock(
         &self,
         target: &LockTarget<'_>,
@@ -934,28 +900,6 @@ impl Drop for LeaseHeld {
     }
 }
 
-/// What [`probe_conditional_writes`] found missing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MissingCondition {
-    /// A create-only put (`If-None-Match: *`) replaced an existing object.
-    CreateOnly,
-    /// A compare-and-swap put (`If-Match`) with an outdated ETag replaced the object.
-    CompareAndSwap,
-}
-
-impl fmt::Display for MissingCondition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MissingCondition::CreateOnly => {
-                "create-only writes (If-None-Match: *) are not enforced"
-            }
-            MissingCondition::CompareAndSwap => {
-                "compare-and-swap writes (If-Match) are not enforced"
-            }
-        })
-    }
-}
-
 /// What the endpoint can do beyond what multi-host mode requires (see
 /// [`probe_conditional_writes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -966,6 +910,14 @@ pub struct EndpointCapabilities {
     pub conditional_deletes: bool,
 }
 
+impl EndpointCapabilities {
+    /// Nothing beyond what multi-host mode requires is known (no probe was made): released
+    /// lease objects are kept.
+    pub const UNKNOWN: Self = Self {
+        conditional_deletes: false,
+    };
+}
+
 /// Tests whether the endpoint behind `remote` enforces create-only and compare-and-swap writes,
 /// with a probe object `<store>/.keepsake-leases/.probe-<random>` that is removed afterwards:
 /// create it, create it again (must fail), update it with its ETag (must succeed), update it with
@@ -973,19 +925,20 @@ pub struct EndpointCapabilities {
 /// outdated ETag must leave it in place).
 ///
 /// # Errors
-/// [`Error::MultiHostUnsupported`] naming the missing condition (also when the endpoint refuses
-/// conditional writes outright); [`Error::Backend`] when the endpoint fails.
+/// [`Error::Unsupported`] naming the missing condition (also when the endpoint refuses
+/// conditional writes outright).
 pub fn probe_conditional_writes(remote: &ObjectBackend) -> Result<EndpointCapabilities> {
     let store_root = remote.layout().store_root();
-    let name = random_id().map_err(|e| Error::Refused {
-        path: store_root.to_string(),
-        reason: format!("no random numbers for the probe: {e}"),
+    let name = random_id().map_err(|source| Error::NoRandomness {
+        store: store_root.to_string(),
+        source,
     })?;
     let relative = format!("{LEASE_FOLDER}/.probe-{name}");
-    let key = remote
-        .raw_key(&relative)
-        .map_err(|e| Error::backend(&relative, e))?;
-    let unsupported = |missing, detail: Option<String>| Error::MultiHostUnsupported {
+    let key = remote.raw_key(&relative).map_err(|source| Error::Backend {
+        key: relative.clone(),
+        source,
+    })?;
+    let unsupported = |missing, detail: Option<String>| Error::Unsupported {
         store: remote.layout().store().to_owned(),
         missing,
         detail,
@@ -1066,7 +1019,7 @@ mod tests {
             let guard = locker
                 .lock(&target, LockMode::Exclusive, Duration::ZERO)
                 .unwrap();
-            epochs.push(locker.check_fence(&guard).unwrap());
+            epochs.push(locker.fence(&guard).unwrap());
         }
         assert_eq!(epochs, [1, 2, 3]);
         let leases = locker.leases().unwrap();
@@ -1094,7 +1047,7 @@ mod tests {
                 .unwrap_err()
                 .is_busy()
         );
-        assert!(a.check_fence(&held).is_ok());
+        assert!(a.fence(&held).is_ok());
 
         // A holder that stops renewing (its entry is rewritten as if it had stopped long ago)
         // is broken after expiry plus skew, and its fencing check fails from then on.
@@ -1112,14 +1065,14 @@ mod tests {
         let taken = b
             .lock(&target, LockMode::Exclusive, Duration::ZERO)
             .unwrap();
-        match a.check_fence(&held) {
-            Err(Error::LeaseLost { .. }) => {}
-            other => panic!("expected LeaseLost, got {other:?}"),
+        match a.fence(&held) {
+            Err(keepsake_lock::Error::Lost { .. }) => {}
+            other => panic!("expected Lost, got {other:?}"),
         }
-        assert!(b.check_fence(&taken).is_ok());
+        assert!(b.fence(&taken).is_ok());
         drop(held);
         assert!(
-            b.check_fence(&taken).is_ok(),
+            b.fence(&taken).is_ok(),
             "a late release must not touch the successor"
         );
     }

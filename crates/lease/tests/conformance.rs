@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keepsake_backend::{ObjectBackend, RetrySettings, S3Config};
-use keepsake_datastore::{LeaseLocker, LeaseSettings};
+use keepsake_lease::{LeaseLocker, LeaseSettings};
 use keepsake_lock::Locker;
 use keepsake_lock::conformance::LockerFixture;
 use keepsake_testkit::s3::S3TestConfig;
