@@ -3,6 +3,7 @@
 
 mod common;
 
+use keepsake_datastore::Encryption;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -609,7 +610,9 @@ fn s3_multi_host_a_held_lease_blocks_and_is_listed() {
             .group(&ns, dir.group())
             .start_backup(&owner, dir.time())
             .unwrap();
-        writer.add_blob("conf.blob", b"config", false).unwrap();
+        writer
+            .add_blob("conf.blob", b"config", Encryption::None)
+            .unwrap();
         writer.finish().unwrap();
     }
     s3.multi(&["refresh"]).ok();

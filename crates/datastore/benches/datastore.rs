@@ -5,6 +5,7 @@
 //! files, and every 10th protected. The 100,000-snapshot tree also gets a streamed pass whose peak
 //! RSS is printed, to show that listing does not collect the store.
 
+use keepsake_datastore::Encryption;
 use std::hint::black_box;
 use std::path::Path;
 
@@ -156,10 +157,15 @@ fn update_manifest(c: &mut Criterion) {
                 BackupTime::from_epoch(1_700_000_000).unwrap(),
             )
             .unwrap();
-        w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)
+        w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)
             .unwrap();
-        w.add_fixed_archive("drive-scsi0.img.fidx", &vec![3u8; 1 << 20], 1 << 18)
-            .unwrap();
+        w.add_fixed_archive(
+            "drive-scsi0.img.fidx",
+            &vec![3u8; 1 << 20],
+            1 << 18,
+            Encryption::None,
+        )
+        .unwrap();
         let snapshot = w.finish().unwrap();
         let dir_name: BackupDir = snapshot.dir().clone();
         let mut n = 0u64;

@@ -7,6 +7,7 @@
 //!
 //! Prints medians of a few runs; without `KEEPSAKE_S3_ENDPOINT` it says so and does nothing.
 
+use keepsake_datastore::Encryption;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,9 +111,9 @@ fn main() {
             for s in 0..PER_GROUP {
                 let time = BackupTime::from_epoch(1_700_000_000 + 3_600 * s as i64).unwrap();
                 let mut w = handle.start_backup(&owner, time).expect("backup");
-                w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)
+                w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)
                     .expect("blob");
-                w.add_blob("fw.conf.blob", b"[OPTIONS]\nenable: 1\n", false)
+                w.add_blob("fw.conf.blob", b"[OPTIONS]\nenable: 1\n", Encryption::None)
                     .expect("blob");
                 w.finish().expect("finish");
             }

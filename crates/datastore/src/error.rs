@@ -8,6 +8,8 @@
 //! - Causes from the lower crates are kept as `source`, never flattened into the message.
 //! - A failed operation changes nothing unless its documentation says what it leaves behind.
 
+use std::fmt;
+
 /// What a datastore operation can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -191,18 +193,50 @@ pub enum Error {
         last: keepsake_hierarchy::BackupTime,
     },
 
-    /// The operation does not fit the datastore's state (not a datastore, not empty, …).
-    #[error("{path}: {reason}")]
-    Refused {
-        /// The path (or datastore name) concerned.
+    /// [`DataStoreBuilder::create`](crate::DataStoreBuilder::create) was given a folder that
+    /// holds something other than hidden entries and `lost+found`.
+    #[error("datastore {store}: the folder is not empty (found `{found}`)")]
+    NotEmpty {
+        /// The datastore's name.
+        store: String,
+        /// The first entry found.
+        found: String,
+    },
+
+    /// [`DataStoreBuilder::open`](crate::DataStoreBuilder::open) found no datastore: the
+    /// `.chunks` folder is missing.
+    #[error("datastore {store}: not a datastore (`.chunks` folder missing)")]
+    NotADatastore {
+        /// The datastore's name.
+        store: String,
+    },
+
+    /// A folder in the datastore does not have the name its place requires (a namespace, a
+    /// backup group or a snapshot time): listing reports it instead of skipping it silently.
+    #[error("`{path}` is not a valid {what}")]
+    InvalidEntry {
+        /// What its place requires: "namespace", "backup group" or "snapshot time".
+        what: &'static str,
+        /// Its relative path.
         path: String,
-        /// Why it was refused.
-        reason: String,
+        /// Why the name did not parse.
+        #[source]
+        source: keepsake_hierarchy::Error,
+    },
+
+    /// A destroy removed what it had listed, but something else appeared meanwhile and was left
+    /// in place (it was not listed, so it is not the destroy's to remove).
+    #[error("`{path}`: {left}")]
+    LeftInPlace {
+        /// The relative path of the snapshot or group folder.
+        path: String,
+        /// What was left.
+        left: Leftover,
     },
 
     /// A caller's input was rejected before anything was touched.
     #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    InvalidArgument(ArgumentProblem),
 
     /// The backend failed (I/O, object store, refused path).
     #[error("storage error at `{path}`")]
@@ -268,6 +302,79 @@ pub enum Error {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What was wrong with a caller's input ([`Error::InvalidArgument`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ArgumentProblem {
+    /// Encryption was asked for, but the store was built without a key
+    /// ([`DataStoreBuilder::key`](crate::DataStoreBuilder::key)).
+    NoKey,
+    /// The root namespace was named where only a namespace below it fits (the root always
+    /// exists).
+    RootNamespace,
+    /// A namespace depth beyond the deepest there can be.
+    DepthTooLarge {
+        /// The depth asked for.
+        depth: usize,
+    },
+    /// Neither a lock root nor a locker was given to the builder.
+    NoLockRoot,
+    /// A backup without a file (PBS refuses empty backups).
+    EmptyBackup,
+    /// The cached backend given is not the one the store was built with.
+    NotThisStoresBackend,
+}
+
+impl fmt::Display for ArgumentProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgumentProblem::NoKey => f.write_str("encryption requested but the store has no key"),
+            ArgumentProblem::RootNamespace => f.write_str("the root namespace always exists"),
+            ArgumentProblem::DepthTooLarge { depth } => write!(
+                f,
+                "max depth {depth} is larger than the deepest namespace ({})",
+                keepsake_hierarchy::MAX_NAMESPACE_DEPTH
+            ),
+            ArgumentProblem::NoLockRoot => f.write_str(
+                "no lock root: call lock_root() (on a PBS host: keepsake_lock::PBS_LOCK_ROOT)",
+            ),
+            ArgumentProblem::EmptyBackup => f.write_str("a backup needs at least one file"),
+            ArgumentProblem::NotThisStoresBackend => {
+                f.write_str("the cached backend given is not this datastore's backend")
+            }
+        }
+    }
+}
+
+/// What a destroy left in place ([`Error::LeftInPlace`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Leftover {
+    /// Files that appeared during the destroy.
+    Files {
+        /// How many.
+        count: usize,
+        /// The first one's relative path.
+        first: String,
+    },
+    /// The bucket changed between two listings: what is left stays.
+    BucketChanged,
+}
+
+impl fmt::Display for Leftover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Leftover::Files { count, first } => write!(
+                f,
+                "{count} file(s) appeared during the destroy and were left in place (first: {first})"
+            ),
+            Leftover::BucketChanged => {
+                f.write_str("the bucket changed during the destroy; what is left stays")
+            }
+        }
+    }
+}
 
 impl Error {
     /// Whether this is [`Error::NotFound`].

@@ -64,6 +64,24 @@ impl fmt::Debug for Group {
     }
 }
 
+/// Whether [`Group::last_backup`] counts unfinished snapshots (no manifest yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unfinished {
+    /// Finished snapshots only.
+    Skip,
+    /// Unfinished snapshots count too.
+    Include,
+}
+
+/// What [`Group::set_owner`] does when the group has an owner already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExistingOwner {
+    /// Fails with [`Error::AlreadyExists`]; the owner stays.
+    Refuse,
+    /// Replaces it.
+    Replace,
+}
+
 impl Group {
     pub(crate) fn new(store: DataStore, ns: BackupNamespace, group: BackupGroup) -> Self {
         Self { store, ns, group }
@@ -181,12 +199,12 @@ impl Group {
         Ok(found.into_values().collect())
     }
 
-    /// The newest snapshot (only among finished ones if asked), or `None`.
-    pub fn last_backup(&self, only_finished: bool) -> Result<Option<BackupInfo>> {
+    /// The newest snapshot (among finished ones only, with [`Unfinished::Skip`]), or `None`.
+    pub fn last_backup(&self, unfinished: Unfinished) -> Result<Option<BackupInfo>> {
         Ok(self
             .list_backups()?
             .into_iter()
-            .filter(|b| !only_finished || b.is_finished())
+            .filter(|b| unfinished == Unfinished::Include || b.is_finished())
             .max_by_key(|b| b.snapshot.time()))
     }
 
@@ -226,17 +244,16 @@ impl Group {
         })
     }
 
-    /// Sets the owner: the file must not exist unless `force` (then it is replaced). Written as
-    /// PBS does, `<authid>\n`, atomically (on S3: the bucket first, then the cache).
+    /// Sets the owner; an existing owner is replaced only with [`ExistingOwner::Replace`]. Written
+    /// as PBS does, `<authid>\n`, atomically (on S3: the bucket first, then the cache).
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`] if an owner is set and `force` is false.
-    pub fn set_owner(&self, owner: &Authid, force: bool) -> Result<()> {
+    /// [`Error::AlreadyExists`] if an owner is set and `existing` is [`ExistingOwner::Refuse`].
+    pub fn set_owner(&self, owner: &Authid, existing: ExistingOwner) -> Result<()> {
         let file = self.file(GROUP_OWNER_FILE_NAME)?;
-        let mode = if force {
-            self.conditional_mode(&file, WriteMode::Replace)?
-        } else {
-            WriteMode::CreateOnly
+        let mode = match existing {
+            ExistingOwner::Replace => self.conditional_mode(&file, WriteMode::Replace)?,
+            ExistingOwner::Refuse => WriteMode::CreateOnly,
         };
         self.store
             .backend()
@@ -344,7 +361,7 @@ impl Group {
             .create_dir_all(&path(&dir)?)
             .map_err(|e| Error::backend(&dir, e))?;
         let guard = self.lock()?;
-        match self.set_owner(owner, false) {
+        match self.set_owner(owner, ExistingOwner::Refuse) {
             Ok(()) => {}
             Err(Error::AlreadyExists { .. }) => {}
             Err(e) => {

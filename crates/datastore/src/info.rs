@@ -15,18 +15,28 @@ pub struct BackupInfo {
     pub protected: bool,
 }
 
+/// The order of [`BackupInfo::sort`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SortOrder {
+    /// By snapshot time, oldest first.
+    OldestFirst,
+    /// By snapshot time, newest first.
+    NewestFirst,
+}
+
 impl BackupInfo {
     /// Whether the backup finished (the manifest is among the files).
     pub fn is_finished(&self) -> bool {
         self.files.iter().any(|f| f == MANIFEST_BLOB_NAME)
     }
 
-    /// Sorts by snapshot time, oldest first if `ascending`.
-    pub fn sort(list: &mut [BackupInfo], ascending: bool) {
-        if ascending {
-            list.sort_unstable_by_key(|b| b.snapshot.time());
-        } else {
-            list.sort_unstable_by_key(|b| std::cmp::Reverse(b.snapshot.time()));
+    /// Sorts by snapshot time.
+    pub fn sort(list: &mut [BackupInfo], order: SortOrder) {
+        match order {
+            SortOrder::OldestFirst => list.sort_unstable_by_key(|b| b.snapshot.time()),
+            SortOrder::NewestFirst => {
+                list.sort_unstable_by_key(|b| std::cmp::Reverse(b.snapshot.time()))
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use keepsake_hierarchy::{
     NAMESPACE_DIR_NAME,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{ArgumentProblem, Error, Result};
 use crate::group::Group;
 use crate::snapshot::Snapshot;
 use crate::store::{DataStore, path};
@@ -65,10 +65,15 @@ impl Iterator for Namespaces<'_> {
             if entry.kind != EntryKind::Dir {
                 continue;
             }
-            return Some(self.parent.child(&entry.name).map_err(|e| Error::Refused {
-                path: join(&self.folder, &entry.name),
-                reason: format!("not a valid namespace: {e}"),
-            }));
+            return Some(
+                self.parent
+                    .child(&entry.name)
+                    .map_err(|source| Error::InvalidEntry {
+                        what: "namespace",
+                        path: join(&self.folder, &entry.name),
+                        source,
+                    }),
+            );
         }
     }
 }
@@ -91,9 +96,9 @@ impl<'a> NamespacesRecursive<'a> {
         let room = MAX_NAMESPACE_DEPTH - anchor.depth();
         let max_depth = match max_depth {
             Some(d) if d > MAX_NAMESPACE_DEPTH => {
-                return Err(Error::InvalidArgument(format!(
-                    "max depth {d} is larger than the deepest namespace ({MAX_NAMESPACE_DEPTH})"
-                )));
+                return Err(Error::InvalidArgument(ArgumentProblem::DepthTooLarge {
+                    depth: d,
+                }));
             }
             Some(d) => d.min(room),
             None => room,
@@ -208,9 +213,10 @@ impl<'a> Iterator for Groups<'a> {
             }
             return Some(match BackupGroup::new(*ty, &entry.name) {
                 Ok(group) => Ok(self.store.group(&self.ns, &group)),
-                Err(e) => Err(Error::Refused {
+                Err(source) => Err(Error::InvalidEntry {
+                    what: "backup group",
                     path: join(folder, &entry.name),
-                    reason: format!("not a valid backup group: {e}"),
+                    source,
                 }),
             });
         }
@@ -282,9 +288,10 @@ impl Iterator for Snapshots<'_> {
                 Ok(time) => Ok(self
                     .store
                     .snapshot(&self.ns, &BackupDir::new(self.group.clone(), time))),
-                Err(e) => Err(Error::Refused {
+                Err(source) => Err(Error::InvalidEntry {
+                    what: "snapshot time",
                     path: join(&self.folder, &entry.name),
-                    reason: format!("not a valid snapshot time: {e}"),
+                    source,
                 }),
             });
         }

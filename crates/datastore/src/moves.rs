@@ -25,7 +25,7 @@ use keepsake_hierarchy::{
 use keepsake_lock::LockGuard;
 
 use crate::error::{Error, MoveRefusal, Partial, Result, Steps};
-use crate::group::Group;
+use crate::group::{ExistingOwner, Group};
 use crate::hold::{HeldGroup, HeldSnapshot, Seen, drop_lock_file};
 use crate::journal::{self, Intent, IntentGuard, Phase};
 use crate::snapshot::Snapshot;
@@ -120,6 +120,32 @@ fn owner_authoritative(group: &Group) -> Result<Authid> {
         })
 }
 
+/// Whether a move may merge into a group (or namespace) of the same name that exists at the
+/// target ([`Snapshot::move_to`], [`Group::move_to`], [`DataStore::move_namespace`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Merge {
+    /// An existing target is refused ([`MoveRefusal::TargetExists`]); nothing changes.
+    Never,
+    /// Snapshots go into an existing target group, under PBS's merge rules (same owner, no
+    /// overlap of times).
+    IntoExisting,
+}
+
+impl Merge {
+    fn allowed(self) -> bool {
+        self == Merge::IntoExisting
+    }
+
+    /// From the journal's `merge` line.
+    pub(crate) fn from_journal(merge: bool) -> Self {
+        if merge {
+            Merge::IntoExisting
+        } else {
+            Merge::Never
+        }
+    }
+}
+
 /// PBS's merge invariants for moving snapshots (the oldest of them `oldest_moved`) of a group owned
 /// by `source_owner` into the existing group `target`, whose snapshots `exclude` do not count
 /// (those this very move put there before it was interrupted).
@@ -161,7 +187,7 @@ fn ensure_group(group: &Group, owner: &Authid) -> Result<()> {
         .backend()
         .create_dir_all(&path(&dir)?)
         .map_err(|e| Error::backend(&dir, e))?;
-    match group.set_owner(owner, false) {
+    match group.set_owner(owner, ExistingOwner::Refuse) {
         Ok(()) | Err(Error::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),
     }
@@ -367,6 +393,7 @@ impl Snapshot {
     /// that name).
     ///
     /// ```
+    /// use keepsake_datastore::{Encryption, Merge};
     /// use keepsake_datastore::DataStore;
     /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
     ///
@@ -379,11 +406,11 @@ impl Snapshot {
     /// let owner: Authid = "root@pam".parse()?;
     /// let group = store.group(&root, &"vm/100".parse::<BackupGroup>()?);
     /// let mut backup = group.start_backup(&owner, BackupTime::from_epoch(1_717_600_000)?)?;
-    /// backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)?;
+    /// backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)?;
     /// let snapshot = backup.finish()?;
     ///
     /// let archive = store.create_namespace(&"archive".parse()?)?;
-    /// let moved = snapshot.move_to(&archive, false)?;
+    /// let moved = snapshot.move_to(&archive, Merge::Never)?;
     /// assert!(moved.is_finished()? && !snapshot.exists()?);
     /// assert_eq!(moved.group().owner()?, owner);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -395,7 +422,7 @@ impl Snapshot {
     /// if the target snapshot exists; [`Error::Locked`]/[`Error::LockFailed`] (nothing changed).
     /// A failure after the move started leaves an intent that the next [`DataStore::recover`]
     /// completes.
-    pub fn move_to(&self, target_ns: &BackupNamespace, merge: bool) -> Result<Snapshot> {
+    pub fn move_to(&self, target_ns: &BackupNamespace, merge: Merge) -> Result<Snapshot> {
         let store = self.store().clone();
         store.recover_before_journaled()?;
         let target = store.snapshot(target_ns, self.dir());
@@ -426,7 +453,7 @@ impl Snapshot {
         let owner = owner_authoritative(&source_group)?;
         let created_group = !(target_group.exists()? || group_exists_authoritative(&target_group)?);
         if !created_group {
-            if !merge {
+            if !merge.allowed() {
                 return Err(refuse(MoveRefusal::TargetExists));
             }
             if let Some(reason) =
@@ -489,7 +516,7 @@ impl GroupMove {
     fn plan(
         source: &Group,
         target_ns: &BackupNamespace,
-        merge: bool,
+        merge: Merge,
         announced: Option<&[BackupDir]>,
     ) -> Result<Self> {
         let store = source.store();
@@ -527,7 +554,7 @@ impl GroupMove {
             let foreign = snapshot_times_authoritative(&target)?
                 .into_iter()
                 .any(|t| !exclude.contains(&t));
-            if !merge && (announced.is_none() || foreign) {
+            if !merge.allowed() && (announced.is_none() || foreign) {
                 return Err(refuse(MoveRefusal::TargetExists));
             }
             if let (Some(owner), Some(oldest)) = (&owner, held.snapshots.first()) {
@@ -671,6 +698,7 @@ impl Group {
     /// group locks and every snapshot and manifest lock exclusively before anything changes.
     ///
     /// ```
+    /// use keepsake_datastore::{Encryption, Merge};
     /// use keepsake_datastore::{DataStore, Error, MoveRefusal};
     /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
     ///
@@ -684,16 +712,16 @@ impl Group {
     /// let prod = store.create_namespace(&"prod".parse()?)?;
     /// for (ns, time) in [(BackupNamespace::root(), 2_000), (prod.clone(), 1_000)] {
     ///     let mut backup = store.group(&ns, &name).start_backup(&owner, BackupTime::from_epoch(time)?)?;
-    ///     backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)?;
+    ///     backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)?;
     ///     backup.finish()?;
     /// }
     /// let source = store.group(&BackupNamespace::root(), &name);
     /// // Without `merge`, an existing target is refused.
     /// assert!(matches!(
-    ///     source.move_to(&prod, false),
+    ///     source.move_to(&prod, Merge::Never),
     ///     Err(Error::MoveRefused { reason, .. }) if *reason == MoveRefusal::TargetExists
     /// ));
-    /// let report = source.move_to(&prod, true)?;
+    /// let report = source.move_to(&prod, Merge::IntoExisting)?;
     /// assert_eq!((report.snapshots, report.groups_merged), (1, 1));
     /// assert!(!source.exists()?);
     /// assert_eq!(store.group(&prod, &name).list_backups()?.len(), 2);
@@ -704,7 +732,7 @@ impl Group {
     /// [`Error::MoveRefused`], [`Error::NotFound`], [`Error::Locked`]/[`Error::LockFailed`]
     /// (nothing changed); [`Error::Interrupted`] (naming the snapshots moved already) when a later
     /// step fails.
-    pub fn move_to(&self, target_ns: &BackupNamespace, merge: bool) -> Result<MoveReport> {
+    pub fn move_to(&self, target_ns: &BackupNamespace, merge: Merge) -> Result<MoveReport> {
         let store = self.store().clone();
         store.recover_before_journaled()?;
         require_namespace(&store, target_ns)?;
@@ -721,7 +749,7 @@ impl Group {
                 from: self.ns().clone(),
                 to: target_ns.clone(),
                 group: self.name().clone(),
-                merge,
+                merge: merge.allowed(),
                 snapshots: plan.snapshot_names(),
             },
         )?;
@@ -746,6 +774,7 @@ impl DataStore {
     /// [`DataStore::recover`] for those, never for something added since.
     ///
     /// ```
+    /// use keepsake_datastore::{Encryption, Merge};
     /// use keepsake_datastore::DataStore;
     /// use keepsake_hierarchy::{Authid, BackupGroup, BackupTime};
     ///
@@ -759,10 +788,10 @@ impl DataStore {
     /// store.create_namespace(&"archive".parse()?)?;
     /// let group = store.group(&"site/rack1".parse()?, &"ct/7".parse::<BackupGroup>()?);
     /// let mut backup = group.start_backup(&"root@pam".parse::<Authid>()?, BackupTime::from_epoch(1_000)?)?;
-    /// backup.add_blob("pct.conf.blob", b"arch: amd64\n", false)?;
+    /// backup.add_blob("pct.conf.blob", b"arch: amd64\n", Encryption::None)?;
     /// backup.finish()?;
     ///
-    /// let report = store.move_namespace(&site, &"archive/site".parse()?, false)?;
+    /// let report = store.move_namespace(&site, &"archive/site".parse()?, Merge::Never)?;
     /// assert_eq!(report.snapshots, 1);
     /// assert!(!store.namespace_exists(&site)?);
     /// assert!(store.group(&"archive/site/rack1".parse()?, group.name()).exists()?);
@@ -777,7 +806,7 @@ impl DataStore {
         &self,
         from: &BackupNamespace,
         to: &BackupNamespace,
-        merge: bool,
+        merge: Merge,
     ) -> Result<MoveReport> {
         self.recover_before_journaled()?;
         let refuse = |reason| refused(from.to_string(), to.to_string(), reason);
@@ -804,7 +833,7 @@ impl DataStore {
         if deepest > MAX_NAMESPACE_DEPTH {
             return Err(refuse(MoveRefusal::TooDeep { deepest }));
         }
-        if self.namespace_exists(to)? && !merge {
+        if self.namespace_exists(to)? && !merge.allowed() {
             return Err(refuse(MoveRefusal::TargetExists));
         }
         // Every lock and every check first: a refusal or a busy lock must change nothing.
@@ -821,7 +850,7 @@ impl DataStore {
             Intent::MoveNamespace {
                 from: from.clone(),
                 to: to.clone(),
-                merge,
+                merge: merge.allowed(),
                 namespaces: namespaces.clone(),
                 groups: plans.iter().map(|p| group_path(&p.held.group)).collect(),
                 snapshots: plans
@@ -869,7 +898,7 @@ fn run_namespace_move(
     store: &DataStore,
     from: &BackupNamespace,
     to: &BackupNamespace,
-    merge: bool,
+    merge: Merge,
     namespaces: &[BackupNamespace],
     plans: Vec<GroupMove>,
 ) -> Steps<MoveReport> {
@@ -903,7 +932,7 @@ fn run_namespace_move(
                 from: group.ns().clone(),
                 to: target_ns,
                 group: group.name().clone(),
-                merge,
+                merge: merge.allowed(),
                 snapshots: names,
             },
         )
@@ -1045,7 +1074,7 @@ pub(crate) fn resume_group_move(
     from: &BackupNamespace,
     to: &BackupNamespace,
     group: &keepsake_hierarchy::BackupGroup,
-    merge: bool,
+    merge: Merge,
     snapshots: &[BackupDir],
 ) -> Result<crate::RecoveryOutcome> {
     let source = store.group(from, group);
@@ -1074,7 +1103,7 @@ pub(crate) fn resume_namespace_move(
     store: &DataStore,
     from: &BackupNamespace,
     to: &BackupNamespace,
-    merge: bool,
+    merge: Merge,
     namespaces: &[BackupNamespace],
     groups: &[GroupPath],
     snapshots: &[SnapshotPath],

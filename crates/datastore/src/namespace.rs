@@ -6,7 +6,7 @@ use keepsake_hierarchy::{
     SnapshotPath,
 };
 
-use crate::error::{Error, Partial, Result, Steps};
+use crate::error::{ArgumentProblem, Error, Partial, Result, Steps};
 use crate::group::{DestroyStats, destroy_held};
 use crate::hold::{HeldGroup, Seen};
 use crate::iter::{Groups, Namespaces, NamespacesRecursive};
@@ -33,6 +33,16 @@ impl NamespaceRemoval {
     }
 }
 
+/// What [`DataStore::remove_namespace`] does with the groups inside the namespaces it removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupsInside {
+    /// Groups stay, and so do the namespaces that hold them: only empty namespaces go.
+    Keep,
+    /// Every group is destroyed first (protected snapshots stay, and so does what holds them),
+    /// then the namespaces.
+    Destroy,
+}
+
 impl DataStore {
     /// Whether the namespace exists (the root always does).
     pub fn namespace_exists(&self, ns: &BackupNamespace) -> Result<bool> {
@@ -55,7 +65,7 @@ impl DataStore {
     pub fn create_namespace(&self, ns: &BackupNamespace) -> Result<BackupNamespace> {
         let parent = ns
             .parent()
-            .ok_or_else(|| Error::InvalidArgument("the root namespace always exists".to_owned()))?;
+            .ok_or(Error::InvalidArgument(ArgumentProblem::RootNamespace))?;
         if !self.namespace_exists(&parent)? {
             return Err(Error::NotFound {
                 what: "namespace",
@@ -129,9 +139,9 @@ impl DataStore {
     pub fn remove_namespace(
         &self,
         ns: &BackupNamespace,
-        delete_groups: bool,
+        groups: GroupsInside,
     ) -> Result<NamespaceRemoval> {
-        if delete_groups {
+        if groups == GroupsInside::Destroy {
             // What a failed operation left half done is finished first (docs/JOURNAL.md).
             self.recover_before_journaled()?;
         }
@@ -145,7 +155,7 @@ impl DataStore {
             .iter_namespaces_recursive(ns, None)?
             .collect::<Result<_>>()?;
         let mut report = NamespaceRemoval::default();
-        if !delete_groups {
+        if groups == GroupsInside::Keep {
             self.remove_namespace_folders(&namespaces, &mut report)?;
             return Ok(report);
         }

@@ -137,18 +137,27 @@ impl NamespacePrune {
     }
 }
 
+/// Whether a prune removes what its plan marks, or only reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PruneRun {
+    /// Only the plan: nothing is removed ([`PruneAction::WouldRemove`]).
+    DryRun,
+    /// Removes every snapshot the plan marks.
+    Remove,
+}
+
 impl Group {
     /// Prunes this group: computes the plan with [`compute_prune_plan`] from the snapshots the
     /// authority lists ([`Group::list_backups_authoritative`]; periods in local time of
-    /// `tz`; pass `jiff::tz::TimeZone::system()` for the process's zone, as PBS), then, unless
-    /// `dry_run`, removes every snapshot marked [`PruneMark::Remove`], oldest first, each with a
-    /// non-forced [`Snapshot::destroy`](crate::Snapshot::destroy) (snapshot lock, protection check
+    /// `tz`; pass `jiff::tz::TimeZone::system()` for the process's zone, as PBS), then, with
+    /// [`PruneRun::Remove`], removes every snapshot marked [`PruneMark::Remove`], oldest first,
+    /// each with [`Snapshot::destroy`](crate::Snapshot::destroy) (snapshot lock, protection check
     /// under it). A removal that fails is reported in its line and the rest go on. An empty policy
     /// keeps everything.
     ///
     /// ```
     /// use jiff::tz::TimeZone;
-    /// use keepsake_datastore::DataStore;
+    /// use keepsake_datastore::{DataStore, Encryption, PruneRun};
     /// use keepsake_datastore::prune::KeepOptions;
     /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
     ///
@@ -162,20 +171,21 @@ impl Group {
     /// for day in 0..5 {
     ///     let time = BackupTime::from_epoch(1_717_600_000 + day * 86_400)?;
     ///     let mut backup = group.start_backup(&owner, time)?;
-    ///     backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)?;
+    ///     backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)?;
     ///     backup.finish()?;
     /// }
     /// let policy: KeepOptions = "keep-last=2".parse()?;
-    /// let dry = group.prune(&policy, &TimeZone::UTC, true)?;
+    /// let dry = group.prune(&policy, &TimeZone::UTC, PruneRun::DryRun)?;
     /// assert_eq!((dry.would_remove(), group.list_backups()?.len()), (3, 5));
-    /// let done = group.prune(&policy, &TimeZone::UTC, false)?;
+    /// let done = group.prune(&policy, &TimeZone::UTC, PruneRun::Remove)?;
     /// assert_eq!((done.removed(), group.list_backups()?.len()), (3, 2));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    /// use keepsake_datastore::PruneRun;
     ///
     /// # Errors
     /// Listing the group's snapshots failed (nothing was removed).
-    pub fn prune(&self, options: &KeepOptions, tz: &TimeZone, dry_run: bool) -> Result<GroupPrune> {
+    pub fn prune(&self, options: &KeepOptions, tz: &TimeZone, run: PruneRun) -> Result<GroupPrune> {
         // The plan comes from the authority: a stale cache (another host, another cache folder,
         // a PBS server) must not make a snapshot the policy keeps look like one it removes.
         let backups = self.list_backups_authoritative()?;
@@ -204,14 +214,14 @@ impl Group {
                 },
             })
             .collect();
-        if !dry_run {
+        if run == PruneRun::Remove {
             // Entries are newest first; remove oldest first, as PBS does.
             for line in snapshots.iter_mut().rev() {
                 if line.mark != PruneMark::Remove {
                     continue;
                 }
                 let snapshot = self.store().snapshot(self.ns(), &line.snapshot);
-                line.action = match snapshot.destroy(false) {
+                line.action = match snapshot.destroy() {
                     Ok(()) => PruneAction::Removed,
                     Err(e) => PruneAction::Failed(e),
                 };
@@ -238,7 +248,7 @@ impl DataStore {
         scope: &PruneScope,
         options: &KeepOptions,
         tz: &TimeZone,
-        dry_run: bool,
+        run: PruneRun,
     ) -> Result<NamespacePrune> {
         if !self.namespace_exists(ns)? {
             return Err(Error::NotFound {
@@ -271,7 +281,7 @@ impl DataStore {
                         continue;
                     }
                 };
-                match group.prune(options, tz, dry_run) {
+                match group.prune(options, tz, run) {
                     Ok(pruned) => report.groups.push(pruned),
                     Err(e) => report.errors.push(e),
                 }

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::group::{DestroyStats, destroy_held};
 use crate::hold::HeldGroup;
 use crate::journal::{self, BAD_SUFFIX, INTENT_SUFFIX, Intent, IntentGuard, Journal};
-use crate::moves;
+use crate::moves::{self, Merge};
 use crate::namespace::NamespaceRemoval;
 use crate::store::DataStore;
 
@@ -159,6 +159,7 @@ impl DataStore {
     /// assert!(report.is_empty());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    /// use keepsake_datastore::Merge;
     ///
     /// # Errors
     /// [`Error::ReadOnly`] on a read-only store; [`Error::Journal`] if the journal folder cannot
@@ -304,7 +305,14 @@ fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<RecoveryOutcome>
             group,
             merge,
             snapshots,
-        } => moves::resume_group_move(store, &from, &to, &group, merge, &snapshots),
+        } => moves::resume_group_move(
+            store,
+            &from,
+            &to,
+            &group,
+            Merge::from_journal(merge),
+            &snapshots,
+        ),
         Intent::MoveNamespace {
             from,
             to,
@@ -312,9 +320,15 @@ fn resume(store: &DataStore, guard: &mut IntentGuard) -> Result<RecoveryOutcome>
             namespaces,
             groups,
             snapshots,
-        } => {
-            moves::resume_namespace_move(store, &from, &to, merge, &namespaces, &groups, &snapshots)
-        }
+        } => moves::resume_namespace_move(
+            store,
+            &from,
+            &to,
+            Merge::from_journal(merge),
+            &namespaces,
+            &groups,
+            &snapshots,
+        ),
         Intent::DestroyGroup {
             ns,
             group,

@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 
 use keepsake_backend::{
-    Backend, BackendPath, CachedBackend, EntryKind, RefreshReport, RequestCounts,
+    Backend, BackendPath, CachedBackend, EntryKind, RefreshReport, RequestCounts, is_temporary_name,
 };
 use keepsake_hierarchy::NAMESPACE_MARKER_FILENAME;
 
-use crate::error::{Error, Result};
+use crate::error::{ArgumentProblem, Error, Result};
 use crate::store::DataStore;
 
 /// The top-level folders of the content tree.
@@ -99,7 +99,7 @@ impl DataStore {
             Ok(())
         } else {
             Err(Error::InvalidArgument(
-                "the cached backend given is not this datastore's backend".to_owned(),
+                ArgumentProblem::NotThisStoresBackend,
             ))
         }
     }
@@ -245,8 +245,7 @@ fn collect_files(
         match entry.kind {
             EntryKind::Dir => collect_files(backend, &path, out)?,
             EntryKind::File => {
-                let temp = entry.name.starts_with('.') && entry.name.contains(".tmp_");
-                if !temp && entry.name != NAMESPACE_MARKER_FILENAME {
+                if !is_temporary_name(&entry.name) && entry.name != NAMESPACE_MARKER_FILENAME {
                     out.insert(path.to_string(), path);
                 }
             }

@@ -11,7 +11,7 @@ use keepsake_hierarchy::{
 use keepsake_lock::{LockGuard, LockMode, LockTarget, MANIFEST_LOCK_TIMEOUT};
 use keepsake_manifest::manifest::{BackupManifest, VerifyState};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Leftover, Result};
 use crate::group::Group;
 use crate::hold::HeldSnapshot;
 use crate::info::BackupInfo;
@@ -381,8 +381,8 @@ impl Snapshot {
         )
     }
 
-    /// Destroys the snapshot in PBS's order: unless `force`, the snapshot lock (no wait) and the
-    /// manifest lock (5 s); refuse if protected (also when forced), asking the authority (on S3
+    /// Destroys the snapshot in PBS's order: the snapshot lock (no wait) and the manifest lock
+    /// (5 s); refuse if protected, asking the authority (on S3
     /// the bucket, not the cache); remove the files, the manifest first (so that an interrupted
     /// destroy leaves an unfinished snapshot, not a finished one with files missing); remove the
     /// lock files; then, if the group has no snapshot left and its lock can be had at once, remove
@@ -393,14 +393,10 @@ impl Snapshot {
     ///
     /// # Errors
     /// [`Error::Protected`]; [`Error::Locked`] (the snapshot is unchanged); [`Error::NotFound`].
-    pub fn destroy(&self, force: bool) -> Result<()> {
-        if force {
-            self.remove_now(None)?;
-        } else {
-            let held = HeldSnapshot::take(self.clone())?;
-            self.remove_now(Some(&held))?;
-            held.release_gone();
-        }
+    pub fn destroy(&self) -> Result<()> {
+        let held = HeldSnapshot::take(self.clone())?;
+        self.remove_now(Some(&held))?;
+        held.release_gone();
         let group = self.group();
         if let Ok(guard) = group.lock() {
             // Best effort, as in PBS: a group that cannot be removed now stays.
@@ -488,22 +484,21 @@ impl Snapshot {
             return Ok(());
         }
         if let Some(first) = left.first() {
-            return Err(Error::Refused {
+            return Err(Error::LeftInPlace {
                 path: p,
-                reason: format!(
-                    "{} file(s) appeared during the destroy and were left in place (first: {})",
-                    left.len(),
-                    first.as_str()
-                ),
+                left: Leftover::Files {
+                    count: left.len(),
+                    first: first.as_str().to_owned(),
+                },
             });
         }
         // Only folders or links without files (never followed): the snapshot's own leftovers on
         // a filesystem, removed under the snapshot lock. (A cached S3 store got here only if a
         // key appeared in the bucket between two listings: never a prefix delete there.)
         if !backend.capabilities().atomic_rename {
-            return Err(Error::Refused {
+            return Err(Error::LeftInPlace {
                 path: p,
-                reason: "the bucket changed during the destroy; what is left stays".to_owned(),
+                left: Leftover::BucketChanged,
             });
         }
         match backend.remove_tree(&folder, &KeepFilter::nothing()) {

@@ -12,7 +12,7 @@ use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 use keepsake_lock::{FileOwner, LockGuard, LockMode, LockScheme, LockTarget, Locker};
 use keepsake_manifest::crypt::CryptConfig;
 
-use crate::error::{Error, Result};
+use crate::error::{ArgumentProblem, Error, Result};
 use crate::group::Group;
 use crate::snapshot::Snapshot;
 
@@ -279,10 +279,7 @@ impl DataStoreBuilder {
                     })?,
             ),
             (None, None, None) => {
-                return Err(Error::InvalidArgument(
-                    "no lock root: call lock_root() (on a PBS host: keepsake_lock::PBS_LOCK_ROOT)"
-                        .to_owned(),
-                ));
+                return Err(Error::InvalidArgument(ArgumentProblem::NoLockRoot));
             }
         };
         let given_backend = Arc::clone(&backend);
@@ -315,7 +312,7 @@ impl DataStoreBuilder {
     /// turned off) and the empty `.lock` file (on the host: in the cache of an S3 datastore).
     ///
     /// # Errors
-    /// [`Error::Refused`] for a non-empty folder; backend errors.
+    /// [`Error::NotEmpty`] for a non-empty folder; backend errors.
     pub fn create(self) -> Result<DataStore> {
         if self.access == Access::ReadOnly {
             return Err(Error::ReadOnly {
@@ -328,9 +325,9 @@ impl DataStoreBuilder {
         for entry in backend.list(&root).map_err(|e| Error::backend("", e))? {
             let entry = entry.map_err(|e| Error::backend("", e))?;
             if !(entry.name.starts_with('.') || entry.name == "lost+found") {
-                return Err(Error::Refused {
-                    path: store.name().to_owned(),
-                    reason: format!("datastore folder is not empty (found `{}`)", entry.name),
+                return Err(Error::NotEmpty {
+                    store: store.name().to_owned(),
+                    found: entry.name,
                 });
             }
         }
@@ -364,14 +361,13 @@ impl DataStoreBuilder {
     /// [`DataStore::interrupted_intents`]).
     ///
     /// # Errors
-    /// [`Error::Refused`] if the layout is not a datastore's.
+    /// [`Error::NotADatastore`] if the layout is not a datastore's.
     pub fn open(self) -> Result<DataStore> {
         let (store, _) = self.build(false)?;
         match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
             Ok(stat) if stat.kind == EntryKind::Dir => Ok(store),
-            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::Refused {
-                path: store.name().to_owned(),
-                reason: "not a datastore: `.chunks` folder missing".to_owned(),
+            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::NotADatastore {
+                store: store.name().to_owned(),
             }),
             Err(e) => Err(Error::backend(CHUNK_DIR_NAME, e)),
         }

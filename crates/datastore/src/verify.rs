@@ -357,6 +357,7 @@ impl DataStore {
     /// [`VerifyOptions::record_state`] is set.
     ///
     /// ```
+    /// use keepsake_datastore::Encryption;
     /// use keepsake_datastore::{DataStore, SnapshotOutcome, VerifyOptions, VerifyScope};
     /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
     /// use keepsake_manifest::manifest::VerifyOutcome;
@@ -368,7 +369,7 @@ impl DataStore {
     ///     .create()?;
     /// let group = store.group(&BackupNamespace::root(), &"vm/100".parse::<BackupGroup>()?);
     /// let mut backup = group.start_backup(&"root@pam".parse::<Authid>()?, BackupTime::from_epoch(1_000)?)?;
-    /// backup.add_fixed_archive("drive-scsi0.img.fidx", &vec![1u8; 100_000], 65_536)?;
+    /// backup.add_fixed_archive("drive-scsi0.img.fidx", &vec![1u8; 100_000], 65_536, Encryption::None)?;
     /// let snapshot = backup.finish()?;
     ///
     /// let report = store.verify(&VerifyScope::Store, &VerifyOptions::default().record_state("job-1"))?;

@@ -1,111 +1,27 @@
 //! Writing a new backup: what a downstream backup server needs to produce a snapshot PBS can read.
 
-use keepsake_backend::{BackendPath, ChunkDigest, ChunkInsert, WriteMode};
+use keepsake_backend::{BackendPath, WriteMode};
 use keepsake_hierarchy::{Authid, BackupDir, BackupTime};
 use keepsake_lock::LockGuard;
-use keepsake_manifest::blob::DataBlob;
-use keepsake_manifest::crypt::chunk_digest;
+use keepsake_manifest::blob::{Compression, DataBlob};
 use keepsake_manifest::index::{DynamicIndexWriter, FixedIndexWriter};
 use keepsake_manifest::manifest::{
     BackupManifest, ChunkUploadStats, CryptMode, FileInfo, VerifyOutcome, check_archive_name,
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::group::Group;
+use crate::chunks::Encryption;
+use crate::error::{ArgumentProblem, Error, Result};
+use crate::group::{Group, Unfinished};
 use crate::snapshot::Snapshot;
-use crate::store::{CHUNK_DIR_NAME, DataStore, path};
-
-/// The path of a chunk in the chunk store: `.chunks/<first 4 hex>/<64 hex>`.
-pub fn chunk_path(digest: &[u8; 32]) -> String {
-    let hex = hex::encode(digest);
-    format!("{CHUNK_DIR_NAME}/{}/{hex}", &hex[..4])
-}
-
-/// What inserting a chunk did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InsertedChunk {
-    /// The chunk's digest (SHA-256 of the plain data, keyed when encrypted).
-    pub digest: [u8; 32],
-    /// The chunk was already in the store (nothing was written).
-    pub duplicate: bool,
-    /// Size of the stored blob.
-    pub encoded_size: u64,
-}
-
-impl DataStore {
-    /// Inserts a chunk into `.chunks` as a DataBlob (compressed when smaller; encrypted with the
-    /// store's key if `encrypt`), create-only: a chunk that exists already is a duplicate and is
-    /// not rewritten. The prefix folder is made if missing.
-    pub fn insert_chunk(&self, data: &[u8], encrypt: bool) -> Result<InsertedChunk> {
-        let crypt = if encrypt {
-            Some(self.crypt_config().ok_or_else(|| {
-                Error::InvalidArgument(
-                    "encrypted chunk requested but the store has no key".to_owned(),
-                )
-            })?)
-        } else {
-            None
-        };
-        let digest = chunk_digest(data, crypt);
-        let chunk = ChunkDigest::new(digest);
-        let rel = chunk_path(&digest);
-        // Skip the encoding when the chunk is known (PBS checks before it uploads, too).
-        if self
-            .backend()
-            .chunk_exists(&chunk)
-            .map_err(|e| Error::backend(&rel, e))?
-        {
-            return Ok(InsertedChunk {
-                digest,
-                duplicate: true,
-                encoded_size: 0,
-            });
-        }
-        let blob = DataBlob::encode(data, crypt, true).map_err(|source| Error::Encode {
-            path: rel.clone(),
-            source,
-        })?;
-        let encoded_size = blob.as_bytes().len() as u64;
-        match self.backend().insert_chunk(&chunk, blob.as_bytes()) {
-            Ok(ChunkInsert::Stored) => Ok(InsertedChunk {
-                digest,
-                duplicate: false,
-                encoded_size,
-            }),
-            Ok(ChunkInsert::Duplicate) => Ok(InsertedChunk {
-                digest,
-                duplicate: true,
-                encoded_size: 0,
-            }),
-            Err(e) => Err(Error::backend(&rel, e)),
-        }
-    }
-
-    /// Whether a chunk is in the chunk store (on an S3 datastore: in the cache, or else in the
-    /// bucket).
-    pub fn chunk_exists(&self, digest: &[u8; 32]) -> Result<bool> {
-        self.backend()
-            .chunk_exists(&ChunkDigest::new(*digest))
-            .map_err(|e| Error::backend(&chunk_path(digest), e))
-    }
-
-    /// Reads a chunk's stored bytes (a DataBlob; on an S3 datastore from the cache, or else from
-    /// the bucket).
-    pub fn read_chunk(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
-        let rel = chunk_path(digest);
-        self.backend()
-            .read_chunk(&ChunkDigest::new(*digest))
-            .map_err(|e| Error::backend(&rel, e))
-    }
-}
+use crate::store::path;
 
 /// A backup in progress: holds the group lock and the new snapshot's lock until it is finished or
 /// dropped. Files are written as they are added; [`BackupWriter::finish`] writes the manifest,
 /// which is what makes the snapshot finished. Dropping an unfinished writer removes the snapshot.
 ///
 /// ```
-/// use keepsake_datastore::DataStore;
+/// use keepsake_datastore::{DataStore, Encryption};
 /// use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 ///
 /// let dir = tempfile::tempdir()?;
@@ -116,13 +32,15 @@ impl DataStore {
 /// let group = store.group(&BackupNamespace::root(), &"vm/100".parse::<BackupGroup>()?);
 /// let owner: Authid = "root@pam".parse()?;
 /// let mut backup = group.start_backup(&owner, BackupTime::from_epoch(1_717_600_000)?)?;
-/// backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", false)?;
-/// backup.add_fixed_archive("drive-scsi0.img.fidx", &vec![7u8; 200_000], 65_536)?;
+/// backup.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)?;
+/// let disk = vec![7u8; 200_000];
+/// backup.add_fixed_archive("drive-scsi0.img.fidx", &disk, 65_536, Encryption::None)?;
 /// let snapshot = backup.finish()?;
 /// assert!(snapshot.is_finished()?);
 /// assert_eq!(snapshot.load_manifest()?.files().len(), 2);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+/// use keepsake_datastore::{Encryption, Unfinished};
 pub struct BackupWriter {
     snapshot: Snapshot,
     manifest: BackupManifest,
@@ -151,7 +69,7 @@ impl Group {
                 auth_id: auth_id.clone(),
             });
         }
-        if let Some(last) = self.last_backup(true)? {
+        if let Some(last) = self.last_backup(Unfinished::Skip)? {
             let snapshot = self.store().snapshot(self.ns(), &last.snapshot);
             let failed = matches!(
                 snapshot.verify_state(),
@@ -215,16 +133,14 @@ impl BackupWriter {
         Ok(file)
     }
 
-    fn crypt_mode(&self, encrypt: bool) -> Result<CryptMode> {
-        if !encrypt {
-            return Ok(CryptMode::None);
+    fn crypt_mode(&self, encryption: Encryption) -> Result<CryptMode> {
+        match encryption {
+            Encryption::None => Ok(CryptMode::None),
+            Encryption::StoreKey if self.snapshot.store().crypt_config().is_none() => {
+                Err(Error::InvalidArgument(ArgumentProblem::NoKey))
+            }
+            Encryption::StoreKey => Ok(CryptMode::Encrypt),
         }
-        if self.snapshot.store().crypt_config().is_none() {
-            return Err(Error::InvalidArgument(
-                "encryption requested but the store has no key".to_owned(),
-            ));
-        }
-        Ok(CryptMode::Encrypt)
     }
 
     fn add_to_manifest(
@@ -247,26 +163,27 @@ impl BackupWriter {
     }
 
     /// Adds a blob file (`<name>.blob`), compressed when smaller and encrypted with the store's key
-    /// if `encrypt`. Its manifest entry records the stored file's size and SHA-256, as PBS does.
-    pub fn add_blob(&mut self, name: &str, data: &[u8], encrypt: bool) -> Result<()> {
+    /// with [`Encryption::StoreKey`]. Its manifest entry records the stored file's size and
+    /// SHA-256, as PBS does.
+    pub fn add_blob(&mut self, name: &str, data: &[u8], encryption: Encryption) -> Result<()> {
         check_name(name)?;
-        let mode = self.crypt_mode(encrypt)?;
-        let crypt = if encrypt {
-            self.snapshot.store().crypt_config()
-        } else {
-            None
+        let mode = self.crypt_mode(encryption)?;
+        let crypt = match encryption {
+            Encryption::StoreKey => self.snapshot.store().crypt_config(),
+            Encryption::None => None,
         };
-        let blob = DataBlob::encode(data, crypt, true).map_err(|source| Error::Encode {
-            path: name.to_owned(),
-            source,
-        })?;
+        let blob =
+            DataBlob::encode(data, crypt, Compression::Zstd).map_err(|source| Error::Encode {
+                path: name.to_owned(),
+                source,
+            })?;
         let raw = blob.as_bytes();
         self.write_file(name, raw)?;
         self.add_to_manifest(name, mode, raw.len() as u64, Sha256::digest(raw).into())
     }
 
-    fn insert(&mut self, chunk: &[u8], encrypt: bool) -> Result<[u8; 32]> {
-        let inserted = self.snapshot.store().insert_chunk(chunk, encrypt)?;
+    fn insert(&mut self, chunk: &[u8], encryption: Encryption) -> Result<[u8; 32]> {
+        let inserted = self.snapshot.store().insert_chunk(chunk, encryption)?;
         self.stats.count += 1;
         self.stats.size += chunk.len() as u64;
         if inserted.duplicate {
@@ -278,21 +195,17 @@ impl BackupWriter {
     }
 
     /// Adds a fixed-size chunk index (`<name>.fidx`, a disk image): cuts `data` into `chunk_size`
-    /// pieces, inserts each into the chunk store and writes the index.
-    pub fn add_fixed_archive(&mut self, name: &str, data: &[u8], chunk_size: u64) -> Result<()> {
-        self.add_fixed_archive_with(name, data, chunk_size, false)
-    }
-
-    /// [`add_fixed_archive`](Self::add_fixed_archive), encrypting the chunks with the store's key.
-    pub fn add_fixed_archive_with(
+    /// pieces, inserts each into the chunk store (encrypted with the store's key with
+    /// [`Encryption::StoreKey`]) and writes the index.
+    pub fn add_fixed_archive(
         &mut self,
         name: &str,
         data: &[u8],
         chunk_size: u64,
-        encrypt: bool,
+        encryption: Encryption,
     ) -> Result<()> {
         check_name(name)?;
-        let mode = self.crypt_mode(encrypt)?;
+        let mode = self.crypt_mode(encryption)?;
         let bad = |source| Error::Encode {
             path: name.to_owned(),
             source,
@@ -302,7 +215,7 @@ impl BackupWriter {
             FixedIndexWriter::new(data.len() as u64, chunk_size, ctime).map_err(bad)?;
         let step = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
         for chunk in data.chunks(step) {
-            let digest = self.insert(chunk, encrypt)?;
+            let digest = self.insert(chunk, encryption)?;
             writer.push(&digest).map_err(bad)?;
         }
         let csum = writer.index_csum();
@@ -312,22 +225,23 @@ impl BackupWriter {
     }
 
     /// Adds a dynamic chunk index (`<name>.didx`, e.g. a pxar archive) over the given chunks, in
-    /// order; each is inserted into the chunk store.
+    /// order; each is inserted into the chunk store (encrypted with the store's key with
+    /// [`Encryption::StoreKey`]).
     pub fn add_dynamic_archive<'c>(
         &mut self,
         name: &str,
         chunks: impl IntoIterator<Item = &'c [u8]>,
-        encrypt: bool,
+        encryption: Encryption,
     ) -> Result<()> {
         check_name(name)?;
-        let mode = self.crypt_mode(encrypt)?;
+        let mode = self.crypt_mode(encryption)?;
         let bad = |source| Error::Encode {
             path: name.to_owned(),
             source,
         };
         let mut writer = DynamicIndexWriter::new(self.snapshot.dir().time().epoch());
         for chunk in chunks {
-            let digest = self.insert(chunk, encrypt)?;
+            let digest = self.insert(chunk, encryption)?;
             writer
                 .push_chunk(chunk.len() as u64, &digest)
                 .map_err(bad)?;
@@ -351,9 +265,7 @@ impl BackupWriter {
     /// [`Error::InvalidArgument`] if no file was added (PBS refuses empty backups).
     pub fn finish(mut self) -> Result<Snapshot> {
         if self.manifest.files().is_empty() {
-            return Err(Error::InvalidArgument(
-                "a backup needs at least one file".to_owned(),
-            ));
+            return Err(Error::InvalidArgument(ArgumentProblem::EmptyBackup));
         }
         self.manifest.set_chunk_upload_stats(Some(self.stats));
         self.snapshot.write_manifest(&self.manifest, None)?;
@@ -380,20 +292,4 @@ fn check_name(name: &str) -> Result<()> {
             path: name.to_owned(),
             source,
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunk_path;
-
-    #[test]
-    fn chunk_paths() {
-        let mut d = [0u8; 32];
-        d[0] = 0xbb;
-        d[1] = 0x9f;
-        assert_eq!(
-            chunk_path(&d),
-            format!(".chunks/bb9f/bb9f{}", "0".repeat(60))
-        );
-    }
 }

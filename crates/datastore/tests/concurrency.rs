@@ -4,6 +4,7 @@
 
 mod common;
 
+use keepsake_datastore::Encryption;
 use std::sync::{Arc, Barrier};
 
 use keepsake_datastore::Error;
@@ -23,14 +24,15 @@ fn destroy_update_and_protect_race_safely() {
         for round in 0..rounds {
             let time = BackupTime::from_epoch(1_000 + round).unwrap();
             let mut w = group.start_backup(&owner, time).unwrap();
-            w.add_blob("conf.blob", b"config", false).unwrap();
+            w.add_blob("conf.blob", b"config", Encryption::None)
+                .unwrap();
             let snapshot = w.finish().unwrap();
 
             let barrier = Arc::new(Barrier::new(3));
             let results = std::thread::scope(|scope| {
                 let destroy = scope.spawn(|| {
                     barrier.wait();
-                    snapshot.destroy(false)
+                    snapshot.destroy()
                 });
                 let update = scope.spawn(|| {
                     barrier.wait();
@@ -81,7 +83,7 @@ fn destroy_update_and_protect_race_safely() {
                 let manifest = snapshot.load_manifest().unwrap();
                 assert_eq!(manifest.files().len(), 1);
                 snapshot.set_protected(false).unwrap();
-                snapshot.destroy(false).unwrap();
+                snapshot.destroy().unwrap();
             } else {
                 assert!(
                     destroyed.is_ok(),
@@ -102,7 +104,8 @@ fn destroy_update_and_protect_race_safely() {
         // `Locked`, naming this process as the holder, and change nothing.
         let time = BackupTime::from_epoch(100_000).unwrap();
         let mut w = group.start_backup(&owner, time).unwrap();
-        w.add_blob("conf.blob", b"config", false).unwrap();
+        w.add_blob("conf.blob", b"config", Encryption::None)
+            .unwrap();
         let snapshot = w.finish().unwrap();
         let before = snapshot.load_manifest().unwrap().to_json();
         let guard = snapshot.lock().unwrap();
@@ -111,7 +114,7 @@ fn destroy_update_and_protect_race_safely() {
             let attempts = scope
                 .spawn(|| {
                     [
-                        snapshot.destroy(false),
+                        snapshot.destroy(),
                         snapshot.set_protected(true),
                         snapshot
                             .update_manifest(|m| {

@@ -4,6 +4,7 @@
 mod common;
 
 use keepsake_datastore::{BackupInfo, DataStore, Error};
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Unfinished};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter};
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
 use keepsake_manifest::manifest::{VerifyOutcome, VerifyState};
@@ -34,16 +35,20 @@ fn write_backup(store: &DataStore, ns: &BackupNamespace, g: &str, time: i64) {
     w.add_blob(
         "qemu-server.conf.blob",
         format!("conf {time}\n").as_bytes(),
-        false,
+        Encryption::None,
     )
     .unwrap();
     let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536)
+    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536, Encryption::None)
         .unwrap();
     let a = vec![1u8; 10_000];
     let b = format!("pxar {time}").into_bytes();
-    w.add_dynamic_archive("root.pxar.didx", [a.as_slice(), b.as_slice()], false)
-        .unwrap();
+    w.add_dynamic_archive(
+        "root.pxar.didx",
+        [a.as_slice(), b.as_slice()],
+        Encryption::None,
+    )
+    .unwrap();
     w.finish().unwrap();
 }
 
@@ -131,14 +136,18 @@ fn namespaces_create_list_remove() {
             .set_protected(true)
             .unwrap();
 
-        let kept = store.remove_namespace(&ns("a"), false).unwrap();
+        let kept = store
+            .remove_namespace(&ns("a"), GroupsInside::Keep)
+            .unwrap();
         assert!(!kept.all_removed());
         assert!(
             store.namespace_exists(&ns("a/b/c")).unwrap(),
             "groups stay without delete_groups"
         );
 
-        let report = store.remove_namespace(&ns("a"), true).unwrap();
+        let report = store
+            .remove_namespace(&ns("a"), GroupsInside::Destroy)
+            .unwrap();
         assert_eq!(report.groups.removed_snapshots, 1);
         assert_eq!(report.groups.protected_snapshots, 1);
         assert!(!report.all_removed());
@@ -154,7 +163,9 @@ fn namespaces_create_list_remove() {
         assert_eq!(left.len(), 1);
         assert!(left[0].protected);
 
-        let report = store.remove_namespace(&ns("x"), false).unwrap();
+        let report = store
+            .remove_namespace(&ns("x"), GroupsInside::Keep)
+            .unwrap();
         assert!(report.all_removed());
         assert!(!store.namespace_exists(&ns("x")).unwrap());
         common::assert_cache_matches_bucket(&ts);
@@ -181,10 +192,10 @@ fn groups_owner_notes_and_listing() {
         assert_eq!(owner, token);
         drop(lock);
         assert!(matches!(
-            g.set_owner(&root(), false),
+            g.set_owner(&root(), ExistingOwner::Refuse),
             Err(Error::AlreadyExists { .. })
         ));
-        g.set_owner(&root(), true).unwrap();
+        g.set_owner(&root(), ExistingOwner::Replace).unwrap();
         assert_eq!(g.owner().unwrap(), root());
         let owner_file = store
             .backend()
@@ -209,12 +220,16 @@ fn groups_owner_notes_and_listing() {
         // The owner's own tokens may write, too (PBS's rule is the reverse: a user may act for
         // its token-owned groups); here the owner is root@pam.
         let mut list = g.list_backups().unwrap();
-        BackupInfo::sort(&mut list, true);
+        BackupInfo::sort(&mut list, keepsake_datastore::SortOrder::OldestFirst);
         assert_eq!(list.len(), 2);
         assert_eq!(list[1].snapshot.time(), t(1_000_000));
         assert_eq!(list[0].files.len(), 4);
         assert_eq!(
-            g.last_backup(true).unwrap().unwrap().snapshot.time(),
+            g.last_backup(Unfinished::Skip)
+                .unwrap()
+                .unwrap()
+                .snapshot
+                .time(),
             t(1_000_000)
         );
         assert_eq!(g.last_successful_backup().unwrap(), Some(t(1_000_000)));
@@ -257,8 +272,8 @@ fn snapshots_protection_manifest_and_destroy() {
         first.set_protected(true).unwrap();
         assert!(first.is_protected().unwrap());
         assert!(first.info().unwrap().protected);
-        assert!(matches!(first.destroy(false), Err(Error::Protected { .. })));
-        assert!(matches!(first.destroy(true), Err(Error::Protected { .. })));
+        assert!(matches!(first.destroy(), Err(Error::Protected { .. })));
+        assert!(matches!(first.destroy(), Err(Error::Protected { .. })));
         first.set_protected(false).unwrap();
         assert!(!first.is_protected().unwrap());
 
@@ -281,7 +296,10 @@ fn snapshots_protection_manifest_and_destroy() {
         // A failing change writes nothing.
         let err = first.update_manifest(|m| {
             m.set_notes(Some("never written"));
-            Err(Error::InvalidArgument("changed my mind".to_owned()))
+            Err(Error::NotFound {
+                what: "file",
+                path: "changed my mind".to_owned(),
+            })
         });
         assert!(err.is_err());
         assert_eq!(first.notes().unwrap().as_deref(), Some("checked by hand"));
@@ -313,7 +331,7 @@ fn snapshots_protection_manifest_and_destroy() {
 
         // Busy locks are reported with the holder, and change nothing.
         let held = second.lock_shared().unwrap();
-        match second.destroy(false) {
+        match second.destroy() {
             Err(Error::Locked { what, source, .. }) => {
                 assert_eq!(what, "snapshot");
                 assert!(
@@ -326,10 +344,10 @@ fn snapshots_protection_manifest_and_destroy() {
         assert!(second.exists().unwrap());
         drop(held);
 
-        first.destroy(false).unwrap();
+        first.destroy().unwrap();
         assert!(!first.exists().unwrap());
-        assert!(matches!(first.destroy(false), Err(Error::NotFound { .. })));
-        second.destroy(false).unwrap();
+        assert!(matches!(first.destroy(), Err(Error::NotFound { .. })));
+        second.destroy().unwrap();
         // The last snapshot's destroy takes the empty group with it.
         assert!(!store.group(&n, &group("vm/7")).exists().unwrap());
         common::assert_cache_matches_bucket(&ts);
@@ -344,7 +362,7 @@ fn aborted_and_unfinished_backups() {
         let g = store.group(&n, &group("host/web"));
         {
             let mut w = g.start_backup(&root(), t(500)).unwrap();
-            w.add_blob("a.blob", b"x", false).unwrap();
+            w.add_blob("a.blob", b"x", Encryption::None).unwrap();
             // Dropped without finish: the snapshot goes.
         }
         assert_eq!(g.list_backups().unwrap().len(), 0);
@@ -360,20 +378,20 @@ fn aborted_and_unfinished_backups() {
         drop(running);
         let mut w = g.start_backup(&root(), t(900)).unwrap();
         assert!(matches!(
-            w.add_blob("../x.blob", b"x", false),
+            w.add_blob("../x.blob", b"x", Encryption::None),
             Err(Error::Encode { .. })
         ));
         assert!(matches!(
-            w.add_blob("x.txt", b"x", false),
+            w.add_blob("x.txt", b"x", Encryption::None),
             Err(Error::Encode { .. })
         ));
         assert!(matches!(
-            w.add_blob("x.blob", b"x", true),
+            w.add_blob("x.blob", b"x", Encryption::StoreKey),
             Err(Error::InvalidArgument(_))
         ));
-        w.add_blob("x.blob", b"x", false).unwrap();
+        w.add_blob("x.blob", b"x", Encryption::None).unwrap();
         assert!(matches!(
-            w.add_blob("x.blob", b"y", false),
+            w.add_blob("x.blob", b"y", Encryption::None),
             Err(Error::AlreadyExists { .. })
         ));
         w.finish().unwrap();
@@ -389,12 +407,12 @@ fn create_refuses_a_non_empty_folder_and_open_checks_the_layout() {
         .lock_root(dir.path().join("locks"))
         .create()
         .unwrap_err();
-    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert!(matches!(err, Error::NotEmpty { .. }), "{err}");
     let err = DataStore::builder("store1", dir.path().join("s"))
         .lock_root(dir.path().join("locks"))
         .open()
         .unwrap_err();
-    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    assert!(matches!(err, Error::NotADatastore { .. }), "{err}");
     std::fs::create_dir_all(dir.path().join("t/.zfs")).unwrap();
     std::fs::create_dir_all(dir.path().join("t/lost+found")).unwrap();
     let store = DataStore::builder("store1", dir.path().join("t"))

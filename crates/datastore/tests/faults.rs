@@ -14,6 +14,7 @@
 
 mod common;
 
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,12 +162,12 @@ fn backup(
     w.add_blob(
         "qemu-server.conf.blob",
         format!("day {day}\n").as_bytes(),
-        false,
+        Encryption::None,
     )?;
     let image: Vec<u8> = (0..150_000u32)
         .map(|i| (i % 199) as u8 ^ day as u8)
         .collect();
-    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536)?;
+    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536, Encryption::None)?;
     w.finish()?;
     Ok(())
 }
@@ -224,19 +225,19 @@ fn workload(store: &DataStore) {
         .snapshot(&root, &snap("vm/100", 1))
         .set_protected(false);
     let g = store.group(&root, &group("vm/100"));
-    let _ = g.set_owner(&"admin@pbs".parse().unwrap(), true);
+    let _ = g.set_owner(&"admin@pbs".parse().unwrap(), ExistingOwner::Replace);
     let _ = g.set_notes("group notes");
-    let _ = store.snapshot(&root, &snap("vm/100", 2)).destroy(false);
+    let _ = store.snapshot(&root, &snap("vm/100", 2)).destroy();
     let _ = store
         .group(&root, &group("vm/101"))
-        .move_to(&ns("c"), false);
+        .move_to(&ns("c"), Merge::Never);
     let _ = store
         .snapshot(&ns("a"), &snap("vm/300", 1))
-        .move_to(&ns("c"), false);
+        .move_to(&ns("c"), Merge::Never);
     let _ = g.prune(
         &"keep-last=1".parse::<KeepOptions>().unwrap(),
         &TimeZone::UTC,
-        false,
+        PruneRun::Remove,
     );
     // Busy-lock variants first: a reader holds one snapshot; each must refuse, changing nothing.
     {
@@ -247,12 +248,12 @@ fn workload(store: &DataStore) {
         let _reader = store
             .snapshot(&ns("a/b"), &snap("host/h1", 0))
             .lock_shared();
-        let _ = store.remove_namespace(&ns("a/b"), true);
-        let _ = store.move_namespace(&ns("a"), &ns("c/a"), false);
+        let _ = store.remove_namespace(&ns("a/b"), GroupsInside::Destroy);
+        let _ = store.move_namespace(&ns("a"), &ns("c/a"), Merge::Never);
     }
     let _ = store.group(&root, &group("ct/200")).destroy();
-    let _ = store.remove_namespace(&ns("a/b"), true);
-    let _ = store.move_namespace(&ns("a"), &ns("c/a"), false);
+    let _ = store.remove_namespace(&ns("a/b"), GroupsInside::Destroy);
+    let _ = store.move_namespace(&ns("a"), &ns("c/a"), Merge::Never);
 }
 
 /// Group and namespace destroys and a namespace move, each beside a reader's shared lock on one
@@ -291,10 +292,12 @@ fn busy_locks_refuse_destroys_and_moves_without_changes() {
             .snapshot(&ns("a/b"), &snap("host/h1", 0))
             .lock_shared()
             .unwrap();
-        let err = store.remove_namespace(&ns("a/b"), true).unwrap_err();
+        let err = store
+            .remove_namespace(&ns("a/b"), GroupsInside::Destroy)
+            .unwrap_err();
         assert!(err.is_locked(), "{err:?}");
         let err = store
-            .move_namespace(&ns("a"), &ns("c/a"), false)
+            .move_namespace(&ns("a"), &ns("c/a"), Merge::Never)
             .unwrap_err();
         assert!(err.is_locked(), "{err:?}");
         assert_eq!(inventory(&store), before, "cached: {cached}");
@@ -303,7 +306,9 @@ fn busy_locks_refuse_destroys_and_moves_without_changes() {
         let stats = store.group(&root, &group("ct/200")).destroy().unwrap();
         assert_eq!(stats.removed_snapshots, 1);
         assert_eq!(stats.protected_snapshots, 1);
-        store.move_namespace(&ns("a"), &ns("c/a"), false).unwrap();
+        store
+            .move_namespace(&ns("a"), &ns("c/a"), Merge::Never)
+            .unwrap();
         assert!(store.namespace_exists(&ns("c/a/b")).unwrap());
     }
 }
@@ -541,7 +546,7 @@ fn an_interrupted_destroy_leaves_an_unfinished_snapshot() {
     backup(&store, &ns, "vm/100", 0).unwrap();
     let snapshot = store.snapshot(&ns, &snap("vm/100", 0));
     faulty.arm();
-    assert!(snapshot.destroy(false).is_err());
+    assert!(snapshot.destroy().is_err());
     assert!(
         snapshot.exists().unwrap(),
         "the fault came before the files went"

@@ -150,7 +150,7 @@ fn destroying_an_unprotected_snapshot_keeps_the_rest() {
     let store = open(&fx, locks.path());
     let root = BackupNamespace::root();
     let victim = store.snapshot(&root, &"vm/100/2024-06-06T15:06:40Z".parse().unwrap());
-    victim.destroy(false).unwrap();
+    victim.destroy().unwrap();
     assert!(!victim.exists().unwrap());
 
     let mut want = expected();
@@ -162,14 +162,12 @@ fn destroying_an_unprotected_snapshot_keeps_the_rest() {
     ));
     assert_eq!(listing(&store), want);
 
-    // The protected one refuses, forced or not, and stays.
+    // The protected one refuses, and stays.
     let protected = store.snapshot(&root, &"vm/100/2024-06-05T15:06:40Z".parse().unwrap());
-    for force in [false, true] {
-        assert!(matches!(
-            protected.destroy(force),
-            Err(keepsake_datastore::Error::Protected { .. })
-        ));
-    }
+    assert!(matches!(
+        protected.destroy(),
+        Err(keepsake_datastore::Error::Protected { .. })
+    ));
     assert_eq!(listing(&store), want);
 
     // Destroying the whole group keeps the protected snapshot and the group's owner.

@@ -4,6 +4,7 @@
 
 mod common;
 
+use keepsake_datastore::Encryption;
 use std::time::Duration;
 
 use keepsake_datastore::{DataStore, FsckOptions};
@@ -19,7 +20,8 @@ fn backup(store: &DataStore, g: &str, epoch: i64) -> BackupDir {
         .group(&BackupNamespace::root(), &g.parse::<BackupGroup>().unwrap())
         .start_backup(&owner(), BackupTime::from_epoch(epoch).unwrap())
         .unwrap();
-    w.add_blob("conf.blob", b"memory: 512\n", false).unwrap();
+    w.add_blob("conf.blob", b"memory: 512\n", Encryption::None)
+        .unwrap();
     w.finish().unwrap().dir().clone()
 }
 

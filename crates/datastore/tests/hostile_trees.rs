@@ -9,6 +9,7 @@
 //! delete or change anything outside the datastore, through every whole-store operation: listing,
 //! verify, destroy, prune, namespace removal and moves.
 
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -71,8 +72,12 @@ fn backup(store: &DataStore, ns: &BackupNamespace, g: &str, epoch: i64) -> Backu
         .group(ns, &group(g))
         .start_backup(&owner, time(epoch))
         .unwrap();
-    w.add_blob("conf.blob", format!("{g} {epoch}\n").as_bytes(), false)
-        .unwrap();
+    w.add_blob(
+        "conf.blob",
+        format!("{g} {epoch}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
     w.finish().unwrap().dir().clone()
 }
 
@@ -84,7 +89,8 @@ fn plant_outside(dir: &Path) -> PathBuf {
     let root = BackupNamespace::root();
     let d = backup(&store, &root, "vm/666", 1_600_000_000);
     let g = store.group(&root, &group("vm/666"));
-    g.set_owner(&CANARY_OWNER.parse().unwrap(), true).unwrap();
+    g.set_owner(&CANARY_OWNER.parse().unwrap(), ExistingOwner::Replace)
+        .unwrap();
     g.set_notes(CANARY_NOTES).unwrap();
     let src = scratch.path().join("store");
     let outside = dir.join("outside");
@@ -316,25 +322,25 @@ fn symlinks_at_every_level_are_refused_or_skipped_and_nothing_outside_changes() 
     );
 
     // Destructive operations over everything: none may touch the outside.
-    let _ = store.snapshot(&root, &linked_snapshot).destroy(false);
-    let _ = store.snapshot(&root, &linked_file).destroy(false);
-    let _ = store.snapshot(&root, &linked_manifest).destroy(false);
+    let _ = store.snapshot(&root, &linked_snapshot).destroy();
+    let _ = store.snapshot(&root, &linked_file).destroy();
+    let _ = store.snapshot(&root, &linked_manifest).destroy();
     for name in ["vm/666", "ct/666", "vm/103", "vm/104"] {
         let _ = g(name).destroy();
     }
-    let _ = store.remove_namespace(&evil, true);
+    let _ = store.remove_namespace(&evil, GroupsInside::Destroy);
     let policy: KeepOptions = "keep-last=1".parse().unwrap();
     let _ = store.prune_namespace(
         &root,
         &PruneScope::recursive(),
         &policy,
         &TimeZone::UTC,
-        false,
+        PruneRun::Remove,
     );
     let a: BackupNamespace = "a".parse().unwrap();
-    let _ = g("vm/100").move_to(&a, true);
-    let _ = store.move_namespace(&a, &"b".parse().unwrap(), false);
-    let _ = store.remove_namespace(&"b".parse().unwrap(), true);
+    let _ = g("vm/100").move_to(&a, Merge::IntoExisting);
+    let _ = store.move_namespace(&a, &"b".parse().unwrap(), Merge::Never);
+    let _ = store.remove_namespace(&"b".parse().unwrap(), GroupsInside::Destroy);
     let _ = store.verify(&VerifyScope::Store, &VerifyOptions::default());
     let _ = DataStore::builder("hostile", &st)
         .lock_root(tmp.path().join("locks"))
@@ -403,7 +409,7 @@ fn invalid_names_on_disk_are_skipped() {
             &PruneScope::recursive(),
             &policy,
             &TimeZone::UTC,
-            false,
+            PruneRun::Remove,
         )
         .unwrap();
     let _ = store.group(&root, &group("vm/100")).destroy();
@@ -470,7 +476,7 @@ fn unwritable_lock_root_refuses_with_a_clear_error() {
     let err = snapshot.set_protected(true).unwrap_err();
     assert!(matches!(err, Error::LockFailed { .. }), "{err:?}");
     assert!(format!("{err:?}").contains("blocker"), "{err:?}");
-    let err = snapshot.destroy(false).unwrap_err();
+    let err = snapshot.destroy().unwrap_err();
     assert!(matches!(err, Error::LockFailed { .. }), "{err:?}");
     let err = locked_out
         .group(&root, &group("vm/100"))
@@ -523,7 +529,7 @@ fn read_only_datastore_refuses_writes() {
     let results = [
         snapshot.set_protected(true).map(|_| ()),
         snapshot.set_notes(Some("x")).map(|_| ()),
-        snapshot.destroy(false).map(|_| ()),
+        snapshot.destroy().map(|_| ()),
         store.group(&root, &group("vm/100")).set_notes("x"),
         store
             .group(&root, &group("vm/100"))

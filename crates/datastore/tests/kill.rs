@@ -11,6 +11,7 @@
 //! refused that way must change nothing, and nothing may complete it later: its snapshots count
 //! as announced only if another destroy announces them again.
 
+use keepsake_datastore::{Encryption, GroupsInside, Merge};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -164,11 +165,17 @@ fn child(dir: &Path) {
                     at.group.clone(),
                     BackupTime::from_epoch(*time).unwrap(),
                 );
-                let _ = store.snapshot(&at.ns, &dir).move_to(&target, true);
+                let _ = store
+                    .snapshot(&at.ns, &dir)
+                    .move_to(&target, Merge::IntoExisting);
             }
         } else if roll < 65 {
             if let Some((_, at)) = rng.pick(&snapshots) {
-                let merge = rng.below(2) == 0;
+                let merge = if rng.below(2) == 0 {
+                    Merge::IntoExisting
+                } else {
+                    Merge::Never
+                };
                 let _ = store.group(&at.ns, &at.group).move_to(&target, merge);
             }
         } else if roll < 80 {
@@ -177,7 +184,11 @@ fn child(dir: &Path) {
             if let Some(from) = rng.pick(&subs) {
                 let top = TOPS[rng.below(TOPS.len())];
                 let to = ns(top).child(&from.components()[1]).unwrap();
-                let merge = rng.below(2) == 0;
+                let merge = if rng.below(2) == 0 {
+                    Merge::IntoExisting
+                } else {
+                    Merge::Never
+                };
                 let _ = store.move_namespace(from, &to, merge);
             }
         } else if roll < 90 {
@@ -204,7 +215,7 @@ fn child(dir: &Path) {
                     .map(|(t, _)| t.to_string())
                     .collect();
                 writeln!(log, "doomed {}", doomed.join(" ")).unwrap();
-                if let Err(e) = store.remove_namespace(victim, true) {
+                if let Err(e) = store.remove_namespace(victim, GroupsInside::Destroy) {
                     if e.is_locked() {
                         writeln!(log, "refused {}", doomed.join(" ")).unwrap();
                     }
@@ -249,10 +260,19 @@ fn replenish(
             .group(&n, &g)
             .start_backup(&owner, BackupTime::from_epoch(time).unwrap())
             .unwrap();
-        w.add_blob("conf.blob", format!("{g} {time}\n").as_bytes(), false)
-            .unwrap();
-        w.add_fixed_archive("disk.img.fidx", &[time as u8; 5_000], 4_096)
-            .unwrap();
+        w.add_blob(
+            "conf.blob",
+            format!("{g} {time}\n").as_bytes(),
+            Encryption::None,
+        )
+        .unwrap();
+        w.add_fixed_archive(
+            "disk.img.fidx",
+            &[time as u8; 5_000],
+            4_096,
+            Encryption::None,
+        )
+        .unwrap();
         let snapshot = w.finish().unwrap();
         let protected = rng.below(3) == 0;
         if protected {

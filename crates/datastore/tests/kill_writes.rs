@@ -5,6 +5,7 @@
 //! repaired with fsck and verified: no torn manifest, blob, index, owner or notes file; no committed
 //! counter increment lost; the pinned protected snapshot still protected; no temporary file left.
 
+use keepsake_datastore::{Encryption, ExistingOwner, PruneRun};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -85,10 +86,10 @@ fn child(dir: &Path) {
             let _ = w.add_blob(
                 "qemu-server.conf.blob",
                 format!("round {round}\n").as_bytes(),
-                false,
+                Encryption::None,
             );
             let image: Vec<u8> = (0..100_000u32).map(|i| (i as u64 ^ round) as u8).collect();
-            let _ = w.add_fixed_archive("drive-scsi0.img.fidx", &image, 32_768);
+            let _ = w.add_fixed_archive("drive-scsi0.img.fidx", &image, 32_768, Encryption::None);
             let _ = w.finish();
         }
         let updated = counted.update_manifest(|m| {
@@ -112,14 +113,14 @@ fn child(dir: &Path) {
             writeln!(log, "c {n}").unwrap();
         }
         let _ = counted.set_protected(round % 2 == 0);
-        let _ = g.set_owner(&owners[(round % 2) as usize], true);
+        let _ = g.set_owner(&owners[(round % 2) as usize], ExistingOwner::Replace);
         let _ = g.set_notes(&format!("group notes {round}\n").repeat(50));
         // Keep the group small: remove the oldest unprotected backups beyond ten.
         if round % 5 == 0 {
             let _ = g.prune(
                 &"keep-last=10".parse().unwrap(),
                 &jiff::tz::TimeZone::UTC,
-                false,
+                PruneRun::Remove,
             );
         }
     }
@@ -146,7 +147,7 @@ fn writes_survive_sigkill() {
             .group(&root, &group())
             .start_backup(&owner, BackupTime::from_epoch(time).unwrap())
             .unwrap();
-        w.add_blob("qemu-server.conf.blob", b"base\n", false)
+        w.add_blob("qemu-server.conf.blob", b"base\n", Encryption::None)
             .unwrap();
         w.finish().unwrap();
     }
@@ -228,7 +229,7 @@ fn writes_survive_sigkill() {
                 );
                 unfinished_seen += 1;
                 // An interrupted backup is removed as PBS's cleanup would: it never finished.
-                store.snapshot(&s.ns, &s.snapshot).destroy(false).unwrap();
+                store.snapshot(&s.ns, &s.snapshot).destroy().unwrap();
             }
         }
         let g = store.group(&root, &group());

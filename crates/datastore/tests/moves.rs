@@ -5,6 +5,7 @@
 
 mod common;
 
+use keepsake_datastore::{Encryption, Merge};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,12 +45,16 @@ fn backup_as(store: &DataStore, n: &BackupNamespace, g: &str, time: i64, owner: 
         .group(n, &group(g))
         .start_backup(owner, t(time))
         .unwrap();
-    w.add_blob("conf.blob", format!("{g} at {time}\n").as_bytes(), false)
-        .unwrap();
+    w.add_blob(
+        "conf.blob",
+        format!("{g} at {time}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
     let image: Vec<u8> = (0..70_000u32)
         .map(|i| (i % 253) as u8 ^ time as u8)
         .collect();
-    w.add_fixed_archive("disk.img.fidx", &image, 65_536)
+    w.add_fixed_archive("disk.img.fidx", &image, 65_536, Encryption::None)
         .unwrap();
     w.finish().unwrap();
 }
@@ -125,7 +130,7 @@ fn snapshot_move_creates_the_group_and_keeps_protection() {
             .set_notes("source notes")
             .unwrap();
 
-        let moved = first.move_to(&a, false).unwrap();
+        let moved = first.move_to(&a, Merge::Never).unwrap();
         assert!(!first.exists().unwrap(), "{}", ts.kind);
         assert!(
             moved.is_protected().unwrap(),
@@ -145,28 +150,28 @@ fn snapshot_move_creates_the_group_and_keeps_protection() {
 
         let second = store.snapshot(&root_ns(), &"vm/1/1970-01-01T00:33:20Z".parse().unwrap());
         assert_eq!(
-            refusal(second.move_to(&a, false)),
+            refusal(second.move_to(&a, Merge::Never)),
             MoveRefusal::TargetExists
         );
         assert_eq!(
-            refusal(second.move_to(&root_ns(), true)),
+            refusal(second.move_to(&root_ns(), Merge::IntoExisting)),
             MoveRefusal::SameLocation
         );
         assert!(matches!(
-            second.move_to(&ns("nowhere"), true),
+            second.move_to(&ns("nowhere"), Merge::IntoExisting),
             Err(Error::NotFound {
                 what: "namespace",
                 ..
             })
         ));
-        second.move_to(&a, true).unwrap();
+        second.move_to(&a, Merge::IntoExisting).unwrap();
         assert_eq!(times(store, &a, "vm/1"), [1_000, 2_000]);
         // The emptied source group stays, with owner and notes.
         let source = store.group(&root_ns(), &group("vm/1"));
         assert!(source.exists().unwrap());
         assert_eq!(source.notes().unwrap().as_deref(), Some("source notes"));
         assert!(matches!(
-            second.move_to(&a, true),
+            second.move_to(&a, Merge::IntoExisting),
             Err(Error::NotFound {
                 what: "snapshot",
                 ..
@@ -188,14 +193,14 @@ fn merge_refuses_owner_mismatch_and_changes_nothing() {
 
         let source = store.group(&root_ns(), &group("vm/1"));
         assert_eq!(
-            refusal(source.move_to(&a, true)),
+            refusal(source.move_to(&a, Merge::IntoExisting)),
             MoveRefusal::OwnerMismatch {
                 source_owner: root(),
                 target_owner: other.clone(),
             }
         );
         let snapshot = store.snapshot(&root_ns(), &"vm/1/1970-01-01T01:23:20Z".parse().unwrap());
-        let err = snapshot.move_to(&a, true).unwrap_err();
+        let err = snapshot.move_to(&a, Merge::IntoExisting).unwrap_err();
         let text = err.to_string();
         assert!(
             text.contains("owner mismatch") && text.contains("other@pbs"),
@@ -209,7 +214,7 @@ fn merge_refuses_owner_mismatch_and_changes_nothing() {
         let before_ns = inventory(store);
         // Moving `b/a` onto `a` would merge `b/a`'s vm/1 into `a`'s, which has another owner.
         assert!(matches!(
-            refusal(store.move_namespace(&ns("b/a"), &ns("a"), true)),
+            refusal(store.move_namespace(&ns("b/a"), &ns("a"), Merge::IntoExisting)),
             MoveRefusal::OwnerMismatch { .. }
         ));
         assert_eq!(inventory(store), before_ns, "{}: nothing moved", ts.kind);
@@ -229,7 +234,7 @@ fn merge_refuses_time_overlap() {
         let before = inventory(store);
         let source = store.group(&root_ns(), &group("vm/1"));
         assert_eq!(
-            refusal(source.move_to(&a, true)),
+            refusal(source.move_to(&a, Merge::IntoExisting)),
             MoveRefusal::TimeOverlap {
                 oldest_moved: t(1_000),
                 newest_target: t(2_000),
@@ -237,7 +242,7 @@ fn merge_refuses_time_overlap() {
         );
         let old = store.snapshot(&root_ns(), &"vm/1/1970-01-01T00:16:40Z".parse().unwrap());
         assert!(matches!(
-            refusal(old.move_to(&a, true)),
+            refusal(old.move_to(&a, Merge::IntoExisting)),
             MoveRefusal::TimeOverlap { .. }
         ));
         assert_eq!(inventory(store), before, "{}", ts.kind);
@@ -246,16 +251,20 @@ fn merge_refuses_time_overlap() {
         backup(store, &root_ns(), "ct/5", 4_000);
         backup(store, &a, "ct/5", 4_000);
         assert!(matches!(
-            refusal(store.group(&root_ns(), &group("ct/5")).move_to(&a, true)),
+            refusal(
+                store
+                    .group(&root_ns(), &group("ct/5"))
+                    .move_to(&a, Merge::IntoExisting)
+            ),
             MoveRefusal::TimeOverlap { .. }
         ));
 
         // The newer snapshot alone may go; then the rest of the group no longer fits.
         let new = store.snapshot(&root_ns(), &"vm/1/1970-01-01T00:50:00Z".parse().unwrap());
-        new.move_to(&a, true).unwrap();
+        new.move_to(&a, Merge::IntoExisting).unwrap();
         assert_eq!(times(store, &a, "vm/1"), [2_000, 3_000]);
         assert!(matches!(
-            refusal(source.move_to(&a, true)),
+            refusal(source.move_to(&a, Merge::IntoExisting)),
             MoveRefusal::TimeOverlap { .. }
         ));
         assert_sound(&ts);
@@ -277,7 +286,7 @@ fn group_moves_whole_and_merges_with_the_notes_rules() {
             .snapshot(&root_ns(), &"vm/1/1970-01-01T00:16:40Z".parse().unwrap())
             .set_protected(true)
             .unwrap();
-        let report = g1.move_to(&a, false).unwrap();
+        let report = g1.move_to(&a, Merge::Never).unwrap();
         assert_eq!((report.snapshots, report.groups_moved), (2, 1));
         assert!(!g1.exists().unwrap());
         let moved = store.group(&a, &group("vm/1"));
@@ -298,7 +307,7 @@ fn group_moves_whole_and_merges_with_the_notes_rules() {
             .unwrap();
         let report = store
             .group(&root_ns(), &group("ct/2"))
-            .move_to(&a, true)
+            .move_to(&a, Merge::IntoExisting)
             .unwrap();
         assert_eq!(
             (report.snapshots, report.groups_merged, report.notes_moved),
@@ -329,7 +338,7 @@ fn group_moves_whole_and_merges_with_the_notes_rules() {
             .unwrap();
         let report = store
             .group(&root_ns(), &group("host/h"))
-            .move_to(&a, true)
+            .move_to(&a, Merge::IntoExisting)
             .unwrap();
         assert_eq!((report.snapshots, report.notes_moved), (2, 0));
         let target = store.group(&a, &group("host/h"));
@@ -349,7 +358,7 @@ fn group_moves_whole_and_merges_with_the_notes_rules() {
         backup(store, &root_ns(), "vm/3", 2_000);
         store
             .group(&root_ns(), &group("vm/3"))
-            .move_to(&a, true)
+            .move_to(&a, Merge::IntoExisting)
             .unwrap();
         assert_eq!(
             store.group(&a, &group("vm/3")).notes().unwrap().as_deref(),
@@ -357,7 +366,9 @@ fn group_moves_whole_and_merges_with_the_notes_rules() {
         );
 
         assert!(matches!(
-            store.group(&root_ns(), &group("vm/404")).move_to(&a, true),
+            store
+                .group(&root_ns(), &group("vm/404"))
+                .move_to(&a, Merge::IntoExisting),
             Err(Error::NotFound { what: "group", .. })
         ));
         assert_sound(&ts);
@@ -376,7 +387,7 @@ fn group_move_refuses_while_a_snapshot_is_in_use() {
             .unwrap();
         let err = store
             .group(&root_ns(), &group("vm/1"))
-            .move_to(&a, false)
+            .move_to(&a, Merge::Never)
             .unwrap_err();
         assert!(err.is_locked(), "{}: {err:?}", ts.kind);
         drop(reader);
@@ -384,7 +395,7 @@ fn group_move_refuses_while_a_snapshot_is_in_use() {
         assert!(
             store
                 .group(&root_ns(), &group("vm/1"))
-                .move_to(&a, false)
+                .move_to(&a, Merge::Never)
                 .unwrap_err()
                 .is_locked()
         );
@@ -393,7 +404,7 @@ fn group_move_refuses_while_a_snapshot_is_in_use() {
         assert!(store.journal_intents().unwrap().is_empty());
         store
             .group(&root_ns(), &group("vm/1"))
-            .move_to(&a, false)
+            .move_to(&a, Merge::Never)
             .unwrap();
         assert_sound(&ts);
     }
@@ -418,19 +429,19 @@ fn namespace_moves_with_children_and_merges() {
             .unwrap();
 
         assert_eq!(
-            refusal(store.move_namespace(&root_ns(), &ns("x/r"), false)),
+            refusal(store.move_namespace(&root_ns(), &ns("x/r"), Merge::Never)),
             MoveRefusal::RootNamespace
         );
         assert_eq!(
-            refusal(store.move_namespace(&ns("a"), &ns("a/b/a"), false)),
+            refusal(store.move_namespace(&ns("a"), &ns("a/b/a"), Merge::Never)),
             MoveRefusal::IntoItself
         );
         assert_eq!(
-            refusal(store.move_namespace(&ns("a"), &ns("a"), false)),
+            refusal(store.move_namespace(&ns("a"), &ns("a"), Merge::Never)),
             MoveRefusal::SameLocation
         );
         assert!(matches!(
-            store.move_namespace(&ns("a"), &ns("missing/a"), false),
+            store.move_namespace(&ns("a"), &ns("missing/a"), Merge::Never),
             Err(Error::NotFound {
                 what: "namespace",
                 ..
@@ -443,12 +454,14 @@ fn namespace_moves_with_children_and_merges() {
             store.create_namespace(&deep).unwrap();
         }
         assert!(matches!(
-            refusal(store.move_namespace(&ns("a"), &deep.child("a").unwrap(), false)),
+            refusal(store.move_namespace(&ns("a"), &deep.child("a").unwrap(), Merge::Never)),
             MoveRefusal::TooDeep { deepest: 8 }
         ));
 
         let before = inventory(store);
-        let report = store.move_namespace(&ns("a"), &ns("x/a"), false).unwrap();
+        let report = store
+            .move_namespace(&ns("a"), &ns("x/a"), Merge::Never)
+            .unwrap();
         assert_eq!(report.snapshots, 3, "{}", ts.kind);
         assert_eq!(report.namespaces_created, 4);
         assert_eq!(report.namespaces_removed, 4);
@@ -478,11 +491,13 @@ fn namespace_moves_with_children_and_merges() {
             .unwrap();
         let before_merge = inventory(store);
         assert_eq!(
-            refusal(store.move_namespace(&ns("x/a"), &ns("y"), false)),
+            refusal(store.move_namespace(&ns("x/a"), &ns("y"), Merge::Never)),
             MoveRefusal::TargetExists
         );
         assert_eq!(inventory(store), before_merge);
-        let report = store.move_namespace(&ns("x/a"), &ns("y"), true).unwrap();
+        let report = store
+            .move_namespace(&ns("x/a"), &ns("y"), Merge::IntoExisting)
+            .unwrap();
         assert_eq!((report.groups_merged, report.groups_moved), (1, 2));
         assert_eq!(times(store, &ns("y/b"), "ct/2"), [500, 1_000]);
         assert_eq!(
@@ -622,7 +637,7 @@ fn a_move_failing_half_way_is_completed_by_recover() {
             failing.fail_at.store(fail_at, Ordering::SeqCst);
             let err = store
                 .group(&root_ns(), &group(g))
-                .move_to(&a, true)
+                .move_to(&a, Merge::IntoExisting)
                 .unwrap_err();
             // Part of the move may be done; the error says what, and the rest is journaled.
             assert!(

@@ -2,6 +2,7 @@
 //! re-run in a child role), each with its own cache folder, sharing one bucket prefix on the S3
 //! test server (moto, started by `cargo xtask test`).
 
+use keepsake_datastore::Encryption;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -109,7 +110,9 @@ fn first_host(cfg: &S3TestConfig, prefix: &str, cache: &Path) -> DataStore {
     let group = store.group(&BackupNamespace::root(), dir.group());
     let owner: Authid = "root@pam".parse().unwrap();
     let mut writer = group.start_backup(&owner, dir.time()).unwrap();
-    writer.add_blob("conf.blob", b"config", false).unwrap();
+    writer
+        .add_blob("conf.blob", b"config", Encryption::None)
+        .unwrap();
     writer.finish().unwrap();
     store
 }
@@ -234,10 +237,7 @@ fn child_main(cfg: &S3TestConfig, role: &str) -> ! {
             .open()
             .unwrap();
         let dir: BackupDir = SNAPSHOT.parse().unwrap();
-        let outcome = match store
-            .snapshot(&BackupNamespace::root(), &dir)
-            .destroy(false)
-        {
+        let outcome = match store.snapshot(&BackupNamespace::root(), &dir).destroy() {
             Ok(()) => "destroyed".to_owned(),
             Err(Error::LeaseLost { reason, .. }) => format!("lease-lost {reason}"),
             Err(Error::Protected { .. }) => "protected".to_owned(),
@@ -293,7 +293,7 @@ fn child_main(cfg: &S3TestConfig, role: &str) -> ! {
                 let result = if *action == "protect-all" {
                     snapshot.set_protected(true)
                 } else {
-                    snapshot.destroy(false)
+                    snapshot.destroy()
                 };
                 let outcome = match result {
                     Ok(()) => "ok".to_owned(),
@@ -467,7 +467,7 @@ fn destroy_on_another_host_keeps_a_snapshot_protected_there() {
     let root = BackupNamespace::root();
     assert!(!b.snapshot(&root, &dir_name).is_protected().unwrap());
     a.snapshot(&root, &dir_name).set_protected(true).unwrap();
-    match b.snapshot(&root, &dir_name).destroy(false) {
+    match b.snapshot(&root, &dir_name).destroy() {
         Err(Error::Protected { .. }) => {}
         other => panic!("host B destroyed a snapshot host A protected: {other:?}"),
     }
@@ -609,7 +609,9 @@ fn hosts_racing_to_destroy_and_protect_never_remove_a_protected_snapshot() {
         let dir_name = race_snapshot(i);
         let group = store.group(&root, dir_name.group());
         let mut writer = group.start_backup(&owner, dir_name.time()).unwrap();
-        writer.add_blob("conf.blob", b"config", false).unwrap();
+        writer
+            .add_blob("conf.blob", b"config", Encryption::None)
+            .unwrap();
         writer.finish().unwrap();
     }
     // Both hosts refresh their caches now (every snapshot unprotected there), then start together.

@@ -7,6 +7,7 @@ mod common;
 use jiff::tz::TimeZone;
 use keepsake_datastore::prune::{KeepOptions, PruneMark};
 use keepsake_datastore::{DataStore, Error, PruneAction, PruneScope};
+use keepsake_datastore::{Encryption, PruneRun};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter};
 
 const DAY: i64 = 86_400;
@@ -35,7 +36,11 @@ fn daily(store: &DataStore, ns: &BackupNamespace, g: &str, days: i64) {
         let time = BackupTime::from_epoch(BASE + day * DAY).unwrap();
         let mut backup = handle.start_backup(&owner(), time).unwrap();
         backup
-            .add_blob("qemu-server.conf.blob", format!("{day}").as_bytes(), false)
+            .add_blob(
+                "qemu-server.conf.blob",
+                format!("{day}").as_bytes(),
+                Encryption::None,
+            )
             .unwrap();
         backup.finish().unwrap();
     }
@@ -43,7 +48,7 @@ fn daily(store: &DataStore, ns: &BackupNamespace, g: &str, days: i64) {
 
 fn times(store: &DataStore, ns: &BackupNamespace, g: &str) -> Vec<i64> {
     let mut list = store.group(ns, &group(g)).list_backups().unwrap();
-    keepsake_datastore::BackupInfo::sort(&mut list, true);
+    keepsake_datastore::BackupInfo::sort(&mut list, keepsake_datastore::SortOrder::OldestFirst);
     list.iter().map(|b| b.snapshot.time().epoch()).collect()
 }
 
@@ -56,7 +61,10 @@ fn group_prune_dry_run_then_apply() {
         // The second oldest is protected: kept, not counted.
         let protected = store.group(&root, &group("vm/100")).list_backups().unwrap();
         let mut sorted = protected.clone();
-        keepsake_datastore::BackupInfo::sort(&mut sorted, true);
+        keepsake_datastore::BackupInfo::sort(
+            &mut sorted,
+            keepsake_datastore::SortOrder::OldestFirst,
+        );
         store
             .snapshot(&root, &sorted[1].snapshot)
             .set_protected(true)
@@ -65,7 +73,7 @@ fn group_prune_dry_run_then_apply() {
         let g = store.group(&root, &group("vm/100"));
         let before = times(store, &root, "vm/100");
         let dry = g
-            .prune(&policy("keep-last=2"), &TimeZone::UTC, true)
+            .prune(&policy("keep-last=2"), &TimeZone::UTC, PruneRun::DryRun)
             .unwrap();
         assert_eq!(
             times(store, &root, "vm/100"),
@@ -92,7 +100,7 @@ fn group_prune_dry_run_then_apply() {
         assert_eq!(dry.snapshots[0].reason.to_string(), "last 1 of 2");
 
         let done = g
-            .prune(&policy("keep-last=2"), &TimeZone::UTC, false)
+            .prune(&policy("keep-last=2"), &TimeZone::UTC, PruneRun::Remove)
             .unwrap();
         assert_eq!(
             (done.removed(), done.failed(), done.kept()),
@@ -108,12 +116,12 @@ fn group_prune_dry_run_then_apply() {
         );
         // Idempotent: the second run removes nothing.
         let again = g
-            .prune(&policy("keep-last=2"), &TimeZone::UTC, false)
+            .prune(&policy("keep-last=2"), &TimeZone::UTC, PruneRun::Remove)
             .unwrap();
         assert_eq!(again.removed(), 0, "{}", ts.kind);
         // An empty policy keeps everything.
         let none = g
-            .prune(&KeepOptions::default(), &TimeZone::UTC, false)
+            .prune(&KeepOptions::default(), &TimeZone::UTC, PruneRun::Remove)
             .unwrap();
         assert_eq!((none.removed(), none.kept()), (0, 3), "{}", ts.kind);
         common::assert_cache_matches_bucket(&ts);
@@ -127,13 +135,13 @@ fn a_locked_snapshot_fails_alone() {
         let root = BackupNamespace::root();
         daily(store, &root, "ct/200", 4);
         let mut list = store.group(&root, &group("ct/200")).list_backups().unwrap();
-        keepsake_datastore::BackupInfo::sort(&mut list, true);
+        keepsake_datastore::BackupInfo::sort(&mut list, keepsake_datastore::SortOrder::OldestFirst);
         // Someone reads the oldest snapshot (shared lock): its removal must fail, not block.
         let reader = store.snapshot(&root, &list[0].snapshot);
         let guard = reader.lock_shared().unwrap();
         let report = store
             .group(&root, &group("ct/200"))
-            .prune(&policy("keep-last=1"), &TimeZone::UTC, false)
+            .prune(&policy("keep-last=1"), &TimeZone::UTC, PruneRun::Remove)
             .unwrap();
         assert_eq!((report.removed(), report.failed()), (2, 1), "{}", ts.kind);
         let failed = report
@@ -178,7 +186,13 @@ fn namespace_prune_with_depth_and_filters() {
         let scope =
             PruneScope::namespace().with_filters(vec!["type:vm".parse::<GroupFilter>().unwrap()]);
         let report = store
-            .prune_namespace(&ns("a"), &scope, &keep_one, &TimeZone::UTC, false)
+            .prune_namespace(
+                &ns("a"),
+                &scope,
+                &keep_one,
+                &TimeZone::UTC,
+                PruneRun::Remove,
+            )
             .unwrap();
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let pruned: Vec<String> = report
@@ -199,7 +213,7 @@ fn namespace_prune_with_depth_and_filters() {
                 &PruneScope::recursive(),
                 &keep_one,
                 &TimeZone::UTC,
-                true,
+                PruneRun::DryRun,
             )
             .unwrap();
         assert_eq!(dry.groups.len(), 4, "{}", ts.kind);
@@ -218,7 +232,7 @@ fn namespace_prune_with_depth_and_filters() {
                 &scope,
                 &keep_one,
                 &TimeZone::UTC,
-                false,
+                PruneRun::Remove,
             )
             .unwrap();
         assert_eq!(report.removed(), 4, "{}", ts.kind);
@@ -234,7 +248,7 @@ fn namespace_prune_with_depth_and_filters() {
                 &PruneScope::recursive(),
                 &keep_one,
                 &TimeZone::UTC,
-                true
+                PruneRun::DryRun
             ),
             Err(Error::NotFound {
                 what: "namespace",

@@ -5,6 +5,7 @@
 mod common;
 
 use keepsake_backend::{Backend, BackendPath, WriteMode};
+use keepsake_datastore::Encryption;
 use keepsake_datastore::{
     CacheCheck, CacheDifferenceKind, DataStore, Error, VerifyOptions, VerifyScope,
 };
@@ -20,10 +21,19 @@ fn backup(store: &DataStore, ns: &BackupNamespace, g: &str, time: i64) {
         .group(ns, &g.parse().unwrap())
         .start_backup(&owner, BackupTime::from_epoch(time).unwrap())
         .unwrap();
-    w.add_blob("conf.blob", format!("{g} {time}\n").as_bytes(), false)
-        .unwrap();
-    w.add_fixed_archive("disk.img.fidx", &[time as u8; 9_000], 4_096)
-        .unwrap();
+    w.add_blob(
+        "conf.blob",
+        format!("{g} {time}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
+    w.add_fixed_archive(
+        "disk.img.fidx",
+        &[time as u8; 9_000],
+        4_096,
+        Encryption::None,
+    )
+    .unwrap();
     w.finish().unwrap();
 }
 

@@ -6,6 +6,7 @@
 //! against (an adversarial review); they pass since the fix, and stay as regression tests;
 //! tests marked `HOLDS` are attacks the code withstood, kept as regression tests.
 
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -55,8 +56,12 @@ fn backup(store: &DataStore, ns: &BackupNamespace, group: &str, time: i64) -> Ba
         .group(ns, &group)
         .start_backup(&owner(), BackupTime::from_epoch(time).unwrap())
         .unwrap();
-    w.add_blob("conf.blob", format!("{time}\n").as_bytes(), false)
-        .unwrap();
+    w.add_blob(
+        "conf.blob",
+        format!("{time}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
     w.finish().unwrap().dir().clone()
 }
 
@@ -79,11 +84,13 @@ fn prune_from_a_stale_cache_never_removes_what_the_policy_keeps() {
         .map(|i| backup(&a, &root, "vm/100", i * 86_400))
         .collect();
     let b = cache(&bucket, dir.path(), false);
-    b.snapshot(&root, &snaps[4]).destroy(false).unwrap();
+    b.snapshot(&root, &snaps[4]).destroy().unwrap();
 
     let policy: KeepOptions = "keep-last=2".parse().unwrap();
     let group = a.group(&root, snaps[0].group());
-    group.prune(&policy, &TimeZone::UTC, false).unwrap();
+    group
+        .prune(&policy, &TimeZone::UTC, PruneRun::Remove)
+        .unwrap();
     let left: Vec<usize> = (0..5)
         .filter(|&i| in_bucket(&bucket, &manifest_of(&root, &snaps[i])))
         .collect();
@@ -109,10 +116,12 @@ fn a_merge_checks_the_source_owner_in_the_bucket() {
     let newer = backup(&a, &root, "vm/100", 2_000);
     let b = cache(&bucket, dir.path(), false);
     b.group(&root, newer.group())
-        .set_owner(&"mallory@pbs".parse().unwrap(), true)
+        .set_owner(&"mallory@pbs".parse().unwrap(), ExistingOwner::Replace)
         .unwrap();
 
-    let err = a.snapshot(&root, &newer).move_to(&prod, true);
+    let err = a
+        .snapshot(&root, &newer)
+        .move_to(&prod, Merge::IntoExisting);
     assert!(
         matches!(
             &err,
@@ -141,7 +150,7 @@ fn a_group_move_from_a_stale_cache_never_reports_a_split_group_as_moved() {
     let b = cache(&bucket, dir.path(), false);
     let added = backup(&b, &root, "vm/100", 2_000);
 
-    let result = a.group(&root, first.group()).move_to(&prod, false);
+    let result = a.group(&root, first.group()).move_to(&prod, Merge::Never);
     let left_behind = in_bucket(&bucket, &manifest_of(&root, &added));
     match result {
         Ok(report) => {
@@ -168,7 +177,7 @@ fn a_namespace_removal_from_a_stale_cache_keeps_what_the_other_cache_added() {
     let theirs = backup(&b, &prod, "ct/7", 2_000);
     let later = backup(&b, &prod, "vm/100", 3_000);
 
-    let report = a.remove_namespace(&prod, true).unwrap();
+    let report = a.remove_namespace(&prod, GroupsInside::Destroy).unwrap();
     assert!(!in_bucket(&bucket, &manifest_of(&prod, &mine)));
     assert!(in_bucket(&bucket, &manifest_of(&prod, &theirs)));
     assert!(in_bucket(&bucket, &manifest_of(&prod, &later)));
@@ -188,7 +197,7 @@ fn protection_changes_from_a_stale_cache_never_resurrect_a_destroyed_snapshot() 
     let snap = backup(&a, &root, "vm/100", 1_000);
     let _keep = backup(&a, &root, "vm/100", 2_000);
     let b = cache(&bucket, dir.path(), false);
-    b.snapshot(&root, &snap).destroy(false).unwrap();
+    b.snapshot(&root, &snap).destroy().unwrap();
     for protected in [true, false] {
         let err = a
             .snapshot(&root, &snap)
@@ -407,10 +416,10 @@ fn prune_from_a_stale_cache_on_the_s3_server() {
         .map(|i| backup(&a, &root, "vm/100", i * 86_400))
         .collect();
     let b = open("b", false);
-    b.snapshot(&root, &snaps[4]).destroy(false).unwrap();
+    b.snapshot(&root, &snaps[4]).destroy().unwrap();
     let policy: KeepOptions = "keep-last=2".parse().unwrap();
     a.group(&root, snaps[0].group())
-        .prune(&policy, &TimeZone::UTC, false)
+        .prune(&policy, &TimeZone::UTC, PruneRun::Remove)
         .unwrap();
     let remote = ObjectBackend::s3(&config, &prefix).unwrap();
     let left: Vec<usize> = (0..5)

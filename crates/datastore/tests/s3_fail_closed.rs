@@ -2,6 +2,7 @@
 //! cache, host or PBS server has left behind; a lost reply never applies a change twice; a cache
 //! opens only for its own bucket. On the S3 test server (moto, started by `cargo xtask test`).
 
+use keepsake_datastore::{Encryption, Merge};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,8 +83,12 @@ fn backup(store: &DataStore, ns: &BackupNamespace, group: &str, time: i64) -> Ba
         .group(ns, &group)
         .start_backup(&owner, BackupTime::from_epoch(time).unwrap())
         .unwrap();
-    w.add_blob("conf.blob", format!("{time}\n").as_bytes(), false)
-        .unwrap();
+    w.add_blob(
+        "conf.blob",
+        format!("{time}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
     w.finish().unwrap().dir().clone()
 }
 
@@ -109,7 +114,7 @@ fn two_caches_a_stale_one_never_forgets_what_the_other_protected() {
     b.store.snapshot(&root, &snap).set_protected(true).unwrap();
     // A's cache never saw the protection.
     assert!(!a.store.snapshot(&root, &snap).is_protected().unwrap());
-    let err = a.store.snapshot(&root, &snap).destroy(false).unwrap_err();
+    let err = a.store.snapshot(&root, &snap).destroy().unwrap_err();
     assert!(matches!(err, Error::Protected { .. }), "{err:?}");
     let stats = a.store.group(&root, snap.group()).destroy().unwrap();
     assert_eq!((stats.removed_snapshots, stats.protected_snapshots), (0, 1));
@@ -139,11 +144,11 @@ fn a_group_judged_empty_from_a_stale_cache_keeps_what_another_host_moved_in() {
     let b = host(&config, &prefix, &dir.path().join("b"), false);
     b.store
         .snapshot(&root, &newer)
-        .move_to(&prod, true)
+        .move_to(&prod, Merge::IntoExisting)
         .unwrap();
     // A's cache knows prod/vm/100 with the older snapshot only; forgetting it leaves the group
     // empty as far as A's cache can tell.
-    a.store.snapshot(&prod, &older).destroy(false).unwrap();
+    a.store.snapshot(&prod, &older).destroy().unwrap();
     let moved = format!("{}/index.json.blob", newer.relative_path(&prod));
     assert!(
         in_bucket(&config, &prefix, &moved),
@@ -176,12 +181,12 @@ fn a_move_into_a_group_only_the_bucket_knows_obeys_it() {
     let theirs = backup(&b.store, &prod, "vm/100", 2_000);
     assert!(!a.store.group(&prod, mine.group()).exists().unwrap());
     let source = a.store.group(&root, mine.group());
-    let err = source.move_to(&prod, false).unwrap_err();
+    let err = source.move_to(&prod, Merge::Never).unwrap_err();
     assert!(
         matches!(&err, Error::MoveRefused { reason, .. } if **reason == MoveRefusal::TargetExists),
         "{err:?}"
     );
-    let err = source.move_to(&prod, true).unwrap_err();
+    let err = source.move_to(&prod, Merge::IntoExisting).unwrap_err();
     assert!(
         matches!(&err, Error::MoveRefused { reason, .. } if matches!(**reason, MoveRefusal::TimeOverlap { .. })),
         "{err:?}"
@@ -189,7 +194,7 @@ fn a_move_into_a_group_only_the_bucket_knows_obeys_it() {
     let err = a
         .store
         .snapshot(&root, &mine)
-        .move_to(&prod, true)
+        .move_to(&prod, Merge::IntoExisting)
         .unwrap_err();
     assert!(matches!(err, Error::MoveRefused { .. }), "{err:?}");
     // Nothing moved, nothing overwritten.

@@ -19,6 +19,7 @@
 //!
 //! `KEEPSAKE_STRESS_SECS` sets the duration per backend (default 4 s; `cargo xtask stress`).
 
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -367,7 +368,11 @@ fn worker(
                 let _ = store.create_namespace(&n);
             }
             let result = group.start_backup(&owner, time).and_then(|mut w| {
-                w.add_blob("conf.blob", format!("{time}\n").as_bytes(), false)?;
+                w.add_blob(
+                    "conf.blob",
+                    format!("{time}\n").as_bytes(),
+                    Encryption::None,
+                )?;
                 w.finish().map(|_| ())
             });
             let mut r = record.lock().unwrap();
@@ -422,7 +427,11 @@ fn worker(
             if rng.below(2) == 0 {
                 // Mostly the usual owner: a changed one makes merges refuse (as they should).
                 let owner: Authid = OWNERS[usize::from(rng.below(4) == 0)].parse().unwrap();
-                record_op(record, "set-owner", group.set_owner(&owner, true));
+                record_op(
+                    record,
+                    "set-owner",
+                    group.set_owner(&owner, ExistingOwner::Replace),
+                );
             } else {
                 let notes = format!("notes of {dir}\nline two {}\n", rng.next());
                 record_op(record, "set-notes", group.set_notes(&notes));
@@ -474,7 +483,7 @@ fn worker(
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
-            let result = store.snapshot(&n, &dir).destroy(false);
+            let result = store.snapshot(&n, &dir).destroy();
             let mut r = record.lock().unwrap();
             if result.is_ok() {
                 r.removed.insert(dir.to_string());
@@ -484,9 +493,10 @@ fn worker(
             let Some((n, dir)) = pick(&mut rng) else {
                 continue;
             };
-            let result = store
-                .group(&n, dir.group())
-                .prune(&policy, &TimeZone::UTC, false);
+            let result =
+                store
+                    .group(&n, dir.group())
+                    .prune(&policy, &TimeZone::UTC, PruneRun::Remove);
             let mut r = record.lock().unwrap();
             match result {
                 Ok(p) => {
@@ -525,7 +535,10 @@ fn worker(
                 continue;
             };
             let to = ns(NAMESPACES[rng.below(NAMESPACES.len())]);
-            let result = store.snapshot(&n, &dir).move_to(&to, true).map(|_| ());
+            let result = store
+                .snapshot(&n, &dir)
+                .move_to(&to, Merge::IntoExisting)
+                .map(|_| ());
             record.lock().unwrap().count("move-snapshot", &result);
         } else if roll < 97 {
             let Some((n, dir)) = pick(&mut rng) else {
@@ -534,12 +547,19 @@ fn worker(
             let to = ns(NAMESPACES[rng.below(NAMESPACES.len())]);
             let result = store
                 .group(&n, dir.group())
-                .move_to(&to, rng.below(2) == 0)
+                .move_to(
+                    &to,
+                    if rng.below(2) == 0 {
+                        Merge::IntoExisting
+                    } else {
+                        Merge::Never
+                    },
+                )
                 .map(|_| ());
             record.lock().unwrap().count("move-group", &result);
         } else if roll < 98 {
             // Namespace `b` with everything in it (protected snapshots stay).
-            let result = store.remove_namespace(&ns("b"), true);
+            let result = store.remove_namespace(&ns("b"), GroupsInside::Destroy);
             let mut r = record.lock().unwrap();
             match result {
                 Ok(removal) => {
@@ -567,7 +587,9 @@ fn worker(
             } else {
                 ("b", "a")
             };
-            let result = store.move_namespace(&ns(from), &ns(to), true).map(|_| ());
+            let result = store
+                .move_namespace(&ns(from), &ns(to), Merge::IntoExisting)
+                .map(|_| ());
             record.lock().unwrap().count("move-namespace", &result);
         }
     }

@@ -3,6 +3,8 @@
 
 mod common;
 
+use keepsake_datastore::Encryption;
+use keepsake_manifest::blob::Compression;
 use std::collections::BTreeMap;
 
 use keepsake_datastore::{
@@ -32,17 +34,22 @@ fn backup(store: &DataStore, ns: &BackupNamespace, g: &str, time: i64) -> Backup
     w.add_blob(
         "qemu-server.conf.blob",
         format!("conf {time}\n").as_bytes(),
-        false,
+        Encryption::None,
     )
     .unwrap();
     let image: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
-    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536)
+    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536, Encryption::None)
         .unwrap();
     let unique = format!("unique {time}").into_bytes();
-    w.add_dynamic_archive("root.pxar.didx", [&[3u8; 5_000][..], &unique[..]], false)
-        .unwrap();
+    w.add_dynamic_archive(
+        "root.pxar.didx",
+        [&[3u8; 5_000][..], &unique[..]],
+        Encryption::None,
+    )
+    .unwrap();
     let snapshot = w.finish().unwrap();
-    let log = keepsake_manifest::blob::DataBlob::encode(b"backup log\n", None, false).unwrap();
+    let log = keepsake_manifest::blob::DataBlob::encode(b"backup log\n", None, Compression::None)
+        .unwrap();
     store
         .backend()
         .write(
@@ -389,7 +396,8 @@ fn verify_checks_signatures_with_a_key() {
         .group(&ns, &"vm/1".parse().unwrap())
         .start_backup(&root(), BackupTime::from_epoch(1_000).unwrap())
         .unwrap();
-    w.add_blob("qemu-server.conf.blob", b"x", false).unwrap();
+    w.add_blob("qemu-server.conf.blob", b"x", Encryption::None)
+        .unwrap();
     w.manifest_mut().sign(&key).unwrap();
     let snapshot = w.finish().unwrap();
 
@@ -518,7 +526,8 @@ fn update_manifest_never_breaks_a_signature() {
         .group(&BackupNamespace::root(), &"vm/1".parse().unwrap())
         .start_backup(&root(), BackupTime::from_epoch(1_000).unwrap())
         .unwrap();
-    w.add_blob("qemu-server.conf.blob", b"x", false).unwrap();
+    w.add_blob("qemu-server.conf.blob", b"x", Encryption::None)
+        .unwrap();
     w.manifest_mut().sign(&key).unwrap();
     let snapshot = w.finish().unwrap();
     let file = dir_

@@ -3,6 +3,7 @@
 //! both in a row for encrypted and compressed ones. Data: 4 MiB, PBS's default chunk size, either
 //! compressible (log-like text) or random.
 
+use keepsake_manifest::blob::Compression;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
@@ -77,7 +78,7 @@ struct Case {
     name: &'static str,
     data: Vec<u8>,
     encrypt: bool,
-    compress: bool,
+    compress: Compression,
 }
 
 fn bench(c: &mut Criterion, cases: &[Case]) {
@@ -114,29 +115,31 @@ fn bench(c: &mut Criterion, cases: &[Case]) {
             BenchmarkId::new("bare", case.name),
             &case.data,
             |b, data| {
-                b.iter(|| match (case.compress, case.encrypt) {
-                    (true, false) => {
-                        frame.clear();
-                        let frame_len =
-                            compressor.compress_to_buffer(black_box(&data[..]), &mut frame);
-                        black_box(frame_len.unwrap());
-                    }
-                    (false, true) => {
-                        black_box(bare_encrypt(&cipher, black_box(data), &mut ciphertext));
-                    }
-                    _ => {
-                        frame.clear();
-                        compressor
-                            .compress_to_buffer(black_box(&data[..]), &mut frame)
-                            .unwrap();
-                        let plain = if frame.len() < data.len() {
-                            &frame[..]
-                        } else {
-                            &data[..]
-                        };
-                        black_box(bare_encrypt(&cipher, plain, &mut ciphertext));
-                    }
-                })
+                b.iter(
+                    || match (case.compress == Compression::Zstd, case.encrypt) {
+                        (true, false) => {
+                            frame.clear();
+                            let frame_len =
+                                compressor.compress_to_buffer(black_box(&data[..]), &mut frame);
+                            black_box(frame_len.unwrap());
+                        }
+                        (false, true) => {
+                            black_box(bare_encrypt(&cipher, black_box(data), &mut ciphertext));
+                        }
+                        _ => {
+                            frame.clear();
+                            compressor
+                                .compress_to_buffer(black_box(&data[..]), &mut frame)
+                                .unwrap();
+                            let plain = if frame.len() < data.len() {
+                                &frame[..]
+                            } else {
+                                &data[..]
+                            };
+                            black_box(bare_encrypt(&cipher, plain, &mut ciphertext));
+                        }
+                    },
+                )
             },
         );
     }
@@ -203,25 +206,25 @@ fn main() {
             name: "zstd-text",
             data: text_data(),
             encrypt: false,
-            compress: true,
+            compress: Compression::Zstd,
         },
         Case {
             name: "zstd-random",
             data: random_data(),
             encrypt: false,
-            compress: true,
+            compress: Compression::Zstd,
         },
         Case {
             name: "aes-random",
             data: random_data(),
             encrypt: true,
-            compress: false,
+            compress: Compression::None,
         },
         Case {
             name: "aes-zstd-text",
             data: text_data(),
             encrypt: true,
-            compress: true,
+            compress: Compression::Zstd,
         },
     ];
     let mut criterion = Criterion::default().configure_from_args();

@@ -17,16 +17,16 @@
 //! blob cannot make the decoder allocate without bound.
 //!
 //! ```
-//! use keepsake_manifest::blob::{BlobKind, DataBlob};
+//! use keepsake_manifest::blob::{BlobKind, Compression, DataBlob};
 //! use keepsake_manifest::crypt::CryptConfig;
 //!
 //! let text = b"hello hello hello hello hello hello hello hello".repeat(10);
-//! let blob = DataBlob::encode(&text, None, true)?;
+//! let blob = DataBlob::encode(&text, None, Compression::Zstd)?;
 //! assert_eq!(blob.kind(), BlobKind::Compressed);
 //! assert_eq!(DataBlob::from_raw(blob.as_bytes().to_vec())?.decode(None)?, text);
 //!
 //! let key = CryptConfig::new([42; 32]);
-//! let secret = DataBlob::encode(b"secret", Some(&key), false)?;
+//! let secret = DataBlob::encode(b"secret", Some(&key), Compression::None)?;
 //! assert_eq!(secret.kind(), BlobKind::Encrypted);
 //! assert_eq!(secret.decode(Some(&key))?, b"secret");
 //! assert!(secret.decode(None).is_err());
@@ -122,6 +122,15 @@ impl BlobKind {
 
 /// A blob whose length, magic and CRC have been checked: the raw file bytes.
 ///
+/// Whether [`DataBlob::encode`] compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// Stored as given.
+    None,
+    /// zstd level 1, as PBS, kept only when strictly smaller than the data.
+    Zstd,
+}
+
 /// A `DataBlob` comes from [`DataBlob::encode`] or from checked raw bytes ([`DataBlob::from_raw`],
 /// [`DataBlob::read_from`]); the payload is only decrypted and decompressed by
 /// [`DataBlob::decode`].
@@ -132,11 +141,15 @@ pub struct DataBlob {
 }
 
 impl DataBlob {
-    /// Encodes `data` as PBS does: encrypted when `crypt` is given, zstd level 1 when `compress` is
-    /// set and the result is strictly smaller. Fails with [`Error::TooLarge`] above
+    /// Encodes `data` as PBS does: encrypted when `crypt` is given, zstd level 1 with
+    /// [`Compression::Zstd`] when the result is strictly smaller. Fails with [`Error::TooLarge`] above
     /// [`MAX_BLOB_SIZE`] bytes and with [`Error::Random`] if no IV can be drawn.
-    pub fn encode(data: &[u8], crypt: Option<&CryptConfig>, compress: bool) -> Result<Self> {
-        BlobCodec::new().encode(data, crypt, compress)
+    pub fn encode(
+        data: &[u8],
+        crypt: Option<&CryptConfig>,
+        compression: Compression,
+    ) -> Result<Self> {
+        BlobCodec::new().encode(data, crypt, compression)
     }
 
     /// Checks raw blob bytes (length, magic, CRC) without decoding them.
@@ -219,12 +232,12 @@ pub fn decode(raw: &[u8], crypt: Option<&CryptConfig>) -> Result<Vec<u8>> {
 /// [`MAX_BLOB_SIZE`]); drop the codec to free it.
 ///
 /// ```
-/// use keepsake_manifest::blob::BlobCodec;
+/// use keepsake_manifest::blob::{BlobCodec, Compression};
 ///
 /// let mut codec = BlobCodec::new();
 /// let mut out = Vec::new();
 /// for text in ["one", "two", "three"] {
-///     let blob = codec.encode(text.as_bytes(), None, true)?;
+///     let blob = codec.encode(text.as_bytes(), None, Compression::Zstd)?;
 ///     codec.decode_into(blob.as_bytes(), None, &mut out)?;
 ///     assert_eq!(out, text.as_bytes());
 /// }
@@ -247,10 +260,10 @@ impl BlobCodec {
         &mut self,
         data: &[u8],
         crypt: Option<&CryptConfig>,
-        compress: bool,
+        compression: Compression,
     ) -> Result<DataBlob> {
         let mut raw = Vec::new();
-        let kind = self.encode_into(data, crypt, compress, &mut raw)?;
+        let kind = self.encode_into(data, crypt, compression, &mut raw)?;
         Ok(DataBlob { raw, kind })
     }
 
@@ -261,9 +274,10 @@ impl BlobCodec {
         &mut self,
         data: &[u8],
         crypt: Option<&CryptConfig>,
-        compress: bool,
+        compression: Compression,
         out: &mut Vec<u8>,
     ) -> Result<BlobKind> {
+        let compress = compression == Compression::Zstd;
         out.clear();
         if data.len() > MAX_BLOB_SIZE {
             return Err(Error::TooLarge {
@@ -491,7 +505,9 @@ mod tests {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
         let mut codec = BlobCodec::new();
         let mut raw = Vec::new();
-        let kind = codec.encode_into(&data, None, false, &mut raw).unwrap();
+        let kind = codec
+            .encode_into(&data, None, Compression::None, &mut raw)
+            .unwrap();
         assert_eq!(kind, BlobKind::Uncompressed);
         let mut out = b"earlier contents".to_vec();
         codec.decode_into(&raw, None, &mut out).unwrap();
@@ -533,7 +549,7 @@ mod tests {
     #[test]
     fn encrypted_layout_is_iv_tag_ciphertext() {
         let key = CryptConfig::new([3; 32]);
-        let blob = DataBlob::encode(b"abc", Some(&key), false).unwrap();
+        let blob = DataBlob::encode(b"abc", Some(&key), Compression::None).unwrap();
         let raw = blob.as_bytes();
         assert_eq!(raw.len(), ENCRYPTED_HEADER_LEN + 3);
         assert_eq!(blob.crc(), crc32fast::hash(&raw[ENCRYPTED_HEADER_LEN..]));

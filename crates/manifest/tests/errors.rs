@@ -1,5 +1,6 @@
 //! One test per error kind: each builds the smallest input that must fail that way.
 
+use keepsake_manifest::blob::Compression;
 use std::io::{self, Read};
 
 use keepsake_hierarchy::BackupDir;
@@ -145,7 +146,7 @@ fn crc_mismatch_is_found_before_the_payload_is_used() {
 fn too_large() {
     let big = vec![0u8; MAX_BLOB_SIZE + 1];
     assert!(matches!(
-        DataBlob::encode(&big, None, true),
+        DataBlob::encode(&big, None, Compression::Zstd),
         Err(Error::TooLarge { len, limit }) if len == big.len() as u64 && limit == MAX_BLOB_SIZE as u64
     ));
     // A 4 KiB frame without content size that would expand to 129 MiB stops at the limit.
@@ -177,7 +178,7 @@ fn too_large() {
 
 #[test]
 fn missing_key() {
-    let blob = DataBlob::encode(b"secret", Some(&key(1)), true).unwrap();
+    let blob = DataBlob::encode(b"secret", Some(&key(1)), Compression::Zstd).unwrap();
     assert!(matches!(
         blob.decode(None),
         Err(Error::MissingKey { fingerprint: None })
@@ -198,7 +199,7 @@ fn missing_key() {
 
 #[test]
 fn decryption_failed() {
-    for compress in [false, true] {
+    for compress in [Compression::None, Compression::Zstd] {
         let blob = DataBlob::encode(&[7; 1000], Some(&key(1)), compress).unwrap();
         assert!(matches!(
             blob.decode(Some(&key(2))),

@@ -4,6 +4,7 @@
 //! own entries).
 
 use keepsake_manifest::Error;
+use keepsake_manifest::blob::Compression;
 use keepsake_manifest::blob::{self, BlobKind, DataBlob};
 use keepsake_manifest::crypt::CryptConfig;
 use keepsake_manifest::index::{
@@ -127,7 +128,8 @@ proptest! {
         crc in any::<bool>(),
     ) {
         let key = CryptConfig::new([1; 32]);
-        let mut raw = DataBlob::encode(&data, encrypt.then_some(&key), compress).unwrap().into_bytes();
+        let compression = if compress { Compression::Zstd } else { Compression::None };
+        let mut raw = DataBlob::encode(&data, encrypt.then_some(&key), compression).unwrap().into_bytes();
         let header = if encrypt { 44 } else { 12 };
         // Mostly mutate the payload, sometimes the header too.
         mutate(&mut raw, &edits, if crc { header } else { 0 });

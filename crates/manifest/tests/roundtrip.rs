@@ -3,6 +3,7 @@
 //! zstd, SHA-256 over hand-built bytes) where one exists.
 
 use keepsake_manifest::Error;
+use keepsake_manifest::blob::Compression;
 use keepsake_manifest::blob::{BlobCodec, BlobKind, DataBlob};
 use keepsake_manifest::crypt::CryptConfig;
 use keepsake_manifest::index::{
@@ -30,13 +31,22 @@ fn blob_data(max: usize) -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The compression a generated flag stands for.
+fn compression(compress: bool) -> Compression {
+    if compress {
+        Compression::Zstd
+    } else {
+        Compression::None
+    }
+}
+
 fn check_blob_round_trip(
     data: &[u8],
     key: Option<[u8; 32]>,
     compress: bool,
 ) -> Result<(), TestCaseError> {
     let config = key.map(CryptConfig::new);
-    let blob = DataBlob::encode(data, config.as_ref(), compress).unwrap();
+    let blob = DataBlob::encode(data, config.as_ref(), compression(compress)).unwrap();
     let kind = blob.kind();
     prop_assert_eq!(kind.is_encrypted(), config.is_some());
     if kind.is_compressed() {
@@ -89,7 +99,7 @@ proptest! {
         let mut out = Vec::new();
         for (data, encrypt, compress) in &items {
             let config = encrypt.then_some(&key);
-            let blob = codec.encode(data, config, *compress).unwrap();
+            let blob = codec.encode(data, config, compression(*compress)).unwrap();
             codec.decode_into(blob.as_bytes(), config, &mut out).unwrap();
             prop_assert_eq!(&out, data);
         }

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use keepsake_datastore::{ExistingOwner, GroupsInside};
 use keepsake_hierarchy::{Authid, BackupNamespace};
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ struct NsRemoved {
 pub(crate) fn ns_remove(
     ctx: &Ctx<'_>,
     ns: &BackupNamespace,
-    delete_groups: bool,
+    groups_inside: GroupsInside,
 ) -> Result<ExitCode> {
     if ns.is_root() {
         return Err(UsageError("the root namespace cannot be removed".to_owned()).into());
@@ -96,7 +97,7 @@ pub(crate) fn ns_remove(
     let session = ctx.open_write()?;
     let store = &session.store;
     require_ns(store, ns)?;
-    if !delete_groups {
+    if groups_inside == GroupsInside::Keep {
         let mut groups = Vec::new();
         for n in namespaces(store, ns, true)? {
             groups.extend(groups_of(store, &n, &[])?);
@@ -112,7 +113,7 @@ pub(crate) fn ns_remove(
         }
     }
     let spinner = ctx.out.spinner(format!("removing namespace {ns}"));
-    let removal = store.remove_namespace(ns, delete_groups);
+    let removal = store.remove_namespace(ns, groups_inside);
     spinner.finish_and_clear();
     let removal = removal.with_context(|| format!("cannot remove namespace `{ns}`"))?;
     let error = (!removal.all_removed()).then(|| {
@@ -194,7 +195,7 @@ pub(crate) fn owner(
     ctx: &Ctx<'_>,
     arg: &GroupArg,
     new_owner: Option<&Authid>,
-    force: bool,
+    existing: ExistingOwner,
 ) -> Result<ExitCode> {
     let (ns, name) = arg.resolve(ctx.ns_arg())?;
     let session = ctx.open_for(Writes::when(new_owner.is_some()))?;
@@ -204,7 +205,7 @@ pub(crate) fn owner(
             .owner()
             .with_context(|| format!("group `{}`", group.relative_path()))?,
         Some(new_owner) => {
-            match group.set_owner(new_owner, force) {
+            match group.set_owner(new_owner, existing) {
                 Ok(()) => {}
                 Err(keepsake_datastore::Error::AlreadyExists { .. }) => {
                     let current = group
@@ -371,7 +372,7 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
                 );
             }
             snapshot
-                .destroy(false)
+                .destroy()
                 .with_context(|| format!("cannot forget `{path}`"))?;
             tracing::info!(snapshot = %path, "forgot snapshot");
             ForgetReport {

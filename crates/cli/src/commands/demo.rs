@@ -4,6 +4,8 @@
 //! writes real blobs, indexes and manifests, as PBS would read them), except the unfinished
 //! snapshot, which is what a backup that crashed leaves: a folder with files and no manifest.
 
+use keepsake_datastore::Encryption;
+use keepsake_manifest::blob::Compression;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -77,7 +79,7 @@ fn backup(store: &DataStore, group: &Group, owner: &Authid, plan: Plan) -> Resul
                 "qemu-server.conf.blob",
                 format!("name: {id}\nmemory: 4096\ncores: 2\nscsi0: local:vm-{id}-disk-0\n")
                     .as_bytes(),
-                false,
+                Encryption::None,
             )?;
             // Four chunks: the first three repeat every day (deduplicated), the last changes.
             let mut disk = Vec::new();
@@ -85,13 +87,13 @@ fn backup(store: &DataStore, group: &Group, owner: &Authid, plan: Plan) -> Resul
                 let seed = if i == 3 { 1000 + day as u64 } else { i };
                 disk.extend(bytes(seed, CHUNK as usize));
             }
-            writer.add_fixed_archive("drive-scsi0.img.fidx", &disk, CHUNK)?;
+            writer.add_fixed_archive("drive-scsi0.img.fidx", &disk, CHUNK, Encryption::None)?;
         }
         "ct" => {
             writer.add_blob(
                 "pct.conf.blob",
                 format!("hostname: ct{id}\nmemory: 1024\n").as_bytes(),
-                false,
+                Encryption::None,
             )?;
             let chunks: Vec<Vec<u8>> = (0..3u64)
                 .map(|i| {
@@ -104,12 +106,12 @@ fn backup(store: &DataStore, group: &Group, owner: &Authid, plan: Plan) -> Resul
             writer.add_dynamic_archive(
                 "root.pxar.didx",
                 chunks.iter().map(Vec::as_slice),
-                false,
+                Encryption::None,
             )?;
             writer.add_dynamic_archive(
                 "catalog.pcat1.didx",
                 [bytes(3000 + day as u64, 4_096)].iter().map(Vec::as_slice),
-                false,
+                Encryption::None,
             )?;
         }
         _ => {
@@ -119,7 +121,7 @@ fn backup(store: &DataStore, group: &Group, owner: &Authid, plan: Plan) -> Resul
             writer.add_dynamic_archive(
                 "root.pxar.didx",
                 chunks.iter().map(Vec::as_slice),
-                false,
+                Encryption::None,
             )?;
         }
     }
@@ -132,7 +134,7 @@ fn backup(store: &DataStore, group: &Group, owner: &Authid, plan: Plan) -> Resul
         let log = DataBlob::encode(
             format!("backup of vm {id} day {day}: ok\n").as_bytes(),
             None,
-            true,
+            Compression::Zstd,
         )?;
         let file = snapshot.dir().file_path(group.ns(), CLIENT_LOG_BLOB_NAME)?;
         store.backend().write(
@@ -165,7 +167,7 @@ fn unfinished(store: &DataStore, group: &Group, owner: &Authid, day: i64) -> Res
     store
         .backend()
         .create_dir_all(&BackendPath::new(&folder)?)?;
-    let blob = DataBlob::encode(b"memory: 4096\n", None, true)?;
+    let blob = DataBlob::encode(b"memory: 4096\n", None, Compression::Zstd)?;
     let file = dir.file_path(group.ns(), "qemu-server.conf.blob")?;
     store.backend().write(
         &BackendPath::new(&file)?,

@@ -6,15 +6,17 @@ mod facts;
 mod fsck;
 mod inspect;
 mod locks;
+mod moves;
 mod prune;
-mod relocate;
 mod store;
 mod verify;
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use keepsake_datastore::{Access, DataStore, Group, RecoveryOutcome, Snapshot};
+use keepsake_datastore::{
+    Access, DataStore, ExistingOwner, Group, GroupsInside, Merge, RecoveryOutcome, Snapshot,
+};
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 
 use crate::cli::{Cli, Command, NsCommand};
@@ -147,6 +149,15 @@ impl Writes {
 }
 
 /// Runs the command line.
+/// `--merge` as the library's [`Merge`].
+fn merge_flag(merge: bool) -> Merge {
+    if merge {
+        Merge::IntoExisting
+    } else {
+        Merge::Never
+    }
+}
+
 pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
     let ctx = Ctx { cli, out };
     match &cli.command {
@@ -160,17 +171,25 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Ns(NsCommand::Remove {
             namespace,
             delete_groups,
-        }) => change::ns_remove(&ctx, namespace, *delete_groups),
+        }) => change::ns_remove(
+            &ctx,
+            namespace,
+            if *delete_groups {
+                GroupsInside::Destroy
+            } else {
+                GroupsInside::Keep
+            },
+        ),
         Command::Ns(NsCommand::Move {
             namespace,
             to,
             merge,
-        }) => relocate::ns_move(&ctx, namespace, to, *merge),
+        }) => moves::ns_move(&ctx, namespace, to, merge_flag(*merge)),
         Command::Move {
             target,
             to_ns,
             merge,
-        } => relocate::move_target(&ctx, target, to_ns, *merge),
+        } => moves::move_target(&ctx, target, to_ns, merge_flag(*merge)),
         Command::Verify {
             target,
             record,
@@ -183,7 +202,16 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             group,
             owner,
             force,
-        } => change::owner(&ctx, group, owner.as_ref(), *force),
+        } => change::owner(
+            &ctx,
+            group,
+            owner.as_ref(),
+            if *force {
+                ExistingOwner::Replace
+            } else {
+                ExistingOwner::Refuse
+            },
+        ),
         Command::Notes { target, set, clear } => {
             change::notes(&ctx, target, set.as_deref(), *clear)
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use jiff::tz::TimeZone;
 use keepsake_datastore::prune::KeepOptions;
-use keepsake_datastore::{Group, GroupPrune, PruneAction};
+use keepsake_datastore::{Group, GroupPrune, PruneAction, PruneRun};
 use serde::Serialize;
 
 use super::facts::{groups_of, namespaces};
@@ -95,6 +95,11 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
         }
     };
     let tz = TimeZone::system();
+    let run = if args.dry_run {
+        PruneRun::DryRun
+    } else {
+        PruneRun::Remove
+    };
     tracing::info!(policy = %options, groups = groups.len(), dry_run = args.dry_run, "pruning");
     let bar = ctx.out.bar(
         groups.len() as u64,
@@ -104,7 +109,7 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
     let mut failures = Vec::new();
     for group in &groups {
         bar.set_message(group.relative_path());
-        match group.prune(&options, &tz, args.dry_run) {
+        match group.prune(&options, &tz, run) {
             Ok(pruned) => lines.extend(lines_of(&pruned)),
             Err(e) => failures.push(format!(
                 "cannot prune `{}`: {}",

@@ -47,6 +47,7 @@
 mod parse;
 mod write;
 
+use crate::blob::Compression;
 use std::fmt;
 
 use keepsake_hierarchy::{
@@ -300,7 +301,7 @@ impl BackupManifest {
     /// The manifest as PBS stores it: [`BackupManifest::to_json`] in an unencrypted blob, zstd
     /// compressed when that is smaller.
     pub fn to_blob(&self) -> Result<DataBlob> {
-        DataBlob::encode(&write::pretty(self), None, true)
+        DataBlob::encode(&write::pretty(self), None, Compression::Zstd)
     }
 
     /// The backup type.

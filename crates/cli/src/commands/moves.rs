@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use keepsake_datastore::MoveReport;
+use keepsake_datastore::{Merge, MoveReport};
 use keepsake_hierarchy::BackupNamespace;
 use serde::Serialize;
 
@@ -68,7 +68,7 @@ pub(crate) fn move_target(
     ctx: &Ctx<'_>,
     target: &TargetArg,
     to_ns: &BackupNamespace,
-    merge: bool,
+    merge: Merge,
 ) -> Result<ExitCode> {
     let session = ctx.open_write()?;
     let store = &session.store;
@@ -108,7 +108,7 @@ pub(crate) fn ns_move(
     ctx: &Ctx<'_>,
     ns: &BackupNamespace,
     parent: &BackupNamespace,
-    merge: bool,
+    merge: Merge,
 ) -> Result<ExitCode> {
     let Some(last) = ns.components().last() else {
         return Err(UsageError("the root namespace cannot be moved".to_owned()).into());

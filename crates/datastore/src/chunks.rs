@@ -1,0 +1,123 @@
+//! The chunk store: inserting, finding and reading chunks by digest. Chunks are DataBlobs at
+//! `.chunks/<first 4 hex>/<64 hex>`, shared by every snapshot of the datastore; the backend
+//! decides where they live (a local folder, or the bucket with the cache's copy or marker).
+
+use keepsake_backend::{ChunkDigest, ChunkInsert};
+use keepsake_manifest::blob::{Compression, DataBlob};
+use keepsake_manifest::crypt::chunk_digest;
+
+use crate::error::{ArgumentProblem, Error, Result};
+use crate::store::{CHUNK_DIR_NAME, DataStore};
+
+/// Whether chunks and blobs written are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encryption {
+    /// Written in the clear (compressed when that makes them smaller).
+    None,
+    /// Encrypted with the store's key ([`DataStoreBuilder::key`](crate::DataStoreBuilder::key));
+    /// without one, writing fails with [`ArgumentProblem::NoKey`].
+    StoreKey,
+}
+
+/// The path of a chunk in the chunk store: `.chunks/<first 4 hex>/<64 hex>`.
+pub fn chunk_path(digest: &[u8; 32]) -> String {
+    let hex = hex::encode(digest);
+    format!("{CHUNK_DIR_NAME}/{}/{hex}", &hex[..4])
+}
+
+/// What inserting a chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsertedChunk {
+    /// The chunk's digest (SHA-256 of the plain data, keyed when encrypted).
+    pub digest: [u8; 32],
+    /// The chunk was already in the store (nothing was written).
+    pub duplicate: bool,
+    /// Size of the stored blob.
+    pub encoded_size: u64,
+}
+
+impl DataStore {
+    /// Inserts a chunk into `.chunks` as a DataBlob (compressed when smaller; encrypted with the
+    /// store's key with [`Encryption::StoreKey`]), create-only: a chunk that exists already is a
+    /// duplicate and is not rewritten. The prefix folder is made if missing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] ([`ArgumentProblem::NoKey`]) for encryption without a key;
+    /// [`Error::Encode`]; [`Error::Backend`].
+    pub fn insert_chunk(&self, data: &[u8], encryption: Encryption) -> Result<InsertedChunk> {
+        let crypt = match encryption {
+            Encryption::StoreKey => Some(
+                self.crypt_config()
+                    .ok_or(Error::InvalidArgument(ArgumentProblem::NoKey))?,
+            ),
+            Encryption::None => None,
+        };
+        let digest = chunk_digest(data, crypt);
+        let chunk = ChunkDigest::new(digest);
+        let rel = chunk_path(&digest);
+        // Skip the encoding when the chunk is known (PBS checks before it uploads, too).
+        if self
+            .backend()
+            .chunk_exists(&chunk)
+            .map_err(|e| Error::backend(&rel, e))?
+        {
+            return Ok(InsertedChunk {
+                digest,
+                duplicate: true,
+                encoded_size: 0,
+            });
+        }
+        let blob =
+            DataBlob::encode(data, crypt, Compression::Zstd).map_err(|source| Error::Encode {
+                path: rel.clone(),
+                source,
+            })?;
+        let encoded_size = blob.as_bytes().len() as u64;
+        match self.backend().insert_chunk(&chunk, blob.as_bytes()) {
+            Ok(ChunkInsert::Stored) => Ok(InsertedChunk {
+                digest,
+                duplicate: false,
+                encoded_size,
+            }),
+            Ok(ChunkInsert::Duplicate) => Ok(InsertedChunk {
+                digest,
+                duplicate: true,
+                encoded_size: 0,
+            }),
+            Err(e) => Err(Error::backend(&rel, e)),
+        }
+    }
+
+    /// Whether a chunk is in the chunk store (on an S3 datastore: in the cache, or else in the
+    /// bucket).
+    pub fn chunk_exists(&self, digest: &[u8; 32]) -> Result<bool> {
+        self.backend()
+            .chunk_exists(&ChunkDigest::new(*digest))
+            .map_err(|e| Error::backend(&chunk_path(digest), e))
+    }
+
+    /// Reads a chunk's stored bytes (a DataBlob; on an S3 datastore from the cache, or else from
+    /// the bucket).
+    pub fn read_chunk(&self, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let rel = chunk_path(digest);
+        self.backend()
+            .read_chunk(&ChunkDigest::new(*digest))
+            .map_err(|e| Error::backend(&rel, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_path;
+
+    #[test]
+    fn chunk_paths() {
+        let mut d = [0u8; 32];
+        d[0] = 0xbb;
+        d[1] = 0x9f;
+        assert_eq!(
+            chunk_path(&d),
+            format!(".chunks/bb9f/bb9f{}", "0".repeat(60))
+        );
+    }
+}
