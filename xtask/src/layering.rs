@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -37,18 +36,7 @@ pub(crate) fn check_workspace(root: &Path) -> Result<()> {
     let doc = std::fs::read_to_string(&doc_path)
         .with_context(|| format!("cannot read {}", doc_path.display()))?;
     let rules = parse_rules(&doc)?;
-    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
-        .current_dir(root)
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let metadata = crate::workspace_metadata(root)?;
     let (packages, edges) = workspace_edges(&metadata)?;
     let mut problems = check(&rules, &packages, &edges);
     problems.extend(check_no_io(&root.join("crates/hierarchy/src"))?);
