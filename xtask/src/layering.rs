@@ -1,5 +1,6 @@
 //! The layering check: every dependency between workspace crates must be allowed by the
-//! ```` ```layering ```` block of `docs/ARCHITECTURE.md`, and `keepsake-hierarchy` must do no I/O.
+//! ```` ```layering ```` block of `docs/ARCHITECTURE.md`, only the crates it names may depend on
+//! the heavy external crates it lists (the S3 stack), and `keepsake-hierarchy` must do no I/O.
 //!
 //! Grammar of the block, one rule a line (`#` starts a comment):
 //!
@@ -8,13 +9,18 @@
 //! keepsake-hierarchy ->                          a crate with no internal dependencies
 //! dev * -> keepsake-testkit                      dev-dependencies allowed for every crate
 //! dev keepsake-datastore -> keepsake-manifest    dev-dependencies allowed for one crate
+//! uses tokio: keepsake-backend[s3], keepsake-x   only these may depend on tokio directly;
+//!                                                keepsake-backend only optionally, through its
+//!                                                feature `s3`
 //! ```
 //!
 //! Every workspace package must have a (non-dev) rule, so that a new crate is a written decision.
+//! A `uses` rule is about normal (and build) dependencies; dev-dependencies are free (they never
+//! reach a user's build). Every crate it names must exist and use the crate (a stale entry is a
+//! problem too), and with `[feature]` declare it optional and enabled by that feature.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -22,6 +28,19 @@ use anyhow::{Context, Result, bail};
 pub(crate) struct Rules {
     normal: BTreeMap<String, BTreeSet<String>>,
     dev: BTreeMap<String, BTreeSet<String>>,
+    /// External crate -> the workspace packages that may depend on it, each with the feature
+    /// that must be the only way in (`None`: any dependency).
+    uses: BTreeMap<String, BTreeMap<String, Option<String>>>,
+}
+
+/// A workspace package's normal (or build) dependency on an external crate, as `uses` rules
+/// judge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExternalUse {
+    pub(crate) package: String,
+    pub(crate) dependency: String,
+    /// The features of `package` that enable it; `None` if it is not optional.
+    pub(crate) enabled_by: Option<BTreeSet<String>>,
 }
 
 /// One dependency edge between two workspace packages.
@@ -37,20 +56,10 @@ pub(crate) fn check_workspace(root: &Path) -> Result<()> {
     let doc = std::fs::read_to_string(&doc_path)
         .with_context(|| format!("cannot read {}", doc_path.display()))?;
     let rules = parse_rules(&doc)?;
-    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
-        .current_dir(root)
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let metadata = crate::workspace_metadata(root)?;
     let (packages, edges) = workspace_edges(&metadata)?;
     let mut problems = check(&rules, &packages, &edges);
+    problems.extend(check_uses(&rules, &packages, &external_uses(&metadata)?));
     problems.extend(check_no_io(&root.join("crates/hierarchy/src"))?);
     if !problems.is_empty() {
         for p in &problems {
@@ -59,9 +68,10 @@ pub(crate) fn check_workspace(root: &Path) -> Result<()> {
         bail!("{} layering problem(s)", problems.len());
     }
     eprintln!(
-        "layering: {} packages, {} internal edges, all allowed",
+        "layering: {} packages, {} internal edges, all allowed; uses of {} as written",
         packages.len(),
-        edges.len()
+        edges.len(),
+        rules.uses.keys().cloned().collect::<Vec<_>>().join(", ")
     );
     Ok(())
 }
@@ -85,6 +95,16 @@ pub(crate) fn parse_rules(doc: &str) -> Result<Rules> {
         }
         let content = trimmed.split('#').next().unwrap_or_default().trim();
         if content.is_empty() {
+            continue;
+        }
+        if let Some(rule) = content.strip_prefix("uses ") {
+            let (external, users) = parse_uses(rule).with_context(|| {
+                format!(
+                    "ARCHITECTURE.md line {}: expected `uses crate: A[feature], B`",
+                    n + 1
+                )
+            })?;
+            rules.uses.entry(external).or_default().extend(users);
             continue;
         }
         let (lhs, rhs) = content
@@ -117,6 +137,30 @@ pub(crate) fn parse_rules(doc: &str) -> Result<Rules> {
     Ok(rules)
 }
 
+/// `tokio: keepsake-backend[s3], keepsake-lease` (after `uses `).
+fn parse_uses(rule: &str) -> Result<(String, BTreeMap<String, Option<String>>)> {
+    let (external, users) = rule.split_once(':').context("no `:`")?;
+    let external = external.trim();
+    if external.is_empty() || external.contains(char::is_whitespace) {
+        bail!("bad crate name {external:?}");
+    }
+    let mut parsed = BTreeMap::new();
+    for user in users.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (package, feature) = match user.strip_suffix(']') {
+            Some(rest) => {
+                let (package, feature) = rest.split_once('[').context("`]` without `[`")?;
+                (package.trim(), Some(feature.trim().to_owned()))
+            }
+            None => (user, None),
+        };
+        if package.is_empty() || package.contains(['[', ']']) || feature.as_deref() == Some("") {
+            bail!("bad entry {user:?}");
+        }
+        parsed.insert(package.to_owned(), feature);
+    }
+    Ok((external.to_owned(), parsed))
+}
+
 fn workspace_edges(metadata: &serde_json::Value) -> Result<(BTreeSet<String>, Vec<Edge>)> {
     let packages = metadata["packages"]
         .as_array()
@@ -140,6 +184,108 @@ fn workspace_edges(metadata: &serde_json::Value) -> Result<(BTreeSet<String>, Ve
         }
     }
     Ok((names, edges))
+}
+
+/// Every normal or build dependency of a workspace package on a crate some `uses` rule could
+/// name (anything outside the workspace).
+fn external_uses(metadata: &serde_json::Value) -> Result<Vec<ExternalUse>> {
+    let packages = metadata["packages"]
+        .as_array()
+        .context("cargo metadata: no packages")?;
+    let names: BTreeSet<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
+    let mut uses: Vec<ExternalUse> = Vec::new();
+    for p in packages {
+        let package = p["name"].as_str().unwrap_or_default();
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            let dependency = d["name"].as_str().unwrap_or_default();
+            if names.contains(dependency) || d["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            // The name a feature uses for it: the rename, if any.
+            let key = d["rename"].as_str().unwrap_or(dependency);
+            let enabled_by = d["optional"].as_bool().unwrap_or(false).then(|| {
+                p["features"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, enables)| {
+                        enables.as_array().into_iter().flatten().any(|e| {
+                            let e = e.as_str().unwrap_or_default();
+                            e == key
+                                || e.strip_prefix("dep:") == Some(key)
+                                || e.split_once('/').map(|(dep, _)| dep) == Some(key)
+                        })
+                    })
+                    .map(|(feature, _)| feature.clone())
+                    .collect::<BTreeSet<String>>()
+            });
+            // A crate that is both an optional normal and a build dependency is judged by the
+            // least restricted of the two.
+            match uses
+                .iter_mut()
+                .find(|u| u.package == package && u.dependency == dependency)
+            {
+                Some(seen) => {
+                    if enabled_by.is_none() {
+                        seen.enabled_by = None;
+                    }
+                }
+                None => uses.push(ExternalUse {
+                    package: package.to_owned(),
+                    dependency: dependency.to_owned(),
+                    enabled_by,
+                }),
+            }
+        }
+    }
+    Ok(uses)
+}
+
+/// The `uses` rules against what the packages depend on.
+pub(crate) fn check_uses(
+    rules: &Rules,
+    packages: &BTreeSet<String>,
+    uses: &[ExternalUse],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (external, allowed) in &rules.uses {
+        for (package, feature) in allowed {
+            if !packages.contains(package) {
+                problems.push(format!(
+                    "`uses {external}` names {package}, which is not a workspace package"
+                ));
+                continue;
+            }
+            let found = uses
+                .iter()
+                .find(|u| &u.package == package && &u.dependency == external);
+            match (found, feature) {
+                (None, _) => problems.push(format!(
+                    "`uses {external}` names {package}, which does not depend on {external} (stale rule)"
+                )),
+                (Some(u), Some(feature)) => match &u.enabled_by {
+                    None => problems.push(format!(
+                        "{package} depends on {external} unconditionally; docs/ARCHITECTURE.md allows it only through its feature `{feature}`"
+                    )),
+                    Some(features) if !features.contains(feature) => problems.push(format!(
+                        "{package}'s feature `{feature}` does not enable {external} (enabled by: {})",
+                        features.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )),
+                    Some(_) => {}
+                },
+                (Some(_), None) => {}
+            }
+        }
+        for u in uses.iter().filter(|u| &u.dependency == external) {
+            if !allowed.contains_key(&u.package) {
+                problems.push(format!(
+                    "{} depends on {external}, which docs/ARCHITECTURE.md does not allow (add it to `uses {external}:`)",
+                    u.package
+                ));
+            }
+        }
+    }
+    problems
 }
 
 pub(crate) fn check(rules: &Rules, packages: &BTreeSet<String>, edges: &[Edge]) -> Vec<String> {
@@ -286,6 +432,99 @@ mod tests {
             assert!(rules.normal.contains_key(krate), "{krate} has no rule");
         }
         assert!(rules.normal["keepsake-hierarchy"].is_empty());
+    }
+
+    fn uses(package: &str, dependency: &str, enabled_by: Option<&[&str]>) -> ExternalUse {
+        ExternalUse {
+            package: package.into(),
+            dependency: dependency.into(),
+            enabled_by: enabled_by.map(|f| f.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn check_uses_of(found: &[ExternalUse]) -> Vec<String> {
+        let doc = "```layering\na ->\nb ->\nc ->\nuses tokio: a[s3], b # b any way\n```\n";
+        let rules = parse_rules(doc).unwrap();
+        let packages = ["a", "b", "c"].map(String::from).into();
+        check_uses(&rules, &packages, found)
+    }
+
+    #[test]
+    fn uses_rules_parse() {
+        let rules = parse_rules(
+            "```layering\nuses tokio: a[s3], b\nuses object_store: a[s3 ]\nuses tokio: c\n```",
+        )
+        .unwrap();
+        assert_eq!(rules.uses["tokio"]["a"].as_deref(), Some("s3"));
+        assert_eq!(rules.uses["tokio"]["b"], None);
+        assert_eq!(rules.uses["tokio"]["c"], None);
+        assert_eq!(rules.uses["object_store"]["a"].as_deref(), Some("s3"));
+        for bad in [
+            "uses tokio a",
+            "uses : a",
+            "uses tokio: a[",
+            "uses tokio: a[]",
+            "uses tokio: [s3]",
+        ] {
+            assert!(
+                parse_rules(&format!("```layering\n{bad}\n```")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_uses_pass() {
+        let found = [
+            uses("a", "tokio", Some(&["s3", "default"])),
+            uses("b", "tokio", None),
+            uses("c", "serde", None),
+        ];
+        assert_eq!(check_uses_of(&found), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_crate_not_listed_may_not_use_it() {
+        let found = [
+            uses("a", "tokio", Some(&["s3"])),
+            uses("b", "tokio", None),
+            uses("c", "tokio", Some(&["rt"])),
+        ];
+        let problems = check_uses_of(&found);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("c depends on tokio"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_feature_gated_use_must_be_optional_and_behind_that_feature() {
+        let unconditional = check_uses_of(&[uses("a", "tokio", None), uses("b", "tokio", None)]);
+        assert_eq!(unconditional.len(), 1, "{unconditional:?}");
+        assert!(unconditional[0].contains("unconditionally"));
+        let other_feature =
+            check_uses_of(&[uses("a", "tokio", Some(&["rt"])), uses("b", "tokio", None)]);
+        assert_eq!(other_feature.len(), 1, "{other_feature:?}");
+        assert!(other_feature[0].contains("does not enable"));
+    }
+
+    #[test]
+    fn stale_and_unknown_entries_are_problems() {
+        let stale = check_uses_of(&[uses("a", "tokio", Some(&["s3"]))]);
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert!(stale[0].contains("stale"));
+        let rules = parse_rules("```layering\nuses tokio: nope\n```").unwrap();
+        let unknown = check_uses(&rules, &BTreeSet::new(), &[]);
+        assert_eq!(unknown.len(), 1);
+        assert!(unknown[0].contains("not a workspace package"));
+    }
+
+    /// The check itself, on this workspace: `cargo test -p xtask` fails where `cargo xtask
+    /// layering` would.
+    #[test]
+    fn the_workspace_keeps_its_layering() {
+        check_workspace(&crate::workspace_root()).unwrap();
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `cargo xtask`: the one entry point for the workspace's developer tasks.
 //!
 //! ```text
-//! cargo xtask ci        fmt check, clippy (-D warnings), layering, fuzz targets build, tests (with the S3 server), rustdoc (-D warnings)
+//! cargo xtask ci        fmt check, clippy (-D warnings), layering, deps, fuzz targets build, tests (with the S3 server), package, rustdoc (-D warnings)
 //! cargo xtask test      every test of the workspace (or those the cargo test args select), with a
 //!                       real S3 server (moto) on loopback
 //! cargo xtask stress    the multi-process stress test of keepsake-datastore (local and S3),
@@ -10,11 +10,17 @@
 //! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
 //! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
 //! cargo xtask layering  only the crate layering check
+//! cargo xtask deps      crates built without `s3` have no tokio, object_store, HTTP or TLS crate;
+//!                       their clippy and tests pass without default features
+//! cargo xtask package   `cargo package` of every publishable crate, each built from its .crate
+//!                       alone (`--no-verify`: package only)
 //! ```
 
+mod deps;
 mod fuzz;
 mod layering;
 mod moto;
+mod package;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +44,8 @@ fn main() -> Result<()> {
         "bench" => bench(&root, rest),
         "s3" => s3(&root),
         "layering" => layering::check_workspace(&root),
+        "deps" => deps::check(&root),
+        "package" => package::check(&root, rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -53,13 +61,15 @@ fn print_help() {
     eprintln!(
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
-         ci        fmt, clippy -D warnings, layering, fuzz targets build, tests (with S3), rustdoc -D warnings\n  \
+         ci        fmt, clippy -D warnings, layering, deps, fuzz targets build, tests (with S3), package, rustdoc -D warnings\n  \
          test      all tests with a real S3 server (moto) on loopback [cargo test args to select]\n  \
          stress    multi-process stress of keepsake-datastore on local and S3 [--secs N, default 30]\n  \
          fuzz      cargo-fuzz targets of fuzz/ [--secs N, default 60] [TARGET...]\n  \
          bench     criterion benches [extra cargo bench args]\n  \
          s3        start the S3 test server and print its endpoint\n  \
-         layering  check the crate dependency edges against docs/ARCHITECTURE.md"
+         layering  check the crate dependency edges against docs/ARCHITECTURE.md\n  \
+         deps      without `s3`: no tokio/object_store/HTTP/TLS crate, clippy and tests pass\n  \
+         package   cargo package of every publishable crate, built from its .crate [--no-verify]"
     );
 }
 
@@ -88,10 +98,12 @@ fn ci(root: &Path) -> Result<()> {
         ]))
     })?;
     step("layering", || layering::check_workspace(root))?;
+    step("deps", || deps::check(root))?;
     // The fuzz targets live outside the workspace (libFuzzer's flags); CI checks that they still
     // compile against the crates' APIs, and `cargo xtask fuzz` runs them.
     step("fuzz targets", || fuzz::check(root))?;
     step("test", || test(root, &[]))?;
+    step("package", || package::check(root, &[]))?;
     step("rustdoc", || {
         run(cargo()
             .args(["doc", "--workspace", "--no-deps", "--locked"])
@@ -197,6 +209,23 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     result
+}
+
+/// `cargo metadata` of the workspace's own packages (no dependencies resolved beyond the lock
+/// file), as JSON.
+pub(crate) fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .current_dir(root)
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("cargo metadata printed no JSON")
 }
 
 fn cargo() -> Command {

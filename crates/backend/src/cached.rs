@@ -392,7 +392,7 @@ impl CachedBackend {
     /// 3. An object whose cache file exists with a record of the same ETag and the same size is
     ///    not downloaded ([`RefreshReport::unchanged`]); the others are, 16 at a time, and
     ///    written in place (each atomically, with its record) without a per-file fsync.
-    /// 4. One `syncfs` of the cache's filesystem (unless its [`SyncLevel`] is `None`), then
+    /// 4. One `syncfs` of the cache's filesystem (unless its [`SyncLevel`](crate::SyncLevel) is `None`), then
     ///    [`CachedBackend::claim`].
     ///
     /// Readers during a refresh see each file whole, old or new, but a mix of refreshed and

@@ -1,75 +1,8 @@
-//! Where a keepsake datastore's metadata lives: one blocking [`Backend`] trait, three places.
-//!
-//! - [`LocalBackend`]: a datastore directory on a local filesystem (PBS's classic datastore).
-//! - [`ObjectBackend`]: an object store through the `object_store` crate, S3 (any S3-compatible
-//!   endpoint) or in memory, with PBS's key layout (`<store>/.cnt/<path>`, see [`layout`]).
-//! - [`CachedBackend`]: PBS's S3 datastore: the bucket is the authority, a local directory is the
-//!   cache that reads and listings come from without requests (each cache file records the bucket
-//!   version of its bytes); the folder's marker ([`CACHE_MARKER`], [`CacheIdentity`]) names the
-//!   bucket datastore it belongs to.
-//!
-//! Every backend is addressed by [`BackendPath`], a validated relative path, and keeps the
-//! contract written on [`Backend`]: atomic writes (replace, create-only, compare-and-swap on a
-//! [`Version`]), streamed listings, prefix deletes with a [`KeepFilter`] (PBS's "keep protected
-//! snapshots" rule is ready-made), removal of exactly given files and of empty folders, tree
-//! renames and stat, and authoritative reads ([`Backend::read_authoritative`],
-//! [`Backend::exists_authoritative`], [`Backend::list_files_authoritative`]) that ask the bucket,
-//! not the cache, for destructive decisions. The API is blocking, like `std::fs`, and
-//! works from plain threads and from inside any tokio runtime: the object-store side runs its
-//! futures on a small runtime of its own.
-//!
-//! ```
-//! use keepsake_backend::{Backend, BackendPath, KeepFilter, LocalBackend, SyncLevel, WriteMode};
-//!
-//! let dir = tempfile::tempdir()?;
-//! let store = LocalBackend::open(dir.path(), SyncLevel::File)?;
-//! let owner: BackendPath = "vm/100/owner".parse()?;
-//!
-//! let first = store.write(&owner, b"root@pam\n", WriteMode::CreateOnly)?;
-//! let read = store.read(&owner)?;
-//! assert_eq!(read.data, b"root@pam\n");
-//! assert_eq!(read.version, first);
-//!
-//! // Compare-and-swap: only the writer holding the current version wins.
-//! store.write(&owner, b"admin@pbs\n", WriteMode::Update(first.clone()))?;
-//! assert!(store.write(&owner, b"late\n", WriteMode::Update(first)).is_err());
-//!
-//! let names: Vec<String> = store
-//!     .list(&"vm".parse()?)?
-//!     .map(|entry| entry.map(|e| e.name))
-//!     .collect::<Result<_, _>>()?;
-//! assert_eq!(names, ["100"]);
-//!
-//! let report = store.remove_tree(&"vm".parse()?, &KeepFilter::protected_snapshots())?;
-//! assert_eq!((report.removed, report.kept), (1, 0));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! The same code runs against the bucket with `ObjectBackend::s3(&config, "store1")` or
-//! `ObjectBackend::in_memory("store1")`, and against PBS's S3 datastore with
-//! `CachedBackend::open(cache, remote)`. A destructive decision there asks the bucket:
-//!
-//! ```
-//! # #[cfg(feature = "s3")]
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use keepsake_backend::{Backend, CachedBackend, LocalBackend, ObjectBackend, SyncLevel, WriteMode};
-//!
-//! let dir = tempfile::tempdir()?;
-//! let bucket = ObjectBackend::in_memory("store1")?;
-//! let store = CachedBackend::open(LocalBackend::open(dir.path(), SyncLevel::None)?, bucket.clone())?;
-//! let group = "vm/100".parse()?;
-//! store.write(&"vm/100/owner".parse()?, b"root@pam\n", WriteMode::CreateOnly)?;
-//! // Another host adds a snapshot; this host's cache does not know it yet.
-//! bucket.write(&"vm/100/2024-06-05T15:06:40Z/index.json.blob".parse()?, b"...", WriteMode::Replace)?;
-//!
-//! let files = store.list_files_authoritative(&group)?;
-//! assert_eq!(files.len(), 2, "the bucket knows both files");
-//! store.remove_files(&[ "vm/100/owner".parse()? ])?;
-//! assert!(!store.remove_folder_if_empty(&group)?, "the bucket still holds the snapshot");
-//! # Ok(()) }
-//! # #[cfg(not(feature = "s3"))]
-//! # fn main() {}
-//! ```
+#![doc = include_str!("../README.md")]
+// docs.rs (all features) marks what needs a feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Docs of what exists without `s3` name the S3 backends too; without them those names stay text.
+#![cfg_attr(not(feature = "s3"), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "s3")]
 mod cached;
@@ -115,7 +48,7 @@ pub use path::{BackendPath, MAX_COMPONENT_LEN, MAX_PATH_LEN, is_temporary_name};
 #[cfg(feature = "s3")]
 pub use raw::{DeleteOutcome, RawKey, RawObject};
 #[cfg(feature = "s3")]
-pub use requests::{CountingConnector, RequestCounter, RequestCounts};
+pub use requests::RequestCounts;
 #[cfg(feature = "s3")]
 pub use s3::{RetrySettings, S3Config};
 pub use version::Version;
@@ -696,7 +629,6 @@ mod tests {
     fn everything_shared_on_the_object_store_side_is_send_and_sync() {
         shared::<ObjectBackend>();
         shared::<CachedBackend>();
-        shared::<RequestCounter>();
         shared::<S3Config>();
     }
 }

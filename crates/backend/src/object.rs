@@ -141,7 +141,10 @@ impl ObjectBackend {
         wrap: Option<Box<dyn FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + '_>>,
     ) -> Result<Self> {
         let layout = ObjectLayout::new(store)?;
-        let runtime = BlockingRuntime::new()?;
+        let runtime = match &config.runtime {
+            Some(handle) => BlockingRuntime::shared(handle.clone()),
+            None => BlockingRuntime::new()?,
+        };
         let counter = RequestCounter::new();
         // The HTTP client binds to the runtime that is current when it is built.
         let (s3, http) = {
@@ -235,25 +238,21 @@ impl ObjectBackend {
         self.inner.counter.snapshot()
     }
 
-    /// The shared counters behind [`ObjectBackend::requests`].
-    pub fn request_counter(&self) -> &RequestCounter {
-        &self.inner.counter
-    }
-
-    /// The object store itself, for work outside the content tree (chunks under
-    /// [`ObjectLayout::chunk_key`]); run its futures with [`ObjectBackend::block_on`].
-    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+    /// The object store itself (counted), for the requests the `Backend` methods do not make;
+    /// run its futures with [`ObjectBackend::block_on`].
+    pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.inner.store
     }
 
-    /// Runs `future` on this backend's runtime and waits for it, from any thread.
+    /// Runs `future` on this backend's runtime and waits for it, from any thread that the
+    /// runtime does not need (see [`S3Config::runtime`]).
     ///
     /// The future must not call this backend's blocking methods: it would tie up one of the
-    /// runtime's two worker threads waiting for the other.
+    /// runtime's worker threads waiting for the others.
     ///
     /// # Errors
     /// [`Error::Backend`] if the future panicked.
-    pub fn block_on<F>(&self, future: F) -> Result<F::Output>
+    pub(crate) fn block_on<F>(&self, future: F) -> Result<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -977,6 +976,67 @@ impl Backend for ObjectBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `block_on` runs a caller's future on the backend's runtime, also when called from
+    /// inside another runtime's async context; requests made there are counted.
+    #[test]
+    fn block_on_runs_caller_futures_on_the_backend_runtime() {
+        let backend = ObjectBackend::in_memory("store1").unwrap();
+        let key = backend
+            .layout()
+            .chunk_key(&"00".repeat(32).parse().unwrap());
+        let store = Arc::clone(backend.object_store());
+        let put_key = key.clone();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                backend
+                    .block_on(async move { store.put(&put_key, "chunk".into()).await.map(|_| ()) })
+                    .unwrap()
+                    .unwrap();
+            });
+        assert_eq!(
+            key.as_ref(),
+            format!("store1/.chunks/0000/{}", "00".repeat(32))
+        );
+        assert_eq!(backend.requests().put, 1);
+    }
+
+    /// On the application's runtime, requests run on its threads (no runtime of the backend's
+    /// own), for calls from its blocking threads and from plain threads.
+    #[test]
+    fn shared_runtime_runs_the_requests() {
+        let app = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("the-application")
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime = BlockingRuntime::shared(app.handle().clone());
+        let thread_name = || std::thread::current().name().map(str::to_owned);
+        let ran_on = runtime.run("test", async move { thread_name() }).unwrap();
+        assert_eq!(ran_on.as_deref(), Some("the-application"));
+        let from_blocking = app.block_on(async move {
+            tokio::task::spawn_blocking(move || runtime.run("test", async move { thread_name() }))
+                .await
+                .unwrap()
+        });
+        assert_eq!(from_blocking.unwrap().as_deref(), Some("the-application"));
+    }
+
+    /// A request whose runtime shut down is an error, not a hang.
+    #[test]
+    fn a_shut_down_runtime_is_an_error() {
+        let app = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime = BlockingRuntime::shared(app.handle().clone());
+        drop(app);
+        let error = runtime.run("test", async {}).unwrap_err();
+        assert!(matches!(error, Error::Backend { .. }), "{error:?}");
+    }
 
     fn meta(key: &str) -> ObjectMeta {
         ObjectMeta {

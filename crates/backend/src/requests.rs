@@ -84,16 +84,16 @@ enum Kind {
 
 /// Shared, thread-safe request counters; clones count into the same totals.
 #[derive(Debug, Clone, Default)]
-pub struct RequestCounter(Arc<[AtomicU64; 7]>);
+pub(crate) struct RequestCounter(Arc<[AtomicU64; 7]>);
 
 impl RequestCounter {
     /// New counters at zero.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The counts so far.
-    pub fn snapshot(&self) -> RequestCounts {
+    pub(crate) fn snapshot(&self) -> RequestCounts {
         let c = |kind: Kind| self.0[kind as usize].load(Ordering::Relaxed);
         RequestCounts {
             list: c(Kind::List),
@@ -136,13 +136,13 @@ impl RequestCounter {
 ///
 /// Wraps object_store's default reqwest connector.
 #[derive(Debug, Clone, Default)]
-pub struct CountingConnector {
+pub(crate) struct CountingConnector {
     counter: RequestCounter,
 }
 
 impl CountingConnector {
     /// A connector counting into `counter`.
-    pub fn new(counter: RequestCounter) -> Self {
+    pub(crate) fn new(counter: RequestCounter) -> Self {
         Self { counter }
     }
 }

@@ -1,4 +1,5 @@
-//! The tokio runtime the object-store side owns, and how blocking callers wait on it.
+//! The tokio runtime the object-store side runs its requests on (its own, or the application's),
+//! and how blocking callers wait on it.
 
 use std::fmt;
 use std::future::Future;
@@ -6,14 +7,18 @@ use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 
-/// A small multi-thread runtime owned by one object backend.
+/// The runtime one object backend (and its clones) runs requests on: a small multi-thread
+/// runtime of its own, or the application's ([`S3Config::runtime`](crate::S3Config::runtime)).
 ///
 /// Blocking callers hand a future to it and wait on a std channel, so they may be plain threads
 /// or threads that run a runtime of their own (where `Runtime::block_on` would panic with
-/// "cannot start a runtime from within a runtime").
+/// "cannot start a runtime from within a runtime"). A thread that the future needs to make
+/// progress must not wait: see `S3Config::runtime`.
 pub(crate) struct BlockingRuntime {
-    // Option only so that Drop can take it: see there.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime this backend owns; `None` when it runs on the application's. (Also `None`
+    /// once Drop took it: see there.)
+    owned: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
 }
 
 impl fmt::Debug for BlockingRuntime {
@@ -37,21 +42,29 @@ impl BlockingRuntime {
                 source,
             })?;
         Ok(Self {
-            runtime: Some(runtime),
+            handle: runtime.handle().clone(),
+            owned: Some(runtime),
         })
     }
 
+    /// Requests run on the application's runtime behind `handle`.
+    pub(crate) fn shared(handle: tokio::runtime::Handle) -> Self {
+        Self {
+            owned: None,
+            handle,
+        }
+    }
+
     pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("the runtime is only taken in Drop")
-            .handle()
+        &self.handle
     }
 
     /// Runs `future` on this runtime and blocks the calling thread until it is done.
     ///
     /// # Errors
-    /// [`Error::Backend`] (naming `what`) if the future panicked.
+    /// [`Error::Backend`] (naming `what`) if the future panicked, or if the runtime shut down
+    /// before it ended (only an application's runtime can: this crate never shuts its own down
+    /// while a backend uses it).
     pub(crate) fn run<F>(&self, what: &str, future: F) -> Result<F::Output>
     where
         F: Future + Send + 'static,
@@ -67,7 +80,9 @@ impl BlockingRuntime {
                 what,
                 object_store::Error::Generic {
                     store: "keepsake",
-                    source: "the object-store task stopped without an answer (it panicked)".into(),
+                    source: "the object-store task stopped without an answer (it panicked, or \
+                             its runtime shut down)"
+                        .into(),
                 },
             )
         })
@@ -79,7 +94,7 @@ impl Drop for BlockingRuntime {
         // Dropping a runtime blocks until its tasks end, which panics when the last backend is
         // dropped inside another runtime's async context; shutting down in the background
         // does not.
-        if let Some(runtime) = self.runtime.take() {
+        if let Some(runtime) = self.owned.take() {
             runtime.shutdown_background();
         }
     }

@@ -108,6 +108,20 @@ pub struct S3Config {
     pub request_timeout: Duration,
     /// Limit for establishing a connection.
     pub connect_timeout: Duration,
+    /// The tokio runtime that runs this backend's requests: `None` (the default) gives the
+    /// backend a small runtime of its own (two worker threads, shared by its clones);
+    /// `Some(handle)` runs them on the application's runtime instead (no second runtime, no
+    /// extra threads). That runtime must have its I/O and time drivers enabled
+    /// (`enable_all()`) and must outlive the requests.
+    ///
+    /// **With `Some`, never call the backend's blocking methods from that runtime's own worker
+    /// threads** (from async code running on it): each call waits for a request that runs on
+    /// that same runtime. On a current-thread runtime the request can then never run (the
+    /// only thread is waiting for it): the call hangs for good. On a multi-thread runtime each
+    /// waiting call takes a worker out of service, and once every worker waits, all hang. Call
+    /// from [`tokio::task::spawn_blocking`], a thread of your own, or another runtime; see
+    /// "Calling from async code" in the crate documentation.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl fmt::Debug for S3Config {
@@ -128,13 +142,21 @@ impl fmt::Debug for S3Config {
             .field("retry", &self.retry)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "runtime",
+                &match &self.runtime {
+                    Some(_) => "the application's",
+                    None => "its own",
+                },
+            )
             .finish()
     }
 }
 
 impl S3Config {
     /// A configuration with the defaults: AWS endpoint for `region`, HTTPS only, path-style,
-    /// conditional writes on, [`RetrySettings::default`], 60 s per request, 5 s to connect.
+    /// conditional writes on, [`RetrySettings::default`], 60 s per request, 5 s to connect, a
+    /// runtime of the backend's own.
     pub fn new(
         bucket: impl Into<String>,
         region: impl Into<String>,
@@ -154,6 +176,7 @@ impl S3Config {
             retry: RetrySettings::default(),
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
+            runtime: None,
         }
     }
 

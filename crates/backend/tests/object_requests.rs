@@ -272,31 +272,42 @@ fn backends_live_and_die_inside_runtimes() {
         .block_on(async { check() });
 }
 
+/// With `S3Config::runtime`, the backend uses the application's runtime: calls from its
+/// blocking threads (`spawn_blocking`) and from plain threads work, and so does dropping the
+/// backend inside its async context.
 #[test]
-fn block_on_runs_caller_futures_on_the_backend_runtime() {
-    let backend = ObjectBackend::in_memory("store1").unwrap();
-    let key = backend
-        .layout()
-        .chunk_key(&"00".repeat(32).parse().unwrap());
-    let store = Arc::clone(backend.object_store());
-    let put_key = key.clone();
-    tokio::runtime::Builder::new_current_thread()
+fn s3_on_the_applications_runtime() {
+    let Some(mut config) = common::s3_config("s3_shared_runtime") else {
+        return;
+    };
+    let app = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
         .build()
+        .unwrap();
+    config.runtime = Some(app.handle().clone());
+    let store = keepsake_testkit::s3::unique_prefix("s3_shared_runtime");
+    let backend = ObjectBackend::s3(&config, &store).unwrap();
+    let file = p("vm/100/owner");
+    let from_app = backend.clone();
+    app.block_on(async move {
+        let written = tokio::task::spawn_blocking(move || {
+            let version = from_app.write(&file, b"root@pam\n", WriteMode::CreateOnly)?;
+            assert_eq!(from_app.read(&file)?.version, version);
+            Ok::<_, Error>(from_app)
+        })
+        .await
         .unwrap()
-        .block_on(async {
-            backend
-                .block_on(async move {
-                    use object_store::ObjectStoreExt;
-                    store.put(&put_key, "chunk".into()).await.map(|_| ())
-                })
-                .unwrap()
-                .unwrap();
-        });
-    assert_eq!(
-        key.as_ref(),
-        format!("store1/.chunks/0000/{}", "00".repeat(32))
-    );
-    assert_eq!(backend.requests().put, 1);
+        .unwrap();
+        drop(written);
+    });
+    let plain = backend.clone();
+    std::thread::spawn(move || {
+        assert_eq!(plain.read(&p("vm/100/owner")).unwrap().data, b"root@pam\n")
+    })
+    .join()
+    .unwrap();
+    assert!(backend.requests().put >= 1);
 }
 
 #[test]
@@ -304,7 +315,9 @@ fn chunks_live_beside_the_content_with_one_request_each() {
     use keepsake_backend::{CachedBackend, ChunkDigest, ChunkInsert, LocalBackend, SyncLevel};
     use object_store::ObjectStoreExt;
 
-    let remote = ObjectBackend::in_memory("store1").unwrap();
+    // The bare store too, to look at the key the chunk went to.
+    let bucket = Arc::new(InMemory::new());
+    let remote = ObjectBackend::with_store(bucket.clone(), "store1").unwrap();
     let digest: ChunkDigest = format!("bb9f{}", "0".repeat(60)).parse().unwrap();
     let key = format!("store1/.chunks/bb9f/bb9f{}", "0".repeat(60));
 
@@ -319,13 +332,13 @@ fn chunks_live_beside_the_content_with_one_request_each() {
     );
     let spent = remote.requests() - before;
     assert_eq!(spent.put, 2, "{spent:?}");
-    let store = Arc::clone(remote.object_store());
-    let stored = remote
+    let stored = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
         .block_on(async move {
             let key = object_store::path::Path::parse(&key).unwrap();
-            store.get(&key).await.unwrap().bytes().await.unwrap()
-        })
-        .unwrap();
+            bucket.get(&key).await.unwrap().bytes().await.unwrap()
+        });
     assert_eq!(&stored[..], b"blob");
     // Not content: nothing below `.cnt`.
     assert!(!remote.exists(&p(".chunks")).unwrap());

@@ -1,44 +1,4 @@
-//! Names, validation and relative paths of a Proxmox Backup Server (PBS) datastore. No I/O.
-//!
-//! A PBS datastore is a tree:
-//!
-//! ```text
-//! <root>/[ns/<a>/ns/<b>/…]/<vm|ct|host>/<id>/<YYYY-MM-DDTHH:MM:SSZ>/<files>
-//!         namespace         group (type/id)   snapshot time
-//! ```
-//!
-//! This crate gives each part a type that can only hold a valid value — [`BackupNamespace`],
-//! [`BackupType`], [`BackupId`], [`BackupGroup`], [`BackupTime`], [`BackupDir`], [`Authid`] — plus the
-//! relative paths built from them ([`GroupPath`], [`SnapshotPath`]), the well-known file names,
-//! [`ArchiveKind`] and [`GroupFilter`]. Every type parses with [`FromStr`](std::str::FromStr) and
-//! prints with [`Display`](std::fmt::Display); the two round-trip, and serde goes through the same
-//! text. Every refusal is an [`Error`] that names the input. Because values are always valid, a path
-//! built from them never contains `..`, an empty component, a leading `/` or a NUL: it cannot leave
-//! the datastore.
-//!
-//! The grammar and limits are PBS's (safe-id names, 7-deep namespaces of at most 256 bytes, RFC 3339
-//! UTC times in the years 0 to 9999), with two deliberate differences written down on the types:
-//! impossible dates such as `2024-02-31` are refused instead of normalised, and backup ids are
-//! limited to 255 bytes (a folder name cannot be longer).
-//!
-//! # Example
-//!
-//! ```
-//! use keepsake_hierarchy::{BackupDir, BackupNamespace, SnapshotPath, MANIFEST_BLOB_NAME};
-//!
-//! let p: SnapshotPath = "ns/prod/ns/site-a/vm/100/2024-06-05T19:06:40Z".parse()?;
-//! assert_eq!(p.ns, BackupNamespace::new("prod/site-a")?);
-//! assert_eq!(p.snapshot.group().to_string(), "vm/100");
-//! assert_eq!(
-//!     p.snapshot.file_path(&p.ns, MANIFEST_BLOB_NAME)?,
-//!     "ns/prod/ns/site-a/vm/100/2024-06-05T19:06:40Z/index.json.blob"
-//! );
-//!
-//! // Hostile input is a typed error, never a path.
-//! assert!("ns/../vm/100/2024-06-05T19:06:40Z".parse::<SnapshotPath>().is_err());
-//! assert!(BackupNamespace::new("a/b/c/d/e/f/g/h").is_err());
-//! # Ok::<(), keepsake_hierarchy::Error>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod archive;
 mod authid;
