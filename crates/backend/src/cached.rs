@@ -11,6 +11,7 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 
 use crate::chunk::ChunkDigest;
 use crate::error::{Error, Result};
+use crate::in_use::BucketState;
 use crate::keep::KeepFilter;
 use crate::layout::NAMESPACE_MARKER;
 use crate::local::{AttributeOutcome, Durability, LocalBackend, WriteOptions};
@@ -574,6 +575,15 @@ fn in_content_folder(path: &BackendPath) -> bool {
 }
 
 impl Backend for CachedBackend {
+    /// The bucket's, never the cache's.
+    fn bucket_state(&self) -> Result<Option<BucketState>> {
+        self.remote.bucket_state()
+    }
+
+    fn mark_in_use(&self, hostname: &str) -> Result<()> {
+        self.remote.mark_in_use(hostname)
+    }
+
     /// PBS's order: a chunk the cache holds (in full, or as an empty marker of an evicted chunk)
     /// is a duplicate without a request; otherwise a no-replace upload, then the cache copy.
     fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {

@@ -11,6 +11,7 @@ mod chunk;
 pub mod conformance;
 mod error;
 mod identity;
+mod in_use;
 mod keep;
 #[cfg(feature = "s3")]
 pub mod layout;
@@ -39,6 +40,7 @@ pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport};
 pub use chunk::ChunkDigest;
 pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
+pub use in_use::{BucketState, InUse};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
 pub use local::{LocalBackend, SyncLevel};
 pub use marker::cache_identity;
@@ -455,6 +457,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn host_local(&self) -> Option<&LocalBackend> {
         None
     }
+
+    /// For a datastore in object storage: PBS's `.in-use` marker and whether content is stored,
+    /// asked of the bucket (never a cache). `None` from backends that are not in object storage
+    /// (a local folder has no marker). A wrapper around another backend must forward it, or
+    /// creating and opening through the wrapper lose their bucket checks.
+    ///
+    /// # Errors
+    /// Backend errors (the bucket could not be asked: never read as "no marker").
+    fn bucket_state(&self) -> Result<Option<BucketState>> {
+        Ok(None)
+    }
+
+    /// For a datastore in object storage: writes PBS's `.in-use` marker naming `hostname` (a
+    /// plain put, as PBS does at creation). Backends that are not in object storage have no
+    /// marker and write nothing.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn mark_in_use(&self, hostname: &str) -> Result<()> {
+        let _ = hostname;
+        Ok(())
+    }
 }
 
 /// What [`Backend::insert_chunk`] did.
@@ -522,6 +546,12 @@ macro_rules! forward_backend {
             }
             fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
                 (**self).chunk_exists(digest)
+            }
+            fn bucket_state(&self) -> Result<Option<BucketState>> {
+                (**self).bucket_state()
+            }
+            fn mark_in_use(&self, hostname: &str) -> Result<()> {
+                (**self).mark_in_use(hostname)
             }
             fn host_local(&self) -> Option<&LocalBackend> {
                 (**self).host_local()

@@ -21,6 +21,7 @@ use object_store::{
 use crate::chunk::ChunkDigest;
 use crate::error::{Error, Result};
 use crate::identity::CacheIdentity;
+use crate::in_use::BucketState;
 use crate::keep::KeepFilter;
 use crate::layout::ObjectLayout;
 use crate::path::{BackendPath, check_component};
@@ -599,6 +600,26 @@ pub(crate) async fn delete_batches(
 }
 
 impl Backend for ObjectBackend {
+    /// One GET of `<store>/.in-use`; without a marker, a listing of at most one page of the
+    /// content prefix.
+    fn bucket_state(&self) -> Result<Option<BucketState>> {
+        let in_use = self.in_use()?;
+        let holds_content = !in_use.is_marked()
+            && self
+                .list(&BackendPath::root())?
+                .next()
+                .transpose()?
+                .is_some();
+        Ok(Some(BucketState {
+            in_use,
+            holds_content,
+        }))
+    }
+
+    fn mark_in_use(&self, hostname: &str) -> Result<()> {
+        self.write_in_use(hostname)
+    }
+
     fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
         let key = self.inner.layout.chunk_key(digest);
         let store = Arc::clone(&self.inner.store);

@@ -18,6 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::WriteMode;
 use crate::error::{Error, Result};
+use crate::in_use::InUse;
 use crate::layout::{CHUNKS_PREFIX, CONTENT_PREFIX, IN_USE_MARKER};
 use crate::object::ObjectBackend;
 use crate::path::{BackendPath, check_component};
@@ -233,29 +234,21 @@ impl ObjectBackend {
         Ok(keys)
     }
 
-    /// PBS's `.in-use` marker of this datastore: the host named in it (`""` when it names none),
-    /// or `None` when there is no marker.
+    /// PBS's `.in-use` marker of this datastore.
     ///
     /// # Errors
     /// [`Error::Backend`] when the store fails.
-    pub fn in_use_by(&self) -> Result<Option<String>> {
+    pub fn in_use(&self) -> Result<InUse> {
         let key = self.raw_key(IN_USE_MARKER)?;
-        Ok(self.get_raw(&key)?.map(|object| {
-            serde_json::from_slice::<serde_json::Value>(&object.data)
-                .ok()
-                .and_then(|v| v.get("hostname")?.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        }))
+        Ok(self
+            .get_raw(&key)?
+            .map_or(InUse::NoMarker, |object| InUse::from_marker(&object.data)))
     }
 
     /// Writes PBS's `.in-use` marker (`{"hostname": …}`, a plain put as PBS does).
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when the store fails.
-    pub fn mark_in_use(&self, hostname: &str) -> Result<()> {
+    pub(crate) fn write_in_use(&self, hostname: &str) -> Result<()> {
         let key = self.raw_key(IN_USE_MARKER)?;
-        let body = serde_json::json!({ "hostname": hostname }).to_string();
-        self.put_raw(&key, body.as_bytes(), WriteMode::Replace)
+        self.put_raw(&key, &InUse::marker_for(hostname), WriteMode::Replace)
             .map(drop)
     }
 

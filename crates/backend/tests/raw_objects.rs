@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use keepsake_backend::{DeleteOutcome, Error, ObjectBackend, WriteMode};
+use keepsake_backend::{Backend, DeleteOutcome, Error, InUse, ObjectBackend, WriteMode};
 
 fn stores(test: &str) -> Vec<(&'static str, ObjectBackend)> {
     let mut out = vec![("memory", ObjectBackend::in_memory("store1").unwrap())];
@@ -93,13 +93,23 @@ fn raw_keys_stay_beside_the_content() {
 #[test]
 fn the_in_use_marker_names_the_host() {
     for (kind, store) in stores("raw_objects_in_use") {
-        assert_eq!(store.in_use_by().unwrap(), None, "{kind}");
+        assert_eq!(store.in_use().unwrap(), InUse::NoMarker, "{kind}");
+        let state = store.bucket_state().unwrap().unwrap();
+        assert!(!state.holds_datastore(), "{kind}: {state:?}");
         store.mark_in_use("pbs1").unwrap();
         assert_eq!(
-            store.in_use_by().unwrap().as_deref(),
-            Some("pbs1"),
+            store.in_use().unwrap(),
+            InUse::Host("pbs1".to_owned()),
             "{kind}"
         );
+        let state = store.bucket_state().unwrap().unwrap();
+        assert!(state.holds_datastore(), "{kind}: {state:?}");
+        // PBS's marker bytes exactly.
+        let raw = store
+            .get_raw(&store.raw_key(".in-use").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.data, br#"{"hostname":"pbs1"}"#, "{kind}");
     }
 }
 

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use keepsake_backend::{
-    Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel,
+    Backend, BackendPath, BucketState, CachedBackend, LocalBackend, ObjectBackend, S3Config,
+    SyncLevel,
 };
 use keepsake_datastore::lease::{LeaseLocker, LeaseSettings};
 use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
@@ -346,7 +347,7 @@ impl StoreSpec {
     /// `keepsake init`) or content under its prefix. This first request also proves that the
     /// endpoint, bucket and credentials work.
     fn require_remote(&self, remote: &ObjectBackend, config: &S3Config) -> Result<()> {
-        if in_use_by(remote, config)?.is_none() && !remote_has_content(remote, config)? {
+        if !bucket_state(remote, config)?.holds_datastore() {
             bail!(
                 "no datastore `{}` in bucket `{}` (create it with `keepsake init`, or check --name)",
                 self.name,
@@ -455,14 +456,18 @@ impl StoreSpec {
         } else {
             ""
         };
-        if let Some(host) = in_use_by(&remote, config)? {
+        // Asked here too (the library asks again when it creates), so that a refusal leaves no
+        // new cache folder behind.
+        let bucket = bucket_state(&remote, config)?;
+        if bucket.in_use.is_marked() {
             bail!(
-                "bucket `{}` already contains datastore `{}` in use by host {host}{join}",
+                "bucket `{}` already contains datastore `{}` {}{join}",
                 config.bucket,
-                self.name
+                self.name,
+                bucket.in_use
             );
         }
-        if remote_has_content(&remote, config)? {
+        if bucket.holds_content {
             bail!(
                 "bucket `{}` holds a datastore `{}` already{join}",
                 config.bucket,
@@ -489,7 +494,6 @@ impl StoreSpec {
         cached
             .claim()
             .with_context(|| format!("cannot mark {} as this cache", self.path.display()))?;
-        mark_in_use(&remote, config)?;
         Ok(Session {
             store,
             spec: self.clone(),
@@ -650,47 +654,17 @@ fn check_empty_folder(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the bucket holds anything under the datastore's content prefix. This is also the
-/// request that proves the endpoint, bucket and credentials work.
-fn remote_has_content(remote: &ObjectBackend, config: &S3Config) -> Result<bool> {
-    let describe = || {
-        format!(
-            "cannot list bucket `{}` at {}",
-            config.bucket,
-            config.endpoint.as_deref().unwrap_or("AWS")
-        )
-    };
-    let mut listing = remote.list(&BackendPath::root()).with_context(describe)?;
-    match listing.next() {
-        None => Ok(false),
-        Some(Ok(_)) => Ok(true),
-        Some(Err(e)) => Err(e).with_context(describe),
-    }
-}
-
-/// The host named in the bucket's `.in-use` marker of this datastore (`""` when the marker names
-/// none), or `None` without a marker.
-fn in_use_by(remote: &ObjectBackend, config: &S3Config) -> Result<Option<String>> {
-    remote.in_use_by().with_context(|| {
+/// What the bucket holds of this datastore (PBS's `.in-use` marker, content), asked of the
+/// bucket. This is also the request that proves the endpoint, bucket and credentials work.
+fn bucket_state(remote: &ObjectBackend, config: &S3Config) -> Result<BucketState> {
+    let state = remote.bucket_state().with_context(|| {
         format!(
             "cannot read from bucket `{}` at {}",
             config.bucket,
             config.endpoint.as_deref().unwrap_or("AWS")
         )
-    })
-}
-
-/// Writes PBS's `.in-use` marker (`{"hostname": …}`) for this datastore (a plain put, as PBS).
-fn mark_in_use(remote: &ObjectBackend, config: &S3Config) -> Result<()> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    remote.mark_in_use(&hostname).with_context(|| {
-        format!(
-            "cannot write the in-use marker to bucket `{}`",
-            config.bucket
-        )
-    })
+    })?;
+    state.context("an object-store backend without a bucket state")
 }
 
 /// The S3 settings from the options and the AWS environment variables.

@@ -3,7 +3,6 @@
 
 mod common;
 
-use keepsake_datastore::Encryption;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -11,6 +10,7 @@ use std::process::Command;
 
 use common::{Run, Store, keepsake, snapshot_names};
 use keepsake_backend::{Backend, BackendPath, EntryKind, ObjectBackend, RetrySettings, S3Config};
+use keepsake_datastore::Encryption;
 use keepsake_testkit::s3::{S3TestConfig, config_or_skip, unique_prefix};
 
 /// A datastore on the test bucket, with its local cache folder.

@@ -5,13 +5,12 @@
 //! files, and every 10th protected. The 100,000-snapshot tree also gets a streamed pass whose peak
 //! RSS is printed, to show that listing does not collect the store.
 
-use keepsake_datastore::Encryption;
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use keepsake_backend::SyncLevel;
-use keepsake_datastore::DataStore;
+use keepsake_datastore::{DataStore, Encryption};
 use keepsake_hierarchy::{BackupDir, BackupNamespace, BackupTime};
 
 fn build_tree(root: &Path, groups: usize, snapshots: usize) {

@@ -7,7 +7,6 @@
 //!
 //! Prints medians of a few runs; without `KEEPSAKE_S3_ENDPOINT` it says so and does nothing.
 
-use keepsake_datastore::Encryption;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 use keepsake_backend::{
     CachedBackend, LocalBackend, ObjectBackend, RequestCounts, RetrySettings, S3Config, SyncLevel,
 };
-use keepsake_datastore::DataStore;
+use keepsake_datastore::{DataStore, Encryption};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 
 const GROUPS: usize = 50;

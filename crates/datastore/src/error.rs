@@ -203,6 +203,35 @@ pub enum Error {
         found: String,
     },
 
+    /// [`DataStoreBuilder::create`](crate::DataStoreBuilder::create) on object storage: the
+    /// bucket holds PBS's `.in-use` marker of this datastore already (PBS refuses the same).
+    #[error("datastore {store}: the bucket holds this datastore already, {in_use}")]
+    BucketInUse {
+        /// The datastore's name.
+        store: String,
+        /// What the marker says.
+        in_use: keepsake_backend::InUse,
+    },
+
+    /// [`DataStoreBuilder::create`](crate::DataStoreBuilder::create) on object storage: the
+    /// bucket holds content under this datastore's prefix, without an `.in-use` marker.
+    #[error("datastore {store}: the bucket holds content of this datastore already")]
+    BucketNotEmpty {
+        /// The datastore's name.
+        store: String,
+    },
+
+    /// [`DataStoreBuilder::open`](crate::DataStoreBuilder::open) on object storage: the bucket
+    /// holds neither an `.in-use` marker nor content of this datastore (a wrong bucket or name;
+    /// opening it would show an empty datastore).
+    #[error(
+        "datastore {store}: the bucket holds no such datastore (no .in-use marker, no content)"
+    )]
+    NotInBucket {
+        /// The datastore's name.
+        store: String,
+    },
+
     /// [`DataStoreBuilder::open`](crate::DataStoreBuilder::open) found no datastore: the
     /// `.chunks` folder is missing.
     #[error("datastore {store}: not a datastore (`.chunks` folder missing)")]

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use keepsake_backend::{
-    Backend, BackendPath, Capabilities, ChunkDigest, ChunkInsert, Error, FileContents, KeepFilter,
-    Listing, LocalBackend, RemoveReport, Result, Stat, Version, WriteMode,
+    Backend, BackendPath, BucketState, Capabilities, ChunkDigest, ChunkInsert, Error, FileContents,
+    KeepFilter, Listing, LocalBackend, RemoveReport, Result, Stat, Version, WriteMode,
 };
 
 /// Forwards every read to the wrapped backend and refuses every write with
@@ -69,6 +69,12 @@ impl Backend for ReadOnlyBackend {
     }
     fn host_local(&self) -> Option<&LocalBackend> {
         self.inner.host_local()
+    }
+    fn bucket_state(&self) -> Result<Option<BucketState>> {
+        self.inner.bucket_state()
+    }
+    fn mark_in_use(&self, _hostname: &str) -> Result<()> {
+        refuse(&BackendPath::root())
     }
     fn read_authoritative(&self, file: &BackendPath) -> Result<FileContents> {
         self.inner.read_authoritative(file)

@@ -117,9 +117,18 @@ pub struct DataStoreBuilder {
     multi_host: Option<(ObjectBackend, keepsake_lease::LeaseSettings)>,
     access: Access,
     owner: Option<FileOwner>,
+    node_name: Option<String>,
 }
 
 impl DataStoreBuilder {
+    /// The host name [`create`](Self::create) writes into the bucket's `.in-use` marker of an
+    /// S3 datastore (default: this host's node name, as PBS writes it: the `uname` node name up
+    /// to its first dot).
+    pub fn node_name(mut self, name: impl Into<String>) -> Self {
+        self.node_name = Some(name.into());
+        self
+    }
+
     /// Files and folders this store creates (lock files, the intent journal, and with the default
     /// local backend every datastore file) get this owner and PBS's modes. For running as root
     /// beside PBS, whose `backup` user must be able to use them: pass the owner of the
@@ -311,16 +320,39 @@ impl DataStoreBuilder {
     /// `lost+found` are allowed, as PBS allows); makes `.chunks` (with its prefix folders unless
     /// turned off) and the empty `.lock` file (on the host: in the cache of an S3 datastore).
     ///
+    /// In object storage ([`Backend::bucket_state`]) the bucket is asked first: PBS's `.in-use`
+    /// marker of this datastore, or content under its prefix, refuses the creation (another
+    /// server's datastore, or this one from before); once everything is made, the marker is
+    /// written, naming this host ([`node_name`](Self::node_name)), as PBS does.
+    ///
     /// # Errors
-    /// [`Error::NotEmpty`] for a non-empty folder; backend errors.
+    /// [`Error::BucketInUse`], [`Error::BucketNotEmpty`]; [`Error::NotEmpty`] for a non-empty
+    /// folder; backend errors.
     pub fn create(self) -> Result<DataStore> {
         if self.access == Access::ReadOnly {
             return Err(Error::ReadOnly {
                 operation: "creating a datastore",
             });
         }
+        let node_name = self.node_name.clone();
         let (store, prefix_dirs) = self.build(true)?;
         let backend = store.backend();
+        let bucket = backend
+            .bucket_state()
+            .map_err(|e| Error::backend(".in-use", e))?;
+        if let Some(bucket) = &bucket {
+            if bucket.in_use.is_marked() {
+                return Err(Error::BucketInUse {
+                    store: store.name().to_owned(),
+                    in_use: bucket.in_use.clone(),
+                });
+            }
+            if bucket.holds_content {
+                return Err(Error::BucketNotEmpty {
+                    store: store.name().to_owned(),
+                });
+            }
+        }
         let root = BackendPath::root();
         for entry in backend.list(&root).map_err(|e| Error::backend("", e))? {
             let entry = entry.map_err(|e| Error::backend("", e))?;
@@ -352,25 +384,51 @@ impl DataStoreBuilder {
                 Err(e) => return Err(Error::backend(LOCK_FILE_NAME, e)),
             }
         }
+        // Last: a creation that failed before leaves the bucket unmarked, free for a retry.
+        if bucket.is_some() {
+            let node_name = match node_name {
+                Some(name) => name,
+                None => host_node_name(),
+            };
+            backend
+                .mark_in_use(&node_name)
+                .map_err(|e| Error::backend(".in-use", e))?;
+        }
         Ok(store)
     }
 
-    /// Opens an existing datastore, checking that it looks like one (`.chunks` is a folder).
+    /// Opens an existing datastore, checking that it looks like one (`.chunks` is a folder; in
+    /// object storage, the bucket holds PBS's `.in-use` marker or content of the datastore: one
+    /// request, two without a marker).
     /// Opening changes nothing: interrupted operations in the intent journal are neither
     /// completed nor rolled back here (see [`DataStore::recover`] and
     /// [`DataStore::interrupted_intents`]).
     ///
     /// # Errors
-    /// [`Error::NotADatastore`] if the layout is not a datastore's.
+    /// [`Error::NotADatastore`] if the layout is not a datastore's; [`Error::NotInBucket`].
     pub fn open(self) -> Result<DataStore> {
         let (store, _) = self.build(false)?;
         match store.backend().stat(&path(CHUNK_DIR_NAME)?) {
-            Ok(stat) if stat.kind == EntryKind::Dir => Ok(store),
-            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::NotADatastore {
-                store: store.name().to_owned(),
-            }),
-            Err(e) => Err(Error::backend(CHUNK_DIR_NAME, e)),
+            Ok(stat) if stat.kind == EntryKind::Dir => {}
+            Ok(_) | Err(keepsake_backend::Error::NotFound { .. }) => {
+                return Err(Error::NotADatastore {
+                    store: store.name().to_owned(),
+                });
+            }
+            Err(e) => return Err(Error::backend(CHUNK_DIR_NAME, e)),
         }
+        // A cache folder over a bucket that does not hold the datastore (a wrong bucket or
+        // name) would show an empty datastore and take writes into nowhere.
+        let bucket = store
+            .backend()
+            .bucket_state()
+            .map_err(|e| Error::backend(".in-use", e))?;
+        if bucket.is_some_and(|bucket| !bucket.holds_datastore()) {
+            return Err(Error::NotInBucket {
+                store: store.name().to_owned(),
+            });
+        }
+        Ok(store)
     }
 }
 
@@ -392,6 +450,7 @@ impl DataStore {
             multi_host: None,
             access: Access::ReadWrite,
             owner: None,
+            node_name: None,
         }
     }
 
@@ -513,4 +572,12 @@ impl DataStore {
 /// only possible refusal is the backend's total length limit).
 pub(crate) fn path(p: &str) -> Result<BackendPath> {
     BackendPath::new(p).map_err(|e| Error::backend(p, e))
+}
+
+/// This host's node name as PBS writes it into `.in-use`: the `uname` node name up to its first
+/// dot.
+fn host_node_name() -> String {
+    let uname = rustix::system::uname();
+    let full = uname.nodename().to_string_lossy();
+    full.split('.').next().unwrap_or_default().to_owned()
 }

@@ -4,10 +4,9 @@
 
 mod common;
 
-use keepsake_datastore::Encryption;
 use std::sync::{Arc, Barrier};
 
-use keepsake_datastore::Error;
+use keepsake_datastore::{Encryption, Error};
 use keepsake_hierarchy::{Authid, BackupNamespace, BackupTime};
 
 #[test]

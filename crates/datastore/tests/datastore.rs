@@ -3,8 +3,9 @@
 
 mod common;
 
-use keepsake_datastore::{BackupInfo, DataStore, Error};
-use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Unfinished};
+use keepsake_datastore::{
+    BackupInfo, DataStore, Encryption, Error, ExistingOwner, GroupsInside, Unfinished,
+};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter};
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
 use keepsake_manifest::manifest::{VerifyOutcome, VerifyState};

@@ -14,7 +14,6 @@
 
 mod common;
 
-use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +25,10 @@ use keepsake_backend::{
     WriteMode,
 };
 use keepsake_datastore::prune::KeepOptions;
-use keepsake_datastore::{DataStore, FsckOptions, SnapshotOutcome, VerifyOptions, VerifyScope};
+use keepsake_datastore::{
+    DataStore, Encryption, ExistingOwner, FsckOptions, GroupsInside, Merge, PruneRun,
+    SnapshotOutcome, VerifyOptions, VerifyScope,
+};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 use keepsake_testkit::faults::{FaultPlan, FaultyStore, Operation};
 

@@ -4,10 +4,9 @@
 
 mod common;
 
-use keepsake_datastore::Encryption;
 use std::time::Duration;
 
-use keepsake_datastore::{DataStore, FsckOptions};
+use keepsake_datastore::{DataStore, Encryption, FsckOptions};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 use keepsake_lock::{FileLocker, LockMode, LockTarget, Locker};
 

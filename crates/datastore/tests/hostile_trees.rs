@@ -9,7 +9,6 @@
 //! delete or change anything outside the datastore, through every whole-store operation: listing,
 //! verify, destroy, prune, namespace removal and moves.
 
-use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -22,6 +21,7 @@ use keepsake_datastore::prune::KeepOptions;
 use keepsake_datastore::{
     DataStore, Error, PruneScope, SnapshotOutcome, VerifyOptions, VerifyScope,
 };
+use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 
 const CANARY_OWNER: &str = "canary@pbs";

@@ -7,11 +7,11 @@
 //! journal is empty.
 //!
 //! Busy-lock variant: a thread of the child keeps taking shared snapshot locks (as a reader or a
-//! verify does), so group and namespace destroys and namespace moves meet busy locks. A destroy
+//! verify does), so group and namespace destroys and namespace moves meet busy locks; and every
+//! other group destroy runs while the child itself reads one of the group's snapshots. A destroy
 //! refused that way must change nothing, and nothing may complete it later: its snapshots count
 //! as announced only if another destroy announces them again.
 
-use keepsake_datastore::{Encryption, GroupsInside, Merge};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keepsake_backend::SyncLevel;
-use keepsake_datastore::{DataStore, SnapshotOutcome, VerifyOptions, VerifyScope};
+use keepsake_datastore::{
+    DataStore, Encryption, GroupsInside, Merge, SnapshotOutcome, VerifyOptions, VerifyScope,
+};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 
 const CHILD_VAR: &str = "KEEPSAKE_KILL_TEST_STORE";
@@ -109,6 +111,33 @@ fn inventory(store: &DataStore) -> (BTreeMap<i64, Found>, Vec<i64>) {
     (found, duplicates)
 }
 
+/// What the holder thread sees: like [`inventory`], but a folder that vanishes while it lists
+/// (moved or destroyed meanwhile) is skipped instead of ending the thread.
+fn inventory_lossy(store: &DataStore) -> Vec<(i64, Found)> {
+    let mut found = Vec::new();
+    let Ok(namespaces) = store.iter_namespaces_recursive(&BackupNamespace::root(), None) else {
+        return found;
+    };
+    for n in namespaces.flatten() {
+        let Ok(groups) = store.iter_groups(&n) else {
+            continue;
+        };
+        for g in groups.flatten() {
+            for info in g.list_backups().unwrap_or_default() {
+                found.push((
+                    info.snapshot.time().epoch(),
+                    Found {
+                        ns: n.clone(),
+                        group: g.name().clone(),
+                        protected: info.protected,
+                    },
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// The child: moves and destroys at random until killed (or, as a safety net, after 10 s).
 fn child(dir: &Path) {
     let store = open(dir);
@@ -121,14 +150,22 @@ fn child(dir: &Path) {
     let mut rng = Rng::seeded();
     let deadline = Instant::now() + Duration::from_secs(10);
     // The holder: shared locks on every snapshot of a random group, held a little while (as a
-    // reader or a verify holds them).
+    // reader or a verify holds them). It lists the store once per few holds (a listing can take
+    // longer than a child lives on a loaded machine), and the child is ready only once the
+    // holder holds its first group: every child meets the holder.
     let holder_store = store.clone();
+    let (first_hold, holding) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         let mut rng = Rng::seeded();
         loop {
-            let (snapshots, _) = inventory(&holder_store);
-            let picked: Vec<(i64, Found)> = snapshots.into_iter().collect();
-            if let Some((_, at)) = rng.pick(&picked) {
+            let picked = inventory_lossy(&holder_store);
+            if picked.is_empty() {
+                let _ = first_hold.send(());
+            }
+            for _ in 0..4 {
+                let Some((_, at)) = rng.pick(&picked) else {
+                    break;
+                };
                 let held: Vec<_> = picked
                     .iter()
                     .filter(|(_, f)| f.ns == at.ns && f.group == at.group)
@@ -140,12 +177,14 @@ fn child(dir: &Path) {
                         holder_store.snapshot(&f.ns, &dir).lock_shared().ok()
                     })
                     .collect();
+                let _ = first_hold.send(());
                 std::thread::sleep(Duration::from_micros(2_000 + rng.next() % 10_000));
                 drop(held);
+                std::thread::sleep(Duration::from_micros(rng.next() % 1_000));
             }
-            std::thread::sleep(Duration::from_micros(rng.next() % 1_000));
         }
     });
+    holding.recv().unwrap();
     // The test harness captures stdout, so readiness is a file.
     std::fs::write(dir.join("ready"), b"").unwrap();
     while Instant::now() < deadline {
@@ -192,14 +231,27 @@ fn child(dir: &Path) {
                 let _ = store.move_namespace(from, &to, merge);
             }
         } else if roll < 90 {
-            if let Some((_, at)) = rng.pick(&snapshots) {
+            if let Some((time, at)) = rng.pick(&snapshots) {
                 let doomed: Vec<String> = snapshots
                     .iter()
                     .filter(|(_, f)| f.ns == at.ns && f.group == at.group && !f.protected)
                     .map(|(t, _)| t.to_string())
                     .collect();
+                // Every other destroy meets a reader of one of the group's snapshots for sure
+                // (the holder thread's meetings depend on timing).
+                let reader = (rng.below(2) == 0)
+                    .then(|| {
+                        let dir = keepsake_hierarchy::BackupDir::new(
+                            at.group.clone(),
+                            BackupTime::from_epoch(*time).ok()?,
+                        );
+                        store.snapshot(&at.ns, &dir).lock_shared().ok()
+                    })
+                    .flatten();
                 writeln!(log, "doomed {}", doomed.join(" ")).unwrap();
-                if let Err(e) = store.group(&at.ns, &at.group).destroy() {
+                let result = store.group(&at.ns, &at.group).destroy();
+                drop(reader);
+                if let Err(e) = result {
                     if e.is_locked() {
                         writeln!(log, "refused {}", doomed.join(" ")).unwrap();
                     }

@@ -5,14 +5,16 @@
 //! repaired with fsck and verified: no torn manifest, blob, index, owner or notes file; no committed
 //! counter increment lost; the pinned protected snapshot still protected; no temporary file left.
 
-use keepsake_datastore::{Encryption, ExistingOwner, PruneRun};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keepsake_backend::SyncLevel;
-use keepsake_datastore::{DataStore, FsckOptions, SnapshotOutcome, VerifyOptions, VerifyScope};
+use keepsake_datastore::{
+    DataStore, Encryption, ExistingOwner, FsckOptions, PruneRun, SnapshotOutcome, VerifyOptions,
+    VerifyScope,
+};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 
 const CHILD_VAR: &str = "KEEPSAKE_KILL_WRITES_STORE";

@@ -5,7 +5,6 @@
 
 mod common;
 
-use keepsake_datastore::{Encryption, Merge};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +16,7 @@ use keepsake_backend::{
 use keepsake_datastore::{
     CacheCheck, DataStore, Error, MoveRefusal, RecoveryOutcome, VerifyOptions, VerifyScope,
 };
+use keepsake_datastore::{Encryption, Merge};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 
 fn ns(s: &str) -> BackupNamespace {

@@ -2,7 +2,6 @@
 //! re-run in a child role), each with its own cache folder, sharing one bucket prefix on the S3
 //! test server (moto, started by `cargo xtask test`).
 
-use keepsake_datastore::Encryption;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +14,7 @@ use keepsake_backend::{
 use keepsake_datastore::lease::{
     self, LeaseLocker, LeaseSettings, MissingCondition, probe_conditional_writes,
 };
-use keepsake_datastore::{DataStore, Error};
+use keepsake_datastore::{DataStore, Encryption, Error};
 use keepsake_hierarchy::{Authid, BackupDir, BackupNamespace};
 use keepsake_testkit::faults::{FaultPlan, FaultyStore};
 use keepsake_testkit::s3::S3TestConfig;

@@ -6,8 +6,7 @@ mod common;
 
 use jiff::tz::TimeZone;
 use keepsake_datastore::prune::{KeepOptions, PruneMark};
-use keepsake_datastore::{DataStore, Error, PruneAction, PruneScope};
-use keepsake_datastore::{Encryption, PruneRun};
+use keepsake_datastore::{DataStore, Encryption, Error, PruneAction, PruneRun, PruneScope};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter};
 
 const DAY: i64 = 86_400;

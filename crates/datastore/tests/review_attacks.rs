@@ -6,14 +6,15 @@
 //! against (an adversarial review); they pass since the fix, and stay as regression tests;
 //! tests marked `HOLDS` are attacks the code withstood, kept as regression tests.
 
-use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::path::Path;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
 use keepsake_backend::{BackendPath, CachedBackend, LocalBackend, ObjectBackend, SyncLevel};
 use keepsake_datastore::prune::KeepOptions;
-use keepsake_datastore::{DataStore, Error, MoveRefusal};
+use keepsake_datastore::{
+    DataStore, Encryption, Error, ExistingOwner, GroupsInside, Merge, MoveRefusal, PruneRun,
+};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;

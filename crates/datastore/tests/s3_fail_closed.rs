@@ -2,7 +2,6 @@
 //! cache, host or PBS server has left behind; a lost reply never applies a change twice; a cache
 //! opens only for its own bucket. On the S3 test server (moto, started by `cargo xtask test`).
 
-use keepsake_datastore::{Encryption, Merge};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use keepsake_backend::{
     Backend, BackendPath, CachedBackend, LocalBackend, ObjectBackend, RetrySettings, S3Config,
     SyncLevel,
 };
-use keepsake_datastore::{DataStore, Error, MoveRefusal};
+use keepsake_datastore::{DataStore, Encryption, Error, Merge, MoveRefusal};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 use keepsake_testkit::s3::S3TestConfig;
 

@@ -19,7 +19,6 @@
 //!
 //! `KEEPSAKE_STRESS_SECS` sets the duration per backend (default 4 s; `cargo xtask stress`).
 
-use keepsake_datastore::{Encryption, ExistingOwner, GroupsInside, Merge, PruneRun};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +28,10 @@ use std::time::{Duration, Instant};
 use jiff::tz::TimeZone;
 use keepsake_backend::{CachedBackend, LocalBackend, ObjectBackend, S3Config, SyncLevel};
 use keepsake_datastore::prune::KeepOptions;
-use keepsake_datastore::{DataStore, Error, SnapshotOutcome, VerifyOptions, VerifyScope};
+use keepsake_datastore::{
+    DataStore, Encryption, Error, ExistingOwner, GroupsInside, Merge, PruneRun, SnapshotOutcome,
+    VerifyOptions, VerifyScope,
+};
 use keepsake_hierarchy::{Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime};
 
 const CHILD_VAR: &str = "KEEPSAKE_STRESS_CHILD";

@@ -3,7 +3,6 @@
 //! both in a row for encrypted and compressed ones. Data: 4 MiB, PBS's default chunk size, either
 //! compressible (log-like text) or random.
 
-use keepsake_manifest::blob::Compression;
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +12,7 @@ use aes_gcm::aes::Aes256;
 use aes_gcm::{AeadInOut, AesGcm, KeyInit};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use keepsake_manifest::blob::BlobCodec;
+use keepsake_manifest::blob::Compression;
 use keepsake_manifest::crypt::CryptConfig;
 
 mod support;

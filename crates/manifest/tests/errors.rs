@@ -1,9 +1,9 @@
 //! One test per error kind: each builds the smallest input that must fail that way.
 
-use keepsake_manifest::blob::Compression;
 use std::io::{self, Read};
 
 use keepsake_hierarchy::BackupDir;
+use keepsake_manifest::blob::Compression;
 use keepsake_manifest::blob::{self, BlobKind, DataBlob, MAX_BLOB_SIZE};
 use keepsake_manifest::crypt::{CryptConfig, Fingerprint};
 use keepsake_manifest::index::{

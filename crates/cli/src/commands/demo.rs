@@ -4,14 +4,13 @@
 //! writes real blobs, indexes and manifests, as PBS would read them), except the unfinished
 //! snapshot, which is what a backup that crashed leaves: a folder with files and no manifest.
 
-use keepsake_datastore::Encryption;
+use keepsake_datastore::{Access, DataStore, Encryption, Group};
 use keepsake_manifest::blob::Compression;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use keepsake_backend::{BackendPath, WriteMode};
-use keepsake_datastore::{Access, DataStore, Group};
 use keepsake_hierarchy::{
     Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME,
 };

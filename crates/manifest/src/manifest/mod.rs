@@ -47,9 +47,9 @@
 mod parse;
 mod write;
 
-use crate::blob::Compression;
 use std::fmt;
 
+use crate::blob::Compression;
 use keepsake_hierarchy::{
     ArchiveKind, BackupDir, BackupGroup, BackupId, BackupTime, BackupType, CLIENT_LOG_BLOB_NAME,
     MANIFEST_BLOB_NAME, check_file_name,
