@@ -207,7 +207,10 @@ pub struct Capabilities {
 /// the local backend never follows a symbolic link, at any level.
 ///
 /// **Threads.** Every method blocks until done and may be called from any thread, including one
-/// that runs a tokio runtime (of either flavour). Implementations are `Send + Sync`.
+/// that runs a tokio runtime (of either flavour). The one exception is a backend told to run its
+/// requests on the application's runtime (`S3Config::runtime`): that runtime's own worker
+/// threads must not call it (see "Calling from async code" in the crate docs). Implementations
+/// are `Send + Sync`.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;

@@ -76,7 +76,10 @@ pub const WRITE_TOKEN_METADATA: &str = "keepsake-write";
 ///   because the target exists, so repair by removing the partial target first.
 /// - **Threads**: the futures run on a small tokio runtime owned by the backend (two worker
 ///   threads), and callers wait on a std channel, so every method works from plain threads and
-///   from inside any tokio runtime. Cloning shares the runtime and the store.
+///   from inside any tokio runtime. Cloning shares the runtime and the store. With
+///   [`S3Config::runtime`] they run on the application's runtime instead, and that runtime's
+///   worker threads must not call the backend (the call would wait for a request that needs
+///   them).
 /// - **Requests** are counted: on S3 each HTTP request (pages, batches and retries included);
 ///   for other stores each trait call (see [`ObjectBackend::requests`]).
 #[derive(Clone)]
