@@ -615,6 +615,32 @@ impl Backend for CachedBackend {
         Ok(data)
     }
 
+    /// The bucket's copy; the cache keeps it in place of what it held.
+    fn read_chunk_authoritative(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        let data = self.remote.read_chunk(digest)?;
+        if let Err(e) = self
+            .cache
+            .write(&digest.local_path(), &data, WriteMode::Replace)
+        {
+            tracing::warn!(path = %digest.local_path(), error = %e, "cannot cache a chunk");
+        }
+        Ok(data)
+    }
+
+    /// In the bucket first (the authority), then the cache's copy or marker goes to the same
+    /// name, so the cache does not serve the corrupt bytes again.
+    fn quarantine_chunk(&self, digest: &ChunkDigest) -> Result<BackendPath> {
+        let _changing = self.changing()?;
+        let bad = self.remote.quarantine_chunk(digest)?;
+        if self.cache.exists(&bad)? {
+            self.cache.remove_file(&bad)?;
+        }
+        match self.cache.rename(&digest.local_path(), &bad) {
+            Ok(()) | Err(Error::NotFound { .. }) => Ok(bad),
+            Err(e) => Err(e),
+        }
+    }
+
     fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
         if self.cache.exists(&digest.local_path())? {
             return Ok(true);

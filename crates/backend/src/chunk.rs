@@ -12,6 +12,10 @@ use crate::path::BackendPath;
 /// The folder of chunks, in a local datastore as in a bucket.
 pub(crate) const CHUNKS_FOLDER: &str = ".chunks";
 
+/// How many `<digest>.<n>.bad` names a chunk has for corrupt copies set aside (`n` in `0..10`),
+/// as PBS numbers them.
+pub const BAD_CHUNK_SLOTS: u8 = 10;
+
 /// A chunk's SHA-256 digest, which names it: `.chunks/<first 2 bytes as 4 hex>/<64 hex>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkDigest([u8; 32]);
@@ -37,6 +41,14 @@ impl ChunkDigest {
         let hex = self.to_string();
         BackendPath::new(&format!("{CHUNKS_FOLDER}/{}/{hex}", &hex[..4]))
             .expect("hex digits always make a valid path")
+    }
+
+    /// `.chunks/<4 hex>/<64 hex>.<n>.bad`: where the `n`th corrupt copy of the chunk is set aside
+    /// (PBS's name; see [`Backend::quarantine_chunk`](crate::Backend::quarantine_chunk)).
+    pub fn bad_path(&self, n: u8) -> BackendPath {
+        let hex = self.to_string();
+        BackendPath::new(&format!("{CHUNKS_FOLDER}/{}/{hex}.{n}.bad", &hex[..4]))
+            .expect("hex digits and a number always make a valid path")
     }
 }
 

@@ -86,6 +86,7 @@ macro_rules! backend_conformance_tests {
             stat_kinds,
             folders,
             chunks,
+            quarantined_chunks,
             authoritative_reads,
             remove_files,
             remove_folder_if_empty
@@ -334,6 +335,39 @@ pub fn chunks(backend: &dyn Backend) {
     );
     assert_eq!(backend.read_chunk(&digest).unwrap(), b"chunk bytes");
     assert!(!backend.chunk_exists(&missing).unwrap());
+}
+
+/// A corrupt chunk set aside: renamed to `<digest>.<n>.bad` with the first free `n` (counting
+/// up as copies are set aside, the last slot reused when all are taken), the digest free for a
+/// good copy, the authoritative read the same bytes, and a missing chunk [`Error::NotFound`].
+pub fn quarantined_chunks(backend: &dyn Backend) {
+    let digest = ChunkDigest::new([0xcd; 32]);
+    assert!(matches!(
+        backend.quarantine_chunk(&digest),
+        Err(Error::NotFound { .. })
+    ));
+    for n in 0..crate::BAD_CHUNK_SLOTS + 2 {
+        let bytes = format!("copy {n}");
+        assert_eq!(
+            backend.insert_chunk(&digest, bytes.as_bytes()).unwrap(),
+            ChunkInsert::Stored
+        );
+        assert_eq!(
+            backend.read_chunk_authoritative(&digest).unwrap(),
+            bytes.as_bytes()
+        );
+        let expected = n.min(crate::BAD_CHUNK_SLOTS - 1);
+        assert_eq!(
+            backend.quarantine_chunk(&digest).unwrap(),
+            digest.bad_path(expected),
+            "copy {n}"
+        );
+        assert!(!backend.chunk_exists(&digest).unwrap(), "copy {n}");
+        assert!(matches!(
+            backend.read_chunk(&digest),
+            Err(Error::NotFound { .. })
+        ));
+    }
 }
 
 /// Compare-and-swap replaces only the version that was read.

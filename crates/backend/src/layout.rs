@@ -125,6 +125,16 @@ impl ObjectLayout {
             &hex[..4]
         ))
     }
+
+    /// `<store>/.chunks/<4 hex>/<64 hex>.<n>.bad`: the `n`th corrupt copy set aside.
+    pub fn bad_chunk_key(&self, digest: &ChunkDigest, n: u8) -> Path {
+        let hex = digest.to_string();
+        raw_key(format!(
+            "{}/{CHUNKS_PREFIX}/{}/{hex}.{n}.bad",
+            self.store,
+            &hex[..4]
+        ))
+    }
 }
 
 /// A key kept byte for byte. Only called with a validated store name and fixed or validated

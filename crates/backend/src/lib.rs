@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 #[cfg(feature = "s3")]
 pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport};
-pub use chunk::ChunkDigest;
+pub use chunk::{BAD_CHUNK_SLOTS, ChunkDigest};
 pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use in_use::{BucketState, InUse};
@@ -444,6 +444,36 @@ pub trait Backend: Send + Sync + fmt::Debug {
             .map(|contents| contents.data)
     }
 
+    /// Reads a chunk's encoded bytes from the authority: the bucket for the cached backend
+    /// (which then replaces its cache copy with them), the same as
+    /// [`read_chunk`](Backend::read_chunk) elsewhere. For deciding that a chunk is corrupt
+    /// before setting it aside: a damaged cache copy is not a damaged chunk.
+    ///
+    /// # Errors
+    /// As [`read_chunk`](Backend::read_chunk).
+    fn read_chunk_authoritative(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        self.read_chunk(digest)
+    }
+
+    /// Sets a corrupt chunk aside as PBS does: renamed to `<digest>.<n>.bad` in its folder
+    /// ([`ChunkDigest::bad_path`]), `n` the first of `0..10` not taken (when all are, the last
+    /// is replaced). The digest is then free for a good copy (the next backup that has the
+    /// data stores it again), and the bad one stays for inspection. Returns the new path.
+    ///
+    /// In object storage the object is copied to its new key, then deleted; the cached backend
+    /// does that in the bucket first, then renames the cache's copy or marker.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the chunk is not stored; backend errors.
+    fn quarantine_chunk(&self, digest: &ChunkDigest) -> Result<BackendPath> {
+        let target = free_bad_path(digest, |path| self.exists(path))?;
+        if self.exists(&target)? {
+            self.remove_file(&target)?;
+        }
+        self.rename(&digest.local_path(), &target)?;
+        Ok(target)
+    }
+
     /// Whether a chunk is stored.
     ///
     /// # Errors
@@ -547,6 +577,12 @@ macro_rules! forward_backend {
             fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
                 (**self).read_chunk(digest)
             }
+            fn read_chunk_authoritative(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+                (**self).read_chunk_authoritative(digest)
+            }
+            fn quarantine_chunk(&self, digest: &ChunkDigest) -> Result<BackendPath> {
+                (**self).quarantine_chunk(digest)
+            }
             fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
                 (**self).chunk_exists(digest)
             }
@@ -566,6 +602,20 @@ macro_rules! forward_backend {
 forward_backend!(&T, Box<T>, Arc<T>);
 
 /// Refuses a rename into its own subtree, which no backend can carry out.
+/// The first `<digest>.<n>.bad` name not taken, or the last one when all are.
+pub(crate) fn free_bad_path(
+    digest: &ChunkDigest,
+    mut taken: impl FnMut(&BackendPath) -> Result<bool>,
+) -> Result<BackendPath> {
+    for n in 0..BAD_CHUNK_SLOTS {
+        let path = digest.bad_path(n);
+        if !taken(&path)? {
+            return Ok(path);
+        }
+    }
+    Ok(digest.bad_path(BAD_CHUNK_SLOTS - 1))
+}
+
 pub(crate) fn check_rename(from: &BackendPath, to: &BackendPath) -> Result<()> {
     if from.is_root() || to.is_root() {
         return Err(Error::refused("", "the root cannot be renamed or replaced"));

@@ -18,7 +18,7 @@ use object_store::{
     PutOptions, PutPayload,
 };
 
-use crate::chunk::ChunkDigest;
+use crate::chunk::{BAD_CHUNK_SLOTS, ChunkDigest};
 use crate::error::{Error, Result};
 use crate::identity::CacheIdentity;
 use crate::in_use::BucketState;
@@ -655,6 +655,48 @@ impl Backend for ObjectBackend {
                 Ok(bytes) => Ok(Vec::from(bytes)),
                 Err(e) => Err(map_error(e, &path, &get_key)),
             }
+        })
+    }
+
+    /// Copies the object to the first free `.bad` key, then deletes it (object storage has no
+    /// rename). A crash in between leaves both: the chunk stays corrupt and the next verify
+    /// sets it aside again, under the next number.
+    fn quarantine_chunk(&self, digest: &ChunkDigest) -> Result<BackendPath> {
+        let key = self.inner.layout.chunk_key(digest);
+        let layout = self.inner.layout.clone();
+        let store = Arc::clone(&self.inner.store);
+        let (path, chunk_key, digest) = (digest.local_path(), key.clone(), *digest);
+        self.exec(&key, async move {
+            let head = |key: Path| {
+                let store = Arc::clone(&store);
+                async move {
+                    match store.head(&key).await {
+                        Ok(_) => Ok(true),
+                        Err(object_store::Error::NotFound { .. }) => Ok(false),
+                        Err(e) => Err(Error::backend(key.as_ref(), e)),
+                    }
+                }
+            };
+            if !head(chunk_key.clone()).await? {
+                return Err(Error::NotFound { path });
+            }
+            let mut slot = BAD_CHUNK_SLOTS - 1;
+            for n in 0..BAD_CHUNK_SLOTS {
+                if !head(layout.bad_chunk_key(&digest, n)).await? {
+                    slot = n;
+                    break;
+                }
+            }
+            let bad_key = layout.bad_chunk_key(&digest, slot);
+            store
+                .copy(&chunk_key, &bad_key)
+                .await
+                .map_err(|e| map_error(e, &path, &chunk_key))?;
+            match store.delete(&chunk_key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map_error(e, &path, &chunk_key)),
+            }
+            Ok(digest.bad_path(slot))
         })
     }
 

@@ -141,6 +141,23 @@ pub enum Error {
         source: keepsake_manifest::Error,
     },
 
+    /// A chunk's stored bytes do not check out (see [`ChunkDefect`](crate::ChunkDefect)).
+    #[error("chunk `{path}` is corrupt")]
+    ChunkCorrupt {
+        /// The chunk's relative path.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        defect: crate::read::ChunkDefect,
+    },
+
+    /// An index file is not the one the manifest records (another size or checksum).
+    #[error("index `{path}` does not match the size and checksum in the manifest")]
+    IndexMismatch {
+        /// The index's relative path.
+        path: String,
+    },
+
     /// Data to be written could not be encoded (an invalid archive name, a blob over the size
     /// limit, an index with inconsistent sizes).
     #[error("cannot write `{path}`")]
@@ -353,6 +370,14 @@ pub enum ArgumentProblem {
     EmptyBackup,
     /// The cached backend given is not the one the store was built with.
     NotThisStoresBackend,
+    /// A file that is not a chunk index (`.fidx`, `.didx`) where an archive to read was asked for.
+    NotAnArchive {
+        /// The name given.
+        name: String,
+    },
+    /// A verify outcome would be recorded in manifests without the chunk contents having been
+    /// read: PBS's verify jobs skip snapshots recorded `ok`, so only a content verify may say so.
+    RecordWithoutContent,
 }
 
 impl fmt::Display for ArgumentProblem {
@@ -372,6 +397,12 @@ impl fmt::Display for ArgumentProblem {
             ArgumentProblem::NotThisStoresBackend => {
                 f.write_str("the cached backend given is not this datastore's backend")
             }
+            ArgumentProblem::NotAnArchive { name } => {
+                write!(f, "`{name}` is not an archive (a .fidx or .didx file)")
+            }
+            ArgumentProblem::RecordWithoutContent => f.write_str(
+                "recording a verify state needs a content verify (chunks read and checked)",
+            ),
         }
     }
 }

@@ -13,6 +13,7 @@ mod namespace;
 pub mod pbs_host;
 pub mod prune;
 mod prune_apply;
+mod read;
 mod read_only;
 mod recover;
 #[cfg(feature = "s3")]
@@ -41,6 +42,7 @@ pub use pbs_host::{
 pub use prune_apply::{
     GroupPrune, NamespacePrune, PruneAction, PruneRun, PruneScope, PrunedSnapshot,
 };
+pub use read::{ArchiveReader, ChunkCheck, ChunkDefect, ChunkReader, DEFAULT_CHUNK_CACHE_BYTES};
 pub use recover::{
     InterruptedIntent, PendingIntent, RecoveredIntent, RecoveryOutcome, RecoveryReport,
 };
@@ -51,7 +53,7 @@ pub use store::{
     Access, CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME,
 };
 pub use verify::{
-    Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport,
-    VerifyScope,
+    ChunkProgress, ChunkVerification, ContentStats, Problem, Reverify, SnapshotOutcome,
+    SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport, VerifyScope,
 };
 pub use writer::BackupWriter;

@@ -303,7 +303,7 @@ fn first_phase(store: &DataStore) -> Phase {
 /// else's, or a copy that had finished), a partial one is removed (a protected or busy one stays
 /// and is reported by verify). Returns whether anything was removed.
 fn drop_partial_copy(snapshot: &Snapshot) -> Result<bool> {
-    let options = crate::VerifyOptions::default().check_chunks(false);
+    let options = crate::VerifyOptions::default().chunks(crate::ChunkVerification::Skip);
     let whole = match snapshot.verify(&options) {
         Ok(report) => report.outcome == crate::SnapshotOutcome::Ok,
         Err(e) if e.is_not_found() => return Ok(false),

@@ -64,6 +64,12 @@ impl Backend for ReadOnlyBackend {
     fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
         self.inner.read_chunk(digest)
     }
+    fn read_chunk_authoritative(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
+        self.inner.read_chunk_authoritative(digest)
+    }
+    fn quarantine_chunk(&self, digest: &ChunkDigest) -> Result<BackendPath> {
+        refuse(&digest.local_path())
+    }
     fn chunk_exists(&self, digest: &ChunkDigest) -> Result<bool> {
         self.inner.chunk_exists(digest)
     }

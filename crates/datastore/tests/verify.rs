@@ -8,7 +8,8 @@ use keepsake_manifest::blob::Compression;
 use std::collections::BTreeMap;
 
 use keepsake_datastore::{
-    DataStore, Error, Problem, SnapshotOutcome, VerifyOptions, VerifyReport, VerifyScope,
+    ChunkVerification, DataStore, Error, Problem, SnapshotOutcome, VerifyOptions, VerifyReport,
+    VerifyScope,
 };
 use keepsake_hierarchy::{Authid, BackupDir, BackupNamespace, BackupTime};
 use keepsake_manifest::crypt::CryptConfig;
@@ -262,7 +263,9 @@ fn verify_finds_every_planted_corruption() {
         let recorded = store
             .verify(
                 &VerifyScope::Store,
-                &VerifyOptions::default().record_state("UPID:test"),
+                &VerifyOptions::default()
+                    .chunks(ChunkVerification::Content)
+                    .record_state("UPID:test"),
             )
             .unwrap();
         for s in &recorded.snapshots {
@@ -353,7 +356,7 @@ fn verify_walks_each_scope() {
         // Without chunk checks nothing is asked of the chunk store.
         let quick = store
             .snapshot(&root_ns, &s1)
-            .verify(&VerifyOptions::default().check_chunks(false))
+            .verify(&VerifyOptions::default().chunks(ChunkVerification::Skip))
             .unwrap();
         assert_eq!(quick.chunks_checked, 0);
 
