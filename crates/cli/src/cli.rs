@@ -309,12 +309,41 @@ pub(crate) enum Command {
     Verify {
         /// A group or a snapshot; default: every snapshot below --ns (the whole datastore).
         target: Option<TargetArg>,
-        /// Record each outcome in the snapshot's manifest (`verify_state`), as PBS's verify job.
+        /// Read every referenced chunk and check its content (CRC, decryption with the key,
+        /// size, digest), each chunk once, on all cores; a corrupt chunk is renamed
+        /// `<digest>.<n>.bad` as PBS does, and every snapshot using it fails.
+        #[arg(long, conflicts_with = "skip_chunks")]
+        read_data: bool,
+        /// Record each outcome in the snapshot's manifest (`verify_state`), as PBS's verify
+        /// job; needs --read-data.
         #[arg(long)]
         record: bool,
+        /// Skip snapshots whose last recorded verify is ok (PBS's ignore-verified); failed
+        /// ones are checked again.
+        #[arg(long)]
+        ignore_verified: bool,
+        /// With --ignore-verified: check again those recorded ok more than DAYS days ago.
+        #[arg(long, value_name = "DAYS", requires = "ignore_verified")]
+        outdated_after: Option<u32>,
         /// Do not check that referenced chunks exist.
         #[arg(long)]
         skip_chunks: bool,
+    },
+
+    /// Write a file of a snapshot: a blob decoded, a fixed index (`.fidx`) as the raw image, a
+    /// dynamic index (`.didx`) as the raw stream; every chunk is checked as it is read.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo cat vm/100/2024-06-02T02:00:00Z drive-scsi0.img.fidx -o disk.raw\n  \
+        keepsake --store /tmp/demo cat vm/100/2024-06-02T02:00:00Z client.log.blob")]
+    Cat {
+        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        snapshot: SnapshotArg,
+        /// The file, as the manifest names it (`drive-scsi0.img.fidx`, `root.pxar.didx`,
+        /// `client.log.blob`).
+        file: String,
+        /// Write to this file (created or replaced once complete) instead of standard output.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<std::path::PathBuf>,
     },
 
     /// Apply a retention policy: print every snapshot with its mark and reason, and remove the

@@ -26,6 +26,23 @@ impl Output {
         }
     }
 
+    /// Whether `--json` is on.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// A progress bar over `len` bytes, with the rate (hidden like [`Output::bar`]).
+    pub(crate) fn bytes_bar(&self, len: u64, message: impl Into<String>) -> ProgressBar {
+        let bar = ProgressBar::with_draw_target(Some(len), self.draw_target());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message.into());
+        bar
+    }
+
     /// Writes one line of text to stdout.
     pub(crate) fn line(&self, text: impl Display) -> std::io::Result<()> {
         writeln!(std::io::stdout().lock(), "{text}")

@@ -370,7 +370,8 @@ pub enum ArgumentProblem {
     EmptyBackup,
     /// The cached backend given is not the one the store was built with.
     NotThisStoresBackend,
-    /// A file that is not a chunk index (`.fidx`, `.didx`) where an archive to read was asked for.
+    /// A file of another kind than asked for: not a chunk index (`.fidx`, `.didx`) where an
+    /// archive was to be read, not a `.blob` where a blob was.
     NotAnArchive {
         /// The name given.
         name: String,
@@ -398,7 +399,7 @@ impl fmt::Display for ArgumentProblem {
                 f.write_str("the cached backend given is not this datastore's backend")
             }
             ArgumentProblem::NotAnArchive { name } => {
-                write!(f, "`{name}` is not an archive (a .fidx or .didx file)")
+                write!(f, "`{name}` is not a file of the kind asked for (.fidx/.didx, or .blob)")
             }
             ArgumentProblem::RecordWithoutContent => f.write_str(
                 "recording a verify state needs a content verify (chunks read and checked)",

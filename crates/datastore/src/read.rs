@@ -585,6 +585,31 @@ impl Snapshot {
         self.open_archive_with(name, self.store().chunk_reader())
     }
 
+    /// The decoded data of the blob `name` (`client.log.blob`, `qemu-server.conf.blob`, the
+    /// manifest `index.json.blob`), read under the snapshot's shared lock: CRC checked, decrypted
+    /// with the store's key.
+    ///
+    /// # Errors
+    /// [`Error::Locked`]; [`Error::NotFound`]; [`Error::InvalidArgument`]
+    /// ([`ArgumentProblem::NotAnArchive`]) for a name that is not a blob; [`Error::Corrupt`] for a
+    /// damaged blob, or an encrypted one without the key ([`keepsake_manifest::Error::MissingKey`]).
+    pub fn read_blob(&self, name: &str) -> Result<Vec<u8>> {
+        if !matches!(ArchiveKind::from_file_name(name), Ok(ArchiveKind::Blob)) {
+            return Err(Error::InvalidArgument(ArgumentProblem::NotAnArchive {
+                name: name.to_owned(),
+            }));
+        }
+        let _lock = self.lock_shared()?;
+        let raw = self.read_file(name)?;
+        let key = self.store().crypt_config();
+        CODEC
+            .with(|codec| codec.borrow_mut().decode(&raw, key))
+            .map_err(|source| Error::Corrupt {
+                path: format!("{}/{name}", self.relative_path()),
+                source,
+            })
+    }
+
     /// As [`Snapshot::open_archive`], reading chunks through `chunks` (another key, another
     /// cache size).
     ///

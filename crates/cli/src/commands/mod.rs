@@ -1,5 +1,6 @@
 //! The commands: each takes the parsed options and the output, and returns the exit code.
 
+mod cat;
 mod change;
 mod demo;
 mod facts;
@@ -15,7 +16,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use keepsake_datastore::{
-    Access, DataStore, ExistingOwner, Group, GroupsInside, Merge, RecoveryOutcome, Snapshot,
+    Access, ChunkVerification, DataStore, ExistingOwner, Group, GroupsInside, Merge,
+    RecoveryOutcome, Reverify, Snapshot,
 };
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 
@@ -192,9 +194,29 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         } => moves::move_target(&ctx, target, to_ns, merge_flag(*merge)),
         Command::Verify {
             target,
+            read_data,
             record,
+            ignore_verified,
+            outdated_after,
             skip_chunks,
-        } => verify::verify(&ctx, target.as_ref(), *record, *skip_chunks),
+        } => {
+            let chunks = match (*read_data, *skip_chunks) {
+                (true, _) => ChunkVerification::Content,
+                (false, true) => ChunkVerification::Skip,
+                (false, false) => ChunkVerification::Presence,
+            };
+            let reverify = match (*ignore_verified, *outdated_after) {
+                (false, _) => Reverify::All,
+                (true, None) => Reverify::NotOk,
+                (true, Some(days)) => Reverify::OutdatedAfter { days },
+            };
+            verify::verify(&ctx, target.as_ref(), chunks, reverify, *record)
+        }
+        Command::Cat {
+            snapshot,
+            file,
+            output,
+        } => cat::cat(&ctx, snapshot, file, output.as_deref()),
         Command::Groups { filters, recursive } => inspect::groups(&ctx, filters, *recursive),
         Command::Snapshots { group } => inspect::snapshots(&ctx, group.as_ref()),
         Command::Show { snapshot } => inspect::show(&ctx, snapshot),

@@ -1,16 +1,19 @@
-//! `keepsake verify`: metadata verification of snapshots, with a summary, per-snapshot errors and
-//! exit code 1 when something is wrong.
+//! `keepsake verify`: verification of snapshots (metadata, chunk presence, or with --read-data
+//! chunk contents), with a summary, per-snapshot errors and exit code 1 when something is wrong.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use keepsake_datastore::{SnapshotOutcome, VerifyOptions, VerifyScope};
+use keepsake_datastore::{
+    ChunkVerification, ContentStats, Reverify, SnapshotOutcome, VerifyOptions, VerifyScope,
+};
 use serde::Serialize;
 
 use super::{Ctx, Writes, existing_group, existing_snapshot, require_ns};
-use crate::error::{EXIT_FAILURE, chain_line};
+use crate::error::{EXIT_FAILURE, EXIT_USAGE, chain_line};
 use crate::target::TargetArg;
 
 #[derive(Debug, Serialize)]
@@ -37,9 +40,77 @@ struct VerifySummary {
     unfinished: usize,
     /// Snapshots held exclusively by someone else, not checked now.
     in_use: usize,
+    /// Snapshots recorded ok and skipped (--ignore-verified).
+    skipped: usize,
+    /// What --read-data read (`null` without it).
+    content: Option<ContentSummary>,
     /// Interrupted operations waiting in the journal (verify does not complete them).
     interrupted: usize,
     errors: Vec<VerifyError>,
+}
+
+/// What a content verify read; each distinct chunk counts once.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ContentSummary {
+    /// Chunks read and checked in full.
+    verified: u64,
+    /// Encrypted chunks without a key: CRC checked only.
+    crc_only: u64,
+    missing: u64,
+    corrupt: u64,
+    /// Corrupt chunks renamed `<digest>.<n>.bad`.
+    set_aside: u64,
+    /// S3: damaged cache copies replaced by the bucket's good copy.
+    cache_repaired: u64,
+    bytes_read: u64,
+    bytes_decoded: u64,
+    seconds: f64,
+}
+
+impl ContentSummary {
+    fn new(stats: &ContentStats, seconds: f64) -> Self {
+        Self {
+            verified: stats.verified,
+            crc_only: stats.crc_only,
+            missing: stats.missing,
+            corrupt: stats.corrupt,
+            set_aside: stats.set_aside,
+            cache_repaired: stats.cache_repaired,
+            bytes_read: stats.bytes_read,
+            bytes_decoded: stats.bytes_decoded,
+            seconds,
+        }
+    }
+
+    fn line(&self) -> String {
+        let mib = self.bytes_read as f64 / (1 << 20) as f64;
+        let rate = if self.seconds > 0.0 {
+            mib / self.seconds
+        } else {
+            0.0
+        };
+        let mut line = format!(
+            "read {} chunk{} ({mib:.1} MiB in {:.1} s, {rate:.0} MiB/s): {} ok",
+            self.verified + self.crc_only + self.corrupt,
+            super::change::plural(self.verified + self.crc_only + self.corrupt),
+            self.seconds,
+            self.verified
+        );
+        if self.crc_only > 0 {
+            line += &format!(", {} encrypted checked by CRC only (no key)", self.crc_only);
+        }
+        if self.corrupt > 0 {
+            line += &format!(", {} corrupt ({} set aside)", self.corrupt, self.set_aside);
+        }
+        if self.missing > 0 {
+            line += &format!(", {} missing", self.missing);
+        }
+        if self.cache_repaired > 0 {
+            line += &format!(", {} cache copies repaired", self.cache_repaired);
+        }
+        line
+    }
 }
 
 /// A task id in PBS's UPID form (PBS's API reads `verify_state.upid` as one), naming this host,
@@ -70,10 +141,21 @@ fn upid(store: &str) -> String {
 pub(crate) fn verify(
     ctx: &Ctx<'_>,
     target: Option<&TargetArg>,
+    chunks: ChunkVerification,
+    reverify: Reverify,
     record: bool,
-    skip_chunks: bool,
 ) -> Result<ExitCode> {
-    let session = ctx.open_for(Writes::when(record))?;
+    let read_data = chunks == ChunkVerification::Content;
+    if record && !read_data {
+        return Ok(crate::error::report_line(
+            "--record needs --read-data: PBS's verify jobs skip snapshots recorded ok, so only a \
+             verify that read the chunks may record one",
+            EXIT_USAGE,
+            ctx.out.is_json(),
+        ));
+    }
+    // A content verify renames corrupt chunks, so it opens the store for writing.
+    let session = ctx.open_for(Writes::when(record || read_data))?;
     let store = &session.store;
     let scope = match target {
         Some(TargetArg::Group(arg)) => {
@@ -100,8 +182,25 @@ pub(crate) fn verify(
     let spinner = ctx.out.spinner("verifying");
     let progress = spinner.clone();
     let (checked, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (chunks_read, bytes_read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let started = Instant::now();
+    let chunk_bar = spinner.clone();
+    let (counted_chunks, counted_bytes) = (Arc::clone(&chunks_read), Arc::clone(&bytes_read));
     let mut options = VerifyOptions::default()
-        .check_chunks(!skip_chunks)
+        .chunks(chunks)
+        .reverify(reverify)
+        .chunk_progress(move |bytes| {
+            let n = counted_chunks.fetch_add(1, Ordering::Relaxed) + 1;
+            let total = counted_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            if n % 16 == 0 {
+                let mib = total as f64 / (1 << 20) as f64;
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                chunk_bar.set_message(format!(
+                    "reading chunks: {n} read, {mib:.0} MiB, {:.0} MiB/s",
+                    mib / secs
+                ));
+            }
+        })
         .progress(move |s| {
             let n = checked.fetch_add(1, Ordering::Relaxed) + 1;
             let f = if s.outcome == SnapshotOutcome::Failed {
@@ -121,6 +220,8 @@ pub(crate) fn verify(
     let report = store.verify(&scope, &options);
     spinner.finish_and_clear();
     let report = report?;
+    let seconds = started.elapsed().as_secs_f64();
+    let content = read_data.then(|| ContentSummary::new(&report.content, seconds));
 
     let count = |o: SnapshotOutcome| report.snapshots.iter().filter(|s| s.outcome == o).count();
     let mut errors = Vec::new();
@@ -164,6 +265,8 @@ pub(crate) fn verify(
         failed: count(SnapshotOutcome::Failed),
         unfinished: count(SnapshotOutcome::Unfinished),
         in_use: count(SnapshotOutcome::InUse),
+        skipped: count(SnapshotOutcome::Skipped),
+        content,
         interrupted: report.interrupted.len(),
         errors,
     };
@@ -174,6 +277,7 @@ pub(crate) fn verify(
                 SnapshotOutcome::Failed => "FAILED",
                 SnapshotOutcome::Unfinished => "unfinished",
                 SnapshotOutcome::InUse => "in use",
+                SnapshotOutcome::Skipped => "skipped",
                 _ => "?",
             };
             ctx.out
@@ -186,8 +290,16 @@ pub(crate) fn verify(
         for e in summary.errors.iter().filter(|e| e.snapshot.is_none()) {
             ctx.out.line(format!("error       {}", e.error))?;
         }
+        if let Some(content) = &summary.content {
+            ctx.out.line(content.line())?;
+        }
+        let skipped = if summary.skipped > 0 {
+            format!(", {} skipped (recorded ok)", summary.skipped)
+        } else {
+            String::new()
+        };
         ctx.out.line(format!(
-            "verified {} snapshot{}: {} ok, {} failed, {} unfinished, {} in use",
+            "verified {} snapshot{}: {} ok, {} failed, {} unfinished, {} in use{skipped}",
             summary.snapshots,
             super::change::plural(summary.snapshots as u64),
             summary.verified,
@@ -200,7 +312,7 @@ pub(crate) fn verify(
     if summary.ok {
         return Ok(ExitCode::SUCCESS);
     }
-    if report.verified() == 0 && summary.errors.is_empty() {
+    if report.verified() + report.skipped() == 0 && summary.errors.is_empty() {
         // A check that checked nothing never passes.
         let message = format!(
             "nothing was verified: {} snapshot{} in scope, {} in use, {} unfinished",
