@@ -54,4 +54,4 @@ pub use verify::{
     Problem, SnapshotOutcome, SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport,
     VerifyScope,
 };
-pub use writer::BackupWriter;
+pub use writer::{BackupWriter, DynamicArchive, FixedArchive};
