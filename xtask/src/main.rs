@@ -210,7 +210,7 @@ fn s3(root: &Path) -> Result<()> {
 /// so that xtask itself depends on no workspace crate; it runs as a release build, because
 /// debug builds of zstd and SHA-256 make a few GiB take minutes instead of seconds.
 fn gen_store(invoked_in: &Path, args: &[String]) -> Result<()> {
-    run(cargo()
+    let status = cargo()
         .args([
             "run",
             "--release",
@@ -223,7 +223,14 @@ fn gen_store(invoked_in: &Path, args: &[String]) -> Result<()> {
             "--",
         ])
         .args(args)
-        .current_dir(invoked_in))
+        .current_dir(invoked_in)
+        .status()
+        .context("cannot start cargo run for gen-store")?;
+    // The generator (or cargo) said what went wrong; its exit code (2: usage) is ours.
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
