@@ -14,6 +14,9 @@
 //!                       their clippy and tests pass without default features
 //! cargo xtask package   `cargo package` of every publishable crate, each built from its .crate
 //!                       alone (`--no-verify`: package only)
+//! cargo xtask gen-store DIR [options]
+//!                       writes a datastore of generated backups (the package
+//!                       `xtask-gen-store`, built in release; `--help` lists the options)
 //! ```
 
 mod deps;
@@ -29,6 +32,8 @@ use anyhow::{Context, Result, bail};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Paths the user gives (gen-store's DIR) are relative to where they ran cargo.
+    let invoked_in = std::env::current_dir().context("cannot read the current folder")?;
     let root = workspace_root();
     std::env::set_current_dir(&root)
         .with_context(|| format!("cannot enter workspace root {}", root.display()))?;
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
         "layering" => layering::check_workspace(&root),
         "deps" => deps::check(&root),
         "package" => package::check(&root, rest),
+        "gen-store" => gen_store(&invoked_in, rest),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -69,7 +75,8 @@ fn print_help() {
          s3        start the S3 test server and print its endpoint\n  \
          layering  check the crate dependency edges against docs/ARCHITECTURE.md\n  \
          deps      without `s3`: no tokio/object_store/HTTP/TLS crate, clippy and tests pass\n  \
-         package   cargo package of every publishable crate, built from its .crate [--no-verify]"
+         package   cargo package of every publishable crate, built from its .crate [--no-verify]\n  \
+         gen-store DIR [options]: write a datastore of generated backups (--help for the options)"
     );
 }
 
@@ -197,6 +204,33 @@ fn s3(root: &Path) -> Result<()> {
     println!("export {}", server.env_lines().join(" "));
     println!("# server running; press Ctrl-C to stop");
     server.wait()
+}
+
+/// `cargo xtask gen-store DIR [options]`: the generator is its own package (`xtask/gen-store`)
+/// so that xtask itself depends on no workspace crate; it runs as a release build, because
+/// debug builds of zstd and SHA-256 make a few GiB take minutes instead of seconds.
+fn gen_store(invoked_in: &Path, args: &[String]) -> Result<()> {
+    let status = cargo()
+        .args([
+            "run",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--package",
+            "xtask-gen-store",
+            "--bin",
+            "gen-store",
+            "--",
+        ])
+        .args(args)
+        .current_dir(invoked_in)
+        .status()
+        .context("cannot start cargo run for gen-store")?;
+    // The generator (or cargo) said what went wrong; its exit code (2: usage) is ours.
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {

@@ -56,4 +56,4 @@ pub use verify::{
     ChunkProgress, ChunkVerification, ContentStats, Problem, Reverify, SnapshotOutcome,
     SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport, VerifyScope,
 };
-pub use writer::BackupWriter;
+pub use writer::{BackupWriter, DynamicArchive, FixedArchive};

@@ -196,7 +196,8 @@ impl BackupWriter {
 
     /// Adds a fixed-size chunk index (`<name>.fidx`, a disk image): cuts `data` into `chunk_size`
     /// pieces, inserts each into the chunk store (encrypted with the store's key with
-    /// [`Encryption::StoreKey`]) and writes the index.
+    /// [`Encryption::StoreKey`]) and writes the index. For an image that does not fit in memory,
+    /// [`BackupWriter::start_fixed_archive`] takes it chunk by chunk.
     pub fn add_fixed_archive(
         &mut self,
         name: &str,
@@ -204,53 +205,121 @@ impl BackupWriter {
         chunk_size: u64,
         encryption: Encryption,
     ) -> Result<()> {
-        check_name(name)?;
-        let mode = self.crypt_mode(encryption)?;
-        let bad = |source| Error::Encode {
-            path: name.to_owned(),
-            source,
-        };
-        let ctime = self.snapshot.dir().time().epoch();
-        let mut writer =
-            FixedIndexWriter::new(data.len() as u64, chunk_size, ctime).map_err(bad)?;
+        let mut archive =
+            self.start_fixed_archive(name, data.len() as u64, chunk_size, encryption)?;
         let step = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
         for chunk in data.chunks(step) {
-            let digest = self.insert(chunk, encryption)?;
-            writer.push(&digest).map_err(bad)?;
+            archive.push(chunk)?;
         }
-        let csum = writer.index_csum();
-        let bytes = writer.finish().map_err(bad)?;
-        self.write_file(name, &bytes)?;
-        self.add_to_manifest(name, mode, data.len() as u64, csum)
+        archive.finish()
+    }
+
+    /// Starts a fixed-size chunk index (`<name>.fidx`) of an image of `size` bytes that is given
+    /// chunk by chunk ([`FixedArchive::push`]), so that memory stays bounded by one chunk
+    /// whatever the image's size. Nothing is written for the archive until
+    /// [`FixedArchive::finish`]; an archive dropped before it is not in the snapshot (its chunks
+    /// stay in the chunk store, for garbage collection to judge).
+    ///
+    /// ```
+    /// # use keepsake_datastore::{DataStore, Encryption};
+    /// # use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = DataStore::builder("store1", dir.path().join("store1"))
+    /// #     .lock_root(dir.path().join("locks"))
+    /// #     .chunk_prefix_dirs(false)
+    /// #     .create()?;
+    /// # let group = store.group(&BackupNamespace::root(), &"vm/100".parse::<BackupGroup>()?);
+    /// # let owner: Authid = "root@pam".parse()?;
+    /// let mut backup = group.start_backup(&owner, BackupTime::from_epoch(1_717_600_000)?)?;
+    /// // 150 KiB in chunks of 64 KiB: two full chunks, then the 22 KiB left.
+    /// let mut disk = backup.start_fixed_archive(
+    ///     "drive-scsi0.img.fidx", 150 * 1024, 65_536, Encryption::None,
+    /// )?;
+    /// for (i, len) in [65_536, 65_536, 22 * 1024].into_iter().enumerate() {
+    ///     disk.push(&vec![i as u8; len])?;
+    /// }
+    /// disk.finish()?;
+    /// let snapshot = backup.finish()?;
+    /// assert_eq!(snapshot.load_manifest()?.files()[0].size(), 150 * 1024);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Encode`] for an invalid archive name or a chunk size of 0;
+    /// [`Error::InvalidArgument`] ([`ArgumentProblem::NoKey`]) for encryption without a key.
+    pub fn start_fixed_archive(
+        &mut self,
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+        encryption: Encryption,
+    ) -> Result<FixedArchive<'_>> {
+        check_name(name)?;
+        let mode = self.crypt_mode(encryption)?;
+        let ctime = self.snapshot.dir().time().epoch();
+        let index =
+            FixedIndexWriter::new(size, chunk_size, ctime).map_err(|source| Error::Encode {
+                path: name.to_owned(),
+                source,
+            })?;
+        Ok(FixedArchive {
+            writer: self,
+            name: name.to_owned(),
+            mode,
+            encryption,
+            index,
+            size,
+            chunk_size,
+            pushed: 0,
+        })
     }
 
     /// Adds a dynamic chunk index (`<name>.didx`, e.g. a pxar archive) over the given chunks, in
     /// order; each is inserted into the chunk store (encrypted with the store's key with
-    /// [`Encryption::StoreKey`]).
-    pub fn add_dynamic_archive<'c>(
+    /// [`Encryption::StoreKey`]). The chunks may be borrowed (`&[u8]`) or owned (`Vec<u8>`, made
+    /// as the iterator advances), so an archive of owned chunks needs memory for one chunk at a
+    /// time; [`BackupWriter::start_dynamic_archive`] takes them one call at a time.
+    pub fn add_dynamic_archive<C: AsRef<[u8]>>(
         &mut self,
         name: &str,
-        chunks: impl IntoIterator<Item = &'c [u8]>,
+        chunks: impl IntoIterator<Item = C>,
         encryption: Encryption,
     ) -> Result<()> {
+        let mut archive = self.start_dynamic_archive(name, encryption)?;
+        for chunk in chunks {
+            archive.push(chunk.as_ref())?;
+        }
+        archive.finish()
+    }
+
+    /// Starts a dynamic chunk index (`<name>.didx`) given chunk by chunk
+    /// ([`DynamicArchive::push`]); as [`BackupWriter::start_fixed_archive`], nothing is written
+    /// for the archive until [`DynamicArchive::finish`].
+    ///
+    /// # Errors
+    /// [`Error::Encode`] for an invalid archive name; [`Error::InvalidArgument`]
+    /// ([`ArgumentProblem::NoKey`]) for encryption without a key.
+    pub fn start_dynamic_archive(
+        &mut self,
+        name: &str,
+        encryption: Encryption,
+    ) -> Result<DynamicArchive<'_>> {
         check_name(name)?;
         let mode = self.crypt_mode(encryption)?;
-        let bad = |source| Error::Encode {
-            path: name.to_owned(),
-            source,
-        };
-        let mut writer = DynamicIndexWriter::new(self.snapshot.dir().time().epoch());
-        for chunk in chunks {
-            let digest = self.insert(chunk, encryption)?;
-            writer
-                .push_chunk(chunk.len() as u64, &digest)
-                .map_err(bad)?;
-        }
-        let size = writer.archive_size();
-        let csum = writer.index_csum();
-        let bytes = writer.finish().map_err(bad)?;
-        self.write_file(name, &bytes)?;
-        self.add_to_manifest(name, mode, size, csum)
+        let index = DynamicIndexWriter::new(self.snapshot.dir().time().epoch());
+        Ok(DynamicArchive {
+            writer: self,
+            name: name.to_owned(),
+            mode,
+            encryption,
+            index,
+        })
+    }
+
+    /// The chunk upload statistics so far (what [`BackupWriter::finish`] records in the
+    /// manifest): chunks inserted, their plain and stored sizes, and how many were duplicates.
+    pub fn chunk_upload_stats(&self) -> ChunkUploadStats {
+        self.stats
     }
 
     /// The manifest as it will be written, for callers that add `unprotected` data (notes, ...).
@@ -271,6 +340,116 @@ impl BackupWriter {
         self.snapshot.write_manifest(&self.manifest, None)?;
         self.finished = true;
         Ok(self.snapshot.clone())
+    }
+}
+
+/// A fixed-size chunk index being written chunk by chunk: made by
+/// [`BackupWriter::start_fixed_archive`], added to the snapshot by [`FixedArchive::finish`].
+#[must_use = "an archive is only added to the snapshot by `finish`"]
+pub struct FixedArchive<'w> {
+    writer: &'w mut BackupWriter,
+    name: String,
+    mode: CryptMode,
+    encryption: Encryption,
+    index: FixedIndexWriter,
+    size: u64,
+    chunk_size: u64,
+    pushed: u64,
+}
+
+impl FixedArchive<'_> {
+    /// Inserts the next chunk of the image into the chunk store and appends its digest. Every
+    /// chunk is `chunk_size` bytes long but the last, which holds what is left of the image.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] for a chunk of the wrong length or one past the image's end (the index
+    /// is not changed); [`Error::Backend`] if the chunk cannot be stored.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        let left = self.size - self.pushed;
+        let expected = left.min(self.chunk_size);
+        if left == 0 || chunk.len() as u64 != expected {
+            return Err(Error::Encode {
+                path: self.name.clone(),
+                source: keepsake_manifest::Error::InvalidInput {
+                    reason: format!(
+                        "chunk of {} bytes at offset {} of an image of {} bytes in chunks of {}",
+                        chunk.len(),
+                        self.pushed,
+                        self.size,
+                        self.chunk_size
+                    ),
+                },
+            });
+        }
+        let digest = self.writer.insert(chunk, self.encryption)?;
+        self.index.push(&digest).map_err(|source| Error::Encode {
+            path: self.name.clone(),
+            source,
+        })?;
+        self.pushed += expected;
+        Ok(())
+    }
+
+    /// Writes the index file and adds it to the manifest.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] unless the whole image was pushed; [`Error::AlreadyExists`] or
+    /// [`Error::Backend`] if the file cannot be written.
+    pub fn finish(self) -> Result<()> {
+        let bad = |source| Error::Encode {
+            path: self.name.clone(),
+            source,
+        };
+        let csum = self.index.index_csum();
+        let bytes = self.index.finish().map_err(bad)?;
+        self.writer.write_file(&self.name, &bytes)?;
+        self.writer
+            .add_to_manifest(&self.name, self.mode, self.size, csum)
+    }
+}
+
+/// A dynamic chunk index being written chunk by chunk: made by
+/// [`BackupWriter::start_dynamic_archive`], added to the snapshot by [`DynamicArchive::finish`].
+#[must_use = "an archive is only added to the snapshot by `finish`"]
+pub struct DynamicArchive<'w> {
+    writer: &'w mut BackupWriter,
+    name: String,
+    mode: CryptMode,
+    encryption: Encryption,
+    index: DynamicIndexWriter,
+}
+
+impl DynamicArchive<'_> {
+    /// Inserts the next chunk of the stream into the chunk store and appends its end offset and
+    /// digest.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] if the stream would pass 2^64 - 1 bytes; [`Error::Backend`] if the chunk
+    /// cannot be stored.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        let digest = self.writer.insert(chunk, self.encryption)?;
+        self.index
+            .push_chunk(chunk.len() as u64, &digest)
+            .map_err(|source| Error::Encode {
+                path: self.name.clone(),
+                source,
+            })
+    }
+
+    /// Writes the index file and adds it to the manifest.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] or [`Error::Backend`] if the file cannot be written.
+    pub fn finish(self) -> Result<()> {
+        let size = self.index.archive_size();
+        let csum = self.index.index_csum();
+        let bytes = self.index.finish().map_err(|source| Error::Encode {
+            path: self.name.clone(),
+            source,
+        })?;
+        self.writer.write_file(&self.name, &bytes)?;
+        self.writer
+            .add_to_manifest(&self.name, self.mode, size, csum)
     }
 }
 
