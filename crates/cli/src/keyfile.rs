@@ -33,7 +33,12 @@ pub(crate) fn load(path: &Path) -> Result<CryptConfig> {
     let config = KeyConfig::load(path).with_context(context)?;
     let passphrase = if config.needs_passphrase() {
         let prompt = match config.hint() {
-            Some(hint) => format!("Password for key file {} (hint: {hint}): ", path.display()),
+            // The hint comes from the file: no control characters reach the terminal.
+            Some(hint) => format!(
+                "Password for key file {} (hint: {}): ",
+                path.display(),
+                hint.chars().filter(|c| !c.is_control()).collect::<String>()
+            ),
             None => format!("Password for key file {}: ", path.display()),
         };
         Some(password(&prompt).and_then(|given| {
