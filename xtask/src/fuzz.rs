@@ -11,12 +11,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 /// Every target in `fuzz/Cargo.toml`.
-pub(crate) const TARGETS: [&str; 5] = [
+pub(crate) const TARGETS: [&str; 6] = [
     "blob_decode",
     "manifest_parse",
     "index_read",
     "names",
     "group_filter",
+    "keyfile_parse",
 ];
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

@@ -148,6 +148,12 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true, value_name = "NS")]
     pub(crate) ns: Option<BackupNamespace>,
 
+    /// A PBS key file (as `proxmox-backup-client key create` writes it, or `keepsake key
+    /// create`): the key of encrypted archives and manifest signatures. A password-protected
+    /// key's password comes from KEEPSAKE_KEY_PASSWORD, else from a prompt on the terminal.
+    #[arg(long, global = true, env = "KEEPSAKE_KEYFILE", value_name = "FILE")]
+    pub(crate) keyfile: Option<PathBuf>,
+
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -180,6 +186,15 @@ pub(crate) enum Command {
         /// The folder to create the datastore in (must be missing or empty).
         dir: PathBuf,
     },
+
+    /// Encryption key files (PBS's format, for --keyfile).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            KEEPSAKE_KEY_PASSWORD=… keepsake key create /root/backup.key\n  \
+            keepsake key create /root/backup.key --kdf none"
+    )]
+    Key(KeyCommand),
 
     /// Print the datastore as a tree: namespaces, groups, owners, snapshots.
     #[command(
@@ -577,4 +592,39 @@ mod tests {
         }
         walk(&Cli::command(), "");
     }
+}
+
+/// `keepsake key …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a new random encryption key in a PBS key file (mode 0600; an existing file is never
+    /// replaced) and print its fingerprint. Its password comes from KEEPSAKE_KEY_PASSWORD, else
+    /// it is asked twice on the terminal.
+    #[command(after_help = "Examples:\n  \
+        keepsake key create /root/backup.key\n  \
+        KEEPSAKE_KEY_PASSWORD=… keepsake key create /root/backup.key --kdf pbkdf2 --hint 'the usual'\n  \
+        keepsake key create /root/plain.key --kdf none")]
+    Create {
+        /// The new key file.
+        file: PathBuf,
+        /// How the password protects the key: `scrypt` (PBS's default), `pbkdf2`, or `none` (no
+        /// password: anyone who can read the file has the key).
+        #[arg(long, value_enum, default_value = "scrypt")]
+        kdf: KdfArg,
+        /// A password hint stored in the file, shown when a password is wrong (1 to 64
+        /// characters, one line).
+        #[arg(long, value_name = "TEXT")]
+        hint: Option<String>,
+    },
+}
+
+/// `--kdf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KdfArg {
+    /// scrypt (N = 65536, r = 8, p = 1), PBS's default.
+    Scrypt,
+    /// PBKDF2-HMAC-SHA256, 65535 rounds.
+    Pbkdf2,
+    /// No password.
+    None,
 }

@@ -28,6 +28,7 @@
 mod cli;
 mod commands;
 mod error;
+mod keyfile;
 mod open;
 mod output;
 mod target;

@@ -25,6 +25,7 @@ use keepsake_datastore::lease::{LeaseLocker, LeaseSettings};
 use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
 use keepsake_datastore::{Access, DataStore, DataStoreBuilder};
 use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
+use keepsake_manifest::crypt::CryptConfig;
 
 use crate::cli::GlobalArgs;
 use crate::error::UsageError;
@@ -50,6 +51,8 @@ pub(crate) struct StoreSpec {
     pub(crate) host: PbsHost,
     /// The datastore as PBS's datastore.cfg knows it, if it does.
     pub(crate) pbs: Option<PbsDatastore>,
+    /// The key from `--keyfile`, given to the datastore.
+    pub(crate) key: Option<CryptConfig>,
 }
 
 /// The longest `--lease-secs` taken: a day (a crashed host's leases block others that long).
@@ -224,7 +227,13 @@ impl StoreSpec {
                 crate::error::chain_line(&e)
             ))
         })?;
+        // Last: the usage errors above come before a password prompt.
+        let key = match &global.keyfile {
+            Some(file) => Some(crate::keyfile::load(file)?),
+            None => None,
+        };
         Ok(Self {
+            key,
             path,
             name,
             s3,
@@ -292,6 +301,10 @@ impl StoreSpec {
             .lock_root(&self.lock_root)
             .lock_scheme(self.scheme)
             .sync_level(self.sync_level);
+        let builder = match &self.key {
+            Some(key) => builder.key(key.clone()),
+            None => builder,
+        };
         match self.file_owner() {
             Some(owner) => builder.file_owner(owner),
             None => builder,

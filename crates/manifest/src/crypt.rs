@@ -57,7 +57,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// ```
 #[derive(Clone)]
 pub struct CryptConfig {
-    cipher: Cipher,
+    cipher: GcmCipher,
     id_key: [u8; 32],
     /// The HMAC state after absorbing the id key; cloning it saves the key setup on every signature.
     id_mac: HmacSha256,
@@ -79,7 +79,7 @@ impl CryptConfig {
         let id_mac = <HmacSha256 as KeyInit>::new_from_slice(&id_key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
         Self {
-            cipher: Cipher::new(&key.into()),
+            cipher: GcmCipher::new(&key),
             id_key,
             id_mac,
             fingerprint,
@@ -114,14 +114,7 @@ impl CryptConfig {
         plain: &[u8],
         out: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        let buf = InOutBuf::new(plain, out)
-            .unwrap_or_else(|_| unreachable!("callers pass buffers of equal length"));
-        self.cipher
-            .encrypt_inout_detached(iv.into(), &[], buf)
-            .unwrap_or_else(|_| {
-                unreachable!("blob payloads are far below the AES-GCM message limit")
-            })
-            .into()
+        self.cipher.encrypt_into(iv, plain, out)
     }
 
     /// Decrypts `buf` in place, checking `tag`.
@@ -131,7 +124,47 @@ impl CryptConfig {
         tag: &[u8; TAG_LEN],
         buf: &mut [u8],
     ) -> Result<()> {
-        self.cipher
+        self.cipher.decrypt_in_place(iv, tag, buf)
+    }
+}
+
+/// AES-256-GCM as PBS uses it: a 16-byte IV as the nonce (GHASH-derived counter block, as OpenSSL
+/// does), empty AAD, a detached 16-byte tag. The one cipher of blobs and of password-protected key
+/// files.
+#[derive(Clone)]
+pub(crate) struct GcmCipher(Cipher);
+
+impl GcmCipher {
+    /// The cipher under a 32-byte key.
+    pub(crate) fn new(key: &[u8; KEY_LEN]) -> Self {
+        Self(Cipher::new(key.into()))
+    }
+
+    /// Encrypts `plain` into `out` (same length) and returns the tag.
+    pub(crate) fn encrypt_into(
+        &self,
+        iv: &[u8; IV_LEN],
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let buf = InOutBuf::new(plain, out)
+            .unwrap_or_else(|_| unreachable!("callers pass buffers of equal length"));
+        self.0
+            .encrypt_inout_detached(iv.into(), &[], buf)
+            .unwrap_or_else(|_| {
+                unreachable!("blob payloads are far below the AES-GCM message limit")
+            })
+            .into()
+    }
+
+    /// Decrypts `buf` in place, checking `tag`; [`Error::DecryptionFailed`] if it does not match.
+    pub(crate) fn decrypt_in_place(
+        &self,
+        iv: &[u8; IV_LEN],
+        tag: &[u8; TAG_LEN],
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.0
             .decrypt_inout_detached(iv.into(), &[], buf.into(), tag.into())
             .map_err(|_| Error::DecryptionFailed)
     }

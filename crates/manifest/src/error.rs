@@ -199,6 +199,107 @@ pub enum Error {
     #[error("manifest signature does not match its content")]
     WrongSignature,
 
+    /// A password-protected key file was opened without a passphrase.
+    #[error(
+        "the key is protected by a password and none was given{}",
+        hint_suffix(hint)
+    )]
+    PassphraseRequired {
+        /// The key file's password hint, if it has one.
+        hint: Option<String>,
+    },
+
+    /// A passphrase shorter than PBS accepts.
+    #[error("passphrase is too short: {len} bytes, at least {min} are needed")]
+    PassphraseTooShort {
+        /// The length given, in bytes.
+        len: usize,
+        /// The shortest passphrase accepted ([`MIN_PASSPHRASE_LEN`](crate::keyfile::MIN_PASSPHRASE_LEN)).
+        min: usize,
+    },
+
+    /// The passphrase does not open the key file: the AES-GCM tag of the encrypted key does not match
+    /// (a wrong passphrase, or an altered file).
+    #[error("unable to decrypt key (wrong password?){}", hint_suffix(hint))]
+    WrongPassphrase {
+        /// The key file's password hint, if it has one.
+        hint: Option<String>,
+    },
+
+    /// The fingerprint written in a key file is not the fingerprint of the key it holds.
+    #[error("key file contains wrong fingerprint: it names {stored}, its key is {computed}")]
+    KeyFingerprintMismatch {
+        /// The fingerprint written in the file.
+        stored: Fingerprint,
+        /// The fingerprint of the key the file holds.
+        computed: Fingerprint,
+    },
+
+    /// A key file holds a key that is not 32 bytes long.
+    #[error("key file holds a key of {len} bytes, an encryption key has 32")]
+    KeyLength {
+        /// The length of the key found (after decryption, for a protected key).
+        len: usize,
+    },
+
+    /// The `data` of a password-protected key file is too short to hold an IV, a tag and a key.
+    #[error("key file data is {len} bytes, an encrypted key needs at least {min}")]
+    KeyDataTooShort {
+        /// The length of the decoded `data`.
+        len: usize,
+        /// The shortest valid length (IV, tag and one byte).
+        min: usize,
+    },
+
+    /// A key file is not the JSON of a key config (not JSON, a field missing or of the wrong type,
+    /// an unknown key derivation function).
+    #[error("key file is not a valid key config: {reason}")]
+    KeyFileJson {
+        /// What serde_json reported.
+        reason: String,
+    },
+
+    /// A field of a key file that must be base64 is not standard base64.
+    #[error("key file field `{field}` is not valid base64")]
+    KeyFileBase64 {
+        /// The field (`data` or `kdf.salt`).
+        field: &'static str,
+    },
+
+    /// A time in a key file is not RFC 3339 with seconds and an offset.
+    #[error("key file field `{field}` is not a time such as 2020-06-26T13:56:05+02:00: {value:?}")]
+    KeyFileTime {
+        /// The field (`created` or `modified`).
+        field: &'static str,
+        /// The text found.
+        value: String,
+    },
+
+    /// The key derivation parameters of a key file are invalid, or so costly that reading the file
+    /// would exhaust memory or time (a hostile file).
+    #[error("key file's key derivation parameters are refused: {reason}")]
+    KdfParams {
+        /// Which rule they break.
+        reason: &'static str,
+    },
+
+    /// A password hint that a key file cannot hold.
+    #[error("invalid password hint: {reason}")]
+    InvalidHint {
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// Reading or writing a key file failed.
+    #[error("key file {}", path.display())]
+    KeyFileIo {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// What the operating system reported (`AlreadyExists` when storing over an existing file).
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Reading or writing through a `Read`/`Write` failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -206,8 +307,9 @@ pub enum Error {
 
 impl Error {
     /// Whether the error says the bytes are damaged or are not what they claim to be (wrong magic,
-    /// CRC, zstd, JSON, index size or checksum, failed decryption, a wrong signature), as opposed to a
-    /// missing or wrong key, an invalid argument, or I/O.
+    /// CRC, zstd, JSON, index size or checksum, failed decryption, a wrong signature, a key file
+    /// that is not a key config or contradicts itself), as opposed to a missing or wrong key or
+    /// passphrase, an invalid argument, refused key derivation parameters, or I/O.
     pub fn is_corrupt(&self) -> bool {
         matches!(
             self,
@@ -222,6 +324,12 @@ impl Error {
                 | Error::IndexChecksumMismatch { .. }
                 | Error::InvalidIndex { .. }
                 | Error::WrongSignature
+                | Error::KeyFingerprintMismatch { .. }
+                | Error::KeyLength { .. }
+                | Error::KeyDataTooShort { .. }
+                | Error::KeyFileJson { .. }
+                | Error::KeyFileBase64 { .. }
+                | Error::KeyFileTime { .. }
         )
     }
 
@@ -230,5 +338,13 @@ impl Error {
             path: path.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// `" (hint: …)"`, or nothing without a hint.
+fn hint_suffix(hint: &Option<String>) -> String {
+    match hint {
+        Some(hint) => format!(" (hint: {hint})"),
+        None => String::new(),
     }
 }

@@ -21,7 +21,7 @@ use keepsake_datastore::{
 };
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace};
 
-use crate::cli::{Cli, Command, NsCommand};
+use crate::cli::{Cli, Command, KeyCommand, NsCommand};
 use crate::open::{Session, StoreSpec};
 use crate::output::Output;
 
@@ -165,6 +165,9 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
     match &cli.command {
         Command::Init { skip_chunk_dirs } => store::init(&ctx, !*skip_chunk_dirs),
         Command::Demo { dir } => demo::demo(&ctx, dir),
+        Command::Key(KeyCommand::Create { file, kdf, hint }) => {
+            crate::keyfile::create(&ctx, file, *kdf, hint.as_deref())
+        }
         Command::Tree => inspect::tree(&ctx),
         Command::Ns(NsCommand::List { max_depth }) => inspect::ns_list(&ctx, *max_depth),
         Command::Ns(NsCommand::Create { namespace, parents }) => {
