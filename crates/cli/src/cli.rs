@@ -315,12 +315,13 @@ pub(crate) enum Command {
         merge: bool,
     },
 
-    /// Check the metadata of snapshots: manifests, files, sizes, checksums, blobs, indexes, and
-    /// that referenced chunks exist. Exit code 1 when something is wrong.
+    /// Check snapshots: manifests, files, sizes, checksums, blobs, indexes, and that referenced
+    /// chunks exist; with --read-data also every chunk's content. Exit code 1 when something is
+    /// wrong.
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo verify\n  \
         keepsake --store /tmp/demo verify vm/100 --json\n  \
-        keepsake --store /tmp/demo --ns prod verify --record")]
+        keepsake --store /tmp/demo --ns prod verify --read-data --record")]
     Verify {
         /// A group or a snapshot; default: every snapshot below --ns (the whole datastore).
         target: Option<TargetArg>,

@@ -220,7 +220,7 @@ fn s3_every_command_on_a_demo_datastore() {
     assert!(doc["verified"].as_u64().unwrap() >= 6, "{doc}");
     let manifest = "ns/prod/vm/100/2024-06-06T02:00:00Z/index.json.blob";
     let before = s3.bucket()[manifest].clone();
-    s3.run(&["--ns", "prod", "verify", "--record", "vm/100"])
+    s3.run(&["--ns", "prod", "verify", "--read-data", "--record", "vm/100"])
         .ok();
     assert_ne!(
         s3.bucket()[manifest],
@@ -846,4 +846,58 @@ fn multi_host_is_refused_where_conditional_writes_are_ignored() {
     assert_eq!(joined.contents(), before);
     let run = cmd(&joined, "joinedstore", &["--json", "groups"]);
     assert_eq!(run.json(), serde_json::json!([]));
+}
+
+#[test]
+fn s3_cat_and_read_data_fetch_chunks_the_cache_only_marks() {
+    let Some(cfg) = config_or_skip("s3_cat_and_read_data_fetch_chunks") else {
+        return;
+    };
+    let s3 = demo(cfg);
+    let snapshot = "vm/100/2024-06-01T02:00:00Z";
+    let out = tempfile::tempdir().unwrap();
+    let first = out.path().join("first.raw");
+    s3.run(&[
+        "cat",
+        snapshot,
+        "drive-scsi0.img.fidx",
+        "-o",
+        first.to_str().unwrap(),
+    ])
+    .ok();
+    // The cache keeps PBS's empty markers in place of its chunks: both commands fetch them.
+    let mut evicted = 0;
+    for (path, bytes) in common::tree_contents(&s3.local.path.join(".chunks")) {
+        if bytes.is_some() {
+            std::fs::write(s3.local.path.join(".chunks").join(path), b"").unwrap();
+            evicted += 1;
+        }
+    }
+    assert!(evicted > 0);
+    let doc = s3.run(&["--json", "verify", "--read-data"]).json();
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["content"]["verified"].as_u64(), Some(evicted));
+    let second = out.path().join("second.raw");
+    s3.run(&[
+        "cat",
+        snapshot,
+        "drive-scsi0.img.fidx",
+        "-o",
+        second.to_str().unwrap(),
+    ])
+    .ok();
+    let show = s3.run(&["--json", "show", snapshot]).json();
+    let size = show["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["filename"] == "drive-scsi0.img.fidx")
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), size);
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
 }

@@ -399,7 +399,10 @@ impl fmt::Display for ArgumentProblem {
                 f.write_str("the cached backend given is not this datastore's backend")
             }
             ArgumentProblem::NotAnArchive { name } => {
-                write!(f, "`{name}` is not a file of the kind asked for (.fidx/.didx, or .blob)")
+                write!(
+                    f,
+                    "`{name}` is not a file of the kind asked for (.fidx/.didx, or .blob)"
+                )
             }
             ArgumentProblem::RecordWithoutContent => f.write_str(
                 "recording a verify state needs a content verify (chunks read and checked)",

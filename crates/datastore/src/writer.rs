@@ -1,7 +1,7 @@
 //! Writing a new backup: what a downstream backup server needs to produce a snapshot PBS can read.
 
 use keepsake_backend::{BackendPath, WriteMode};
-use keepsake_hierarchy::{Authid, BackupDir, BackupTime};
+use keepsake_hierarchy::{Authid, BackupDir, BackupTime, MANIFEST_BLOB_NAME};
 use keepsake_lock::LockGuard;
 use keepsake_manifest::blob::{Compression, DataBlob};
 use keepsake_manifest::index::{DynamicIndexWriter, FixedIndexWriter};
@@ -328,7 +328,8 @@ impl BackupWriter {
     }
 
     /// Writes the manifest (with the chunk upload statistics), which finishes the snapshot, and
-    /// releases the locks.
+    /// releases the locks. When a file was encrypted with the store's key, the manifest gets the
+    /// key's fingerprint and is signed with it, as the PBS client does.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if no file was added (PBS refuses empty backups).
@@ -337,6 +338,22 @@ impl BackupWriter {
             return Err(Error::InvalidArgument(ArgumentProblem::EmptyBackup));
         }
         self.manifest.set_chunk_upload_stats(Some(self.stats));
+        // As the PBS client does for a backup with a key: the key's fingerprint, and a
+        // signature over the files (PBS checks it when the key is given).
+        let encrypted = self
+            .manifest
+            .files()
+            .iter()
+            .any(|f| f.crypt_mode() != CryptMode::None);
+        if let (true, Some(key)) = (encrypted, self.snapshot.store().crypt_config()) {
+            if self.manifest.key_fingerprint().ok().flatten().is_none() {
+                self.manifest.set_key_fingerprint(Some(key.fingerprint()));
+            }
+            self.manifest.sign(key).map_err(|source| Error::Encode {
+                path: MANIFEST_BLOB_NAME.to_owned(),
+                source,
+            })?;
+        }
         self.snapshot.write_manifest(&self.manifest, None)?;
         self.finished = true;
         Ok(self.snapshot.clone())

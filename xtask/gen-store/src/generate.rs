@@ -211,13 +211,12 @@ fn write_snapshot(
         write_archive(&mut writer, archive, maker, threads, encryption)
             .with_context(|| format!("archive {}", archive.name))?;
     }
-    if let Some(key) = key {
-        // As the PBS client does for an encrypted backup: the key's fingerprint, and a
-        // signature over the manifest's files.
-        let manifest = writer.manifest_mut();
-        manifest.set_key_fingerprint(Some(key.fingerprint()));
-        manifest.sign(key)?;
-    }
+    // The writer signs the manifest with the store's key (the same `key`), as the PBS client
+    // does for an encrypted backup.
+    debug_assert_eq!(
+        key.map(CryptConfig::fingerprint),
+        store.crypt_config().map(CryptConfig::fingerprint)
+    );
     let stats = writer.chunk_upload_stats();
     writer.finish()?;
     Ok(stats)

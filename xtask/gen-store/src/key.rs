@@ -1,9 +1,7 @@
-//! The key `--key FILE` names.
-//!
-//! The hook for PBS key files: keepsake-manifest is getting a loader for PBS's key config (the
-//! JSON with `kdf`, optionally password-protected). Once it exists, [`load_key`] calls it for a
-//! file that is neither of the raw forms below; everything after this module only sees a
-//! [`CryptConfig`], so nothing else changes.
+//! The key `--key FILE` names: a PBS key file (the JSON key config; a password-protected one
+//! takes its password from `KEEPSAKE_KEY_PASSWORD`, as the CLI's `--keyfile` does), or a bare
+//! key (32 raw bytes, or 64 hex digits). Everything after this module only sees a
+//! [`CryptConfig`].
 
 use std::path::Path;
 
@@ -19,6 +17,14 @@ pub(crate) fn load_key(path: &Path) -> Result<CryptConfig> {
 }
 
 fn key_from_bytes(bytes: &[u8]) -> Result<CryptConfig> {
+    if bytes.trim_ascii_start().starts_with(b"{") {
+        let config = keepsake_manifest::keyfile::KeyConfig::from_json(bytes)?;
+        let password = std::env::var_os("KEEPSAKE_KEY_PASSWORD");
+        let password = password
+            .as_ref()
+            .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()));
+        return Ok(config.decrypt(password)?);
+    }
     if let Ok(raw) = <[u8; 32]>::try_from(bytes) {
         return Ok(CryptConfig::new(raw));
     }
@@ -28,7 +34,7 @@ fn key_from_bytes(bytes: &[u8]) -> Result<CryptConfig> {
         return Ok(CryptConfig::new(key));
     }
     bail!(
-        "neither 32 raw bytes nor 64 hex digits ({} bytes); PBS key files are not read yet",
+        "neither a PBS key file, 32 raw bytes nor 64 hex digits ({} bytes)",
         bytes.len()
     )
 }
@@ -46,6 +52,11 @@ mod tests {
         let hex = format!("{}\n", hex::encode(raw));
         assert_eq!(
             key_from_bytes(hex.as_bytes()).unwrap().fingerprint(),
+            expected
+        );
+        let plain = keepsake_manifest::keyfile::KeyConfig::new_plain(raw).to_json();
+        assert_eq!(
+            key_from_bytes(plain.as_bytes()).unwrap().fingerprint(),
             expected
         );
         for bad in [&b""[..], &[0u8; 31], &[b'z'; 64], b"{\"kdf\": null}"] {

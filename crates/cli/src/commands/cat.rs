@@ -98,8 +98,8 @@ fn write_out(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> Result<(
     };
     let temp = temp_path(path);
     let result = (|| -> Result<()> {
-        let file = File::create(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let file =
+            File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
         let mut out = std::io::BufWriter::new(file);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;

@@ -258,8 +258,18 @@ pub(crate) fn verify(
             ),
         });
     }
+    // Encrypted chunks read without the key had only their CRC checked: PBS counts that as
+    // verified (its server has no keys), and so does the recorded state; this run does not pass,
+    // as it could not check what was asked.
+    let unchecked_content = content.as_ref().map_or(0, |c| {
+        if store.crypt_config().is_none() {
+            c.crc_only
+        } else {
+            0
+        }
+    });
     let summary = VerifySummary {
-        ok: report.is_ok() && errors.is_empty(),
+        ok: report.is_ok() && errors.is_empty() && unchecked_content == 0,
         snapshots: report.snapshots.len(),
         verified: count(SnapshotOutcome::Ok),
         failed: count(SnapshotOutcome::Failed),
@@ -311,6 +321,14 @@ pub(crate) fn verify(
     })?;
     if summary.ok {
         return Ok(ExitCode::SUCCESS);
+    }
+    if unchecked_content > 0 && report.is_ok() && summary.errors.is_empty() {
+        let message = format!(
+            "{unchecked_content} encrypted chunk{} could only be checked by CRC: give --keyfile \
+             to verify their content",
+            super::change::plural(unchecked_content)
+        );
+        return Ok(crate::error::report_line(&message, EXIT_FAILURE, false));
     }
     if report.verified() + report.skipped() == 0 && summary.errors.is_empty() {
         // A check that checked nothing never passes.
