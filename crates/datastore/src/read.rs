@@ -7,9 +7,9 @@
 //! fails is an error ([`Error::ChunkCorrupt`]), never data.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use keepsake_backend::ChunkDigest;
 use keepsake_hierarchy::ArchiveKind;
@@ -79,6 +79,9 @@ thread_local! {
     /// One codec per thread: its zstd contexts and scratch buffer are reused by every chunk the
     /// thread decodes.
     static CODEC: RefCell<BlobCodec> = RefCell::new(BlobCodec::new());
+    /// Where a check decodes to (nothing is handed out): kept, so that checking many chunks in a
+    /// row allocates (and faults in) one chunk's memory once.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Checks a stored chunk in full (decoded into a scratch buffer that is dropped).
@@ -88,57 +91,92 @@ fn check_raw(
     expected_size: Option<u64>,
     key: Option<&CryptConfig>,
 ) -> Result<ChunkCheck> {
-    let mut out = Vec::new();
-    match decode_chunk(raw, digest, expected_size, key, &mut out) {
-        Ok(Some(())) => Ok(ChunkCheck::Verified {
+    let checked = SCRATCH.with(|scratch| {
+        let mut out = scratch.borrow_mut();
+        let checked = decode_chunk(raw, digest, expected_size, key, &mut out);
+        let plain = match checked {
+            Ok(Some(Plain::Raw)) => raw.len().saturating_sub(PLAIN_HEADER),
+            _ => out.len(),
+        };
+        (checked, plain as u64)
+    });
+    match checked {
+        (Ok(Some(_)), plain) => Ok(ChunkCheck::Verified {
             stored: raw.len() as u64,
-            plain: out.len() as u64,
+            plain,
         }),
-        Ok(None) => Ok(ChunkCheck::CrcOnly {
+        (Ok(None), _) => Ok(ChunkCheck::CrcOnly {
             stored: raw.len() as u64,
         }),
-        Err(defect) => Err(Error::ChunkCorrupt {
+        (Err(defect), _) => Err(Error::ChunkCorrupt {
             path: chunk_path(digest),
             defect,
         }),
     }
 }
 
-/// Decodes a stored chunk into `out` and checks it against its digest and the size the index
-/// expects. `Ok(None)` when it is encrypted and there is no key (the CRC was checked).
+/// Where [`decode_chunk`] left the plain data.
+pub(crate) enum Plain {
+    /// In `out`.
+    Out,
+    /// In the stored bytes after the 12-byte header (an uncompressed, unencrypted blob: nothing
+    /// to decode, so nothing is copied).
+    Raw,
+}
+
+/// Size of an unencrypted blob's header (magic and CRC).
+const PLAIN_HEADER: usize = 12;
+
+/// Decodes a stored chunk (into `out` unless it is stored uncompressed) and checks it against
+/// its digest and the size the index expects. `Ok(None)` when it is encrypted and there is no
+/// key (the CRC was checked).
 pub(crate) fn decode_chunk(
     raw: &[u8],
     digest: &[u8; 32],
     expected_size: Option<u64>,
     key: Option<&CryptConfig>,
     out: &mut Vec<u8>,
-) -> std::result::Result<Option<()>, ChunkDefect> {
-    let decoded = CODEC.with(|codec| codec.borrow_mut().decode_into(raw, key, out));
-    match decoded {
-        Ok(()) => {}
-        // The CRC is checked before the key is asked for.
-        Err(keepsake_manifest::Error::MissingKey { .. }) => return Ok(None),
-        Err(e) => return Err(ChunkDefect::Blob(e)),
-    }
+) -> std::result::Result<Option<Plain>, ChunkDefect> {
+    let kind = BlobKind::from_magic(raw);
+    let (plain, at) = if kind == Some(BlobKind::Uncompressed) && raw.len() >= PLAIN_HEADER {
+        let stored = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+        let computed = crc32fast::hash(&raw[PLAIN_HEADER..]);
+        if stored != computed {
+            return Err(ChunkDefect::Blob(keepsake_manifest::Error::CrcMismatch {
+                stored,
+                computed,
+            }));
+        }
+        (&raw[PLAIN_HEADER..], Plain::Raw)
+    } else {
+        let decoded = CODEC.with(|codec| codec.borrow_mut().decode_into(raw, key, out));
+        match decoded {
+            Ok(()) => {}
+            // The CRC is checked before the key is asked for.
+            Err(keepsake_manifest::Error::MissingKey { .. }) => return Ok(None),
+            Err(e) => return Err(ChunkDefect::Blob(e)),
+        }
+        (&out[..], Plain::Out)
+    };
     if let Some(expected) = expected_size {
-        if out.len() as u64 != expected {
+        if plain.len() as u64 != expected {
             return Err(ChunkDefect::Size {
                 expected,
-                found: out.len() as u64,
+                found: plain.len() as u64,
             });
         }
     }
-    let encrypted = BlobKind::from_magic(raw).is_some_and(BlobKind::is_encrypted);
+    let encrypted = kind.is_some_and(BlobKind::is_encrypted);
     let found: [u8; 32] = match (encrypted, key) {
-        (true, Some(key)) => key.compute_digest(out),
-        _ => Sha256::digest(&out[..]).into(),
+        (true, Some(key)) => key.compute_digest(plain),
+        _ => Sha256::digest(plain).into(),
     };
     if found != *digest {
         return Err(ChunkDefect::Digest {
             found: hex::encode(found),
         });
     }
-    Ok(Some(()))
+    Ok(Some(at))
 }
 
 /// Reads chunks by digest and checks each before handing it out, with a bounded cache of
@@ -216,11 +254,15 @@ impl ChunkReader {
     /// [`Error::NotFound`] (what: "chunk") if it is not stored; [`Error::ChunkCorrupt`] if it does
     /// not check out; [`Error::Corrupt`] with [`keepsake_manifest::Error::MissingKey`] for an
     /// encrypted chunk without a key; [`Error::Backend`].
-    pub fn read_chunk(&self, digest: &[u8; 32], expected_size: Option<u64>) -> Result<Arc<[u8]>> {
+    pub fn read_chunk(
+        &self,
+        digest: &[u8; 32],
+        expected_size: Option<u64>,
+    ) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.cached(digest) {
             return Ok(hit);
         }
-        let data: Arc<[u8]> = self.fetch(digest, expected_size)?.into();
+        let data = Arc::new(self.fetch(digest, expected_size)?);
         self.lock_cache().insert(*digest, Arc::clone(&data));
         Ok(data)
     }
@@ -254,7 +296,7 @@ impl ChunkReader {
         check_raw(&raw, digest, expected_size, self.key.as_ref())
     }
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<[u8]>> {
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         self.lock_cache().get(digest)
     }
 
@@ -274,10 +316,14 @@ impl ChunkReader {
     }
 
     fn fetch(&self, digest: &[u8; 32], expected_size: Option<u64>) -> Result<Vec<u8>> {
-        let raw = self.read_raw(digest)?;
+        let mut raw = self.read_raw(digest)?;
         let mut out = Vec::new();
         match decode_chunk(&raw, digest, expected_size, self.key.as_ref(), &mut out) {
-            Ok(Some(())) => Ok(out),
+            Ok(Some(Plain::Out)) => Ok(out),
+            Ok(Some(Plain::Raw)) => {
+                raw.drain(..PLAIN_HEADER);
+                Ok(raw)
+            }
             Ok(None) => Err(Error::Corrupt {
                 path: chunk_path(digest),
                 source: keepsake_manifest::Error::MissingKey { fingerprint: None },
@@ -288,47 +334,6 @@ impl ChunkReader {
             }),
         }
     }
-
-    /// Reads the chunks not cached yet on `threads` threads at once, then caches them; the first
-    /// error is returned. For read-ahead.
-    fn prefetch(&self, wanted: &[([u8; 32], u64)], threads: usize) -> Result<()> {
-        let missing: Vec<&([u8; 32], u64)> = {
-            let cache = self.lock_cache();
-            wanted.iter().filter(|(d, _)| !cache.contains(d)).collect()
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if missing.len() == 1 || threads <= 1 {
-            for (digest, size) in missing {
-                let data: Arc<[u8]> = self.fetch(digest, Some(*size))?.into();
-                self.lock_cache().insert(*digest, data);
-            }
-            return Ok(());
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results: Vec<Result<()>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads.min(missing.len()))
-                .map(|_| {
-                    scope.spawn(|| -> Result<()> {
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((digest, size)) = missing.get(i) else {
-                                return Ok(());
-                            };
-                            let data: Arc<[u8]> = self.fetch(digest, Some(*size))?.into();
-                            self.lock_cache().insert(*digest, data);
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
-        results.into_iter().collect()
-    }
 }
 
 /// Decoded chunks by digest, at most `capacity` bytes (the newest one always kept), least
@@ -337,7 +342,7 @@ impl ChunkReader {
 struct ChunkCache {
     capacity: usize,
     bytes: usize,
-    map: HashMap<[u8; 32], Arc<[u8]>>,
+    map: HashMap<[u8; 32], Arc<Vec<u8>>>,
     order: VecDeque<[u8; 32]>,
 }
 
@@ -355,7 +360,7 @@ impl ChunkCache {
         self.map.contains_key(digest)
     }
 
-    fn get(&mut self, digest: &[u8; 32]) -> Option<Arc<[u8]>> {
+    fn get(&mut self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         let hit = Arc::clone(self.map.get(digest)?);
         if let Some(at) = self.order.iter().position(|d| d == digest) {
             self.order.remove(at);
@@ -364,7 +369,7 @@ impl ChunkCache {
         Some(hit)
     }
 
-    fn insert(&mut self, digest: [u8; 32], data: Arc<[u8]>) {
+    fn insert(&mut self, digest: [u8; 32], data: Arc<Vec<u8>>) {
         if self.map.contains_key(&digest) {
             return;
         }
@@ -384,9 +389,9 @@ impl ChunkCache {
 
 /// An archive (a `.fidx` image or a `.didx` stream) as one byte stream with random access.
 ///
-/// Chunks are read through a [`ChunkReader`] and checked before use. Reading forward fetches the
-/// next chunks on several threads at once (read-ahead), so a sequential read decodes on every
-/// core. Opened from a snapshot ([`Snapshot::open_archive`](crate::Snapshot::open_archive)) it
+/// Chunks are read through a [`ChunkReader`] and checked before use. Reading forward keeps the
+/// next chunks in flight on worker threads (read-ahead, started by the first forward read and
+/// ended when the reader is dropped), so a sequential read decodes on every core. Opened from a snapshot ([`Snapshot::open_archive`](crate::Snapshot::open_archive)) it
 /// holds the snapshot's shared lock until dropped, so the snapshot cannot be removed under it.
 ///
 /// ```
@@ -413,14 +418,106 @@ impl ChunkCache {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct ArchiveReader {
-    chunks: ChunkReader,
+    chunks: Arc<ChunkReader>,
     index: IndexFile,
     pos: u64,
     /// The chunk the last read used, with its index and start offset.
-    current: Option<(usize, u64, Arc<[u8]>)>,
+    current: Option<(usize, u64, Arc<Vec<u8>>)>,
     read_ahead: usize,
     threads: usize,
+    /// Worker threads fetching the chunks ahead, started by the first read going forward.
+    pool: Option<ReadAhead>,
     _lock: Option<LockGuard>,
+}
+
+/// Threads that fetch and check chunks ahead of the reader. Dropping it closes the job queue;
+/// each thread ends after the chunk it is on.
+struct ReadAhead {
+    jobs: Option<mpsc::Sender<([u8; 32], u64)>>,
+    results: mpsc::Receiver<([u8; 32], Result<Vec<u8>>)>,
+    /// Asked for and not received yet.
+    in_flight: HashSet<[u8; 32]>,
+    /// Received and not used yet.
+    ready: HashMap<[u8; 32], Vec<u8>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    fn start(chunks: &Arc<ChunkReader>, threads: usize) -> Self {
+        let (jobs, queue) = mpsc::channel::<([u8; 32], u64)>();
+        let (done, results) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = (0..threads)
+            .map(|_| {
+                let (chunks, queue, done) = (Arc::clone(chunks), Arc::clone(&queue), done.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        let Ok((digest, size)) = job else {
+                            return;
+                        };
+                        let fetched = chunks.fetch(&digest, Some(size));
+                        if done.send((digest, fetched)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            jobs: Some(jobs),
+            results,
+            in_flight: HashSet::new(),
+            ready: HashMap::new(),
+            threads,
+        }
+    }
+
+    fn ask(&mut self, digest: [u8; 32], size: u64) {
+        if self.in_flight.contains(&digest) || self.ready.contains_key(&digest) {
+            return;
+        }
+        if let Some(jobs) = &self.jobs {
+            if jobs.send((digest, size)).is_ok() {
+                self.in_flight.insert(digest);
+            }
+        }
+    }
+
+    /// The chunk `digest` if it was asked for: waits for it. `None` if it was not asked for, or
+    /// its fetch failed (the caller reads it again, and meets the error itself).
+    fn take(&mut self, digest: &[u8; 32]) -> Option<Vec<u8>> {
+        loop {
+            if let Some(data) = self.ready.remove(digest) {
+                return Some(data);
+            }
+            if !self.in_flight.contains(digest) {
+                return None;
+            }
+            let Ok((got, fetched)) = self.results.recv() else {
+                self.in_flight.clear();
+                return None;
+            };
+            self.in_flight.remove(&got);
+            if let Ok(data) = fetched {
+                self.ready.insert(got, data);
+            } else if got == *digest {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for ArchiveReader {
@@ -438,12 +535,13 @@ impl ArchiveReader {
     pub fn new(chunks: ChunkReader, index: IndexFile) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
-            chunks,
+            chunks: Arc::new(chunks),
             index,
             pos: 0,
             current: None,
             read_ahead: threads.max(2),
             threads,
+            pool: None,
             _lock: None,
         }
     }
@@ -474,7 +572,7 @@ impl ArchiveReader {
 
     /// The chunk that holds byte `pos`, with its start offset, fetched with read-ahead; `None`
     /// past the end.
-    fn chunk_at(&mut self, pos: u64) -> Result<Option<(u64, Arc<[u8]>)>> {
+    fn chunk_at(&mut self, pos: u64) -> Result<Option<(u64, Arc<Vec<u8>>)>> {
         if let Some((_, start, data)) = &self.current {
             if pos >= *start && pos < start + data.len() as u64 {
                 return Ok(Some((*start, Arc::clone(data))));
@@ -486,21 +584,33 @@ impl ArchiveReader {
         let (Some(range), Some(&digest)) = (self.index.chunk_range(i), self.index.digest(i)) else {
             return Ok(None);
         };
-        // Forward from the chunk before (or from the start): fetch the next ones too.
+        // Going forward (from the start, or from the chunk before): keep the next chunks in
+        // flight on the read-ahead threads, so that decoding runs on every core while the
+        // caller consumes. A jump elsewhere reads just the chunk it lands on.
         let forward = self.current.as_ref().is_none_or(|(c, _, _)| *c + 1 == i);
-        let ahead = if forward { self.read_ahead } else { 1 };
-        let wanted: Vec<([u8; 32], u64)> = (i..self.index.chunk_count())
-            .take(ahead)
-            .filter_map(|j| {
-                let digest = self.index.digest(j)?;
-                let range = self.index.chunk_range(j)?;
-                Some((*digest, range.end - range.start))
-            })
-            .collect();
-        self.chunks.prefetch(&wanted, self.threads)?;
-        let data = self
-            .chunks
-            .read_chunk(&digest, Some(range.end - range.start))?;
+        if forward && self.read_ahead > 1 {
+            let cached = self.chunks.lock_cache().contains(&digest);
+            let pool = self
+                .pool
+                .get_or_insert_with(|| ReadAhead::start(&self.chunks, self.threads.max(1)));
+            let start = if cached { i + 1 } else { i };
+            for j in start..(i + self.read_ahead).min(self.index.chunk_count()) {
+                if let (Some(d), Some(r)) = (self.index.digest(j), self.index.chunk_range(j)) {
+                    pool.ask(*d, r.end - r.start);
+                }
+            }
+        }
+        let ahead = self.pool.as_mut().and_then(|pool| pool.take(&digest));
+        let data = match ahead {
+            Some(data) => {
+                let data = Arc::new(data);
+                self.chunks.lock_cache().insert(digest, Arc::clone(&data));
+                data
+            }
+            None => self
+                .chunks
+                .read_chunk(&digest, Some(range.end - range.start))?,
+        };
         self.current = Some((i, range.start, Arc::clone(&data)));
         Ok(Some((range.start, data)))
     }
