@@ -12,6 +12,7 @@ mod moves;
 mod namespace;
 pub mod pbs_host;
 pub mod prune;
+mod process_lock;
 mod prune_apply;
 mod read;
 mod read_only;
@@ -24,7 +25,9 @@ mod verify;
 mod writer;
 
 pub use chunks::{Encryption, InsertedChunk, chunk_path};
-pub use error::{ArgumentProblem, Error, Leftover, MoveRefusal, Result};
+pub use error::{
+    ArgumentProblem, Error, GcRefusal, Leftover, MoveRefusal, ProcessLockMode, Result,
+};
 pub use fsck::{FsckOptions, FsckReport};
 pub use group::{DestroyStats, ExistingOwner, Group, Unfinished};
 pub use info::{BackupInfo, SortOrder};
