@@ -3,6 +3,7 @@
 mod chunks;
 mod error;
 mod fsck;
+mod gc;
 mod group;
 mod hold;
 mod info;
@@ -29,6 +30,10 @@ pub use error::{
     ArgumentProblem, Error, GcRefusal, Leftover, MoveRefusal, ProcessLockMode, Result,
 };
 pub use fsck::{FsckOptions, FsckReport};
+pub use gc::{
+    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
+    PhaseHook,
+};
 pub use group::{DestroyStats, ExistingOwner, Group, Unfinished};
 pub use info::{BackupInfo, SortOrder};
 pub use journal::{Intent, Phase};
