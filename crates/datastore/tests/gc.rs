@@ -440,3 +440,98 @@ fn a_writer_in_this_process_does_not_keep_gc_out() {
     w.finish().unwrap();
     assert_eq!(try_exclusive_elsewhere(&lock_file(dir.path())), "free");
 }
+
+const KILL_VAR: &str = "KEEPSAKE_GC_KILL_STORE";
+const KILL_TEST: &str = "gc_killed_at_random_points_never_loses_a_referenced_chunk";
+const MIN_KILLS: usize = 50;
+
+fn open_kill_store(dir: &Path) -> DataStore {
+    DataStore::builder("killstore", dir.join("store"))
+        .lock_root(dir.join("locks"))
+        .sync_level(SyncLevel::None)
+        .open()
+        .unwrap()
+}
+
+/// The child: over and over, two days pass (every chunk ages), unreferenced chunks appear, and
+/// GC runs; it is killed at a random moment.
+fn gc_forever(dir: &Path) {
+    let store = open_kill_store(dir);
+    let root = dir.join("store");
+    let mut round = 0u32;
+    loop {
+        age_all(&root, now() - 2 * DAY);
+        for i in 0..20u32 {
+            let data = format!("garbage {round} {i}").repeat(50);
+            let c = store.insert_chunk(data.as_bytes(), Encryption::None).unwrap();
+            age(&root.join(chunk_path(&c.digest)), now() - 2 * DAY);
+        }
+        store
+            .garbage_collect(&GcOptions::default().threads(2))
+            .unwrap();
+        round += 1;
+    }
+}
+
+#[test]
+fn gc_killed_at_random_points_never_loses_a_referenced_chunk() {
+    if let Ok(dir) = std::env::var(KILL_VAR) {
+        gc_forever(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    // Snapshots sharing chunks, in two namespaces.
+    let ns = store.create_namespace(&"prod".parse().unwrap()).unwrap();
+    for (i, group) in ["vm/1", "vm/2", "ct/3"].iter().enumerate() {
+        for t in 0..4 {
+            backup(&store, group, 1_700_000_000 + t * 100, (i * 7 + t as usize) as u8, 12);
+        }
+        let g = store.group(&ns, &group.parse().unwrap());
+        let mut w = g
+            .start_backup(&owner(), BackupTime::from_epoch(1_700_000_000).unwrap())
+            .unwrap();
+        w.add_fixed_archive("disk.img.fidx", &vec![i as u8 + 1; 300_000], 65_536, Encryption::None)
+            .unwrap();
+        w.finish().unwrap();
+    }
+    let expected = content_verify_clean(&store);
+    drop(store);
+
+    let exe = std::env::current_exe().unwrap();
+    let mut seed = (now() as u64) ^ u64::from(std::process::id()) | 1;
+    let mut kills = 0;
+    while kills < MIN_KILLS {
+        let mut child = Command::new(&exe)
+            .args([KILL_TEST, "--exact", "--test-threads=1", "--quiet"])
+            .env(KILL_VAR, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(std::time::Duration::from_micros(5_000 + seed % 150_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let store = open_kill_store(dir.path());
+        assert_eq!(
+            content_verify_clean(&store),
+            expected,
+            "after kill {kills}: every referenced chunk is there and intact"
+        );
+    }
+    // And the garbage does go: a GC that runs to the end removes what the children left.
+    let store = open_kill_store(dir.path());
+    assert!(
+        store.gc_status().unwrap().is_some(),
+        "the children got as far as finishing GCs between the kills"
+    );
+    age_all(&dir.path().join("store"), now() - 2 * DAY);
+    let report = store.garbage_collect(&GcOptions::default()).unwrap();
+    assert_eq!(report.status.pending_chunks, 0, "{report:?}");
+    assert_eq!(report.referenced_chunks, expected);
+    content_verify_clean(&store);
+}
