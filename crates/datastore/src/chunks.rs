@@ -3,10 +3,10 @@
 //! decides where they live (a local folder, or the bucket with the cache's copy or marker).
 
 use keepsake_backend::{BackendPath, ChunkDigest, ChunkInsert};
-use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT, utimensat};
-use rustix::io::Errno;
 use keepsake_manifest::blob::{Compression, DataBlob};
 use keepsake_manifest::crypt::chunk_digest;
+use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT, utimensat};
+use rustix::io::Errno;
 
 use crate::error::{ArgumentProblem, Error, Result};
 use crate::store::{Access, CHUNK_DIR_NAME, DataStore};

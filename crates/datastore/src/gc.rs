@@ -261,7 +261,10 @@ impl DataStore {
 
         options.enter(GcPhase::Sweep);
         let mut cutoff = started - DEFAULT_ATIME_CUTOFF_SECS;
-        if let Some(oldest) = guard.as_ref().and_then(ExclusiveProcessGuard::oldest_writer) {
+        if let Some(oldest) = guard
+            .as_ref()
+            .and_then(ExclusiveProcessGuard::oldest_writer)
+        {
             cutoff = cutoff.min(oldest - WRITER_SLACK_SECS);
         }
         let sweep = Sweep {
@@ -616,7 +619,8 @@ impl Sweep<'_> {
             // run the set only repeats what the atime says (a chunk marked but with an old
             // atime, whatever the cause, is kept).
             let referenced = self.marked.contains(&digest) && !bad;
-            let bad_kept_by_mark = bad && self.mode == GcMode::DryRun && self.marked.contains(&digest);
+            let bad_kept_by_mark =
+                bad && self.mode == GcMode::DryRun && self.marked.contains(&digest);
             let s = &mut counts.status;
             if !referenced && !bad_kept_by_mark && atime < self.cutoff {
                 if self.mode == GcMode::Run {
@@ -706,7 +710,10 @@ impl DigestSet {
         }
     }
 
-    fn shard(&self, digest: &[u8; 32]) -> &Mutex<HashSet<[u8; 32], BuildHasherDefault<DigestHasher>>> {
+    fn shard(
+        &self,
+        digest: &[u8; 32],
+    ) -> &Mutex<HashSet<[u8; 32], BuildHasherDefault<DigestHasher>>> {
         &self.shards[usize::from(digest[31]) % SET_SHARDS]
     }
 
@@ -753,7 +760,12 @@ mod tests {
     #[test]
     fn the_status_file_has_pbs_keys() {
         let json = serde_json::to_value(GcStatus::default()).unwrap();
-        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort_unstable();
         assert_eq!(
             keys,

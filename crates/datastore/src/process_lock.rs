@@ -88,7 +88,10 @@ impl ProcessLock {
     pub(crate) fn shared(self: &Arc<Self>, now: i64) -> Result<SharedProcessGuard> {
         let mut state = unpoison(self.state.lock());
         if state.shared.is_empty() && state.exclusive.is_none() {
-            self.set(FlockOperation::NonBlockingLockShared, ProcessLockMode::Shared)?;
+            self.set(
+                FlockOperation::NonBlockingLockShared,
+                ProcessLockMode::Shared,
+            )?;
         }
         if let Some(oldest) = &mut state.exclusive {
             *oldest = Some(oldest.map_or(now, |o| o.min(now)));

@@ -179,7 +179,8 @@ fn age(path: &Path, epoch: i64) {
 }
 
 fn chunk_file(dir: &Path, digest: &[u8; 32]) -> PathBuf {
-    dir.join("store").join(keepsake_datastore::chunk_path(digest))
+    dir.join("store")
+        .join(keepsake_datastore::chunk_path(digest))
 }
 
 #[test]
@@ -274,19 +275,28 @@ fn gc_on_the_pbs_fixture_removes_old_unreferenced_chunks_only() {
         .unwrap();
     // Two days without GC: every chunk, referenced or not, is older than the cutoff.
     age_all(&fx.path(), now() - 2 * DAY);
-    let old = store.insert_chunk(b"old and unreferenced", Encryption::None).unwrap();
+    let old = store
+        .insert_chunk(b"old and unreferenced", Encryption::None)
+        .unwrap();
     age(&fx.path().join(chunk_path(&old.digest)), now() - 2 * DAY);
-    let recent = store.insert_chunk(b"recent and unreferenced", Encryption::None).unwrap();
+    let recent = store
+        .insert_chunk(b"recent and unreferenced", Encryption::None)
+        .unwrap();
     age(&fx.path().join(chunk_path(&recent.digest)), now() - 3600);
 
     let dry = store
         .garbage_collect(&GcOptions::default().mode(GcMode::DryRun))
         .unwrap();
     assert_eq!(dry.status.removed_chunks, 1, "{dry:?}");
-    assert!(fx.path().join(chunk_path(&old.digest)).exists(), "a dry run removes nothing");
+    assert!(
+        fx.path().join(chunk_path(&old.digest)).exists(),
+        "a dry run removes nothing"
+    );
     assert!(store.gc_status().unwrap().is_none(), "nor writes a status");
 
-    let report = store.garbage_collect(&GcOptions::default().upid("UPID:test")).unwrap();
+    let report = store
+        .garbage_collect(&GcOptions::default().upid("UPID:test"))
+        .unwrap();
     assert_eq!(report.status.removed_chunks, 1, "{report:?}");
     assert_eq!(report.status.pending_chunks, 1, "{report:?}");
     assert_eq!(report.referenced_chunks, 7);
@@ -295,7 +305,11 @@ fn gc_on_the_pbs_fixture_removes_old_unreferenced_chunks_only() {
     assert_eq!(report.status.index_file_count, 8);
     assert!(!fx.path().join(chunk_path(&old.digest)).exists());
     assert!(fx.path().join(chunk_path(&recent.digest)).exists());
-    assert_eq!(content_verify_clean(&store), 7, "nothing referenced was lost");
+    assert_eq!(
+        content_verify_clean(&store),
+        7,
+        "nothing referenced was lost"
+    );
 
     let raw = std::fs::read(fx.path().join(".gc-status")).unwrap();
     let pbs: PbsGcStatus = serde_json::from_slice(&raw).unwrap();
@@ -463,7 +477,9 @@ fn gc_forever(dir: &Path) {
         age_all(&root, now() - 2 * DAY);
         for i in 0..20u32 {
             let data = format!("garbage {round} {i}").repeat(50);
-            let c = store.insert_chunk(data.as_bytes(), Encryption::None).unwrap();
+            let c = store
+                .insert_chunk(data.as_bytes(), Encryption::None)
+                .unwrap();
             age(&root.join(chunk_path(&c.digest)), now() - 2 * DAY);
         }
         store
@@ -485,14 +501,25 @@ fn gc_killed_at_random_points_never_loses_a_referenced_chunk() {
     let ns = store.create_namespace(&"prod".parse().unwrap()).unwrap();
     for (i, group) in ["vm/1", "vm/2", "ct/3"].iter().enumerate() {
         for t in 0..4 {
-            backup(&store, group, 1_700_000_000 + t * 100, (i * 7 + t as usize) as u8, 12);
+            backup(
+                &store,
+                group,
+                1_700_000_000 + t * 100,
+                (i * 7 + t as usize) as u8,
+                12,
+            );
         }
         let g = store.group(&ns, &group.parse().unwrap());
         let mut w = g
             .start_backup(&owner(), BackupTime::from_epoch(1_700_000_000).unwrap())
             .unwrap();
-        w.add_fixed_archive("disk.img.fidx", &vec![i as u8 + 1; 300_000], 65_536, Encryption::None)
-            .unwrap();
+        w.add_fixed_archive(
+            "disk.img.fidx",
+            &vec![i as u8 + 1; 300_000],
+            65_536,
+            Encryption::None,
+        )
+        .unwrap();
         w.finish().unwrap();
     }
     let expected = content_verify_clean(&store);
