@@ -431,6 +431,13 @@ pub(crate) enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+
+    /// The datastore's usage: filesystem used and free, chunks stored, the archive bytes the
+    /// indexes describe, the deduplication factor, and the last garbage collection's result.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo status\n  \
+        keepsake --store /tmp/demo status --json")]
+    Status,
 }
 
 /// An age given on the command line (`7d`, `36h`, `2w`, `P7D`): a span back from now, in UTC

@@ -1,6 +1,6 @@
 //! `keepsake gc` through the real binary on the PBS fixture: a dry run changes nothing, a run
 //! removes an old unreferenced chunk, keeps every referenced one (even when all are old) and
-//! writes `.gc-status`, and `verify --read-data` afterwards is clean.
+//! writes `.gc-status`, and `verify --read-data` afterwards is clean; `status` reports the result.
 
 mod common;
 
@@ -64,4 +64,12 @@ fn gc_removes_old_garbage_and_keeps_what_is_referenced() {
 
     let text = store.run(&["gc"]).ok().to_owned();
     assert!(text.contains("removed: 0 chunks"), "{text}");
+
+    let status = store.run(&["--json", "status"]).json();
+    assert_eq!(status["chunk-count"], 7, "{status}");
+    assert_eq!(status["index-count"], 8, "{status}");
+    assert!(status["logical-bytes"].as_u64().unwrap() > status["chunk-bytes"].as_u64().unwrap());
+    assert!(status["dedup-factor"].as_f64().unwrap() > 1.0, "{status}");
+    assert_eq!(status["last-gc"]["removed-chunks"], 0, "{status}");
+    assert!(store.run(&["status"]).ok().contains("deduplication factor"));
 }

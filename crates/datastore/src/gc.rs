@@ -788,3 +788,113 @@ mod tests {
         );
     }
 }
+
+/// What [`DataStore::usage`] found: the numbers of `keepsake status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreUsage {
+    /// Size of the filesystem holding the datastore folder, in bytes.
+    pub fs_total: u64,
+    /// Bytes used on it (by anything).
+    pub fs_used: u64,
+    /// Bytes available to unprivileged users.
+    pub fs_available: u64,
+    /// Chunk files in `.chunks` (bad ones not counted).
+    pub chunk_count: u64,
+    /// Their bytes.
+    pub chunk_bytes: u64,
+    /// Index files below the datastore (every namespace, unfinished snapshots too).
+    pub index_count: u64,
+    /// The archive bytes those indexes describe (what a restore of everything would produce).
+    pub logical_bytes: u64,
+    /// The last garbage collection's result (`.gc-status`), if any.
+    pub last_gc: Option<GcStatus>,
+}
+
+impl StoreUsage {
+    /// Logical bytes per stored chunk byte (0 without chunks).
+    pub fn dedup_factor(&self) -> f64 {
+        if self.chunk_bytes == 0 {
+            0.0
+        } else {
+            self.logical_bytes as f64 / self.chunk_bytes as f64
+        }
+    }
+}
+
+impl DataStore {
+    /// The datastore's usage: its filesystem's size and use, the chunks stored, the archive
+    /// bytes the indexes describe, and the last GC's status. Reads only (every index header and
+    /// table, and a listing of `.chunks`); for a datastore with a local folder (for S3: the cache,
+    /// whose chunk files may be empty markers).
+    ///
+    /// # Errors
+    /// [`Error::GcRefused`] ([`GcRefusal::NoLocalFolder`]) without a local folder;
+    /// [`Error::Corrupt`] for an unreadable index; [`Error::Io`].
+    pub fn usage(&self) -> Result<StoreUsage> {
+        let Some(local) = self.backend().host_local() else {
+            return Err(Error::GcRefused {
+                store: self.name().to_owned(),
+                refusal: GcRefusal::NoLocalFolder,
+            });
+        };
+        let root = local.root().to_path_buf();
+        let fs = rustix::fs::statvfs(&root).map_err(|e| Error::Io {
+            path: root.clone(),
+            source: e.into(),
+        })?;
+        let block = fs.f_frsize;
+        let mut usage = StoreUsage {
+            fs_total: fs.f_blocks * block,
+            fs_used: (fs.f_blocks - fs.f_bfree) * block,
+            fs_available: fs.f_bavail * block,
+            chunk_count: 0,
+            chunk_bytes: 0,
+            index_count: 0,
+            logical_bytes: 0,
+            last_gc: self.gc_status()?,
+        };
+        for (file, _) in find_indexes(&root)? {
+            let bytes = match std::fs::read(&file) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(Error::Io { path: file, source }),
+            };
+            let index = IndexFile::from_bytes(bytes).map_err(|source| Error::Corrupt {
+                path: file
+                    .strip_prefix(&root)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string(),
+                source,
+            })?;
+            usage.index_count += 1;
+            usage.logical_bytes += index.chunks().last().map_or(0, |c| c.range.end);
+        }
+        let chunks = root.join(CHUNK_DIR_NAME);
+        let io = |path: &Path, source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        for prefix in std::fs::read_dir(&chunks).map_err(|e| io(&chunks, e))? {
+            let prefix = prefix.map_err(|e| io(&chunks, e))?.path();
+            let Ok(entries) = std::fs::read_dir(&prefix) else {
+                continue; // not a folder, or gone
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io(&prefix, e))?;
+                if !matches!(
+                    parse_chunk_name(&entry.file_name().to_string_lossy()),
+                    Some((_, false))
+                ) {
+                    continue;
+                }
+                if let Ok(meta) = entry.metadata() {
+                    usage.chunk_count += 1;
+                    usage.chunk_bytes += meta.len();
+                }
+            }
+        }
+        Ok(usage)
+    }
+}

@@ -32,7 +32,7 @@ pub use error::{
 pub use fsck::{FsckOptions, FsckReport};
 pub use gc::{
     DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
-    PhaseHook,
+    PhaseHook, StoreUsage,
 };
 pub use group::{DestroyStats, ExistingOwner, Group, Unfinished};
 pub use info::{BackupInfo, SortOrder};

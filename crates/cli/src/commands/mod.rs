@@ -10,6 +10,7 @@ mod inspect;
 mod locks;
 mod moves;
 mod prune;
+mod status;
 mod store;
 mod verify;
 
@@ -252,6 +253,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         } => fsck::fsck(&ctx, *repair, unfinished_older_than.as_ref()),
         Command::Refresh => store::refresh(&ctx),
         Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
+        Command::Status => status::status(&ctx),
     }
 }
 
