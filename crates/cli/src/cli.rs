@@ -417,6 +417,27 @@ pub(crate) enum Command {
     #[command(after_help = "Example:\n  \
         keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups refresh")]
     Refresh,
+
+    /// Garbage collection, as PBS's: remove the chunks no index references that are older than
+    /// the cutoff (24 h 5 min before the run; earlier while a backup of this process runs), and
+    /// record the result in `.gc-status`. Refused while a backup of another process (PBS's or
+    /// keepsake's) holds the datastore's `.lock`.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo gc --dry-run\n  \
+        keepsake --store /tmp/demo gc --json\n\n\
+        The operator's cycle: prune, then gc, then verify --read-data.")]
+    Gc {
+        /// Count what would be removed; change nothing (the datastore is opened read-only).
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// The datastore's usage: filesystem used and free, chunks stored, the archive bytes the
+    /// indexes describe, the deduplication factor, and the last garbage collection's result.
+    #[command(after_help = "Examples:\n  \
+        keepsake --store /tmp/demo status\n  \
+        keepsake --store /tmp/demo status --json")]
+    Status,
 }
 
 /// An age given on the command line (`7d`, `36h`, `2w`, `P7D`): a span back from now, in UTC

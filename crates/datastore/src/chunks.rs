@@ -2,12 +2,25 @@
 //! `.chunks/<first 4 hex>/<64 hex>`, shared by every snapshot of the datastore; the backend
 //! decides where they live (a local folder, or the bucket with the cache's copy or marker).
 
-use keepsake_backend::{ChunkDigest, ChunkInsert};
+use keepsake_backend::{BackendPath, ChunkDigest, ChunkInsert};
 use keepsake_manifest::blob::{Compression, DataBlob};
 use keepsake_manifest::crypt::chunk_digest;
+use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT, utimensat};
+use rustix::io::Errno;
 
 use crate::error::{ArgumentProblem, Error, Result};
-use crate::store::{CHUNK_DIR_NAME, DataStore};
+use crate::store::{Access, CHUNK_DIR_NAME, DataStore};
+
+/// What [`DataStore::touch_local`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Touch {
+    /// The atime is now.
+    Touched,
+    /// There is no such local file.
+    Missing,
+    /// The datastore has no local folder (a bare object store): nothing to touch.
+    NoLocalFolder,
+}
 
 /// Whether chunks and blobs written are encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,12 +68,14 @@ impl DataStore {
         let digest = chunk_digest(data, crypt);
         let chunk = ChunkDigest::new(digest);
         let rel = chunk_path(&digest);
-        // Skip the encoding when the chunk is known (PBS checks before it uploads, too).
-        if self
-            .backend()
-            .chunk_exists(&chunk)
-            .map_err(|e| Error::backend(&rel, e))?
-        {
+        // Skip the encoding when the chunk is known (PBS checks before it uploads, too). The
+        // check and the touch are one step for this process's GC sweep (the chunk shard lock):
+        // a chunk found here cannot be swept before its new atime protects it.
+        let known = match self.process_lock()? {
+            Some(lock) => lock.with_chunk(&digest, || self.touch_if_stored(&chunk))?,
+            None => self.touch_if_stored(&chunk)?,
+        };
+        if known {
             return Ok(InsertedChunk {
                 digest,
                 duplicate: true,
@@ -85,6 +100,55 @@ impl DataStore {
                 encoded_size: 0,
             }),
             Err(e) => Err(Error::backend(&rel, e)),
+        }
+    }
+
+    /// Whether the chunk is stored; if so, its file's atime (on an S3 datastore: the cache's copy
+    /// or marker) is set to now, as PBS's insert of an existing chunk does, so that a GC's
+    /// sweep running meanwhile keeps it. A chunk the bucket has but the cache does not counts as
+    /// missing here: inserting it again stores the cache copy that GC's marker check needs.
+    fn touch_if_stored(&self, chunk: &ChunkDigest) -> Result<bool> {
+        let rel = chunk.local_path();
+        if !self
+            .backend()
+            .chunk_exists(chunk)
+            .map_err(|e| Error::backend(rel.as_str(), e))?
+        {
+            return Ok(false);
+        }
+        if self.access() == Access::ReadOnly {
+            return Ok(true);
+        }
+        match self.touch_local(&rel)? {
+            Touch::Touched | Touch::NoLocalFolder => Ok(true),
+            Touch::Missing => Ok(false),
+        }
+    }
+
+    /// Sets the atime of the local file at `rel` to now, leaving its mtime (`utimensat` with
+    /// `UTIME_NOW`/`UTIME_OMIT`, not following a link): GC's mark.
+    pub(crate) fn touch_local(&self, rel: &BackendPath) -> Result<Touch> {
+        let Some(local) = self.backend().host_local() else {
+            return Ok(Touch::NoLocalFolder);
+        };
+        let file = local.local_path(rel);
+        let now = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_NOW,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+        };
+        match utimensat(CWD, &file, &now, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(()) => Ok(Touch::Touched),
+            Err(Errno::NOENT) => Ok(Touch::Missing),
+            Err(e) => Err(Error::Io {
+                path: file,
+                source: e.into(),
+            }),
         }
     }
 

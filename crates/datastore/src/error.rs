@@ -344,6 +344,85 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    /// PBS's process lock on `<store>/.lock` is held by another process in a way that excludes
+    /// what was wanted: a GC runs there (a backup cannot start), or a backup runs there (a GC
+    /// cannot start). Nothing was done.
+    #[error(
+        "datastore {store}: cannot take the {wanted} process lock on `.lock`: {} holds it {held}",
+        match pid { Some(pid) => format!("process {pid}"), None => "another process".to_owned() }
+    )]
+    ProcessLocked {
+        /// The datastore.
+        store: String,
+        /// The lock that was asked for.
+        wanted: ProcessLockMode,
+        /// The lock the other holder has.
+        held: ProcessLockMode,
+        /// The holder's pid, when the system reports it (not for open-file-description locks).
+        pid: Option<i32>,
+    },
+
+    /// Garbage collection was refused before anything changed.
+    #[error("datastore {store}: garbage collection refused: {refusal}")]
+    GcRefused {
+        /// The datastore.
+        store: String,
+        /// Why.
+        refusal: GcRefusal,
+    },
+}
+
+/// The two modes of PBS's process lock on `.lock` ([`Error::ProcessLocked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessLockMode {
+    /// Held by backup writers (fcntl read lock).
+    Shared,
+    /// Held by garbage collection (fcntl write lock).
+    Exclusive,
+}
+
+impl fmt::Display for ProcessLockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProcessLockMode::Shared => "shared",
+            ProcessLockMode::Exclusive => "exclusive",
+        })
+    }
+}
+
+/// Why garbage collection refused to run ([`Error::GcRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GcRefusal {
+    /// The datastore has no local folder (a bare object store): there is neither a `.lock` nor
+    /// atimes to mark with.
+    NoLocalFolder,
+    /// The datastore is in object storage: keepsake does not sweep buckets yet, and a sweep of
+    /// the cache alone would be wrong.
+    ObjectStorage,
+    /// Setting a chunk's atime did not change it: marking would not protect anything, as PBS
+    /// checks before it starts.
+    AtimeUpdatesIgnored {
+        /// The chunk used for the check (relative path).
+        chunk: String,
+    },
+}
+
+impl fmt::Display for GcRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GcRefusal::NoLocalFolder => f.write_str("the datastore has no local folder"),
+            GcRefusal::ObjectStorage => {
+                f.write_str("garbage collection of object storage is not supported yet")
+            }
+            GcRefusal::AtimeUpdatesIgnored { chunk } => write!(
+                f,
+                "the filesystem ignored an atime update of `{chunk}`: marking would not work"
+            ),
+        }
+    }
 }
 
 /// The result type of this crate.

@@ -3,6 +3,7 @@
 mod chunks;
 mod error;
 mod fsck;
+mod gc;
 mod group;
 mod hold;
 mod info;
@@ -11,6 +12,7 @@ pub mod journal;
 mod moves;
 mod namespace;
 pub mod pbs_host;
+mod process_lock;
 pub mod prune;
 mod prune_apply;
 mod read;
@@ -24,8 +26,14 @@ mod verify;
 mod writer;
 
 pub use chunks::{Encryption, InsertedChunk, chunk_path};
-pub use error::{ArgumentProblem, Error, Leftover, MoveRefusal, Result};
+pub use error::{
+    ArgumentProblem, Error, GcRefusal, Leftover, MoveRefusal, ProcessLockMode, Result,
+};
 pub use fsck::{FsckOptions, FsckReport};
+pub use gc::{
+    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
+    PhaseHook, StoreUsage,
+};
 pub use group::{DestroyStats, ExistingOwner, Group, Unfinished};
 pub use info::{BackupInfo, SortOrder};
 pub use journal::{Intent, Phase};

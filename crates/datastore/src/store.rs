@@ -14,6 +14,7 @@ use keepsake_manifest::crypt::CryptConfig;
 
 use crate::error::{ArgumentProblem, Error, Result};
 use crate::group::Group;
+use crate::process_lock::ProcessLock;
 use crate::snapshot::Snapshot;
 
 /// Name of the chunk store folder at the datastore root.
@@ -65,6 +66,8 @@ struct Inner {
     lock_files: Option<(PathBuf, LockScheme)>,
     /// The owner of the files this store creates, when one was given.
     owner: Option<FileOwner>,
+    /// PBS's process lock on `.lock`, opened on first use (see `process_lock.rs`).
+    process_lock: std::sync::Mutex<Option<Arc<ProcessLock>>>,
 }
 
 impl fmt::Debug for DataStore {
@@ -310,6 +313,7 @@ impl DataStoreBuilder {
                     multi_host,
                     lock_files,
                     owner: self.owner,
+                    process_lock: std::sync::Mutex::new(None),
                 }),
             },
             self.chunk_prefix_dirs,
@@ -565,6 +569,30 @@ impl DataStore {
             .locker
             .lock(target, mode, timeout)
             .map_err(|e| Error::lock(what, path, e))
+    }
+}
+
+impl DataStore {
+    /// PBS's process lock on `<store>/.lock` (this process's one object for that file), or
+    /// `None` for a datastore without a local folder (a bare object store has no `.lock`).
+    pub(crate) fn process_lock(&self) -> Result<Option<Arc<ProcessLock>>> {
+        let Some(local) = self.backend().host_local() else {
+            return Ok(None);
+        };
+        let mut slot = self
+            .inner
+            .process_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(lock) = &*slot {
+            return Ok(Some(Arc::clone(lock)));
+        }
+        let fd = local
+            .open_lock_file(&path(LOCK_FILE_NAME)?)
+            .map_err(|e| Error::backend(LOCK_FILE_NAME, e))?;
+        let lock = ProcessLock::for_file(fd, self.name())?;
+        *slot = Some(Arc::clone(&lock));
+        Ok(Some(lock))
     }
 }
 

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::chunks::Encryption;
 use crate::error::{ArgumentProblem, Error, Result};
 use crate::group::{Group, Unfinished};
+use crate::process_lock::SharedProcessGuard;
 use crate::snapshot::Snapshot;
 use crate::store::path;
 
@@ -49,6 +50,9 @@ pub struct BackupWriter {
     // Released on drop, snapshot lock first.
     snapshot_lock: Option<LockGuard>,
     _group_lock: LockGuard,
+    // PBS's shared process lock on `.lock` for the whole backup: no GC of another process runs
+    // meanwhile, and one of this process lowers its cutoff to this backup's start. Released last.
+    _process_hold: Option<SharedProcessGuard>,
 }
 
 impl Group {
@@ -59,8 +63,17 @@ impl Group {
     /// # Errors
     /// [`Error::NotOwner`]; [`Error::TimeNotNewer`] unless `time` is newer than the last finished
     /// snapshot (one whose verification failed does not count, as in PBS);
-    /// [`Error::AlreadyExists`] if the snapshot exists; [`Error::Locked`] if a backup runs.
+    /// [`Error::AlreadyExists`] if the snapshot exists; [`Error::Locked`] if a backup runs;
+    /// [`Error::ProcessLocked`] if another process runs a garbage collection (it holds PBS's
+    /// exclusive process lock on `.lock`; the writer holds the shared one until it is finished
+    /// or dropped, and every chunk it reuses gets its atime set to now, as in PBS).
     pub fn start_backup(&self, auth_id: &Authid, time: BackupTime) -> Result<BackupWriter> {
+        // First, as PBS's backup session does: a GC running in another process refuses the
+        // backup before anything is made.
+        let process_hold = match self.store().process_lock()? {
+            Some(lock) => Some(lock.shared(epoch_now())?),
+            None => None,
+        };
         let (owner, group_lock) = self.create_locked(auth_id)?;
         if !auth_id.may_act_as_owner(&owner) {
             return Err(Error::NotOwner {
@@ -113,6 +126,7 @@ impl Group {
             finished: false,
             snapshot_lock: Some(snapshot_lock),
             _group_lock: group_lock,
+            _process_hold: process_hold,
         })
     }
 }
@@ -479,6 +493,13 @@ impl Drop for BackupWriter {
         }
         drop(self.snapshot_lock.take());
     }
+}
+
+/// Now, in seconds since the epoch (a clock before 1970 counts as 0).
+pub(crate) fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -5,10 +5,12 @@ mod change;
 mod demo;
 mod facts;
 mod fsck;
+mod gc;
 mod inspect;
 mod locks;
 mod moves;
 mod prune;
+mod status;
 mod store;
 mod verify;
 
@@ -250,6 +252,8 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             unfinished_older_than,
         } => fsck::fsck(&ctx, *repair, unfinished_older_than.as_ref()),
         Command::Refresh => store::refresh(&ctx),
+        Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
+        Command::Status => status::status(&ctx),
     }
 }
 
