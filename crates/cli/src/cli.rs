@@ -40,8 +40,10 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Options every command takes (before or after the command name).
+/// Options every command takes (before or after the command name). They have their own heading
+/// in every `--help`, apart from the options of the command.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// The datastore folder (for an S3 datastore: its local cache folder).
     #[arg(long, global = true, env = "KEEPSAKE_STORE", value_name = "PATH")]

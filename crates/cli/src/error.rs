@@ -73,8 +73,8 @@ pub(crate) fn report_line(line: &str, code: u8, json: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Turns a clap error into one line: the message and its context, without the usage block and
-/// the "for more information" tip.
+/// Turns a clap error into one line: the message, its context and clap's suggestion, without the
+/// usage block and the "for more information" line.
 pub(crate) fn clap_one_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
     let mut words = Vec::new();
@@ -83,7 +83,13 @@ pub(crate) fn clap_one_line(err: &clap::Error) -> String {
         if line.starts_with("Usage:") {
             break;
         }
-        if line.is_empty() || line.starts_with("For more information") || line.starts_with("tip:") {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        // clap's tips are its "did you mean" suggestions (`grups` → `groups`): they stay, after
+        // in parentheses so that the line still reads as one sentence.
+        if let Some(tip) = line.strip_prefix("tip: ") {
+            words.push(format!("({tip})"));
             continue;
         }
         words.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());

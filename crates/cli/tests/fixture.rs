@@ -678,7 +678,9 @@ fn verify_reports_every_snapshot_and_damage_with_exit_code_1() {
     assert!(run.stdout.contains("FAILED"), "{run:?}");
 
     // --record writes the outcome into the manifests, with a PBS task id.
-    store.run(&["--ns", "prod", "verify", "--read-data", "--record"]).ok();
+    store
+        .run(&["--ns", "prod", "verify", "--read-data", "--record"])
+        .ok();
     let doc = store
         .run(&["--json", "show", "ns/prod/host/myhost/2024-06-05T18:06:40Z"])
         .json();
@@ -690,7 +692,12 @@ fn verify_reports_every_snapshot_and_damage_with_exit_code_1() {
             .starts_with("UPID:")
     );
     store
-        .run(&["verify", "--read-data", "--record", "vm/100/2024-06-06T15:06:40Z"])
+        .run(&[
+            "verify",
+            "--read-data",
+            "--record",
+            "vm/100/2024-06-06T15:06:40Z",
+        ])
         .fails(1);
     let doc = store
         .run(&["--json", "show", "vm/100/2024-06-06T15:06:40Z"])

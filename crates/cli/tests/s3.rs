@@ -220,8 +220,15 @@ fn s3_every_command_on_a_demo_datastore() {
     assert!(doc["verified"].as_u64().unwrap() >= 6, "{doc}");
     let manifest = "ns/prod/vm/100/2024-06-06T02:00:00Z/index.json.blob";
     let before = s3.bucket()[manifest].clone();
-    s3.run(&["--ns", "prod", "verify", "--read-data", "--record", "vm/100"])
-        .ok();
+    s3.run(&[
+        "--ns",
+        "prod",
+        "verify",
+        "--read-data",
+        "--record",
+        "vm/100",
+    ])
+    .ok();
     assert_ne!(
         s3.bucket()[manifest],
         before,
