@@ -520,25 +520,25 @@ pub(crate) struct PruneArgs {
     #[arg(long = "filter", value_name = "FILTER", conflicts_with = "group")]
     pub(crate) filters: Vec<GroupFilter>,
     /// Keep the N newest snapshots.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_last: Option<NonZeroU64>,
     /// Keep the newest snapshot of each of the N newest minutes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_minutely: Option<NonZeroU64>,
     /// … of each of the N newest hours.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_hourly: Option<NonZeroU64>,
     /// … days (local time).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_daily: Option<NonZeroU64>,
     /// … ISO weeks.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_weekly: Option<NonZeroU64>,
     /// … months.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_monthly: Option<NonZeroU64>,
     /// … years.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_yearly: Option<NonZeroU64>,
     /// Keep every snapshot this close to the newest one (`30d`, `2w`, `1y2m`, `36h`).
     #[arg(long, value_name = "D")]
@@ -546,6 +546,21 @@ pub(crate) struct PruneArgs {
     /// Only print the plan; remove nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+}
+
+/// A `--keep-*` count: a whole number from 1 (a rule that keeps nothing is no rule; leaving the
+/// option out is how to turn it off).
+fn keep_count(text: &str) -> Result<NonZeroU64, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 1 => Err(format!(
+            "must be at least 1 (leave the option out to not use this rule), not {n}"
+        )),
+        Ok(n) => u64::try_from(n)
+            .ok()
+            .and_then(NonZeroU64::new)
+            .ok_or_else(|| format!("{n} is too large")),
+        Err(_) => Err("not a whole number".to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,24 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error and what the operator can do about it, printed after it (`…: the target exists and
+/// merging was not requested; pass --merge to …`). The error stays reachable for its kind.
+#[derive(Debug)]
+pub(crate) struct Advice {
+    /// What failed.
+    pub(crate) error: anyhow::Error,
+    /// What to do.
+    pub(crate) advice: String,
+}
+
+impl fmt::Display for Advice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", one_line(&self.error), self.advice)
+    }
+}
+
+impl std::error::Error for Advice {}
+
 /// The exit code for a usage error.
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// The exit code for a failed operation.
@@ -37,12 +55,35 @@ pub(crate) fn chain_line(err: &(dyn std::error::Error + 'static)) -> String {
     for cause in std::iter::successors(Some(err), |e| e.source()) {
         let text = cause.to_string();
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = s3_error_text(&text).unwrap_or(text);
         if text.is_empty() || parts.last().is_some_and(|last| last.ends_with(&text)) {
             continue;
         }
         parts.push(text);
     }
     parts.join(": ")
+}
+
+/// An S3 error reply quoted whole (object_store puts the request, its URL and the XML body in
+/// its message) as what the server said: `S3 error NoSuchBucket: The specified bucket does not
+/// exist`. `None` when `text` holds no S3 error document.
+fn s3_error_text(text: &str) -> Option<String> {
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_owned())
+    };
+    let code = element("Code")?;
+    let message = element("Message").unwrap_or_default();
+    let hint = match code.as_str() {
+        "NoSuchBucket" => " (check --s3-bucket and --s3-endpoint)",
+        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+            " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        }
+        _ => "",
+    };
+    Some(format!("S3 error {code}: {message}{hint}"))
 }
 
 /// The exit code for `err`: 2 if a [`UsageError`] is among its causes, else 1. (Malformed names
@@ -133,6 +174,20 @@ mod tests {
             .parse::<keepsake_hierarchy::BackupNamespace>()
             .unwrap_err();
         assert_eq!(exit_code(&anyhow::Error::new(parse)), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn s3_error_documents_become_their_code_and_message() {
+        let raw = "Generic S3 error: Error performing GET http://x/b in 7ms - Server returned \
+                   non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?> <Error>\
+                   <Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>\
+                   <RequestId>abc</RequestId></Error>";
+        let err = anyhow::anyhow!(raw.to_owned()).context("cannot read from bucket `b`");
+        assert_eq!(
+            one_line(&err),
+            "cannot read from bucket `b`: S3 error NoSuchBucket: The specified bucket does not \
+             exist (check --s3-bucket and --s3-endpoint)"
+        );
     }
 
     #[test]

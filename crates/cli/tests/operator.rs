@@ -35,3 +35,95 @@ fn typos_get_suggestions() {
     let line = store.run(&["prune", "--keep-lst", "2"]).fails(2).to_owned();
     assert!(line.contains("'--keep-last'"), "{line}");
 }
+
+#[test]
+fn names_of_the_wrong_kind_say_what_was_meant() {
+    let store = Store::demo();
+    let line = store.run(&["protect", "vm/100"]).fails(2).to_owned();
+    assert!(
+        line.contains("`vm/100` is a group; a snapshot is `vm/100/<time>`"),
+        "{line}"
+    );
+    let line = store.run(&["snapshots", "vm/abc/xyz"]).fails(2).to_owned();
+    assert!(
+        line.contains("`vm/abc/xyz` is not a group: a group is `<type>/<id>`"),
+        "{line}"
+    );
+    let line = store
+        .run(&["snapshots", "vm/100/2024-06-02T02:00:00Z"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("is a snapshot; its group is `vm/100`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn keep_counts_below_one_are_refused() {
+    let store = Store::demo();
+    for bad in ["0", "-1"] {
+        let line = store
+            .run(&["prune", "--keep-last", bad, "--dry-run"])
+            .fails(2)
+            .to_owned();
+        assert!(line.contains("must be at least 1"), "{line}");
+        assert!(line.contains(&format!("not {bad}")), "{line}");
+    }
+    let line = store
+        .run(&["prune", "--keep-daily", "x"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("not a whole number"), "{line}");
+}
+
+#[test]
+fn a_move_onto_an_existing_group_advises_merge() {
+    let store = Store::demo();
+    store
+        .run(&["move", "vm/100/2024-06-02T02:00:00Z", "--to-ns", "prod"])
+        .ok();
+    let before = store.contents();
+    let line = store
+        .run(&["move", "ns/prod/vm/100", "--to-ns", ""])
+        .fails(1)
+        .to_owned();
+    assert!(
+        line.contains("the target exists and merging was not requested; pass --merge"),
+        "{line}"
+    );
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn setting_the_owner_a_group_has_needs_no_force() {
+    let store = Store::demo();
+    assert_eq!(
+        store.run(&["owner", "vm/100", "root@pam"]).ok(),
+        "root@pam\n"
+    );
+    let line = store
+        .run(&["owner", "vm/100", "backup@pbs"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("pass --force"), "{line}");
+}
+
+#[test]
+fn store_paths_that_are_no_datastore_folder() {
+    let store = Store::demo();
+    let file = store.path.join("../a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut cmd = keepsake();
+    cmd.arg("--store").arg(&file).arg("groups");
+    let run = common::run(&mut cmd);
+    let line = run.fails(1);
+    assert!(
+        line.ends_with("a-file is not a folder: --store names the datastore folder"),
+        "{line}"
+    );
+    let before = store.contents();
+    let line = store.run(&["init"]).fails(1).to_owned();
+    assert!(line.contains("is already a datastore"), "{line}");
+    assert_eq!(store.contents(), before);
+}

@@ -908,3 +908,21 @@ fn s3_cat_and_read_data_fetch_chunks_the_cache_only_marks() {
         std::fs::read(&second).unwrap()
     );
 }
+
+#[test]
+fn s3_a_missing_bucket_is_one_line_without_the_xml() {
+    let Some(mut cfg) = config_or_skip("s3_a_missing_bucket_is_one_line_without_the_xml") else {
+        return;
+    };
+    cfg.bucket = "keepsake-no-such-bucket".to_owned();
+    let s3 = S3Store::new(cfg);
+    for command in ["init", "refresh"] {
+        let run = s3.run(&[command]);
+        let line = run.fails(1);
+        assert!(
+            line.contains("S3 error NoSuchBucket: The specified bucket does not exist (check --s3-bucket and --s3-endpoint)"),
+            "{command}: {line}"
+        );
+        assert!(!line.contains('<'), "{command}: {line}");
+    }
+}

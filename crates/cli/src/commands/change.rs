@@ -207,6 +207,11 @@ pub(crate) fn owner(
         Some(new_owner) => {
             match group.set_owner(new_owner, existing) {
                 Ok(()) => {}
+                Err(keepsake_datastore::Error::AlreadyExists { .. })
+                    if group.owner().is_ok_and(|current| current == *new_owner) =>
+                {
+                    // Asking for the owner it has is no replacement: nothing to force.
+                }
                 Err(keepsake_datastore::Error::AlreadyExists { .. }) => {
                     let current = group
                         .owner()

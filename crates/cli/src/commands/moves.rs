@@ -12,7 +12,7 @@ use keepsake_hierarchy::BackupNamespace;
 use serde::Serialize;
 
 use super::{Ctx, existing_group, existing_snapshot, ns_label, require_ns};
-use crate::error::UsageError;
+use crate::error::{Advice, UsageError};
 use crate::target::TargetArg;
 
 #[derive(Debug, Serialize)]
@@ -63,6 +63,26 @@ impl Moved {
     }
 }
 
+/// A refused move without --merge whose target exists gets the advice to merge.
+fn advise_merge(e: keepsake_datastore::Error, merge: Merge) -> anyhow::Error {
+    let target_exists = matches!(
+        &e,
+        keepsake_datastore::Error::MoveRefused { reason, .. }
+            if **reason == keepsake_datastore::MoveRefusal::TargetExists
+    );
+    if target_exists && merge == Merge::Never {
+        Advice {
+            error: e.into(),
+            advice: "pass --merge to merge into it (same owner, only newer snapshots, as PBS \
+                     requires)"
+                .to_owned(),
+        }
+        .into()
+    } else {
+        e.into()
+    }
+}
+
 /// `keepsake move`.
 pub(crate) fn move_target(
     ctx: &Ctx<'_>,
@@ -80,7 +100,7 @@ pub(crate) fn move_target(
             let spinner = ctx.out.spinner(format!("moving {}", group.relative_path()));
             let report = group.move_to(to_ns, merge);
             spinner.finish_and_clear();
-            let report = report?;
+            let report = report.map_err(|e| advise_merge(e, merge))?;
             tracing::info!(group = %group.relative_path(), to = %ns_label(to_ns), ?report, "moved");
             Moved::new(group.relative_path(), name.relative_path(to_ns), &report)
         }
@@ -88,7 +108,9 @@ pub(crate) fn move_target(
             let (ns, dir) = arg.resolve(ctx.ns_arg())?;
             let snapshot = existing_snapshot(store, &ns, &dir)?;
             require_ns(store, to_ns)?;
-            let new = snapshot.move_to(to_ns, merge)?;
+            let new = snapshot
+                .move_to(to_ns, merge)
+                .map_err(|e| advise_merge(e, merge))?;
             Moved {
                 snapshots: 1,
                 ..Moved::new(
@@ -123,7 +145,7 @@ pub(crate) fn ns_move(
     let spinner = ctx.out.spinner(format!("moving namespace {ns}"));
     let report = store.move_namespace(ns, &to, merge);
     spinner.finish_and_clear();
-    let report = report?;
+    let report = report.map_err(|e| advise_merge(e, merge))?;
     let moved = Moved::new(ns.to_string(), to.to_string(), &report);
     ctx.out.emit(&moved, || moved.print(ctx))?;
     Ok(ExitCode::SUCCESS)
