@@ -146,8 +146,9 @@ pub(crate) struct GlobalArgs {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
-    /// The namespace to work in (`a/b`; default: the root namespace).
-    #[arg(long, global = true, value_name = "NS")]
+    /// The namespace to work in (`a/b`, `/` for the root; default: the root namespace). The
+    /// names given to `ns create`, `ns remove` and `ns move` are below it.
+    #[arg(long, global = true, value_name = "NS", value_parser = namespace)]
     pub(crate) ns: Option<BackupNamespace>,
 
     /// A PBS key file (as `proxmox-backup-client key create` writes it, or `keepsake key
@@ -309,8 +310,8 @@ pub(crate) enum Command {
     Move {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: TargetArg,
-        /// The namespace to move it to (must exist; `""` for the root).
-        #[arg(long, value_name = "NS")]
+        /// The namespace to move it to (must exist; `/` for the root).
+        #[arg(long, value_name = "NS", value_parser = namespace)]
         to_ns: BackupNamespace,
         /// Merge into a group that exists at the target.
         #[arg(long)]
@@ -468,40 +469,54 @@ pub(crate) enum NsCommand {
         max_depth: Option<usize>,
     },
 
-    /// Create a namespace (full name, `a/b`).
+    /// Create a namespace (`a/b`, below --ns).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo ns create staging\n  \
-        keepsake --store /tmp/demo ns create staging/eu/site-1 --parents")]
+        keepsake --store /tmp/demo ns create staging/eu/site-1 --parents\n  \
+        keepsake --store /tmp/demo --ns prod ns create site-b    # makes prod/site-b")]
     Create {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
         /// Create missing parents too, and succeed if it exists.
         #[arg(short, long)]
         parents: bool,
     },
 
-    /// Remove a namespace and those below it (full name, `a/b`).
+    /// Remove a namespace and those below it (`a/b`, below --ns).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo ns remove dev\n  \
         keepsake --store /tmp/demo ns remove prod --delete-groups")]
     Remove {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
         /// Also destroy the groups in them (protected snapshots stay, with their namespace).
         #[arg(long)]
         delete_groups: bool,
     },
 
-    /// Move a namespace (with everything below it) under another parent.
+    /// Move a namespace (with everything below it) under another parent, or rename it.
     #[command(after_help = "Examples:\n  \
-        keepsake --store /tmp/demo ns move prod/site-a --to ''\n  \
-        keepsake --store /tmp/demo ns move dev --to prod --merge")]
+        keepsake --store /tmp/demo ns move prod/site-a --to-ns /\n  \
+        keepsake --store /tmp/demo ns move dev --to-ns prod --merge\n  \
+        keepsake --store /tmp/demo ns move prod/site-a --rename site-b")]
     Move {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
-        /// The new parent (`""` for the root); the namespace keeps its last name.
-        #[arg(long, value_name = "PARENT")]
-        to: BackupNamespace,
+        /// The new parent (a full name, `/` for the root; default: where it is now).
+        #[arg(
+            long,
+            value_name = "PARENT",
+            value_parser = namespace,
+            alias = "to",
+            required_unless_present = "rename"
+        )]
+        to_ns: Option<BackupNamespace>,
+        /// Its new last name (default: the name it has).
+        #[arg(long, value_name = "NAME")]
+        rename: Option<String>,
         /// Merge into a namespace of that name that exists there (group by group, PBS's rules).
         #[arg(long)]
         merge: bool,
@@ -546,6 +561,15 @@ pub(crate) struct PruneArgs {
     /// Only print the plan; remove nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+}
+
+/// A namespace on the command line: `a/b`, and `/` (or `""`) for the root.
+fn namespace(text: &str) -> Result<BackupNamespace, String> {
+    if text == "/" {
+        return Ok(BackupNamespace::root());
+    }
+    text.parse()
+        .map_err(|e: keepsake_hierarchy::Error| e.to_string())
 }
 
 /// A `--keep-*` count: a whole number from 1 (a rule that keeps nothing is no rule; leaving the

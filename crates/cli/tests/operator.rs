@@ -127,3 +127,43 @@ fn store_paths_that_are_no_datastore_folder() {
     assert!(line.contains("is already a datastore"), "{line}");
     assert_eq!(store.contents(), before);
 }
+
+#[test]
+fn namespaces_root_is_slash_and_ns_commands_work_below_ns() {
+    let store = Store::demo();
+    let listed = store.run(&["--ns", "/", "ns", "list"]).ok().to_owned();
+    assert_eq!(listed.lines().next(), Some("/"), "{listed}");
+    // `--ns` is the parent of what `ns create/remove/move` name.
+    assert_eq!(
+        store.run(&["--ns", "prod", "ns", "create", "h"]).ok(),
+        "created namespace prod/h\n"
+    );
+    assert!(store.path.join("ns/prod/ns/h").is_dir());
+    assert!(!store.path.join("ns/h").exists());
+    store.run(&["--ns", "prod", "ns", "remove", "h"]).ok();
+    assert!(!store.path.join("ns/prod/ns/h").exists());
+    // `ns move` renames, and takes `--to-ns` as `move` does (`--to` stays as an alias).
+    assert_eq!(
+        store
+            .run(&["--ns", "prod", "ns", "move", "site-a", "--rename", "site-b"])
+            .ok(),
+        "moved prod/site-a to prod/site-b: 2 snapshots\n"
+    );
+    let doc = store
+        .run(&["--json", "ns", "move", "prod/site-b", "--to-ns", "/"])
+        .json();
+    assert_eq!(doc["to"], "site-b");
+    store.run(&["ns", "move", "site-b", "--to", "dev"]).ok();
+    assert!(store.path.join("ns/dev/ns/site-b").is_dir());
+    let line = store.run(&["ns", "move", "dev/site-b"]).fails(2).to_owned();
+    assert!(line.contains("--to-ns"), "{line}");
+    // `move` takes `/` for the root, and its JSON names both namespaces.
+    let doc = store
+        .run(&["--json", "--ns", "prod", "move", "vm/101", "--to-ns", "/"])
+        .json();
+    assert_eq!(
+        (doc["ns"].as_str(), doc["to-ns"].as_str()),
+        (Some("prod"), Some(""))
+    );
+    assert_eq!(doc["to"], "vm/101");
+}

@@ -95,6 +95,21 @@ impl Ctx<'_> {
         self.cli.global.ns.clone().unwrap_or_default()
     }
 
+    /// `name` below `--ns` (the names `ns create/remove/move` take).
+    pub(crate) fn below_ns(&self, name: &BackupNamespace) -> Result<BackupNamespace> {
+        let base = self.ns();
+        let full =
+            BackupNamespace::from_components(base.components().iter().chain(name.components()))
+                .map_err(|e| {
+                    crate::error::UsageError(format!(
+                        "`{}` below --ns `{}`: {e}",
+                        ns_label(name),
+                        ns_label(&base)
+                    ))
+                })?;
+        Ok(full)
+    }
+
     /// `--ns` as given.
     pub(crate) fn ns_arg(&self) -> Option<&BackupNamespace> {
         self.cli.global.ns.as_ref()
@@ -171,14 +186,14 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Tree => inspect::tree(&ctx),
         Command::Ns(NsCommand::List { max_depth }) => inspect::ns_list(&ctx, *max_depth),
         Command::Ns(NsCommand::Create { namespace, parents }) => {
-            change::ns_create(&ctx, namespace, *parents)
+            change::ns_create(&ctx, &ctx.below_ns(namespace)?, *parents)
         }
         Command::Ns(NsCommand::Remove {
             namespace,
             delete_groups,
         }) => change::ns_remove(
             &ctx,
-            namespace,
+            &ctx.below_ns(namespace)?,
             if *delete_groups {
                 GroupsInside::Destroy
             } else {
@@ -187,9 +202,16 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         ),
         Command::Ns(NsCommand::Move {
             namespace,
-            to,
+            to_ns,
+            rename,
             merge,
-        }) => moves::ns_move(&ctx, namespace, to, merge_flag(*merge)),
+        }) => moves::ns_move(
+            &ctx,
+            &ctx.below_ns(namespace)?,
+            to_ns.as_ref(),
+            rename.as_deref(),
+            merge_flag(*merge),
+        ),
         Command::Move {
             target,
             to_ns,
