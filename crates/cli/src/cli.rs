@@ -296,10 +296,13 @@ pub(crate) enum Command {
     /// Destroy a snapshot, or a whole group; protected snapshots are refused (and kept).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo forget vm/100/2024-06-02T02:00:00Z\n  \
-        keepsake --store /tmp/demo --ns prod forget vm/101")]
+        keepsake --store /tmp/demo --ns prod forget vm/101 --dry-run")]
     Forget {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: TargetArg,
+        /// Only say what would be removed and what protection keeps; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 
     /// Move a group (or one snapshot) to another namespace; with --merge into an existing group
@@ -531,6 +534,9 @@ pub(crate) struct PruneArgs {
     /// Also prune the groups of every namespace below.
     #[arg(long, conflicts_with = "group")]
     pub(crate) recursive: bool,
+    /// With --recursive: how many levels below --ns (0: only --ns itself), as PBS's prune jobs.
+    #[arg(long, value_name = "N", requires = "recursive")]
+    pub(crate) max_depth: Option<usize>,
     /// PBS group filters (see `groups --help`).
     #[arg(long = "filter", value_name = "FILTER", conflicts_with = "group")]
     pub(crate) filters: Vec<GroupFilter>,
@@ -558,6 +564,10 @@ pub(crate) struct PruneArgs {
     /// Keep every snapshot this close to the newest one (`30d`, `2w`, `1y2m`, `36h`).
     #[arg(long, value_name = "D")]
     pub(crate) keep_within: Option<KeepWithin>,
+    /// The time zone of the day, week, month and year boundaries and of their labels (`UTC`,
+    /// `Europe/Vienna`; default: TZ, else the system's zone). An unknown zone is an error.
+    #[arg(long, value_name = "ZONE")]
+    pub(crate) timezone: Option<String>,
     /// Only print the plan; remove nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,

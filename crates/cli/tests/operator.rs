@@ -167,3 +167,106 @@ fn namespaces_root_is_slash_and_ns_commands_work_below_ns() {
     );
     assert_eq!(doc["to"], "vm/101");
 }
+
+#[test]
+fn prune_prints_a_banner_a_summary_and_buckets_in_the_zone_asked() {
+    let store = Store::demo();
+    let before = store.contents();
+    let text = store
+        .run(&["prune", "vm/100", "--keep-last", "2", "--dry-run"])
+        .ok()
+        .to_owned();
+    assert!(text.starts_with("DRY RUN: nothing is removed\n"), "{text}");
+    assert!(
+        text.ends_with("1 group, 7 snapshots: 4 kept (1 protected), 3 would be removed\n"),
+        "{text}"
+    );
+    assert_eq!(store.contents(), before);
+    // 02:00 UTC is the evening before in New York: the day labels are New York's.
+    let text = store
+        .run(&[
+            "prune",
+            "host/web",
+            "--keep-daily",
+            "1",
+            "--timezone",
+            "America/New_York",
+            "--dry-run",
+        ])
+        .ok()
+        .to_owned();
+    assert!(text.contains("daily 2024-06-05 "), "{text}");
+    let line = store
+        .run(&["prune", "--keep-daily", "1", "--timezone", "Mars/Olympus"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("--timezone `Mars/Olympus` is no time zone"),
+        "{line}"
+    );
+    let run = common::run(
+        store
+            .cmd(&["prune", "--keep-daily", "1", "--dry-run"])
+            .env("TZ", "Nowhere/Foo"),
+    );
+    assert!(run.fails(2).contains("TZ `Nowhere/Foo` is no time zone"));
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn prune_max_depth_limits_recursion() {
+    let store = Store::demo();
+    let doc = store
+        .run(&[
+            "--json",
+            "prune",
+            "--recursive",
+            "--max-depth",
+            "1",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ])
+        .json();
+    let namespaces: std::collections::BTreeSet<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ns"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces.into_iter().collect::<Vec<_>>(), ["", "prod"]);
+    let line = store
+        .run(&["prune", "--max-depth", "1", "--keep-last", "1"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("--recursive"), "{line}");
+}
+
+#[test]
+fn forget_dry_run_names_what_it_would_remove() {
+    let store = Store::demo();
+    let before = store.contents();
+    let text = store
+        .run(&["forget", "vm/100", "--dry-run"])
+        .ok()
+        .to_owned();
+    assert!(text.starts_with("DRY RUN: nothing is removed\n"), "{text}");
+    assert!(
+        text.contains("would keep vm/100/2024-06-01T02:00:00Z (protected)"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("forget vm/100: 6 snapshots would be removed, 1 protected kept\n"),
+        "{text}"
+    );
+    let doc = store
+        .run(&[
+            "--json",
+            "forget",
+            "vm/100/2024-06-02T02:00:00Z",
+            "--dry-run",
+        ])
+        .json();
+    assert_eq!(doc["would-remove"][0], "vm/100/2024-06-02T02:00:00Z");
+    assert_eq!(store.contents(), before);
+}

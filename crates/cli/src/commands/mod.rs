@@ -264,7 +264,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         }
         Command::Protect { snapshot } => change::protect(&ctx, snapshot, true),
         Command::Unprotect { snapshot } => change::protect(&ctx, snapshot, false),
-        Command::Forget { target } => change::forget(&ctx, target),
+        Command::Forget { target, dry_run } => change::forget(&ctx, target, *dry_run),
         Command::Prune(args) => prune::prune(&ctx, args),
         Command::Locks { target, all } => locks::locks(&ctx, target.as_ref(), *all),
         Command::Fsck {
