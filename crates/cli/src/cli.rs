@@ -230,10 +230,20 @@ pub(crate) enum Command {
     /// protected, files, size.
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo snapshots\n  \
-        keepsake --store /tmp/demo snapshots vm/100 --json")]
+        keepsake --store /tmp/demo snapshots vm/100 --json\n  \
+        keepsake --store /tmp/demo snapshots --recursive --older-than 30d")]
     Snapshots {
         /// The group (`vm/100`); default: every group of the namespace.
         group: Option<GroupArg>,
+        /// Also list the snapshots of every namespace below.
+        #[arg(long, conflicts_with = "group")]
+        recursive: bool,
+        /// Only snapshots whose backup time is older than this (`30d`, `2w`, `36h`, `P7D`).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<Age>,
+        /// Only snapshots whose backup time is newer than this.
+        #[arg(long, value_name = "AGE")]
+        newer_than: Option<Age>,
     },
 
     /// Show one snapshot: manifest, files, notes, verify state.

@@ -36,8 +36,7 @@ impl fmt::Display for ArgError {
             ArgError::Invalid(e) => write!(f, "{e}"),
             ArgError::GroupNotSnapshot(input) => write!(
                 f,
-                "`{input}` is a group; a snapshot is `{input}/<time>` (`{input}/2024-06-05T15:06:40Z`) \
-                 or `{input}/latest`"
+                "`{input}` is a group; a snapshot is `{input}/<time>` (`{input}/2024-06-05T15:06:40Z`)"
             ),
             ArgError::SnapshotNotGroup { input, group } => {
                 write!(f, "`{input}` is a snapshot; its group is `{group}`")

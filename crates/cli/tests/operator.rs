@@ -270,3 +270,30 @@ fn forget_dry_run_names_what_it_would_remove() {
     assert_eq!(doc["would-remove"][0], "vm/100/2024-06-02T02:00:00Z");
     assert_eq!(store.contents(), before);
 }
+
+#[test]
+fn snapshots_recursive_and_by_age() {
+    let store = Store::demo();
+    let doc = store.run(&["--json", "snapshots", "--recursive"]).json();
+    let count = doc.as_array().unwrap().len();
+    assert_eq!(count, 17, "{doc:#}");
+    let text = store.run(&["snapshots", "--recursive"]).ok().to_owned();
+    assert!(
+        text.contains("ns/prod/ns/site-a/ct/300/2024-06-06T02:00:00Z"),
+        "{text}"
+    );
+    // The demo's backups are from June 2024: older than a day, none newer.
+    let doc = store
+        .run(&["--json", "snapshots", "--recursive", "--older-than", "1d"])
+        .json();
+    assert_eq!(doc.as_array().unwrap().len(), count);
+    let doc = store
+        .run(&["--json", "snapshots", "--newer-than", "1d"])
+        .json();
+    assert_eq!(doc.as_array().unwrap().len(), 0);
+    let line = store
+        .run(&["snapshots", "--older-than", "soon"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("not a duration"), "{line}");
+}

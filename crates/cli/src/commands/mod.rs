@@ -243,7 +243,17 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             output,
         } => cat::cat(&ctx, snapshot, file, output.as_deref()),
         Command::Groups { filters, recursive } => inspect::groups(&ctx, filters, *recursive),
-        Command::Snapshots { group } => inspect::snapshots(&ctx, group.as_ref()),
+        Command::Snapshots {
+            group,
+            recursive,
+            older_than,
+            newer_than,
+        } => inspect::snapshots(
+            &ctx,
+            group.as_ref(),
+            *recursive,
+            (older_than.as_ref(), newer_than.as_ref()),
+        ),
         Command::Show { snapshot } => inspect::show(&ctx, snapshot),
         Command::Owner {
             group,
