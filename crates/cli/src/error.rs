@@ -1,9 +1,13 @@
 //! How failures reach the operator: one line on stderr, an exit code, and with `--json` an
-//! `{"error": …}` document on stdout.
+//! `{"error": {"kind": …, "message": …}}` document on stdout.
 //!
-//! Exit codes: 0 success; 1 the operation failed (or, for checks, found a problem); 2 the command
-//! line was wrong (clap's errors, malformed names, options that do not fit together). A usage
-//! error is raised before anything is changed.
+//! Exit codes: 0 success; 2 the command line was wrong (kind `usage`: clap's errors, malformed
+//! names, options that do not fit together; raised before anything is changed); 1 every other
+//! failure (or a check that found a problem, or a partial success). The `--json` kind tells the
+//! failures apart, with stable names: `failed`, `usage`, `not-found`, `locked`, `protected`,
+//! `refused` (the datastore's rules refuse it: exists already, move rules, not empty, read-only),
+//! `invalid` (corrupt or unparsable data in the datastore), `io`, `s3`. The kind is that of the
+//! first cause, from the outside in, that has one.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -42,6 +46,140 @@ impl std::error::Error for Advice {}
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// The exit code for a failed operation.
 pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// What kind of failure ended the command: its name in `--json`'s `error.kind` is stable. (One
+/// exit code per kind is not done yet: every kind but `usage` exits with 1.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Failed, or partly done, or a check found a problem .
+    Failed,
+    /// The command line was wrong .
+    Usage,
+    /// A namespace, group, snapshot or file does not exist .
+    NotFound,
+    /// A lock is held by someone else .
+    Locked,
+    /// A protected snapshot was to be removed .
+    Protected,
+    /// The datastore's rules refuse the change .
+    Refused,
+    /// Data in the datastore is corrupt or does not parse .
+    Invalid,
+    /// The local filesystem failed .
+    Io,
+    /// The S3 endpoint failed or refused .
+    S3,
+}
+
+impl Kind {
+    /// Every kind.
+    #[cfg(test)]
+    const ALL: [Kind; 9] = [
+        Kind::Failed,
+        Kind::Usage,
+        Kind::NotFound,
+        Kind::Locked,
+        Kind::Protected,
+        Kind::Refused,
+        Kind::Invalid,
+        Kind::Io,
+        Kind::S3,
+    ];
+
+    /// The name in `--json`'s `error.kind`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Failed => "failed",
+            Kind::Usage => "usage",
+            Kind::NotFound => "not-found",
+            Kind::Locked => "locked",
+            Kind::Protected => "protected",
+            Kind::Refused => "refused",
+            Kind::Invalid => "invalid",
+            Kind::Io => "io",
+            Kind::S3 => "s3",
+        }
+    }
+
+    /// The exit code.
+    pub(crate) fn exit_code(self) -> u8 {
+        match self {
+            Kind::Usage => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// The kind of an exit code given without an error (`failed` but for `usage`'s).
+    fn of_code(code: u8) -> Kind {
+        if code == EXIT_USAGE {
+            Kind::Usage
+        } else {
+            Kind::Failed
+        }
+    }
+}
+
+/// The kind of one cause, if it has one (else the next cause decides).
+fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
+    use keepsake_datastore::Error as D;
+    if cause.is::<UsageError>() {
+        return Some(Kind::Usage);
+    }
+    if let Some(advice) = cause.downcast_ref::<Advice>() {
+        return Some(kind(&advice.error));
+    }
+    if let Some(e) = cause.downcast_ref::<D>() {
+        return match e {
+            D::NotFound { .. } => Some(Kind::NotFound),
+            D::Locked { .. } => Some(Kind::Locked),
+            D::Protected { .. } => Some(Kind::Protected),
+            D::AlreadyExists { .. }
+            | D::MoveRefused { .. }
+            | D::NotEmpty { .. }
+            | D::BucketInUse { .. }
+            | D::BucketNotEmpty { .. }
+            | D::NotOwner { .. }
+            | D::TimeNotNewer { .. }
+            | D::ReadOnly { .. }
+            | D::RecoveryPending { .. }
+            | D::SignatureWouldBreak { .. } => Some(Kind::Refused),
+            D::Corrupt { .. }
+            | D::ChunkCorrupt { .. }
+            | D::IndexMismatch { .. }
+            | D::InvalidEntry { .. }
+            | D::InvalidOwner { .. }
+            | D::Invalid(_) => Some(Kind::Invalid),
+            D::InvalidArgument(_) => Some(Kind::Usage),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<keepsake_backend::Error>() {
+        use keepsake_backend::Error as B;
+        return match e {
+            B::NotFound { .. } => Some(Kind::NotFound),
+            B::Busy { .. } => Some(Kind::Locked),
+            B::Backend { .. } => Some(Kind::S3),
+            B::AlreadyExists { .. } | B::Precondition { .. } => Some(Kind::Refused),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<keepsake_lock::Error>() {
+        use keepsake_lock::Error as L;
+        return match e {
+            L::WouldBlock { .. } | L::Timeout { .. } => Some(Kind::Locked),
+            _ => None,
+        };
+    }
+    if cause.is::<std::io::Error>() {
+        return Some(Kind::Io);
+    }
+    None
+}
+
+/// The kind of `err`: that of the first cause, from the outside in, that has one; else `failed`.
+pub(crate) fn kind(err: &anyhow::Error) -> Kind {
+    err.chain().find_map(cause_kind).unwrap_or(Kind::Failed)
+}
 
 /// The error and its causes on one line: `what failed: why: deeper cause`. Causes that repeat
 /// the text of the one before (a `#[error(transparent)]` wrapper) are not printed twice.
@@ -86,27 +224,29 @@ fn s3_error_text(text: &str) -> Option<String> {
     Some(format!("S3 error {code}: {message}{hint}"))
 }
 
-/// The exit code for `err`: 2 if a [`UsageError`] is among its causes, else 1. (Malformed names
-/// on the command line are refused by clap, also with 2; a malformed name found *in* a datastore
-/// is a failure, 1.)
+/// The exit code for `err`: its [`Kind`]'s. (Malformed names on the command line are refused by
+/// clap, with 2; a malformed name found *in* a datastore is `invalid`, 7.)
+#[cfg(test)]
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<UsageError>()) {
-        EXIT_USAGE
-    } else {
-        EXIT_FAILURE
-    }
+    kind(err).exit_code()
 }
 
 /// Reports `err` (stderr, and stdout with `--json`) and returns its exit code.
 pub(crate) fn report(err: &anyhow::Error, json: bool) -> ExitCode {
-    report_line(&one_line(err), exit_code(err), json)
+    report_kind(&one_line(err), kind(err), json)
 }
 
-/// Reports an error message (already one line) and returns `code`.
+/// Reports an error message (already one line) and returns `code` (its kind is that code's).
 pub(crate) fn report_line(line: &str, code: u8, json: bool) -> ExitCode {
+    report_kind(line, Kind::of_code(code), json)
+}
+
+/// Reports an error message (already one line) of `kind` and returns its exit code.
+fn report_kind(line: &str, kind: Kind, json: bool) -> ExitCode {
     use std::io::Write;
+    let code = kind.exit_code();
     if json {
-        let doc = serde_json::json!({ "error": line });
+        let doc = serde_json::json!({ "error": { "kind": kind.name(), "message": line } });
         // Nothing more can be done if stdout is gone; stderr still gets the line.
         let _ = writeln!(std::io::stdout().lock(), "{doc}");
     }
@@ -174,6 +314,20 @@ mod tests {
             .parse::<keepsake_hierarchy::BackupNamespace>()
             .unwrap_err();
         assert_eq!(exit_code(&anyhow::Error::new(parse)), EXIT_FAILURE);
+        let invalid = keepsake_datastore::Error::Invalid(
+            "..".parse::<keepsake_hierarchy::BackupNamespace>()
+                .unwrap_err(),
+        );
+        assert_eq!(kind(&anyhow::Error::new(invalid)), Kind::Invalid);
+    }
+
+    #[test]
+    fn kinds_have_distinct_names() {
+        let names: std::collections::BTreeSet<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len());
+        for k in Kind::ALL {
+            assert_eq!(k.exit_code() == EXIT_USAGE, k == Kind::Usage);
+        }
     }
 
     #[test]

@@ -297,3 +297,23 @@ fn snapshots_recursive_and_by_age() {
         .to_owned();
     assert!(line.contains("not a duration"), "{line}");
 }
+
+#[test]
+fn json_errors_carry_a_kind_and_a_message() {
+    let store = Store::demo();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["snapshots", "vm/999"], 1, "not-found"),
+        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 1, "protected"),
+        (&["move", "vm/100", "--to-ns", "/"], 1, "refused"),
+        (&["grups"], 2, "usage"),
+        (&["prune", "--keep-last", "0"], 2, "usage"),
+    ];
+    for (args, code, kind) in cases {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let run = store.run(&all);
+        let message = run.fails_json(code);
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(doc["error"]["kind"], kind, "{args:?}: {message}");
+    }
+}

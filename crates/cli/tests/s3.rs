@@ -397,7 +397,7 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         let run = common::run(&mut cmd);
         let message = run.fails_json(1);
         assert!(
-            message.contains("bucket `backups`") && message.contains("403"),
+            message.contains("bucket `backups`") && message.contains("S3 error InvalidAccessKeyId"),
             "{args:?}: {message}"
         );
         assert_eq!(store.contents(), before, "{args:?} changed the cache");
@@ -410,7 +410,7 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .args(["--s3-endpoint", &endpoint, "--s3-bucket", "backups", "init"]);
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("403"), "{run:?}");
+    assert!(run.fails(1).contains("S3 error InvalidAccessKeyId"), "{run:?}");
     assert!(!fresh.path.exists());
 
     // No credentials at all: a usage error before any request.

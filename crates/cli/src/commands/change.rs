@@ -441,9 +441,11 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg, dry_run: bool) -> Result
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             let path = snapshot.relative_path();
             if snapshot.is_protected()? {
-                bail!(
-                    "snapshot `{path}` is protected: run `keepsake unprotect {path}` first to forget it"
-                );
+                return Err(crate::error::Advice {
+                    error: keepsake_datastore::Error::Protected { path: path.clone() }.into(),
+                    advice: format!("run `keepsake unprotect {path}` first to forget it"),
+                }
+                .into());
             }
             snapshot
                 .destroy()

@@ -14,7 +14,7 @@ mod verify;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keepsake_datastore::{
     Access, ChunkVerification, DataStore, ExistingOwner, Group, GroupsInside, Merge,
     RecoveryOutcome, Reverify, Snapshot,
@@ -288,7 +288,11 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
 /// Fails unless the namespace exists.
 pub(crate) fn require_ns(store: &DataStore, ns: &BackupNamespace) -> Result<()> {
     if !store.namespace_exists(ns)? {
-        bail!("namespace `{ns}` does not exist");
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "namespace",
+            path: ns.to_string(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -302,7 +306,11 @@ pub(crate) fn existing_group(
     require_ns(store, ns)?;
     let handle = store.group(ns, group);
     if !handle.exists()? {
-        bail!("group `{}` does not exist", handle.relative_path());
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "group",
+            path: handle.relative_path(),
+        }
+        .into());
     }
     Ok(handle)
 }
@@ -316,7 +324,11 @@ pub(crate) fn existing_snapshot(
     existing_group(store, ns, dir.group())?;
     let handle = store.snapshot(ns, dir);
     if !handle.exists()? {
-        bail!("snapshot `{}` does not exist", handle.relative_path());
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "snapshot",
+            path: handle.relative_path(),
+        }
+        .into());
     }
     Ok(handle)
 }
