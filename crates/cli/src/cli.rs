@@ -142,7 +142,8 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) sync_level: SyncLevel,
 
-    /// Machine output: one JSON document on stdout (errors as {"error": …}); no progress bars.
+    /// Machine output: one JSON document on stdout (errors as {"error": {"kind", "message"}}); no
+    /// progress bars.
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
@@ -427,6 +428,16 @@ pub(crate) enum Command {
         /// (`P7D`). Report only: they are never removed.
         #[arg(long, value_name = "DURATION")]
         unfinished_older_than: Option<Age>,
+    },
+
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    #[command(after_help = "Examples:\n  \
+        keepsake completions bash > /etc/bash_completion.d/keepsake\n  \
+        keepsake completions zsh > \"${fpath[1]}/_keepsake\"\n  \
+        keepsake completions fish > ~/.config/fish/completions/keepsake.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 
     /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).

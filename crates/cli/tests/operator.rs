@@ -317,3 +317,19 @@ fn json_errors_carry_a_kind_and_a_message() {
         assert_eq!(doc["error"]["kind"], kind, "{args:?}: {message}");
     }
 }
+
+#[test]
+fn completions_for_the_usual_shells() {
+    for (shell, marker) in [
+        ("bash", "_keepsake()"),
+        ("zsh", "#compdef keepsake"),
+        ("fish", "complete -c keepsake"),
+    ] {
+        let script = common::run(keepsake().args(["completions", shell]))
+            .ok()
+            .to_owned();
+        assert!(script.contains(marker), "{shell}");
+        assert!(script.contains("snapshots"), "{shell}");
+    }
+    common::run(keepsake().args(["completions", "tcsh"])).fails(2);
+}

@@ -410,7 +410,10 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .args(["--s3-endpoint", &endpoint, "--s3-bucket", "backups", "init"]);
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("S3 error InvalidAccessKeyId"), "{run:?}");
+    assert!(
+        run.fails(1).contains("S3 error InvalidAccessKeyId"),
+        "{run:?}"
+    );
     assert!(!fresh.path.exists());
 
     // No credentials at all: a usage error before any request.

@@ -282,6 +282,12 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             unfinished_older_than,
         } => fsck::fsck(&ctx, *repair, unfinished_older_than.as_ref()),
         Command::Refresh => store::refresh(&ctx),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "keepsake", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
