@@ -40,8 +40,10 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-/// Options every command takes (before or after the command name).
+/// Options every command takes (before or after the command name). They have their own heading
+/// in every `--help`, apart from the options of the command.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// The datastore folder (for an S3 datastore: its local cache folder).
     #[arg(long, global = true, env = "KEEPSAKE_STORE", value_name = "PATH")]
@@ -140,12 +142,14 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) sync_level: SyncLevel,
 
-    /// Machine output: one JSON document on stdout (errors as {"error": …}); no progress bars.
+    /// Machine output: one JSON document on stdout (errors as {"error": {"kind", "message"}}); no
+    /// progress bars.
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
-    /// The namespace to work in (`a/b`; default: the root namespace).
-    #[arg(long, global = true, value_name = "NS")]
+    /// The namespace to work in (`a/b`, `/` for the root; default: the root namespace). The
+    /// names given to `ns create`, `ns remove` and `ns move` are below it.
+    #[arg(long, global = true, value_name = "NS", value_parser = namespace)]
     pub(crate) ns: Option<BackupNamespace>,
 
     /// A PBS key file (as `proxmox-backup-client key create` writes it, or `keepsake key
@@ -227,10 +231,20 @@ pub(crate) enum Command {
     /// protected, files, size.
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo snapshots\n  \
-        keepsake --store /tmp/demo snapshots vm/100 --json")]
+        keepsake --store /tmp/demo snapshots vm/100 --json\n  \
+        keepsake --store /tmp/demo snapshots --recursive --older-than 30d")]
     Snapshots {
         /// The group (`vm/100`); default: every group of the namespace.
         group: Option<GroupArg>,
+        /// Also list the snapshots of every namespace below.
+        #[arg(long, conflicts_with = "group")]
+        recursive: bool,
+        /// Only snapshots whose backup time is older than this (`30d`, `2w`, `36h`, `P7D`).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<Age>,
+        /// Only snapshots whose backup time is newer than this.
+        #[arg(long, value_name = "AGE")]
+        newer_than: Option<Age>,
     },
 
     /// Show one snapshot: manifest, files, notes, verify state.
@@ -293,10 +307,13 @@ pub(crate) enum Command {
     /// Destroy a snapshot, or a whole group; protected snapshots are refused (and kept).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo forget vm/100/2024-06-02T02:00:00Z\n  \
-        keepsake --store /tmp/demo --ns prod forget vm/101")]
+        keepsake --store /tmp/demo --ns prod forget vm/101 --dry-run")]
     Forget {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: TargetArg,
+        /// Only say what would be removed and what protection keeps; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 
     /// Move a group (or one snapshot) to another namespace; with --merge into an existing group
@@ -307,8 +324,8 @@ pub(crate) enum Command {
     Move {
         /// A group (`vm/100`) or a snapshot (`vm/100/2024-06-05T15:06:40Z`).
         target: TargetArg,
-        /// The namespace to move it to (must exist; `""` for the root).
-        #[arg(long, value_name = "NS")]
+        /// The namespace to move it to (must exist; `/` for the root).
+        #[arg(long, value_name = "NS", value_parser = namespace)]
         to_ns: BackupNamespace,
         /// Merge into a group that exists at the target.
         #[arg(long)]
@@ -413,6 +430,16 @@ pub(crate) enum Command {
         unfinished_older_than: Option<Age>,
     },
 
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    #[command(after_help = "Examples:\n  \
+        keepsake completions bash > /etc/bash_completion.d/keepsake\n  \
+        keepsake completions zsh > \"${fpath[1]}/_keepsake\"\n  \
+        keepsake completions fish > ~/.config/fish/completions/keepsake.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
     /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).
     #[command(after_help = "Example:\n  \
         keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups refresh")]
@@ -487,40 +514,54 @@ pub(crate) enum NsCommand {
         max_depth: Option<usize>,
     },
 
-    /// Create a namespace (full name, `a/b`).
+    /// Create a namespace (`a/b`, below --ns).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo ns create staging\n  \
-        keepsake --store /tmp/demo ns create staging/eu/site-1 --parents")]
+        keepsake --store /tmp/demo ns create staging/eu/site-1 --parents\n  \
+        keepsake --store /tmp/demo --ns prod ns create site-b    # makes prod/site-b")]
     Create {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
         /// Create missing parents too, and succeed if it exists.
         #[arg(short, long)]
         parents: bool,
     },
 
-    /// Remove a namespace and those below it (full name, `a/b`).
+    /// Remove a namespace and those below it (`a/b`, below --ns).
     #[command(after_help = "Examples:\n  \
         keepsake --store /tmp/demo ns remove dev\n  \
         keepsake --store /tmp/demo ns remove prod --delete-groups")]
     Remove {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
         /// Also destroy the groups in them (protected snapshots stay, with their namespace).
         #[arg(long)]
         delete_groups: bool,
     },
 
-    /// Move a namespace (with everything below it) under another parent.
+    /// Move a namespace (with everything below it) under another parent, or rename it.
     #[command(after_help = "Examples:\n  \
-        keepsake --store /tmp/demo ns move prod/site-a --to ''\n  \
-        keepsake --store /tmp/demo ns move dev --to prod --merge")]
+        keepsake --store /tmp/demo ns move prod/site-a --to-ns /\n  \
+        keepsake --store /tmp/demo ns move dev --to-ns prod --merge\n  \
+        keepsake --store /tmp/demo ns move prod/site-a --rename site-b")]
     Move {
-        /// The namespace (`a/b`).
+        /// The namespace (`a/b`), below --ns.
+        #[arg(value_parser = namespace)]
         namespace: BackupNamespace,
-        /// The new parent (`""` for the root); the namespace keeps its last name.
-        #[arg(long, value_name = "PARENT")]
-        to: BackupNamespace,
+        /// The new parent (a full name, `/` for the root; default: where it is now).
+        #[arg(
+            long,
+            value_name = "PARENT",
+            value_parser = namespace,
+            alias = "to",
+            required_unless_present = "rename"
+        )]
+        to_ns: Option<BackupNamespace>,
+        /// Its new last name (default: the name it has).
+        #[arg(long, value_name = "NAME")]
+        rename: Option<String>,
         /// Merge into a namespace of that name that exists there (group by group, PBS's rules).
         #[arg(long)]
         merge: bool,
@@ -535,36 +576,67 @@ pub(crate) struct PruneArgs {
     /// Also prune the groups of every namespace below.
     #[arg(long, conflicts_with = "group")]
     pub(crate) recursive: bool,
+    /// With --recursive: how many levels below --ns (0: only --ns itself), as PBS's prune jobs.
+    #[arg(long, value_name = "N", requires = "recursive")]
+    pub(crate) max_depth: Option<usize>,
     /// PBS group filters (see `groups --help`).
     #[arg(long = "filter", value_name = "FILTER", conflicts_with = "group")]
     pub(crate) filters: Vec<GroupFilter>,
     /// Keep the N newest snapshots.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_last: Option<NonZeroU64>,
     /// Keep the newest snapshot of each of the N newest minutes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_minutely: Option<NonZeroU64>,
     /// … of each of the N newest hours.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_hourly: Option<NonZeroU64>,
     /// … days (local time).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_daily: Option<NonZeroU64>,
     /// … ISO weeks.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_weekly: Option<NonZeroU64>,
     /// … months.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_monthly: Option<NonZeroU64>,
     /// … years.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count, allow_negative_numbers = true)]
     pub(crate) keep_yearly: Option<NonZeroU64>,
     /// Keep every snapshot this close to the newest one (`30d`, `2w`, `1y2m`, `36h`).
     #[arg(long, value_name = "D")]
     pub(crate) keep_within: Option<KeepWithin>,
+    /// The time zone of the day, week, month and year boundaries and of their labels (`UTC`,
+    /// `Europe/Vienna`; default: TZ, else the system's zone). An unknown zone is an error.
+    #[arg(long, value_name = "ZONE")]
+    pub(crate) timezone: Option<String>,
     /// Only print the plan; remove nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+}
+
+/// A namespace on the command line: `a/b`, and `/` (or `""`) for the root.
+fn namespace(text: &str) -> Result<BackupNamespace, String> {
+    if text == "/" {
+        return Ok(BackupNamespace::root());
+    }
+    text.parse()
+        .map_err(|e: keepsake_hierarchy::Error| e.to_string())
+}
+
+/// A `--keep-*` count: a whole number from 1 (a rule that keeps nothing is no rule; leaving the
+/// option out is how to turn it off).
+fn keep_count(text: &str) -> Result<NonZeroU64, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 1 => Err(format!(
+            "must be at least 1 (leave the option out to not use this rule), not {n}"
+        )),
+        Ok(n) => u64::try_from(n)
+            .ok()
+            .and_then(NonZeroU64::new)
+            .ok_or_else(|| format!("{n} is too large")),
+        Err(_) => Err("not a whole number".to_owned()),
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! How failures reach the operator: one line on stderr, an exit code, and with `--json` an
-//! `{"error": …}` document on stdout.
+//! `{"error": {"kind": …, "message": …}}` document on stdout.
 //!
-//! Exit codes: 0 success; 1 the operation failed (or, for checks, found a problem); 2 the command
-//! line was wrong (clap's errors, malformed names, options that do not fit together). A usage
-//! error is raised before anything is changed.
+//! Exit codes: 0 success; 2 the command line was wrong (kind `usage`: clap's errors, malformed
+//! names, options that do not fit together; raised before anything is changed); 1 every other
+//! failure (or a check that found a problem, or a partial success). The `--json` kind tells the
+//! failures apart, with stable names: `failed`, `usage`, `not-found`, `locked`, `protected`,
+//! `refused` (the datastore's rules refuse it: exists already, move rules, not empty, read-only),
+//! `invalid` (corrupt or unparsable data in the datastore), `io`, `s3`. The kind is that of the
+//! first cause, from the outside in, that has one.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -20,10 +24,162 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error and what the operator can do about it, printed after it (`…: the target exists and
+/// merging was not requested; pass --merge to …`). The error stays reachable for its kind.
+#[derive(Debug)]
+pub(crate) struct Advice {
+    /// What failed.
+    pub(crate) error: anyhow::Error,
+    /// What to do.
+    pub(crate) advice: String,
+}
+
+impl fmt::Display for Advice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", one_line(&self.error), self.advice)
+    }
+}
+
+impl std::error::Error for Advice {}
+
 /// The exit code for a usage error.
 pub(crate) const EXIT_USAGE: u8 = 2;
 /// The exit code for a failed operation.
 pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// What kind of failure ended the command: its name in `--json`'s `error.kind` is stable. (One
+/// exit code per kind is not done yet: every kind but `usage` exits with 1.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Failed, or partly done, or a check found a problem .
+    Failed,
+    /// The command line was wrong .
+    Usage,
+    /// A namespace, group, snapshot or file does not exist .
+    NotFound,
+    /// A lock is held by someone else .
+    Locked,
+    /// A protected snapshot was to be removed .
+    Protected,
+    /// The datastore's rules refuse the change .
+    Refused,
+    /// Data in the datastore is corrupt or does not parse .
+    Invalid,
+    /// The local filesystem failed .
+    Io,
+    /// The S3 endpoint failed or refused .
+    S3,
+}
+
+impl Kind {
+    /// Every kind.
+    #[cfg(test)]
+    const ALL: [Kind; 9] = [
+        Kind::Failed,
+        Kind::Usage,
+        Kind::NotFound,
+        Kind::Locked,
+        Kind::Protected,
+        Kind::Refused,
+        Kind::Invalid,
+        Kind::Io,
+        Kind::S3,
+    ];
+
+    /// The name in `--json`'s `error.kind`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Failed => "failed",
+            Kind::Usage => "usage",
+            Kind::NotFound => "not-found",
+            Kind::Locked => "locked",
+            Kind::Protected => "protected",
+            Kind::Refused => "refused",
+            Kind::Invalid => "invalid",
+            Kind::Io => "io",
+            Kind::S3 => "s3",
+        }
+    }
+
+    /// The exit code.
+    pub(crate) fn exit_code(self) -> u8 {
+        match self {
+            Kind::Usage => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// The kind of an exit code given without an error (`failed` but for `usage`'s).
+    fn of_code(code: u8) -> Kind {
+        if code == EXIT_USAGE {
+            Kind::Usage
+        } else {
+            Kind::Failed
+        }
+    }
+}
+
+/// The kind of one cause, if it has one (else the next cause decides).
+fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
+    use keepsake_datastore::Error as D;
+    if cause.is::<UsageError>() {
+        return Some(Kind::Usage);
+    }
+    if let Some(advice) = cause.downcast_ref::<Advice>() {
+        return Some(kind(&advice.error));
+    }
+    if let Some(e) = cause.downcast_ref::<D>() {
+        return match e {
+            D::NotFound { .. } => Some(Kind::NotFound),
+            D::Locked { .. } => Some(Kind::Locked),
+            D::Protected { .. } => Some(Kind::Protected),
+            D::AlreadyExists { .. }
+            | D::MoveRefused { .. }
+            | D::NotEmpty { .. }
+            | D::BucketInUse { .. }
+            | D::BucketNotEmpty { .. }
+            | D::NotOwner { .. }
+            | D::TimeNotNewer { .. }
+            | D::ReadOnly { .. }
+            | D::RecoveryPending { .. }
+            | D::SignatureWouldBreak { .. } => Some(Kind::Refused),
+            D::Corrupt { .. }
+            | D::ChunkCorrupt { .. }
+            | D::IndexMismatch { .. }
+            | D::InvalidEntry { .. }
+            | D::InvalidOwner { .. }
+            | D::Invalid(_) => Some(Kind::Invalid),
+            D::InvalidArgument(_) => Some(Kind::Usage),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<keepsake_backend::Error>() {
+        use keepsake_backend::Error as B;
+        return match e {
+            B::NotFound { .. } => Some(Kind::NotFound),
+            B::Busy { .. } => Some(Kind::Locked),
+            B::Backend { .. } => Some(Kind::S3),
+            B::AlreadyExists { .. } | B::Precondition { .. } => Some(Kind::Refused),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<keepsake_lock::Error>() {
+        use keepsake_lock::Error as L;
+        return match e {
+            L::WouldBlock { .. } | L::Timeout { .. } => Some(Kind::Locked),
+            _ => None,
+        };
+    }
+    if cause.is::<std::io::Error>() {
+        return Some(Kind::Io);
+    }
+    None
+}
+
+/// The kind of `err`: that of the first cause, from the outside in, that has one; else `failed`.
+pub(crate) fn kind(err: &anyhow::Error) -> Kind {
+    err.chain().find_map(cause_kind).unwrap_or(Kind::Failed)
+}
 
 /// The error and its causes on one line: `what failed: why: deeper cause`. Causes that repeat
 /// the text of the one before (a `#[error(transparent)]` wrapper) are not printed twice.
@@ -37,6 +193,7 @@ pub(crate) fn chain_line(err: &(dyn std::error::Error + 'static)) -> String {
     for cause in std::iter::successors(Some(err), |e| e.source()) {
         let text = cause.to_string();
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = s3_error_text(&text).unwrap_or(text);
         if text.is_empty() || parts.last().is_some_and(|last| last.ends_with(&text)) {
             continue;
         }
@@ -45,27 +202,51 @@ pub(crate) fn chain_line(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// The exit code for `err`: 2 if a [`UsageError`] is among its causes, else 1. (Malformed names
-/// on the command line are refused by clap, also with 2; a malformed name found *in* a datastore
-/// is a failure, 1.)
+/// An S3 error reply quoted whole (object_store puts the request, its URL and the XML body in
+/// its message) as what the server said: `S3 error NoSuchBucket: The specified bucket does not
+/// exist`. `None` when `text` holds no S3 error document.
+fn s3_error_text(text: &str) -> Option<String> {
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_owned())
+    };
+    let code = element("Code")?;
+    let message = element("Message").unwrap_or_default();
+    let hint = match code.as_str() {
+        "NoSuchBucket" => " (check --s3-bucket and --s3-endpoint)",
+        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" => {
+            " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        }
+        _ => "",
+    };
+    Some(format!("S3 error {code}: {message}{hint}"))
+}
+
+/// The exit code for `err`: its [`Kind`]'s. (Malformed names on the command line are refused by
+/// clap, with 2; a malformed name found *in* a datastore is `invalid`, 7.)
+#[cfg(test)]
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|cause| cause.is::<UsageError>()) {
-        EXIT_USAGE
-    } else {
-        EXIT_FAILURE
-    }
+    kind(err).exit_code()
 }
 
 /// Reports `err` (stderr, and stdout with `--json`) and returns its exit code.
 pub(crate) fn report(err: &anyhow::Error, json: bool) -> ExitCode {
-    report_line(&one_line(err), exit_code(err), json)
+    report_kind(&one_line(err), kind(err), json)
 }
 
-/// Reports an error message (already one line) and returns `code`.
+/// Reports an error message (already one line) and returns `code` (its kind is that code's).
 pub(crate) fn report_line(line: &str, code: u8, json: bool) -> ExitCode {
+    report_kind(line, Kind::of_code(code), json)
+}
+
+/// Reports an error message (already one line) of `kind` and returns its exit code.
+fn report_kind(line: &str, kind: Kind, json: bool) -> ExitCode {
     use std::io::Write;
+    let code = kind.exit_code();
     if json {
-        let doc = serde_json::json!({ "error": line });
+        let doc = serde_json::json!({ "error": { "kind": kind.name(), "message": line } });
         // Nothing more can be done if stdout is gone; stderr still gets the line.
         let _ = writeln!(std::io::stdout().lock(), "{doc}");
     }
@@ -73,8 +254,8 @@ pub(crate) fn report_line(line: &str, code: u8, json: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Turns a clap error into one line: the message and its context, without the usage block and
-/// the "for more information" tip.
+/// Turns a clap error into one line: the message, its context and clap's suggestion, without the
+/// usage block and the "for more information" line.
 pub(crate) fn clap_one_line(err: &clap::Error) -> String {
     let rendered = err.render().to_string();
     let mut words = Vec::new();
@@ -83,7 +264,13 @@ pub(crate) fn clap_one_line(err: &clap::Error) -> String {
         if line.starts_with("Usage:") {
             break;
         }
-        if line.is_empty() || line.starts_with("For more information") || line.starts_with("tip:") {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        // clap's tips are its "did you mean" suggestions (`grups` → `groups`): they stay, after
+        // in parentheses so that the line still reads as one sentence.
+        if let Some(tip) = line.strip_prefix("tip: ") {
+            words.push(format!("({tip})"));
             continue;
         }
         words.push(line.strip_prefix("error: ").unwrap_or(line).to_owned());
@@ -127,6 +314,34 @@ mod tests {
             .parse::<keepsake_hierarchy::BackupNamespace>()
             .unwrap_err();
         assert_eq!(exit_code(&anyhow::Error::new(parse)), EXIT_FAILURE);
+        let invalid = keepsake_datastore::Error::Invalid(
+            "..".parse::<keepsake_hierarchy::BackupNamespace>()
+                .unwrap_err(),
+        );
+        assert_eq!(kind(&anyhow::Error::new(invalid)), Kind::Invalid);
+    }
+
+    #[test]
+    fn kinds_have_distinct_names() {
+        let names: std::collections::BTreeSet<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len());
+        for k in Kind::ALL {
+            assert_eq!(k.exit_code() == EXIT_USAGE, k == Kind::Usage);
+        }
+    }
+
+    #[test]
+    fn s3_error_documents_become_their_code_and_message() {
+        let raw = "Generic S3 error: Error performing GET http://x/b in 7ms - Server returned \
+                   non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?> <Error>\
+                   <Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>\
+                   <RequestId>abc</RequestId></Error>";
+        let err = anyhow::anyhow!(raw.to_owned()).context("cannot read from bucket `b`");
+        assert_eq!(
+            one_line(&err),
+            "cannot read from bucket `b`: S3 error NoSuchBucket: The specified bucket does not \
+             exist (check --s3-bucket and --s3-endpoint)"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!   opened; the namespace, group or snapshot is checked to exist before the first write; opening
 //!   never creates anything.
 //! - **Errors are one line** on stderr (`error: what: why: cause`), and with `--json` also
-//!   `{"error": "…"}` on stdout. Exit codes: 0 success, 1 failure (or a partial success, such as a
+//!   `{"error": {"kind": "…", "message": "…"}}` on stdout (kinds in `error.rs`). Exit codes: 0 success, 1 failure (or a partial success, such as a
 //!   forget that kept protected snapshots), 2 usage errors.
 //! - **`--json` prints one document** on stdout, with the PBS API's kebab-case keys.
 

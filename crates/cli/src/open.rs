@@ -23,7 +23,7 @@ use keepsake_backend::{
 };
 use keepsake_datastore::lease::{LeaseLocker, LeaseSettings};
 use keepsake_datastore::pbs_host::{ActiveOperation, Operation, PbsDatastore, PbsHost};
-use keepsake_datastore::{Access, DataStore, DataStoreBuilder};
+use keepsake_datastore::{Access, CHUNK_DIR_NAME, DataStore, DataStoreBuilder};
 use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
 use keepsake_manifest::crypt::CryptConfig;
 
@@ -372,6 +372,17 @@ impl StoreSpec {
 
     /// Opens an existing datastore, read-only or read-write (see [`Access`]).
     pub(crate) fn open(&self, access: Access) -> Result<Session> {
+        if self.path.exists() && !self.path.is_dir() {
+            bail!(
+                "{} is not a folder: --store names the datastore folder{}",
+                self.path.display(),
+                if self.is_s3() {
+                    " (its local cache)"
+                } else {
+                    ""
+                }
+            );
+        }
         if !self.path.is_dir() {
             if self.is_s3() {
                 bail!(
@@ -448,6 +459,13 @@ impl StoreSpec {
             bail!("{} exists and is not a folder", self.path.display());
         }
         let Some(config) = &self.s3 else {
+            if self.path.join(CHUNK_DIR_NAME).is_dir() {
+                bail!(
+                    "{} is already a datastore: open it with --store, or give an empty folder to \
+                     create a new one",
+                    self.path.display()
+                );
+            }
             let store = self
                 .builder()
                 .chunk_prefix_dirs(chunk_prefix_dirs)

@@ -11,6 +11,60 @@ use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, GroupPath, Sna
 
 use crate::error::UsageError;
 
+/// Why a `GROUP` or `SNAPSHOT` argument was refused: a malformed name, or a well-formed name of
+/// the other kind (the operator gave a group where a snapshot was wanted, or the reverse).
+#[derive(Debug)]
+pub(crate) enum ArgError {
+    /// The text is no name of the wanted kind (the hierarchy's own error).
+    Invalid(keepsake_hierarchy::Error),
+    /// A group was given where a snapshot is wanted.
+    GroupNotSnapshot(String),
+    /// A snapshot was given where a group is wanted.
+    SnapshotNotGroup {
+        /// As given.
+        input: String,
+        /// The group of that snapshot, as it would be given.
+        group: String,
+    },
+    /// A path with more components than a group has, and no `ns/` before them.
+    NoNamespacePrefix(String),
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Invalid(e) => write!(f, "{e}"),
+            ArgError::GroupNotSnapshot(input) => write!(
+                f,
+                "`{input}` is a group; a snapshot is `{input}/<time>` (`{input}/2024-06-05T15:06:40Z`)"
+            ),
+            ArgError::SnapshotNotGroup { input, group } => {
+                write!(f, "`{input}` is a snapshot; its group is `{group}`")
+            }
+            ArgError::NoNamespacePrefix(input) => write!(
+                f,
+                "`{input}` is not a group: a group is `<type>/<id>` (`vm/100`), in a namespace \
+                 `ns/<name>/…/<type>/<id>` (`ns/prod/vm/100`)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ArgError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<keepsake_hierarchy::Error> for ArgError {
+    fn from(e: keepsake_hierarchy::Error) -> Self {
+        ArgError::Invalid(e)
+    }
+}
+
 /// A `GROUP` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GroupArg {
@@ -76,56 +130,96 @@ impl SnapshotArg {
 }
 
 impl FromStr for GroupArg {
-    type Err = keepsake_hierarchy::Error;
+    type Err = ArgError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.matches('/').count() <= 1 {
-            // Parsed directly, so that the error names the group and not a path around it.
-            return Ok(Self {
-                ns: None,
-                group: s.parse()?,
-            });
+        let parsed = parse_group(s);
+        if parsed.is_err() {
+            if let Ok(snapshot) = parse_snapshot(s) {
+                return Err(ArgError::SnapshotNotGroup {
+                    input: s.to_owned(),
+                    group: match &snapshot.ns {
+                        Some(ns) => GroupPath {
+                            ns: ns.clone(),
+                            group: snapshot.snapshot.group().clone(),
+                        }
+                        .to_string(),
+                        None => snapshot.snapshot.group().to_string(),
+                    },
+                });
+            }
+            if s.matches('/').count() > 1 && !s.starts_with("ns/") {
+                return Err(ArgError::NoNamespacePrefix(s.to_owned()));
+            }
         }
-        let path: GroupPath = s.parse()?;
-        Ok(Self {
-            ns: Some(path.ns),
-            group: path.group,
-        })
+        parsed.map_err(ArgError::Invalid)
     }
+}
+
+/// A group with or without its namespace path, as the hierarchy parses it.
+fn parse_group(s: &str) -> Result<GroupArg, keepsake_hierarchy::Error> {
+    if s.matches('/').count() <= 1 {
+        // Parsed directly, so that the error names the group and not a path around it.
+        return Ok(GroupArg {
+            ns: None,
+            group: s.parse()?,
+        });
+    }
+    let path: GroupPath = s.parse()?;
+    Ok(GroupArg {
+        ns: Some(path.ns),
+        group: path.group,
+    })
 }
 
 impl FromStr for SnapshotArg {
-    type Err = keepsake_hierarchy::Error;
+    type Err = ArgError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.matches('/').count() <= 2 {
-            return Ok(Self {
-                ns: None,
-                snapshot: s.parse()?,
-            });
+        let parsed = parse_snapshot(s);
+        if parsed.is_err() && parse_group(s).is_ok() {
+            return Err(ArgError::GroupNotSnapshot(s.to_owned()));
         }
-        let path: SnapshotPath = s.parse()?;
-        Ok(Self {
-            ns: Some(path.ns),
-            snapshot: path.snapshot,
-        })
+        parsed.map_err(ArgError::Invalid)
     }
 }
 
+/// A snapshot with or without its namespace path, as the hierarchy parses it.
+fn parse_snapshot(s: &str) -> Result<SnapshotArg, keepsake_hierarchy::Error> {
+    if s.matches('/').count() <= 2 {
+        return Ok(SnapshotArg {
+            ns: None,
+            snapshot: s.parse()?,
+        });
+    }
+    let path: SnapshotPath = s.parse()?;
+    Ok(SnapshotArg {
+        ns: Some(path.ns),
+        snapshot: path.snapshot,
+    })
+}
+
 impl FromStr for TargetArg {
-    type Err = keepsake_hierarchy::Error;
+    type Err = ArgError;
     /// A snapshot if it parses as one, else a group; the error shown is the one of the shape the
     /// input looks like (a last component that starts with a digit and holds a `:` is a time).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let snapshot = match s.parse::<SnapshotArg>() {
+        let snapshot = match parse_snapshot(s) {
             Ok(snapshot) => return Ok(TargetArg::Snapshot(snapshot)),
             Err(e) => e,
         };
-        let group = match s.parse::<GroupArg>() {
+        let group = match parse_group(s) {
             Ok(group) => return Ok(TargetArg::Group(group)),
             Err(e) => e,
         };
         let last = s.rsplit('/').next().unwrap_or("");
         let looks_like_time = last.starts_with(|c: char| c.is_ascii_digit()) && last.contains(':');
-        Err(if looks_like_time { snapshot } else { group })
+        if !looks_like_time && s.matches('/').count() > 1 && !s.starts_with("ns/") {
+            return Err(ArgError::NoNamespacePrefix(s.to_owned()));
+        }
+        Err(ArgError::Invalid(if looks_like_time {
+            snapshot
+        } else {
+            group
+        }))
     }
 }
 

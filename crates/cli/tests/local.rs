@@ -100,7 +100,7 @@ fn init_creates_a_datastore_with_its_chunk_folders() {
         .run(&["init", "--skip-chunk-dirs"])
         .fails(1)
         .to_owned();
-    assert!(line.contains("not empty"), "{line}");
+    assert!(line.contains("is already a datastore"), "{line}");
     assert_eq!(store.contents(), before);
 }
 

@@ -397,7 +397,7 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         let run = common::run(&mut cmd);
         let message = run.fails_json(1);
         assert!(
-            message.contains("bucket `backups`") && message.contains("403"),
+            message.contains("bucket `backups`") && message.contains("S3 error InvalidAccessKeyId"),
             "{args:?}: {message}"
         );
         assert_eq!(store.contents(), before, "{args:?} changed the cache");
@@ -410,7 +410,10 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .args(["--s3-endpoint", &endpoint, "--s3-bucket", "backups", "init"]);
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("403"), "{run:?}");
+    assert!(
+        run.fails(1).contains("S3 error InvalidAccessKeyId"),
+        "{run:?}"
+    );
     assert!(!fresh.path.exists());
 
     // No credentials at all: a usage error before any request.
@@ -907,4 +910,22 @@ fn s3_cat_and_read_data_fetch_chunks_the_cache_only_marks() {
         std::fs::read(&first).unwrap(),
         std::fs::read(&second).unwrap()
     );
+}
+
+#[test]
+fn s3_a_missing_bucket_is_one_line_without_the_xml() {
+    let Some(mut cfg) = config_or_skip("s3_a_missing_bucket_is_one_line_without_the_xml") else {
+        return;
+    };
+    cfg.bucket = "keepsake-no-such-bucket".to_owned();
+    let s3 = S3Store::new(cfg);
+    for command in ["init", "refresh"] {
+        let run = s3.run(&[command]);
+        let line = run.fails(1);
+        assert!(
+            line.contains("S3 error NoSuchBucket: The specified bucket does not exist (check --s3-bucket and --s3-endpoint)"),
+            "{command}: {line}"
+        );
+        assert!(!line.contains('<'), "{command}: {line}");
+    }
 }

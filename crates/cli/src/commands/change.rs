@@ -207,6 +207,11 @@ pub(crate) fn owner(
         Some(new_owner) => {
             match group.set_owner(new_owner, existing) {
                 Ok(()) => {}
+                Err(keepsake_datastore::Error::AlreadyExists { .. })
+                    if group.owner().is_ok_and(|current| current == *new_owner) =>
+                {
+                    // Asking for the owner it has is no replacement: nothing to force.
+                }
                 Err(keepsake_datastore::Error::AlreadyExists { .. }) => {
                     let current = group
                         .owner()
@@ -358,8 +363,77 @@ struct ForgetReport {
     error: Option<String>,
 }
 
+/// What `forget --dry-run` would do.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ForgetPlan {
+    ns: String,
+    target: String,
+    dry_run: bool,
+    /// The snapshots it would remove.
+    would_remove: Vec<String>,
+    /// The protected snapshots it would keep.
+    protected: Vec<String>,
+}
+
+/// `keepsake forget --dry-run`: reads only, and names every snapshot.
+fn forget_plan(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
+    let session = ctx.open_read()?;
+    let (ns, name, snapshots) = match target {
+        TargetArg::Snapshot(arg) => {
+            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
+            (ns, dir.to_string(), vec![snapshot])
+        }
+        TargetArg::Group(arg) => {
+            let (ns, name) = arg.resolve(ctx.ns_arg())?;
+            let group = existing_group(&session.store, &ns, &name)?;
+            let snapshots = group.iter_snapshots()?.collect::<Result<Vec<_>, _>>()?;
+            (ns, name.to_string(), snapshots)
+        }
+    };
+    let mut plan = ForgetPlan {
+        ns: ns.to_string(),
+        target: name,
+        dry_run: true,
+        would_remove: Vec::new(),
+        protected: Vec::new(),
+    };
+    for snapshot in &snapshots {
+        let name = snapshot.dir().to_string();
+        if snapshot.is_protected()? {
+            plan.protected.push(name);
+        } else {
+            plan.would_remove.push(name);
+        }
+    }
+    plan.would_remove.sort();
+    plan.protected.sort();
+    ctx.out.emit(&plan, || {
+        ctx.out.line("DRY RUN: nothing is removed")?;
+        for s in &plan.would_remove {
+            ctx.out.line(format!("would remove {s}"))?;
+        }
+        for s in &plan.protected {
+            ctx.out.line(format!("would keep {s} (protected)"))?;
+        }
+        ctx.out.line(format!(
+            "forget {}: {} snapshot{} would be removed, {} protected kept",
+            plan.target,
+            plan.would_remove.len(),
+            plural(plan.would_remove.len() as u64),
+            plan.protected.len()
+        ))?;
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `keepsake forget`.
-pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
+pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg, dry_run: bool) -> Result<ExitCode> {
+    if dry_run {
+        return forget_plan(ctx, target);
+    }
     let session = ctx.open_write()?;
     let report = match target {
         TargetArg::Snapshot(arg) => {
@@ -367,9 +441,11 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             let path = snapshot.relative_path();
             if snapshot.is_protected()? {
-                bail!(
-                    "snapshot `{path}` is protected: run `keepsake unprotect {path}` first to forget it"
-                );
+                return Err(crate::error::Advice {
+                    error: keepsake_datastore::Error::Protected { path: path.clone() }.into(),
+                    advice: format!("run `keepsake unprotect {path}` first to forget it"),
+                }
+                .into());
             }
             snapshot
                 .destroy()

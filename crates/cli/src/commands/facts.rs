@@ -167,8 +167,18 @@ pub(crate) fn namespaces(
     if !recursive {
         return Ok(vec![anchor.clone()]);
     }
+    namespaces_below(store, anchor, None)
+}
+
+/// `anchor` and the namespaces below it, at most `max_depth` levels down (all without one),
+/// sorted.
+pub(crate) fn namespaces_below(
+    store: &DataStore,
+    anchor: &BackupNamespace,
+    max_depth: Option<usize>,
+) -> Result<Vec<BackupNamespace>> {
     let mut all = Vec::new();
-    for ns in store.iter_namespaces_recursive(anchor, None)? {
+    for ns in store.iter_namespaces_recursive(anchor, max_depth)? {
         match ns {
             Ok(ns) => all.push(ns),
             Err(e) => tracing::warn!(error = %e, "skipping an entry that is not a namespace"),

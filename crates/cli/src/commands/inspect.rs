@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::facts::{GroupFacts, SnapshotFacts, groups_of, namespaces, snapshots_of};
 use super::{Ctx, existing_group, existing_snapshot, ns_label, require_ns};
+use crate::cli::Age;
 use crate::output::{Table, human_size};
 use crate::target::{GroupArg, SnapshotArg};
 
@@ -244,7 +245,12 @@ fn last_backup_text(epoch: Option<i64>) -> String {
 }
 
 /// `keepsake snapshots`.
-pub(crate) fn snapshots(ctx: &Ctx<'_>, group: Option<&GroupArg>) -> Result<ExitCode> {
+pub(crate) fn snapshots(
+    ctx: &Ctx<'_>,
+    group: Option<&GroupArg>,
+    recursive: bool,
+    (older_than, newer_than): (Option<&Age>, Option<&Age>),
+) -> Result<ExitCode> {
     let session = ctx.open_read()?;
     let groups = match group {
         Some(arg) => {
@@ -252,23 +258,40 @@ pub(crate) fn snapshots(ctx: &Ctx<'_>, group: Option<&GroupArg>) -> Result<ExitC
             vec![existing_group(&session.store, &ns, &group)?]
         }
         None => {
-            let ns = ctx.ns();
-            require_ns(&session.store, &ns)?;
-            groups_of(&session.store, &ns, &[])?
+            let anchor = ctx.ns();
+            require_ns(&session.store, &anchor)?;
+            let mut groups = Vec::new();
+            for ns in namespaces(&session.store, &anchor, recursive)? {
+                groups.extend(groups_of(&session.store, &ns, &[])?);
+            }
+            groups
         }
     };
+    // Ages count back from now: a snapshot is older than `30d` if its time is before that.
+    let now = jiff::Timestamp::now().as_second();
+    let before =
+        |age: &Age| now.saturating_sub(i64::try_from(age.duration.as_secs()).unwrap_or(i64::MAX));
+    let (oldest_allowed, newest_allowed) = (newer_than.map(before), older_than.map(before));
     let bar = ctx.out.bar(groups.len() as u64, "reading snapshots");
     let mut all = Vec::new();
     for group in &groups {
-        all.extend(snapshots_of(group)?);
+        all.extend(snapshots_of(group)?.into_iter().filter(|s| {
+            oldest_allowed.is_none_or(|t| s.backup_time > t)
+                && newest_allowed.is_none_or(|t| s.backup_time < t)
+        }));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let in_several_ns = all.iter().any(|s| s.ns != ctx.ns().to_string());
     ctx.out.emit(&all, || {
         let mut table = Table::new(&["snapshot", "finished", "protected", "files", "size"]);
         for s in &all {
             table.row(vec![
-                s.snapshot.clone(),
+                if in_several_ns && !s.ns.is_empty() {
+                    format!("ns/{}/{}", s.ns.replace('/', "/ns/"), s.snapshot)
+                } else {
+                    s.snapshot.clone()
+                },
                 yes_no(s.finished),
                 yes_no(s.protected),
                 s.files.len().to_string(),

@@ -16,7 +16,7 @@ mod verify;
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keepsake_datastore::{
     Access, ChunkVerification, DataStore, ExistingOwner, Group, GroupsInside, Merge,
     RecoveryOutcome, Reverify, Snapshot,
@@ -97,6 +97,21 @@ impl Ctx<'_> {
         self.cli.global.ns.clone().unwrap_or_default()
     }
 
+    /// `name` below `--ns` (the names `ns create/remove/move` take).
+    pub(crate) fn below_ns(&self, name: &BackupNamespace) -> Result<BackupNamespace> {
+        let base = self.ns();
+        let full =
+            BackupNamespace::from_components(base.components().iter().chain(name.components()))
+                .map_err(|e| {
+                    crate::error::UsageError(format!(
+                        "`{}` below --ns `{}`: {e}",
+                        ns_label(name),
+                        ns_label(&base)
+                    ))
+                })?;
+        Ok(full)
+    }
+
     /// `--ns` as given.
     pub(crate) fn ns_arg(&self) -> Option<&BackupNamespace> {
         self.cli.global.ns.as_ref()
@@ -173,14 +188,14 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Tree => inspect::tree(&ctx),
         Command::Ns(NsCommand::List { max_depth }) => inspect::ns_list(&ctx, *max_depth),
         Command::Ns(NsCommand::Create { namespace, parents }) => {
-            change::ns_create(&ctx, namespace, *parents)
+            change::ns_create(&ctx, &ctx.below_ns(namespace)?, *parents)
         }
         Command::Ns(NsCommand::Remove {
             namespace,
             delete_groups,
         }) => change::ns_remove(
             &ctx,
-            namespace,
+            &ctx.below_ns(namespace)?,
             if *delete_groups {
                 GroupsInside::Destroy
             } else {
@@ -189,9 +204,16 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         ),
         Command::Ns(NsCommand::Move {
             namespace,
-            to,
+            to_ns,
+            rename,
             merge,
-        }) => moves::ns_move(&ctx, namespace, to, merge_flag(*merge)),
+        }) => moves::ns_move(
+            &ctx,
+            &ctx.below_ns(namespace)?,
+            to_ns.as_ref(),
+            rename.as_deref(),
+            merge_flag(*merge),
+        ),
         Command::Move {
             target,
             to_ns,
@@ -223,7 +245,17 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
             output,
         } => cat::cat(&ctx, snapshot, file, output.as_deref()),
         Command::Groups { filters, recursive } => inspect::groups(&ctx, filters, *recursive),
-        Command::Snapshots { group } => inspect::snapshots(&ctx, group.as_ref()),
+        Command::Snapshots {
+            group,
+            recursive,
+            older_than,
+            newer_than,
+        } => inspect::snapshots(
+            &ctx,
+            group.as_ref(),
+            *recursive,
+            (older_than.as_ref(), newer_than.as_ref()),
+        ),
         Command::Show { snapshot } => inspect::show(&ctx, snapshot),
         Command::Owner {
             group,
@@ -244,7 +276,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         }
         Command::Protect { snapshot } => change::protect(&ctx, snapshot, true),
         Command::Unprotect { snapshot } => change::protect(&ctx, snapshot, false),
-        Command::Forget { target } => change::forget(&ctx, target),
+        Command::Forget { target, dry_run } => change::forget(&ctx, target, *dry_run),
         Command::Prune(args) => prune::prune(&ctx, args),
         Command::Locks { target, all } => locks::locks(&ctx, target.as_ref(), *all),
         Command::Fsck {
@@ -254,13 +286,23 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Refresh => store::refresh(&ctx),
         Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
         Command::Status => status::status(&ctx),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "keepsake", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 /// Fails unless the namespace exists.
 pub(crate) fn require_ns(store: &DataStore, ns: &BackupNamespace) -> Result<()> {
     if !store.namespace_exists(ns)? {
-        bail!("namespace `{ns}` does not exist");
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "namespace",
+            path: ns.to_string(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -274,7 +316,11 @@ pub(crate) fn existing_group(
     require_ns(store, ns)?;
     let handle = store.group(ns, group);
     if !handle.exists()? {
-        bail!("group `{}` does not exist", handle.relative_path());
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "group",
+            path: handle.relative_path(),
+        }
+        .into());
     }
     Ok(handle)
 }
@@ -288,7 +334,11 @@ pub(crate) fn existing_snapshot(
     existing_group(store, ns, dir.group())?;
     let handle = store.snapshot(ns, dir);
     if !handle.exists()? {
-        bail!("snapshot `{}` does not exist", handle.relative_path());
+        return Err(keepsake_datastore::Error::NotFound {
+            what: "snapshot",
+            path: handle.relative_path(),
+        }
+        .into());
     }
     Ok(handle)
 }

@@ -8,7 +8,7 @@ use keepsake_datastore::prune::KeepOptions;
 use keepsake_datastore::{Group, GroupPrune, PruneAction, PruneRun};
 use serde::Serialize;
 
-use super::facts::{groups_of, namespaces};
+use super::facts::{groups_of, namespaces_below};
 use super::{Ctx, Writes, existing_group, require_ns};
 use crate::cli::PruneArgs;
 use crate::error::{EXIT_FAILURE, UsageError};
@@ -22,7 +22,8 @@ struct PruneLine {
     snapshot: String,
     mark: &'static str,
     reason: String,
-    /// `keep`, `would-remove` (dry run), `removed` or `failed`.
+    /// `keep`, `would-remove` (dry run), `removed`, `gone` (removed by someone else meanwhile)
+    /// or `failed`.
     action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -50,6 +51,8 @@ fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
                 PruneAction::Kept => ("keep", None),
                 PruneAction::WouldRemove => ("would-remove", None),
                 PruneAction::Removed => ("removed", None),
+                // Another prune (or a forget) got there first: what was wanted happened.
+                PruneAction::Failed(keepsake_datastore::Error::NotFound { .. }) => ("gone", None),
                 PruneAction::Failed(e) => ("failed", Some(crate::error::chain_line(e))),
                 _ => ("unknown", None),
             };
@@ -63,6 +66,58 @@ fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
             }
         })
         .collect()
+}
+
+/// The last line: how many snapshots were kept, removed (or would be), protected, failed.
+fn summary(lines: &[PruneLine], groups: usize) -> String {
+    let count = |action: &str| lines.iter().filter(|l| l.action == action).count();
+    let protected = lines.iter().filter(|l| l.reason == "protected").count();
+    let mut text = format!(
+        "{} group{}, {} snapshot{}: {} kept ({protected} protected), ",
+        groups,
+        if groups == 1 { "" } else { "s" },
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" },
+        count("keep"),
+    );
+    if count("would-remove") > 0 || count("removed") == 0 && count("gone") == 0 {
+        text.push_str(&format!("{} would be removed", count("would-remove")));
+    } else {
+        text.push_str(&format!("{} removed", count("removed")));
+    }
+    if count("gone") > 0 {
+        text.push_str(&format!(", {} gone already", count("gone")));
+    }
+    if count("failed") > 0 {
+        text.push_str(&format!(", {} failed", count("failed")));
+    }
+    text
+}
+
+/// The zone of the period boundaries: `--timezone`, else TZ, else the system's. A zone that
+/// cannot be found is refused: buckets silently in UTC would keep other snapshots than asked.
+fn time_zone(given: Option<&str>) -> Result<TimeZone> {
+    let (name, source) = match given {
+        Some(name) => (name.to_owned(), "--timezone"),
+        None => match std::env::var("TZ") {
+            Ok(tz) if !tz.is_empty() => (tz, "TZ"),
+            _ => return Ok(TimeZone::system()),
+        },
+    };
+    let name = name.strip_prefix(':').unwrap_or(&name);
+    let zone = if name.starts_with('/') {
+        std::fs::read(name)
+            .map_err(|e| e.to_string())
+            .and_then(|data| TimeZone::tzif(name, &data).map_err(|e| e.to_string()))
+    } else {
+        TimeZone::get(name).or_else(|e| TimeZone::posix(name).map_err(|_| e.to_string()))
+    };
+    zone.map_err(|e| {
+        UsageError(format!(
+            "{source} `{name}` is no time zone ({e}): give one such as `UTC` or `Europe/Vienna`"
+        ))
+        .into()
+    })
 }
 
 /// `keepsake prune`.
@@ -88,13 +143,18 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
             let anchor = ctx.ns();
             require_ns(store, &anchor)?;
             let mut groups = Vec::new();
-            for ns in namespaces(store, &anchor, args.recursive)? {
+            let below = if args.recursive {
+                namespaces_below(store, &anchor, args.max_depth)?
+            } else {
+                vec![anchor.clone()]
+            };
+            for ns in below {
                 groups.extend(groups_of(store, &ns, &args.filters)?);
             }
             groups
         }
     };
-    let tz = TimeZone::system();
+    let tz = time_zone(args.timezone.as_deref())?;
     let run = if args.dry_run {
         PruneRun::DryRun
     } else {
@@ -126,6 +186,9 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
             .map(|e| format!("cannot remove `{}`: {e}", l.snapshot))
     }));
     ctx.out.emit(&lines, || {
+        if args.dry_run {
+            ctx.out.line("DRY RUN: nothing is removed")?;
+        }
         let mut table = Table::new(&["ns", "snapshot", "mark", "reason", "action"]);
         for l in &lines {
             table.row(vec![
@@ -145,6 +208,7 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
         } else {
             table.print(&ctx.out)?;
         }
+        ctx.out.line(summary(&lines, groups.len()))?;
         Ok(())
     })?;
     if let Some(first) = failures.first() {

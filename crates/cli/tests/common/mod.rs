@@ -42,16 +42,39 @@ impl Run {
         lines[0]
     }
 
-    /// Asserts failure with `code` under `--json`: one stderr line and `{"error": …}` on stdout,
-    /// whose text is the stderr line's.
+    /// Asserts failure with `code` under `--json`: one stderr line and `{"error": {"kind",
+    /// "message"}}` on stdout, whose message is the stderr line's and whose kind is the code's.
     #[track_caller]
     pub fn fails_json(&self, code: i32) -> String {
         let line = self.fails(code).to_owned();
         let doc: serde_json::Value = serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"));
-        let message = doc["error"].as_str().expect("an error key").to_owned();
+        let message = doc["error"]["message"]
+            .as_str()
+            .expect("an error message")
+            .to_owned();
+        let kind = doc["error"]["kind"].as_str().expect("an error kind");
+        assert!(kinds_of_exit_code(code).contains(&kind), "{self:#?}");
         assert_eq!(format!("error: {message}"), line);
         message
+    }
+}
+
+/// The `--json` error kinds an exit code goes with (see the CLI's README).
+pub fn kinds_of_exit_code(code: i32) -> &'static [&'static str] {
+    match code {
+        2 => &["usage"],
+        1 => &[
+            "failed",
+            "not-found",
+            "locked",
+            "protected",
+            "refused",
+            "invalid",
+            "io",
+            "s3",
+        ],
+        _ => &[],
     }
 }
 

@@ -1,0 +1,335 @@
+//! What an operator meets first (issue 21): help that separates the command's options from the
+//! global ones, suggestions for typos, errors that say what to do, namespaces named `/`, prune
+//! summaries, selections, JSON errors with kinds and exit codes; through the real binary.
+
+mod common;
+
+use common::{Store, keepsake};
+
+#[test]
+fn global_options_have_their_own_heading() {
+    let help = common::run(keepsake().args(["prune", "--help"]))
+        .ok()
+        .to_owned();
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no global heading:\n{help}"));
+    assert!(own.contains("--keep-last"), "{help}");
+    assert!(!own.contains("--s3-bucket"), "{help}");
+    assert!(!own.contains("--store"), "{help}");
+    let global = global.split("Examples:").next().unwrap_or_default();
+    assert!(
+        global.contains("--s3-bucket") && global.contains("--store"),
+        "{help}"
+    );
+    assert!(!global.contains("--keep-last"), "{help}");
+}
+
+#[test]
+fn typos_get_suggestions() {
+    let store = Store::demo();
+    let line = store.run(&["grups"]).fails(2).to_owned();
+    assert!(line.contains("'groups'"), "{line}");
+    let line = store.run(&["snapshot"]).fails(2).to_owned();
+    assert!(line.contains("'snapshots'"), "{line}");
+    let line = store.run(&["prune", "--keep-lst", "2"]).fails(2).to_owned();
+    assert!(line.contains("'--keep-last'"), "{line}");
+}
+
+#[test]
+fn names_of_the_wrong_kind_say_what_was_meant() {
+    let store = Store::demo();
+    let line = store.run(&["protect", "vm/100"]).fails(2).to_owned();
+    assert!(
+        line.contains("`vm/100` is a group; a snapshot is `vm/100/<time>`"),
+        "{line}"
+    );
+    let line = store.run(&["snapshots", "vm/abc/xyz"]).fails(2).to_owned();
+    assert!(
+        line.contains("`vm/abc/xyz` is not a group: a group is `<type>/<id>`"),
+        "{line}"
+    );
+    let line = store
+        .run(&["snapshots", "vm/100/2024-06-02T02:00:00Z"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("is a snapshot; its group is `vm/100`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn keep_counts_below_one_are_refused() {
+    let store = Store::demo();
+    for bad in ["0", "-1"] {
+        let line = store
+            .run(&["prune", "--keep-last", bad, "--dry-run"])
+            .fails(2)
+            .to_owned();
+        assert!(line.contains("must be at least 1"), "{line}");
+        assert!(line.contains(&format!("not {bad}")), "{line}");
+    }
+    let line = store
+        .run(&["prune", "--keep-daily", "x"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("not a whole number"), "{line}");
+}
+
+#[test]
+fn a_move_onto_an_existing_group_advises_merge() {
+    let store = Store::demo();
+    store
+        .run(&["move", "vm/100/2024-06-02T02:00:00Z", "--to-ns", "prod"])
+        .ok();
+    let before = store.contents();
+    let line = store
+        .run(&["move", "ns/prod/vm/100", "--to-ns", ""])
+        .fails(1)
+        .to_owned();
+    assert!(
+        line.contains("the target exists and merging was not requested; pass --merge"),
+        "{line}"
+    );
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn setting_the_owner_a_group_has_needs_no_force() {
+    let store = Store::demo();
+    assert_eq!(
+        store.run(&["owner", "vm/100", "root@pam"]).ok(),
+        "root@pam\n"
+    );
+    let line = store
+        .run(&["owner", "vm/100", "backup@pbs"])
+        .fails(1)
+        .to_owned();
+    assert!(line.contains("pass --force"), "{line}");
+}
+
+#[test]
+fn store_paths_that_are_no_datastore_folder() {
+    let store = Store::demo();
+    let file = store.path.join("../a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut cmd = keepsake();
+    cmd.arg("--store").arg(&file).arg("groups");
+    let run = common::run(&mut cmd);
+    let line = run.fails(1);
+    assert!(
+        line.ends_with("a-file is not a folder: --store names the datastore folder"),
+        "{line}"
+    );
+    let before = store.contents();
+    let line = store.run(&["init"]).fails(1).to_owned();
+    assert!(line.contains("is already a datastore"), "{line}");
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn namespaces_root_is_slash_and_ns_commands_work_below_ns() {
+    let store = Store::demo();
+    let listed = store.run(&["--ns", "/", "ns", "list"]).ok().to_owned();
+    assert_eq!(listed.lines().next(), Some("/"), "{listed}");
+    // `--ns` is the parent of what `ns create/remove/move` name.
+    assert_eq!(
+        store.run(&["--ns", "prod", "ns", "create", "h"]).ok(),
+        "created namespace prod/h\n"
+    );
+    assert!(store.path.join("ns/prod/ns/h").is_dir());
+    assert!(!store.path.join("ns/h").exists());
+    store.run(&["--ns", "prod", "ns", "remove", "h"]).ok();
+    assert!(!store.path.join("ns/prod/ns/h").exists());
+    // `ns move` renames, and takes `--to-ns` as `move` does (`--to` stays as an alias).
+    assert_eq!(
+        store
+            .run(&["--ns", "prod", "ns", "move", "site-a", "--rename", "site-b"])
+            .ok(),
+        "moved prod/site-a to prod/site-b: 2 snapshots\n"
+    );
+    let doc = store
+        .run(&["--json", "ns", "move", "prod/site-b", "--to-ns", "/"])
+        .json();
+    assert_eq!(doc["to"], "site-b");
+    store.run(&["ns", "move", "site-b", "--to", "dev"]).ok();
+    assert!(store.path.join("ns/dev/ns/site-b").is_dir());
+    let line = store.run(&["ns", "move", "dev/site-b"]).fails(2).to_owned();
+    assert!(line.contains("--to-ns"), "{line}");
+    // `move` takes `/` for the root, and its JSON names both namespaces.
+    let doc = store
+        .run(&["--json", "--ns", "prod", "move", "vm/101", "--to-ns", "/"])
+        .json();
+    assert_eq!(
+        (doc["ns"].as_str(), doc["to-ns"].as_str()),
+        (Some("prod"), Some(""))
+    );
+    assert_eq!(doc["to"], "vm/101");
+}
+
+#[test]
+fn prune_prints_a_banner_a_summary_and_buckets_in_the_zone_asked() {
+    let store = Store::demo();
+    let before = store.contents();
+    let text = store
+        .run(&["prune", "vm/100", "--keep-last", "2", "--dry-run"])
+        .ok()
+        .to_owned();
+    assert!(text.starts_with("DRY RUN: nothing is removed\n"), "{text}");
+    assert!(
+        text.ends_with("1 group, 7 snapshots: 4 kept (1 protected), 3 would be removed\n"),
+        "{text}"
+    );
+    assert_eq!(store.contents(), before);
+    // 02:00 UTC is the evening before in New York: the day labels are New York's.
+    let text = store
+        .run(&[
+            "prune",
+            "host/web",
+            "--keep-daily",
+            "1",
+            "--timezone",
+            "America/New_York",
+            "--dry-run",
+        ])
+        .ok()
+        .to_owned();
+    assert!(text.contains("daily 2024-06-05 "), "{text}");
+    let line = store
+        .run(&["prune", "--keep-daily", "1", "--timezone", "Mars/Olympus"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("--timezone `Mars/Olympus` is no time zone"),
+        "{line}"
+    );
+    let run = common::run(
+        store
+            .cmd(&["prune", "--keep-daily", "1", "--dry-run"])
+            .env("TZ", "Nowhere/Foo"),
+    );
+    assert!(run.fails(2).contains("TZ `Nowhere/Foo` is no time zone"));
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn prune_max_depth_limits_recursion() {
+    let store = Store::demo();
+    let doc = store
+        .run(&[
+            "--json",
+            "prune",
+            "--recursive",
+            "--max-depth",
+            "1",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ])
+        .json();
+    let namespaces: std::collections::BTreeSet<&str> = doc
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ns"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces.into_iter().collect::<Vec<_>>(), ["", "prod"]);
+    let line = store
+        .run(&["prune", "--max-depth", "1", "--keep-last", "1"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("--recursive"), "{line}");
+}
+
+#[test]
+fn forget_dry_run_names_what_it_would_remove() {
+    let store = Store::demo();
+    let before = store.contents();
+    let text = store
+        .run(&["forget", "vm/100", "--dry-run"])
+        .ok()
+        .to_owned();
+    assert!(text.starts_with("DRY RUN: nothing is removed\n"), "{text}");
+    assert!(
+        text.contains("would keep vm/100/2024-06-01T02:00:00Z (protected)"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("forget vm/100: 6 snapshots would be removed, 1 protected kept\n"),
+        "{text}"
+    );
+    let doc = store
+        .run(&[
+            "--json",
+            "forget",
+            "vm/100/2024-06-02T02:00:00Z",
+            "--dry-run",
+        ])
+        .json();
+    assert_eq!(doc["would-remove"][0], "vm/100/2024-06-02T02:00:00Z");
+    assert_eq!(store.contents(), before);
+}
+
+#[test]
+fn snapshots_recursive_and_by_age() {
+    let store = Store::demo();
+    let doc = store.run(&["--json", "snapshots", "--recursive"]).json();
+    let count = doc.as_array().unwrap().len();
+    assert_eq!(count, 17, "{doc:#}");
+    let text = store.run(&["snapshots", "--recursive"]).ok().to_owned();
+    assert!(
+        text.contains("ns/prod/ns/site-a/ct/300/2024-06-06T02:00:00Z"),
+        "{text}"
+    );
+    // The demo's backups are from June 2024: older than a day, none newer.
+    let doc = store
+        .run(&["--json", "snapshots", "--recursive", "--older-than", "1d"])
+        .json();
+    assert_eq!(doc.as_array().unwrap().len(), count);
+    let doc = store
+        .run(&["--json", "snapshots", "--newer-than", "1d"])
+        .json();
+    assert_eq!(doc.as_array().unwrap().len(), 0);
+    let line = store
+        .run(&["snapshots", "--older-than", "soon"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("not a duration"), "{line}");
+}
+
+#[test]
+fn json_errors_carry_a_kind_and_a_message() {
+    let store = Store::demo();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["snapshots", "vm/999"], 1, "not-found"),
+        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 1, "protected"),
+        (&["move", "vm/100", "--to-ns", "/"], 1, "refused"),
+        (&["grups"], 2, "usage"),
+        (&["prune", "--keep-last", "0"], 2, "usage"),
+    ];
+    for (args, code, kind) in cases {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let run = store.run(&all);
+        let message = run.fails_json(code);
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(doc["error"]["kind"], kind, "{args:?}: {message}");
+    }
+}
+
+#[test]
+fn completions_for_the_usual_shells() {
+    for (shell, marker) in [
+        ("bash", "_keepsake()"),
+        ("zsh", "#compdef keepsake"),
+        ("fish", "complete -c keepsake"),
+    ] {
+        let script = common::run(keepsake().args(["completions", shell]))
+            .ok()
+            .to_owned();
+        assert!(script.contains(marker), "{shell}");
+        assert!(script.contains("snapshots"), "{shell}");
+    }
+    common::run(keepsake().args(["completions", "tcsh"])).fails(2);
+}
