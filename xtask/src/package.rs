@@ -67,6 +67,7 @@ pub(crate) fn check(root: &Path, args: &[String]) -> Result<()> {
         bail!("no publishable package in the workspace: nothing to check");
     }
     check_readmes(&metadata)?;
+    forget_stale_extractions(&metadata, &packages)?;
     let mut cmd = crate::cargo();
     cmd.current_dir(root)
         // The check is about what the packages contain, not about the state of the checkout.
@@ -87,6 +88,59 @@ pub(crate) fn check(root: &Path, args: &[String]) -> Result<()> {
             " (not built: --no-verify)"
         }
     );
+    Ok(())
+}
+
+/// Removes the copies of this workspace's packages that earlier runs left in cargo's registry
+/// folders. cargo extracts the packages of its local registry overlay to
+/// `$CARGO_HOME/registry/src/<registry>/<name>-<version>` like any registry crate, and reuses an
+/// extraction that exists: with the version unchanged, a later run would build the dependents
+/// against the sources of an earlier one. These names are never on crates.io (the crates are not
+/// published), so nothing else is removed.
+fn forget_stale_extractions(metadata: &serde_json::Value, packages: &[String]) -> Result<()> {
+    let home = match std::env::var_os("CARGO_HOME") {
+        Some(home) => std::path::PathBuf::from(home),
+        None => match std::env::var_os("HOME") {
+            Some(home) => Path::new(&home).join(".cargo"),
+            None => return Ok(()),
+        },
+    };
+    let versioned: Vec<String> = metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            let version = p["version"].as_str()?;
+            packages
+                .iter()
+                .any(|wanted| wanted == name)
+                .then(|| format!("{name}-{version}"))
+        })
+        .collect();
+    for (kind, suffix) in [("src", ""), ("cache", ".crate")] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            for name in &versioned {
+                let stale = registry.path().join(format!("{name}{suffix}"));
+                let removed = if suffix.is_empty() {
+                    std::fs::remove_dir_all(&stale)
+                } else {
+                    std::fs::remove_file(&stale)
+                };
+                match removed {
+                    Ok(()) => eprintln!("package: removed the stale {}", stale.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot remove {}", stale.display()));
+                    }
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -260,7 +260,17 @@ impl ChunkReader {
         expected_size: Option<u64>,
     ) -> Result<Arc<Vec<u8>>> {
         if let Some(hit) = self.cached(digest) {
-            return Ok(hit);
+            // Checked when it was read, against its digest; the size is the asker's claim.
+            return match expected_size {
+                Some(expected) if hit.len() as u64 != expected => Err(Error::ChunkCorrupt {
+                    path: chunk_path(digest),
+                    defect: ChunkDefect::Size {
+                        expected,
+                        found: hit.len() as u64,
+                    },
+                }),
+                _ => Ok(hit),
+            };
         }
         let data = Arc::new(self.fetch(digest, expected_size)?);
         self.lock_cache().insert(*digest, Arc::clone(&data));

@@ -331,6 +331,19 @@ pub enum Problem {
         /// Where the corrupt chunk was moved.
         set_aside: Option<String>,
     },
+    /// A chunk decodes (to content matching its digest) to another size than the index records
+    /// for it: the index is wrong, not the chunk, which is kept.
+    #[error("chunk {digest} of `{file}` holds {found} bytes, the index records {expected}")]
+    ChunkSizeMismatch {
+        /// The index file.
+        file: String,
+        /// The chunk digest (hex).
+        digest: String,
+        /// The size the index records.
+        expected: u64,
+        /// The size of the chunk's content.
+        found: u64,
+    },
     /// A corrupt chunk could not be set aside (a read-only store, a storage error).
     #[error("corrupt chunk {digest} could not be set aside")]
     ChunkNotSetAside {
@@ -484,7 +497,12 @@ impl VerifyReport {
 enum Verdict {
     Present,
     Missing,
-    Good,
+    /// The content checks out; the size it decodes to (`None`: encrypted without a key). The
+    /// size each index expects is compared per reference: a wrong size is the index's fault, and
+    /// never gets a good chunk set aside.
+    Good {
+        plain: Option<u64>,
+    },
     Corrupt {
         defect: Arc<ChunkDefect>,
         set_aside: Option<String>,
@@ -898,7 +916,18 @@ fn check_chunks(
             },
         };
         match verdict {
-            Verdict::Present | Verdict::Good => {}
+            Verdict::Present | Verdict::Good { plain: None } => {}
+            Verdict::Good { plain: Some(found) } => {
+                let expected = index.chunk_range(i).map_or(found, |r| r.end - r.start);
+                if found != expected {
+                    result.problems.push(Problem::ChunkSizeMismatch {
+                        file: file.to_owned(),
+                        digest: hex::encode(digest),
+                        expected,
+                        found,
+                    });
+                }
+            }
             Verdict::Missing => result.problems.push(Problem::ChunkMissing {
                 file: file.to_owned(),
                 digest: hex::encode(digest),
@@ -939,15 +968,13 @@ fn read_new_chunks(
     let Some(reader) = &chunks.reader else {
         return;
     };
-    let mut todo: Vec<([u8; 32], u64)> = (0..index.chunk_count())
-        .filter_map(|i| {
-            let digest = index.digest(i)?;
-            let range = index.chunk_range(i)?;
-            (!chunks.verdicts.contains_key(digest)).then_some((*digest, range.end - range.start))
-        })
+    let mut todo: Vec<[u8; 32]> = (0..index.chunk_count())
+        .filter_map(|i| index.digest(i))
+        .filter(|digest| !chunks.verdicts.contains_key(*digest))
+        .copied()
         .collect();
     todo.sort_unstable();
-    todo.dedup_by_key(|(digest, _)| *digest);
+    todo.dedup();
     if todo.is_empty() {
         return;
     }
@@ -959,9 +986,9 @@ fn read_new_chunks(
             scope.spawn(|| {
                 let mut local = ContentStats::default();
                 let mut verdicts = Vec::new();
-                while let Some((digest, size)) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                while let Some(digest) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let before = local.bytes_read;
-                    let verdict = judge_chunk(store, reader, digest, *size, &mut local);
+                    let verdict = judge_chunk(store, reader, digest, &mut local);
                     if let Some(progress) = &options.chunk_progress {
                         progress(local.bytes_read - before);
                     }
@@ -997,13 +1024,13 @@ fn judge_chunk(
     store: &DataStore,
     reader: &ChunkReader,
     digest: &[u8; 32],
-    size: u64,
     stats: &mut ContentStats,
 ) -> Result<Verdict> {
-    let first = reader.check_chunk(digest, Some(size));
+    // The size is not asked here: it is the referencing index's claim, checked per reference.
+    let first = reader.check_chunk(digest, None);
     let checked = match first {
         Err(Error::ChunkCorrupt { .. }) => {
-            let second = reader.check_chunk_authoritative(digest, Some(size));
+            let second = reader.check_chunk_authoritative(digest, None);
             if second.is_ok() {
                 stats.cache_repaired += 1;
             }
@@ -1018,10 +1045,13 @@ fn judge_chunk(
                 ChunkCheck::Verified { plain, .. } => {
                     stats.verified += 1;
                     stats.bytes_decoded += plain;
+                    Ok(Verdict::Good { plain: Some(plain) })
                 }
-                ChunkCheck::CrcOnly { .. } => stats.crc_only += 1,
+                ChunkCheck::CrcOnly { .. } => {
+                    stats.crc_only += 1;
+                    Ok(Verdict::Good { plain: None })
+                }
             }
-            Ok(Verdict::Good)
         }
         Err(Error::NotFound { .. }) => {
             stats.missing += 1;

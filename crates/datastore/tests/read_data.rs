@@ -547,3 +547,33 @@ proptest! {
         prop_assert!(reader.seek(SeekFrom::Current(-(len as i64) - 1)).is_err());
     }
 }
+
+#[test]
+fn an_index_with_a_wrong_chunk_size_never_gets_a_good_chunk_set_aside() {
+    let ts = common::local();
+    let store = &ts.store;
+    let image = data(2 * CHUNK, 21);
+    let good = backup(store, 1_000, &image, &data(1_000, 22));
+    let other = backup(store, 2_000, &data(CHUNK, 23), &data(1_000, 24));
+    let index = IndexFile::from_bytes(good.read_file("drive-scsi0.img.fidx").unwrap()).unwrap();
+    let digest = *index.digest(0).unwrap();
+    // The other snapshot's stream index now claims that chunk holds 1,000 bytes.
+    let mut writer = keepsake_manifest::index::DynamicIndexWriter::new(2_000);
+    writer.push_chunk(1_000, &digest).unwrap();
+    std::fs::write(
+        ts.root().join(other.relative_path()).join("root.pxar.didx"),
+        writer.finish().unwrap(),
+    )
+    .unwrap();
+    let report = store.verify(&VerifyScope::Store, &content()).unwrap();
+    assert_eq!(report.content.set_aside, 0);
+    assert_eq!(report.content.corrupt, 0);
+    assert!(store.chunk_exists(&digest).unwrap(), "the good chunk stays");
+    let failed: Vec<String> = report.failed().map(|s| s.relative_path()).collect();
+    assert_eq!(failed, [other.relative_path()]);
+    assert!(report.problems().any(|(_, p)| matches!(
+        p,
+        Problem::ChunkSizeMismatch { expected: 1_000, found, .. } if *found == CHUNK as u64
+    )));
+    assert_eq!(read_all(&good, "drive-scsi0.img.fidx"), image);
+}

@@ -38,7 +38,8 @@ options:
                            (default compressible)
   --namespaces             spread the groups over the root and three namespaces
   --seed N                 the data and the plan follow from it (default 0)
-  --key FILE               encrypt with this key: 32 raw bytes or 64 hex digits
+  --key FILE               encrypt with this key: a PBS key file (password from
+                           KEEPSAKE_KEY_PASSWORD), 32 raw bytes or 64 hex digits
   --chunk-prefix-dirs on|off  make the 65,536 chunk prefix folders as PBS's init does
                            (default on; PBS writes chunks into them)
   --sync-level none|file|filesystem  PBS's tuning option (default none: a generated store is

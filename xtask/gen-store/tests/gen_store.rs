@@ -318,3 +318,81 @@ fn refused_options_write_nothing() {
         assert!(!dir.path().join("store1").exists());
     }
 }
+
+#[test]
+fn a_password_protected_pbs_key_file_encrypts_and_content_verifies() {
+    use keepsake_datastore::ChunkVerification;
+    use keepsake_manifest::keyfile::{KdfKind, KeyConfig};
+    use std::io::Read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = [0x24u8; 32];
+    let key_file = dir.path().join("backup.key");
+    KeyConfig::encrypt(key, b"correct horse", KdfKind::Pbkdf2)
+        .unwrap()
+        .store(&key_file)
+        .unwrap();
+    let run = |password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gen-store"))
+            .arg(dir.path().join("secret"))
+            .args(["--lock-root"])
+            .arg(dir.path().join("locks"))
+            .args(["--chunk-prefix-dirs", "off", "--chunk-size", "64K"])
+            .args([
+                "--archive-size",
+                "300000",
+                "--groups",
+                "1",
+                "--snapshots",
+                "2",
+            ])
+            .args(["--kind", "both", "--json", "--key"])
+            .arg(&key_file)
+            .env("KEEPSAKE_KEY_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let wrong = run("wrong horse");
+    assert!(!wrong.status.success());
+    assert!(!dir.path().join("secret").exists(), "nothing written");
+    assert!(run("correct horse").status.success());
+
+    let config = KeyConfig::load(&key_file)
+        .unwrap()
+        .decrypt(Some(b"correct horse"))
+        .unwrap();
+    let store = open(dir.path(), "secret", Some(config));
+    let report = store
+        .verify(
+            &VerifyScope::Store,
+            &VerifyOptions::default().chunks(ChunkVerification::Content),
+        )
+        .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.content.verified > 0);
+    assert_eq!(report.content.crc_only, 0);
+    // The archives read back through the key.
+    for s in snapshots(&store).into_values().flatten() {
+        let manifest = s.load_manifest().unwrap();
+        for file in manifest.files() {
+            if file.filename().ends_with("idx") {
+                let mut data = Vec::new();
+                s.open_archive(file.filename())
+                    .unwrap()
+                    .read_to_end(&mut data)
+                    .unwrap();
+                assert_eq!(data.len() as u64, file.size());
+            }
+        }
+    }
+    // Without the key: only CRCs.
+    let keyless = open(dir.path(), "secret", None);
+    let report = keyless
+        .verify(
+            &VerifyScope::Store,
+            &VerifyOptions::default().chunks(ChunkVerification::Content),
+        )
+        .unwrap();
+    assert_eq!(report.content.verified, 0);
+    assert!(report.content.crc_only > 0);
+}
