@@ -374,6 +374,25 @@ impl BackupWriter {
     }
 }
 
+impl BackupWriter {
+    /// Writes a file of the snapshot as given (raw stored bytes: an index or a blob copied from
+    /// another datastore), create-only. Sync uses it; the caller adds the file to nothing, as the
+    /// manifest it will write with [`BackupWriter::finish_raw`] lists it already.
+    pub(crate) fn add_raw_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        check_name(name)?;
+        self.write_file(name, bytes).map(|_| ())
+    }
+
+    /// Writes `manifest` (a manifest blob's raw bytes, copied from another datastore) as the
+    /// snapshot's manifest, which finishes it, and releases the locks. Nothing of it is changed:
+    /// a signed manifest stays signed.
+    pub(crate) fn finish_raw(mut self, manifest: &[u8]) -> Result<Snapshot> {
+        self.write_file(MANIFEST_BLOB_NAME, manifest)?;
+        self.finished = true;
+        Ok(self.snapshot.clone())
+    }
+}
+
 /// A fixed-size chunk index being written chunk by chunk: made by
 /// [`BackupWriter::start_fixed_archive`], added to the snapshot by [`FixedArchive::finish`].
 #[must_use = "an archive is only added to the snapshot by `finish`"]
