@@ -240,12 +240,11 @@ impl Run<'_> {
         // The source snapshot cannot be pruned while it is read.
         let _source_lock = from.lock_shared()?;
         let manifest_raw = from.read_file(MANIFEST_BLOB_NAME)?;
-        let manifest = BackupManifest::from_blob_bytes(&manifest_raw).map_err(|source| {
-            Error::Corrupt {
+        let manifest =
+            BackupManifest::from_blob_bytes(&manifest_raw).map_err(|source| Error::Corrupt {
                 path: format!("{}/{MANIFEST_BLOB_NAME}", from.relative_path()),
                 source,
-            }
-        })?;
+            })?;
         let to = self.target.snapshot(target.ns(), from.dir());
         if to.exists()? {
             // Not finished (the group's last finished snapshot is older): what an interrupted
