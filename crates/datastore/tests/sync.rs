@@ -375,8 +375,7 @@ fn an_interrupted_sync_is_completed_by_the_next_run() {
         .sync_from(&source.store, &SyncOptions::default())
         .unwrap();
     let want = listing(&reference.store);
-    let mut interrupted = 0;
-    for n in (1..).step_by(2) {
+    for (interrupted, n) in (1..).step_by(2).enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
         DataStore::builder("teststore", &root)
@@ -407,7 +406,6 @@ fn an_interrupted_sync_is_completed_by_the_next_run() {
             assert!(interrupted >= 50, "only {interrupted} interruptions");
             break;
         }
-        interrupted += 1;
         healthy
             .sync_from(&source.store, &SyncOptions::default())
             .unwrap_or_else(|e| panic!("after a fault at call {n}: {e:?}"));
