@@ -71,11 +71,7 @@ impl DataStore {
         // Skip the encoding when the chunk is known (PBS checks before it uploads, too). The
         // check and the touch are one step for this process's GC sweep (the chunk shard lock):
         // a chunk found here cannot be swept before its new atime protects it.
-        let known = match self.process_lock()? {
-            Some(lock) => lock.with_chunk(&digest, || self.touch_if_stored(&chunk))?,
-            None => self.touch_if_stored(&chunk)?,
-        };
-        if known {
+        if self.chunk_known(&chunk)? {
             return Ok(InsertedChunk {
                 digest,
                 duplicate: true,
@@ -100,6 +96,15 @@ impl DataStore {
                 encoded_size: 0,
             }),
             Err(e) => Err(Error::backend(&rel, e)),
+        }
+    }
+
+    /// Whether the chunk is stored, touching it if so ([`DataStore::touch_if_stored`]) under
+    /// this process's GC chunk shard lock: the check and the touch are one step for a sweep.
+    pub(crate) fn chunk_known(&self, chunk: &ChunkDigest) -> Result<bool> {
+        match self.process_lock()? {
+            Some(lock) => lock.with_chunk(chunk.as_bytes(), || self.touch_if_stored(chunk)),
+            None => self.touch_if_stored(chunk),
         }
     }
 

@@ -22,6 +22,7 @@ mod recover;
 mod refresh;
 mod snapshot;
 mod store;
+mod sync;
 mod verify;
 mod writer;
 
@@ -60,6 +61,7 @@ pub use snapshot::Snapshot;
 pub use store::{
     Access, CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME,
 };
+pub use sync::{SyncOptions, SyncProtection, SyncReport};
 pub use verify::{
     ChunkProgress, ChunkVerification, ContentStats, Problem, Reverify, SnapshotOutcome,
     SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport, VerifyScope,

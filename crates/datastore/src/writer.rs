@@ -1,7 +1,7 @@
 //! Writing a new backup: what a downstream backup server needs to produce a snapshot PBS can read.
 
 use keepsake_backend::{BackendPath, WriteMode};
-use keepsake_hierarchy::{Authid, BackupDir, BackupTime, MANIFEST_BLOB_NAME};
+use keepsake_hierarchy::{Authid, BackupDir, BackupTime, CLIENT_LOG_BLOB_NAME, MANIFEST_BLOB_NAME};
 use keepsake_lock::LockGuard;
 use keepsake_manifest::blob::{Compression, DataBlob};
 use keepsake_manifest::index::{DynamicIndexWriter, FixedIndexWriter};
@@ -369,6 +369,29 @@ impl BackupWriter {
             })?;
         }
         self.snapshot.write_manifest(&self.manifest, None)?;
+        self.finished = true;
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl BackupWriter {
+    /// Writes a file of the snapshot as given (raw stored bytes: an index or a blob copied from
+    /// another datastore), create-only. Sync uses it; the caller adds the file to nothing, as the
+    /// manifest it will write with [`BackupWriter::finish_raw`] lists it already.
+    pub(crate) fn add_raw_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        // The client log is a file of the snapshot that no manifest lists (its name is refused
+        // as an archive name for that reason).
+        if name != CLIENT_LOG_BLOB_NAME {
+            check_name(name)?;
+        }
+        self.write_file(name, bytes).map(|_| ())
+    }
+
+    /// Writes `manifest` (a manifest blob's raw bytes, copied from another datastore) as the
+    /// snapshot's manifest, which finishes it, and releases the locks. Nothing of it is changed:
+    /// a signed manifest stays signed.
+    pub(crate) fn finish_raw(mut self, manifest: &[u8]) -> Result<Snapshot> {
+        self.write_file(MANIFEST_BLOB_NAME, manifest)?;
         self.finished = true;
         Ok(self.snapshot.clone())
     }

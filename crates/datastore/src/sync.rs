@@ -1,0 +1,329 @@
+//! Sync: copying namespaces, groups and snapshots from one datastore into another, as PBS's pull
+//! sync job does, without a server: both sides are [`DataStore`]s (local, or S3 through the
+//! cache), so sync does not care which backend either side has.
+//!
+//! What is copied is the stored bytes: chunks as DataBlobs (encrypted ones as they are, never
+//! decoded or re-encoded), index and blob files byte for byte, and the manifest last, so that a
+//! target snapshot is finished only once every file and chunk it needs is there. Each snapshot is
+//! written under the target's writer locks (the group lock, the snapshot lock and PBS's shared
+//! process lock on `.lock`), as a backup would be.
+
+use std::collections::HashSet;
+
+use keepsake_backend::{ChunkDigest, ChunkInsert};
+use keepsake_hierarchy::{
+    Authid, BackupNamespace, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
+};
+use keepsake_manifest::blob::DataBlob;
+use keepsake_manifest::index::{ChunkIndex, IndexFile};
+use keepsake_manifest::manifest::BackupManifest;
+
+use crate::chunks::chunk_path;
+use crate::error::{Error, Result};
+use crate::group::{Group, Unfinished};
+use crate::info::SortOrder;
+use crate::snapshot::Snapshot;
+use crate::store::DataStore;
+
+/// Whether sync copies the source's `.protected` markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SyncProtection {
+    /// Target snapshots are not protected, whatever the source says (as PBS's sync does).
+    #[default]
+    Ignore,
+    /// A snapshot protected in the source is protected in the target once it is finished there.
+    Copy,
+}
+
+/// What to sync, and how. [`Default`] syncs everything from the source's root namespace into the
+/// target's root namespace, every group, keeping the source's owners.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SyncOptions {
+    /// The source namespace to start from (the anchor).
+    pub source_ns: BackupNamespace,
+    /// The target namespace the source anchor maps to; a source namespace `anchor/a/b` goes to
+    /// `target_ns/a/b`. Missing target namespaces are made.
+    pub target_ns: BackupNamespace,
+    /// How many namespace levels below the source anchor are synced (`None`: all; `Some(0)`: the
+    /// anchor only).
+    pub max_depth: Option<usize>,
+    /// PBS group filters (include/exclude); empty: every group.
+    pub group_filter: Vec<GroupFilter>,
+    /// Only the last `n` finished snapshots of each source group are candidates (PBS's
+    /// `transfer-last`).
+    pub transfer_last: Option<usize>,
+    /// The owner of target groups this sync makes, and the identity it writes as; `None`: each
+    /// group's source owner. A target group that exists must be owned by (or actable as) it.
+    pub owner: Option<Authid>,
+    /// Whether protection is copied (default: not, as in PBS).
+    pub protection: SyncProtection,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Source namespaces visited.
+    pub namespaces: usize,
+    /// Source groups that passed the filters.
+    pub groups: usize,
+    /// Snapshots copied (finished in the target by this run).
+    pub snapshots: usize,
+    /// Unfinished target snapshots (left by an interrupted sync or backup) removed and copied
+    /// again.
+    pub replaced_unfinished: usize,
+    /// Chunks copied (the target lacked them).
+    pub chunks: u64,
+    /// Stored bytes of the chunks copied.
+    pub chunk_bytes: u64,
+    /// Chunks the target had already (not copied; touched, as a backup's reuse does).
+    pub chunks_present: u64,
+    /// Index and blob files copied, the manifests included.
+    pub files: u64,
+    /// Bytes of those files.
+    pub file_bytes: u64,
+}
+
+impl DataStore {
+    /// Copies from `source` into this datastore what `options` select and this datastore lacks.
+    ///
+    /// For every source namespace from `options.source_ns` down to `options.max_depth` (mapped
+    /// below `options.target_ns`), every group passing `options.group_filter`, the finished
+    /// source snapshots are candidates (with `transfer_last`, only the last `n` of them); as in
+    /// PBS's pull, a candidate is copied only when it is newer than the target group's last
+    /// finished snapshot, so snapshots the target pruned are not brought back and one older than
+    /// the target's last is never inserted behind it.
+    ///
+    /// Each snapshot is copied as a backup is written (the target's group and snapshot locks and
+    /// its shared process lock held): first the chunks its indexes reference that the target
+    /// lacks (raw stored bytes, the source's CRC checked), then its index and blob files and
+    /// `client.log.blob` byte for byte, and the manifest last, as stored (notes, verify state and
+    /// signature included). A sync stopped before the manifest leaves an unfinished target
+    /// snapshot (or, if the writer could clean up, none); the next run removes it and copies the
+    /// snapshot again. Group notes are copied once a group's snapshots are; protection only with
+    /// [`SyncProtection::Copy`].
+    ///
+    /// # Errors
+    /// The first error stops the sync (what was finished before stays): [`Error::NotFound`] for a
+    /// missing source anchor, file or chunk; [`Error::NotOwner`] when a target group exists with
+    /// another owner; [`Error::Locked`] when a target group or an unfinished target snapshot is
+    /// busy; [`Error::ProcessLocked`] while another process collects the target's garbage;
+    /// [`Error::Corrupt`] or [`Error::IndexMismatch`] for a damaged source chunk, index or
+    /// manifest; [`Error::Invalid`] when a mapped namespace would be too deep;
+    /// [`Error::Backend`].
+    pub fn sync_from(&self, source: &DataStore, options: &SyncOptions) -> Result<SyncReport> {
+        self.require_writable("sync")?;
+        if !source.namespace_exists(&options.source_ns)? {
+            return Err(Error::NotFound {
+                what: "namespace",
+                path: options.source_ns.to_string(),
+            });
+        }
+        let mut run = Run {
+            target: self,
+            source,
+            options,
+            report: SyncReport::default(),
+            known: HashSet::new(),
+        };
+        let anchor_depth = options.source_ns.depth();
+        for ns in source.iter_namespaces_recursive(&options.source_ns, options.max_depth)? {
+            let ns = ns?;
+            let below = ns.components().get(anchor_depth..).unwrap_or_default();
+            let mut target_ns = options.target_ns.clone();
+            for component in below {
+                target_ns = target_ns.child(component)?;
+            }
+            run.report.namespaces += 1;
+            run.namespace(&ns, &target_ns)?;
+        }
+        Ok(run.report)
+    }
+}
+
+/// One sync run's state.
+struct Run<'a> {
+    target: &'a DataStore,
+    source: &'a DataStore,
+    options: &'a SyncOptions,
+    report: SyncReport,
+    // Chunks found in or copied to the target in this run: consecutive snapshots share most of
+    // theirs, and one check (and touch) per run is enough (GC's atime cutoff is a day).
+    known: HashSet<[u8; 32]>,
+}
+
+impl Run<'_> {
+    fn namespace(&mut self, ns: &BackupNamespace, target_ns: &BackupNamespace) -> Result<()> {
+        let mut groups = Vec::new();
+        for group in self.source.iter_groups(ns)? {
+            let group = group?;
+            if group.matches(&self.options.group_filter) {
+                groups.push(group);
+            }
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        // The namespace (and its parents) is made only where a group is to be copied into it.
+        self.ensure_namespace(target_ns)?;
+        groups.sort_by(|a, b| a.name().cmp(b.name()));
+        for group in groups {
+            self.report.groups += 1;
+            self.group(&group, target_ns)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_namespace(&self, ns: &BackupNamespace) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut current = Some(ns.clone());
+        while let Some(ns) = current {
+            if ns.is_root() || self.target.namespace_exists(&ns)? {
+                break;
+            }
+            current = ns.parent();
+            missing.push(ns);
+        }
+        for ns in missing.iter().rev() {
+            match self.target.create_namespace(ns) {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn group(&mut self, source: &Group, target_ns: &BackupNamespace) -> Result<()> {
+        let target = self.target.group(target_ns, source.name());
+        let mut candidates: Vec<_> = source
+            .list_backups()?
+            .into_iter()
+            .filter(|info| info.is_finished())
+            .collect();
+        crate::info::BackupInfo::sort(&mut candidates, SortOrder::OldestFirst);
+        if let Some(last) = self.options.transfer_last {
+            let skip = candidates.len().saturating_sub(last);
+            candidates.drain(..skip);
+        }
+        let after = match target.exists()? {
+            true => target
+                .last_backup(Unfinished::Skip)?
+                .map(|info| info.snapshot.time()),
+            false => None,
+        };
+        let owner = match &self.options.owner {
+            Some(owner) => owner.clone(),
+            None => source.owner()?,
+        };
+        let mut copied = false;
+        for info in candidates {
+            if after.is_some_and(|after| info.snapshot.time() <= after) {
+                continue;
+            }
+            let from = self.source.snapshot(source.ns(), &info.snapshot);
+            self.snapshot(&from, &target, &owner)?;
+            copied = true;
+        }
+        if copied {
+            if let Some(notes) = source.notes()? {
+                if target.notes()?.as_deref() != Some(notes.as_str()) {
+                    target.set_notes(&notes)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&mut self, from: &Snapshot, target: &Group, owner: &Authid) -> Result<()> {
+        // The source snapshot cannot be pruned while it is read.
+        let _source_lock = from.lock_shared()?;
+        let manifest_raw = from.read_file(MANIFEST_BLOB_NAME)?;
+        let manifest =
+            BackupManifest::from_blob_bytes(&manifest_raw).map_err(|source| Error::Corrupt {
+                path: format!("{}/{MANIFEST_BLOB_NAME}", from.relative_path()),
+                source,
+            })?;
+        let to = self.target.snapshot(target.ns(), from.dir());
+        if to.exists()? {
+            // Not finished (the group's last finished snapshot is older): what an interrupted
+            // sync or backup left. Destroy refuses it while a writer holds it.
+            to.destroy()?;
+            self.report.replaced_unfinished += 1;
+        }
+        let mut writer = target.start_backup(owner, from.dir().time())?;
+        for file in manifest.files() {
+            let name = file.filename();
+            let raw = from.read_file(name)?;
+            if name.ends_with(".fidx") || name.ends_with(".didx") {
+                let path = format!("{}/{name}", from.relative_path());
+                let index = IndexFile::from_slice(&raw).map_err(|source| Error::Corrupt {
+                    path: path.clone(),
+                    source,
+                })?;
+                if index.archive_size() != file.size() || index.index_csum() != file.csum() {
+                    return Err(Error::IndexMismatch { path });
+                }
+                for i in 0..index.chunk_count() {
+                    if let Some(digest) = index.digest(i) {
+                        self.chunk(digest)?;
+                    }
+                }
+            }
+            writer.add_raw_file(name, &raw)?;
+            self.count_file(&raw);
+        }
+        // Not in the manifest, but part of the snapshot (PBS's pull copies it too).
+        match from.read_file(CLIENT_LOG_BLOB_NAME) {
+            Ok(raw) => {
+                writer.add_raw_file(CLIENT_LOG_BLOB_NAME, &raw)?;
+                self.count_file(&raw);
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let finished = writer.finish_raw(&manifest_raw)?;
+        self.count_file(&manifest_raw);
+        self.report.snapshots += 1;
+        if self.options.protection == SyncProtection::Copy && from.is_protected()? {
+            finished.set_protected(true)?;
+        }
+        Ok(())
+    }
+
+    fn count_file(&mut self, raw: &[u8]) {
+        self.report.files += 1;
+        self.report.file_bytes += raw.len() as u64;
+    }
+
+    fn chunk(&mut self, digest: &[u8; 32]) -> Result<()> {
+        if self.known.contains(digest) {
+            return Ok(());
+        }
+        let chunk = ChunkDigest::new(*digest);
+        if self.target.chunk_known(&chunk)? {
+            self.report.chunks_present += 1;
+            self.known.insert(*digest);
+            return Ok(());
+        }
+        let rel = chunk_path(digest);
+        let raw = self.source.read_chunk(digest)?;
+        // The CRC at least: a chunk damaged in the source is not spread to the target. Its
+        // digest cannot be checked without decoding (nor at all when encrypted without the key).
+        let blob = DataBlob::from_raw(raw).map_err(|source| Error::Corrupt {
+            path: rel.clone(),
+            source,
+        })?;
+        match self.target.backend().insert_chunk(&chunk, blob.as_bytes()) {
+            Ok(ChunkInsert::Stored) => {
+                self.report.chunks += 1;
+                self.report.chunk_bytes += blob.as_bytes().len() as u64;
+            }
+            Ok(ChunkInsert::Duplicate) => self.report.chunks_present += 1,
+            Err(e) => return Err(Error::backend(&rel, e)),
+        }
+        self.known.insert(*digest);
+        Ok(())
+    }
+}

@@ -1,0 +1,433 @@
+//! Sync between datastores: what is copied, what is not, and an interrupted sync completed by
+//! the next run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use keepsake_backend::{
+    Backend, BackendPath, Capabilities, ChunkDigest, ChunkInsert, FileContents, KeepFilter,
+    Listing, LocalBackend, RemoveReport, Stat, SyncLevel, Version, WriteMode,
+};
+use keepsake_datastore::{
+    ChunkVerification, DataStore, Encryption, SyncOptions, SyncProtection, SyncReport,
+    VerifyOptions, VerifyScope,
+};
+use keepsake_hierarchy::{
+    Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter, MANIFEST_BLOB_NAME,
+};
+use keepsake_testkit::fixture::PbsFixture;
+
+/// Fails the `fail_at`-th mutating call after arming, and every mutating call after it.
+#[derive(Debug)]
+struct FaultyBackend {
+    inner: Arc<dyn Backend>,
+    armed: AtomicBool,
+    calls: AtomicU64,
+    fail_at: u64,
+    failed: AtomicU64,
+}
+
+impl FaultyBackend {
+    fn new(inner: Arc<dyn Backend>, fail_at: u64) -> Self {
+        Self {
+            inner,
+            armed: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+            fail_at,
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    fn arm(&self) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts a mutating call and fails it if its turn has come.
+    fn mutate(&self, what: &str) -> keepsake_backend::Result<()> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= self.fail_at {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(keepsake_backend::Error::Io {
+                path: what.into(),
+                source: std::io::Error::other(format!("injected fault at mutating call {n}")),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for FaultyBackend {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn list(&self, folder: &BackendPath) -> keepsake_backend::Result<Listing<'_>> {
+        self.inner.list(folder)
+    }
+    fn read(&self, file: &BackendPath) -> keepsake_backend::Result<FileContents> {
+        self.inner.read(file)
+    }
+    fn write(
+        &self,
+        file: &BackendPath,
+        data: &[u8],
+        mode: WriteMode,
+    ) -> keepsake_backend::Result<Version> {
+        self.mutate(file.as_str())?;
+        self.inner.write(file, data, mode)
+    }
+    fn remove_file(&self, file: &BackendPath) -> keepsake_backend::Result<()> {
+        self.mutate(file.as_str())?;
+        self.inner.remove_file(file)
+    }
+    fn remove_tree(
+        &self,
+        folder: &BackendPath,
+        keep: &KeepFilter,
+    ) -> keepsake_backend::Result<RemoveReport> {
+        self.mutate(folder.as_str())?;
+        self.inner.remove_tree(folder, keep)
+    }
+    fn rename(&self, from: &BackendPath, to: &BackendPath) -> keepsake_backend::Result<()> {
+        self.mutate(from.as_str())?;
+        self.inner.rename(from, to)
+    }
+    fn stat(&self, path: &BackendPath) -> keepsake_backend::Result<Stat> {
+        self.inner.stat(path)
+    }
+    fn create_dir_all(&self, folder: &BackendPath) -> keepsake_backend::Result<()> {
+        self.mutate(folder.as_str())?;
+        self.inner.create_dir_all(folder)
+    }
+    fn insert_chunk(
+        &self,
+        digest: &ChunkDigest,
+        blob: &[u8],
+    ) -> keepsake_backend::Result<ChunkInsert> {
+        self.mutate(".chunks")?;
+        self.inner.insert_chunk(digest, blob)
+    }
+    fn read_chunk(&self, digest: &ChunkDigest) -> keepsake_backend::Result<Vec<u8>> {
+        self.inner.read_chunk(digest)
+    }
+    fn chunk_exists(&self, digest: &ChunkDigest) -> keepsake_backend::Result<bool> {
+        self.inner.chunk_exists(digest)
+    }
+    // The intent journal and `.lock` go to the host's folder directly: they are not faulted here
+    // (the kill test covers a process dying while they are written).
+    fn host_local(&self) -> Option<&LocalBackend> {
+        self.inner.host_local()
+    }
+}
+
+const BASE: i64 = 1_717_600_000;
+const DAY: i64 = 86_400;
+
+fn ns(s: &str) -> BackupNamespace {
+    s.parse().unwrap()
+}
+
+fn owner() -> Authid {
+    "root@pam".parse().unwrap()
+}
+
+fn backup(store: &DataStore, n: &BackupNamespace, g: &str, day: i64) {
+    let handle = store.group(n, &g.parse::<BackupGroup>().unwrap());
+    let time = BackupTime::from_epoch(BASE + day * DAY).unwrap();
+    let mut w = handle.start_backup(&owner(), time).unwrap();
+    w.add_blob(
+        "qemu-server.conf.blob",
+        format!("day {day}\n").as_bytes(),
+        Encryption::None,
+    )
+    .unwrap();
+    // Shares most chunks with the other days: only the last 64 KiB change.
+    let image: Vec<u8> = (0..300_000u32)
+        .map(|i| {
+            if i < 196_608 {
+                (i % 251) as u8
+            } else {
+                (i % 199) as u8 ^ day as u8
+            }
+        })
+        .collect();
+    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536, Encryption::None)
+        .unwrap();
+    let chunks: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8 ^ day as u8; 10_000]).collect();
+    w.add_dynamic_archive("root.pxar.didx", chunks, Encryption::None)
+        .unwrap();
+    w.finish().unwrap();
+}
+
+/// A store with namespaces `a`, `a/b`, `a/b/c` and groups in each, three days each.
+fn generated() -> common::TestStore {
+    let t = common::local();
+    let s = &t.store;
+    for n in ["a", "a/b", "a/b/c"] {
+        s.create_namespace(&ns(n)).unwrap();
+    }
+    for day in 0..3 {
+        backup(s, &ns(""), "vm/100", day);
+        backup(s, &ns(""), "ct/200", day);
+        backup(s, &ns("a"), "vm/101", day);
+        backup(s, &ns("a/b"), "host/web", day);
+        backup(s, &ns("a/b/c"), "vm/103", day);
+    }
+    s.group(&ns(""), &"vm/100".parse().unwrap())
+        .set_notes("group notes\n")
+        .unwrap();
+    t
+}
+
+/// (namespace, snapshot) -> (manifest bytes, protected) of every finished snapshot, and the
+/// unfinished ones with `None`.
+type Listing2 = BTreeMap<(String, String), (Option<Vec<u8>>, bool)>;
+
+fn listing(store: &DataStore) -> Listing2 {
+    let mut out = BTreeMap::new();
+    for n in store.iter_namespaces_recursive(&ns(""), None).unwrap() {
+        let n = n.unwrap();
+        for group in store.iter_groups(&n).unwrap() {
+            for info in group.unwrap().list_backups().unwrap() {
+                let snap = store.snapshot(&n, &info.snapshot);
+                let manifest = info
+                    .is_finished()
+                    .then(|| snap.read_file(MANIFEST_BLOB_NAME).unwrap());
+                out.insert(
+                    (n.to_string(), info.snapshot.to_string()),
+                    (manifest, info.protected),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Every finished snapshot's files are byte for byte the source's.
+fn same_files(source: &DataStore, target: &DataStore, map: impl Fn(&str) -> String) {
+    for ((n, snap), (manifest, _)) in listing(target) {
+        assert!(manifest.is_some(), "unfinished {n}/{snap} in the target");
+        let dir = snap.parse().unwrap();
+        let to = target.snapshot(&ns(&n), &dir);
+        let from = source.snapshot(&ns(&map(&n)), &dir);
+        let info = to.info().unwrap();
+        assert_eq!(
+            info.files.len(),
+            from.info().unwrap().files.len(),
+            "{n}/{snap}"
+        );
+        for file in info.files {
+            assert_eq!(
+                to.read_file(&file).unwrap(),
+                from.read_file(&file).unwrap(),
+                "{n}/{snap}/{file}"
+            );
+        }
+    }
+}
+
+fn verify_clean(store: &DataStore) {
+    let mut options = VerifyOptions::default();
+    options.chunks = ChunkVerification::Content;
+    let report = store.verify(&VerifyScope::Store, &options).unwrap();
+    assert!(report.is_ok(), "{report:#?}");
+    assert_eq!(report.content.missing, 0);
+    assert_eq!(report.content.corrupt, 0);
+}
+
+fn nothing_more(target: &DataStore, source: &DataStore, options: &SyncOptions) {
+    let again = target.sync_from(source, options).unwrap();
+    assert_eq!(again.snapshots, 0, "{again:?}");
+    assert_eq!(again.chunks, 0, "{again:?}");
+    assert_eq!(again.replaced_unfinished, 0, "{again:?}");
+}
+
+#[test]
+fn everything_local_to_local() {
+    let source = generated();
+    let target = common::local();
+    let options = SyncOptions::default();
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.snapshots, 15);
+    assert_eq!(report.namespaces, 4);
+    assert_eq!(report.groups, 5);
+    assert!(report.chunks > 0);
+    // Chunks shared between snapshots and groups are copied once.
+    assert!(report.chunks_present == 0, "{report:?}");
+    assert_eq!(listing(&target.store), listing(&source.store));
+    same_files(&source.store, &target.store, str::to_owned);
+    verify_clean(&target.store);
+    let g = target.store.group(&ns(""), &"vm/100".parse().unwrap());
+    assert_eq!(g.owner().unwrap(), owner());
+    assert_eq!(g.notes().unwrap().as_deref(), Some("group notes\n"));
+    nothing_more(&target.store, &source.store, &options);
+    // A new source snapshot is the only thing the next run copies.
+    backup(&source.store, &ns("a"), "vm/101", 5);
+    let next = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(next.snapshots, 1, "{next:?}");
+    assert_eq!(listing(&target.store), listing(&source.store));
+}
+
+#[test]
+fn namespace_mapping_depth_filters_and_transfer_last() {
+    let source = generated();
+    let target = common::local();
+    let mut options = SyncOptions::default();
+    options.source_ns = ns("a");
+    options.target_ns = ns("x/y");
+    options.max_depth = Some(1);
+    options.transfer_last = Some(2);
+    options.owner = Some("sync@pbs".parse().unwrap());
+    options.group_filter = vec!["exclude:group:vm/101".parse::<GroupFilter>().unwrap()];
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.namespaces, 2, "{report:?}");
+    assert_eq!(report.groups, 1, "{report:?}");
+    assert_eq!(report.snapshots, 2, "{report:?}");
+    let got: Vec<(String, String)> = listing(&target.store).into_keys().collect();
+    let want: Vec<(String, String)> = (1..3)
+        .map(|day| {
+            (
+                "x/y/b".to_owned(),
+                format!(
+                    "host/web/{}",
+                    BackupTime::from_epoch(BASE + day * DAY).unwrap()
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // x/y exists although it got no group; x/y/b/c is beyond the depth.
+    assert!(target.store.namespace_exists(&ns("x/y")).unwrap());
+    assert!(!target.store.namespace_exists(&ns("x/y/b/c")).unwrap());
+    let g = target
+        .store
+        .group(&ns("x/y/b"), &"host/web".parse().unwrap());
+    assert_eq!(g.owner().unwrap().to_string(), "sync@pbs");
+    same_files(&source.store, &target.store, |n| n.replacen("x/y", "a", 1));
+    verify_clean(&target.store);
+    nothing_more(&target.store, &source.store, &options);
+}
+
+#[test]
+fn only_newer_than_the_targets_last() {
+    let source = generated();
+    let target = common::local();
+    // The target has day 1 of vm/100 already (its own backup): days 0 and 1 of the source are
+    // not copied, day 2 is.
+    backup(&target.store, &ns(""), "vm/100", 1);
+    let mut options = SyncOptions::default();
+    options.group_filter = vec!["group:vm/100".parse::<GroupFilter>().unwrap()];
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.snapshots, 1, "{report:?}");
+    assert!(report.chunks_present > 0, "{report:?}");
+    assert_eq!(listing(&target.store).len(), 2);
+}
+
+#[test]
+fn the_pbs_fixture_copies_finished_snapshots_and_protection_on_request() {
+    let fx = PbsFixture::unpack().unwrap();
+    let locks = tempfile::tempdir().unwrap();
+    let source = DataStore::builder("store1", fx.path())
+        .lock_root(locks.path())
+        .open()
+        .unwrap();
+    let target = common::local();
+    let mut options = SyncOptions::default();
+    options.protection = SyncProtection::Copy;
+    let report = target.store.sync_from(&source, &options).unwrap();
+    let want: Listing2 = listing(&source)
+        .into_iter()
+        .filter(|(_, (manifest, _))| manifest.is_some())
+        .collect();
+    assert_eq!(report.snapshots, want.len());
+    assert_eq!(listing(&target.store), want);
+    same_files(&source, &target.store, str::to_owned);
+    verify_clean(&target.store);
+    nothing_more(&target.store, &source, &options);
+
+    // Without the option, nothing is protected.
+    let plain = common::local();
+    plain
+        .store
+        .sync_from(&source, &SyncOptions::default())
+        .unwrap();
+    assert!(
+        listing(&plain.store)
+            .values()
+            .all(|(_, protected)| !protected)
+    );
+}
+
+/// The target on a backend that fails its `n`-th mutating call and every one after (a process
+/// that died there), then a run on the healthy backend: the same target as an uninterrupted sync.
+#[test]
+fn an_interrupted_sync_is_completed_by_the_next_run() {
+    let source = generated();
+    let reference = common::local();
+    reference
+        .store
+        .sync_from(&source.store, &SyncOptions::default())
+        .unwrap();
+    let want = listing(&reference.store);
+    for (interrupted, n) in (1..).step_by(2).enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        DataStore::builder("teststore", &root)
+            .lock_root(dir.path().join("locks"))
+            .sync_level(SyncLevel::None)
+            .chunk_prefix_dirs(false)
+            .create()
+            .unwrap();
+        let local: Arc<dyn Backend> = Arc::new(LocalBackend::open(&root, SyncLevel::None).unwrap());
+        let faulty = Arc::new(FaultyBackend::new(local, n));
+        let broken = DataStore::builder("teststore", &root)
+            .lock_root(dir.path().join("locks"))
+            .backend(faulty.clone())
+            .open()
+            .unwrap();
+        faulty.arm();
+        let first: Option<SyncReport> = broken
+            .sync_from(&source.store, &SyncOptions::default())
+            .ok();
+        drop(broken);
+        let healthy = DataStore::builder("teststore", &root)
+            .lock_root(dir.path().join("locks"))
+            .sync_level(SyncLevel::None)
+            .open()
+            .unwrap();
+        if first.is_some() {
+            assert_eq!(listing(&healthy), want);
+            assert!(interrupted >= 50, "only {interrupted} interruptions");
+            break;
+        }
+        healthy
+            .sync_from(&source.store, &SyncOptions::default())
+            .unwrap_or_else(|e| panic!("after a fault at call {n}: {e:?}"));
+        assert_eq!(listing(&healthy), want, "after a fault at call {n}");
+        verify_clean(&healthy);
+        nothing_more(&healthy, &source.store, &SyncOptions::default());
+    }
+}
+
+#[test]
+fn local_to_a_bucket_behind_the_cache_and_back() {
+    let source = generated();
+    let bucket = common::cached_memory();
+    let options = SyncOptions::default();
+    let report = bucket.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.snapshots, 15);
+    assert_eq!(listing(&bucket.store), listing(&source.store));
+    verify_clean(&bucket.store);
+    nothing_more(&bucket.store, &source.store, &options);
+    let back = common::local();
+    back.store.sync_from(&bucket.store, &options).unwrap();
+    assert_eq!(listing(&back.store), listing(&source.store));
+    same_files(&source.store, &back.store, str::to_owned);
+    verify_clean(&back.store);
+}
