@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -135,6 +135,9 @@ pub struct LocalBackend {
     root_fd: OwnedFd,
     sync: SyncLevel,
     temp_counter: AtomicU64,
+    /// The process id for temporary names, asked once (a forked child that keeps using this
+    /// backend may draw a name its parent uses: `O_EXCL` makes it draw again).
+    pid: u32,
     /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` works here (Linux 5.6+, not
     /// filtered by a seccomp policy); cleared on the first `ENOSYS`/`EPERM`.
     openat2: AtomicBool,
@@ -248,6 +251,7 @@ impl LocalBackend {
             root_fd,
             sync,
             temp_counter: AtomicU64::new(0),
+            pid: std::process::id(),
             openat2: AtomicBool::new(true),
             owner: None,
             attributes: Attributes::Used,
@@ -550,7 +554,7 @@ impl LocalBackend {
         format!(
             ".{}{TEMP_INFIX}{:x}{:x}{:08x}",
             &name[..cut],
-            std::process::id(),
+            self.pid,
             count,
             nanos
         )
@@ -601,19 +605,13 @@ impl LocalBackend {
                 }
             }
             WriteMode::Update(expected) => {
-                let mut locked = match self.lock_current(parent, folder, name)? {
+                let locked = match self.lock_current(parent, folder, name)? {
                     Current::Locked(f) => f,
                     Current::Missing | Current::Dir => {
                         return Err(Error::Precondition { path: file.clone() });
                     }
                 };
-                let mut current = Vec::new();
-                locked
-                    .read_to_end(&mut current)
-                    .map_err(|source| Error::Io {
-                        path: self.local_path(file),
-                        source,
-                    })?;
+                let current = self.read_all(file, locked.as_fd(), None)?;
                 if Version::of_content(&current) != *expected {
                     return Err(Error::Precondition { path: file.clone() });
                 }
@@ -780,9 +778,21 @@ impl LocalBackend {
 
     /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
     fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
-        // Room for the size `fstat` gave and one byte more, so that the read finding the end
-        // needs no growth; and no `read_to_end`, which asks the size again (`statx`, `lseek`).
-        let size = usize::try_from(st.st_size).unwrap_or(0);
+        let data = self.read_all(file, fd.as_fd(), Some(st))?;
+        let version = Version::of_content(&data);
+        Ok(FileContents { data, version })
+    }
+
+    /// Reads what is left of the file behind `fd`, with room for `st`'s size from the start.
+    fn read_all(
+        &self,
+        file: &BackendPath,
+        fd: BorrowedFd<'_>,
+        st: Option<&rfs::Stat>,
+    ) -> Result<Vec<u8>> {
+        // Room for the size and one byte more, so that the read finding the end needs no
+        // growth; and no `read_to_end`, which asks the size again (`statx`, `lseek`).
+        let size = st.map_or(0, |st| usize::try_from(st.st_size).unwrap_or(0));
         let mut data = Vec::with_capacity(size.saturating_add(1));
         loop {
             if data.len() == data.capacity() {
@@ -794,8 +804,7 @@ impl LocalBackend {
                 Err(e) => return Err(self.io_error(file, e)),
             }
         }
-        let version = Version::of_content(&data);
-        Ok(FileContents { data, version })
+        Ok(data)
     }
 
     // The S3 cache's side of the local backend.
