@@ -17,7 +17,10 @@ use crate::{cargo, run};
 
 /// The operations of the bench's counting mode; each has a `.floor` twin.
 const OPERATIONS: &[(&str, &str)] = &[
-    ("list_backups", "iter_groups -> list_backups, 10,000 snapshots (per listing)"),
+    (
+        "list_backups",
+        "iter_groups -> list_backups, 10,000 snapshots (per listing)",
+    ),
     ("load_manifest", "Snapshot::load_manifest"),
     ("set.none", "set_protected(true), sync none"),
     ("clear.none", "set_protected(false), sync none"),

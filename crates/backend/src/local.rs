@@ -660,7 +660,12 @@ impl LocalBackend {
     /// [`Created::TakeTheLongWay`] when this cannot decide (no `openat2`, a missing folder to
     /// make, a link on the way, any other failure): the temporary-file path then does the work
     /// and gives the precise error.
-    fn create_empty(&self, file: &BackendPath, folder: &BackendPath, name: &str) -> Result<Created> {
+    fn create_empty(
+        &self,
+        file: &BackendPath,
+        folder: &BackendPath,
+        name: &str,
+    ) -> Result<Created> {
         if !self.openat2.load(Ordering::Relaxed) {
             return Ok(Created::TakeTheLongWay);
         }
@@ -693,8 +698,14 @@ impl LocalBackend {
             // Ours (O_EXCL): take it back rather than leave a file with the wrong owner.
             let _ = match &parent {
                 Some(parent) => rfs::unlinkat(parent, name, AtFlags::empty()),
-                None => rfs::openat2(&self.root_fd, folder.as_str(), DIR_FLAGS, Mode::empty(), BENEATH)
-                    .and_then(|parent| rfs::unlinkat(&parent, name, AtFlags::empty())),
+                None => rfs::openat2(
+                    &self.root_fd,
+                    folder.as_str(),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                    BENEATH,
+                )
+                .and_then(|parent| rfs::unlinkat(&parent, name, AtFlags::empty())),
             };
             return Err(Error::Io {
                 path: self.local_path(file),
@@ -762,8 +773,13 @@ impl LocalBackend {
         if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
             return None;
         }
-        let fd = match rfs::openat2(&self.root_fd, file.as_str(), READ_FLAGS, Mode::empty(), BENEATH)
-        {
+        let fd = match rfs::openat2(
+            &self.root_fd,
+            file.as_str(),
+            READ_FLAGS,
+            Mode::empty(),
+            BENEATH,
+        ) {
             Ok(fd) => fd,
             Err(Errno::NOSYS | Errno::PERM) => {
                 self.openat2.store(false, Ordering::Relaxed);
@@ -1473,6 +1489,70 @@ mod tests {
             assert!(check_component(&temp).is_ok());
         }
         assert_ne!(store.temp_name("a"), store.temp_name("a"));
+    }
+
+    #[test]
+    fn empty_create_only_files_are_made_in_place() {
+        for level in [SyncLevel::None, SyncLevel::File, SyncLevel::Filesystem] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalBackend::open(dir.path(), level).unwrap();
+            // A missing folder takes the long way, which makes it.
+            let marker: BackendPath = "vm/100/.protected".parse().unwrap();
+            store.write(&marker, b"", WriteMode::CreateOnly).unwrap();
+            assert!(matches!(
+                store.write(&marker, b"", WriteMode::CreateOnly),
+                Err(Error::AlreadyExists { .. })
+            ));
+            let other: BackendPath = "vm/100/other".parse().unwrap();
+            store.write(&other, b"", WriteMode::CreateOnly).unwrap();
+            let mut names: Vec<_> = std::fs::read_dir(dir.path().join("vm/100"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, [".protected", "other"], "{level}");
+            // A link on the way is refused, never followed.
+            std::os::unix::fs::symlink(dir.path().join("vm"), dir.path().join("link")).unwrap();
+            let through: BackendPath = "link/100/x".parse().unwrap();
+            assert!(matches!(
+                store.write(&through, b"", WriteMode::CreateOnly),
+                Err(Error::RefusedPath { .. })
+            ));
+            assert!(!dir.path().join("vm/100/x").exists());
+        }
+    }
+
+    #[test]
+    fn exists_and_read_never_follow_or_open_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
+        let file: BackendPath = "a/b".parse().unwrap();
+        store.write(&file, b"bytes", WriteMode::CreateOnly).unwrap();
+        assert!(store.exists(&file).unwrap());
+        assert!(!store.exists(&"a/missing".parse().unwrap()).unwrap());
+        assert!(!store.exists(&"missing/b".parse().unwrap()).unwrap());
+        assert_eq!(store.read(&file).unwrap().data, b"bytes");
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("link")).unwrap();
+        let through: BackendPath = "link/b".parse().unwrap();
+        assert!(matches!(
+            store.exists(&through),
+            Err(Error::RefusedPath { .. })
+        ));
+        assert!(matches!(
+            store.read(&through),
+            Err(Error::RefusedPath { .. })
+        ));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("a/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let fifo: BackendPath = "a/fifo".parse().unwrap();
+        assert!(store.exists(&fifo).unwrap());
+        assert!(matches!(store.read(&fifo), Err(Error::RefusedPath { .. })));
     }
 
     #[test]

@@ -150,7 +150,12 @@ impl Fixture {
                 .expect("manifest lock"),
         );
         for i in 0..fixture.markers.len() {
-            drop(fixture.marker_snapshot(&fixture.none, i).lock().expect("lock"));
+            drop(
+                fixture
+                    .marker_snapshot(&fixture.none, i)
+                    .lock()
+                    .expect("lock"),
+            );
         }
         let mut fixture = fixture;
         fixture.snapshot_lock = fixture.snapshot_lock_file();
@@ -164,7 +169,10 @@ impl Fixture {
     }
 
     fn marker_snapshot(&self, store: &DataStore, i: usize) -> Snapshot {
-        store.snapshot(&BackupNamespace::root(), &self.markers[i % self.markers.len()])
+        store.snapshot(
+            &BackupNamespace::root(),
+            &self.markers[i % self.markers.len()],
+        )
     }
 
     fn store(&self, level: SyncLevel) -> &DataStore {
@@ -192,7 +200,12 @@ impl Fixture {
     }
 
     fn group_lock_file(&self) -> PathBuf {
-        self.lock_file(&self.finished.group().relative_path(&BackupNamespace::root()))
+        self.lock_file(
+            &self
+                .finished
+                .group()
+                .relative_path(&BackupNamespace::root()),
+        )
     }
 
     /// PBS 4's manifest lock file: the snapshot's lock path with `.index.json.lck` appended.
@@ -396,7 +409,9 @@ fn unlink_floor(f: &Fixture, level: SyncLevel, i: usize) {
 
 impl Fixture {
     fn marker_lock(&self, i: usize) -> PathBuf {
-        self.lock_file(&self.markers[i % self.markers.len()].relative_path(&BackupNamespace::root()))
+        self.lock_file(
+            &self.markers[i % self.markers.len()].relative_path(&BackupNamespace::root()),
+        )
     }
 }
 
@@ -477,12 +492,16 @@ fn pairs(f: &Fixture) -> Vec<Pair<'_>> {
     pairs.push(Pair {
         name: "list_backups (10,000 snapshots)".into(),
         batch: 1,
-        ours: Box::new(|_| timed(|| {
-            black_box(list_backups(&f.list_store));
-        })),
-        floor: Box::new(|_| timed(|| {
-            black_box(bare_walk(&f.list_root));
-        })),
+        ours: Box::new(|_| {
+            timed(|| {
+                black_box(list_backups(&f.list_store));
+            })
+        }),
+        floor: Box::new(|_| {
+            timed(|| {
+                black_box(bare_walk(&f.list_root));
+            })
+        }),
     });
     let mut state = decode_state();
     let p = path.clone();
@@ -656,20 +675,13 @@ fn count(f: &Fixture, operation: &str, n: usize) {
             "update_manifest" => update_manifest(f, i as u64),
             "update_manifest.floor" => update_manifest_floor(f, &mut state, &path, i as u64),
             "lock" => snapshot_lock(f),
-            "lock.floor" => raw_lock(
-                &f.snapshot_lock,
-                FlockOperation::NonBlockingLockExclusive,
-            ),
+            "lock.floor" => raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockExclusive),
             "lock_shared" => snapshot_lock_shared(f),
-            "lock_shared.floor" => raw_lock(
-                &f.snapshot_lock,
-                FlockOperation::NonBlockingLockShared,
-            ),
+            "lock_shared.floor" => {
+                raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockShared)
+            }
             "group_lock" => group_lock(f),
-            "group_lock.floor" => raw_lock(
-                &f.group_lock,
-                FlockOperation::NonBlockingLockExclusive,
-            ),
+            "group_lock.floor" => raw_lock(&f.group_lock, FlockOperation::NonBlockingLockExclusive),
             other => panic!("unknown operation {other}"),
         }
     }
