@@ -134,11 +134,25 @@ impl Snapshot {
     /// [`Error::NotFound`] if the snapshot does not exist; [`Error::Locked`] if it is in use.
     pub fn set_protected(&self, protected: bool) -> Result<()> {
         let guard = self.lock()?;
+        let backend = self.store.backend();
+        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        if !protected && backend.capabilities().own_authority {
+            // A marker removed was in the snapshot, so it exists: ask only when there was none.
+            self.store.check_fence(&guard)?;
+            return match backend.remove_file(&marker) {
+                Ok(()) => Ok(()),
+                Err(keepsake_backend::Error::NotFound { .. }) if self.exists()? => Ok(()),
+                Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::NotFound {
+                    what: "snapshot",
+                    path: self.relative_path(),
+                }),
+                Err(e) => Err(Error::backend(marker.as_str(), e)),
+            };
+        }
         // Checked under the lock, in the authority (on S3 the bucket): a destroy that just
         // finished, here or on another host, must not leave a marker behind that makes the
         // snapshot exist again.
         let folder = path(&self.relative_path())?;
-        let backend = self.store.backend();
         let exists = self.exists()?
             && (backend.capabilities().own_authority
                 || backend
@@ -150,7 +164,6 @@ impl Snapshot {
                 path: self.relative_path(),
             });
         }
-        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
         self.store.check_fence(&guard)?;
         let result = if protected {
             match self
