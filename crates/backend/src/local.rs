@@ -814,7 +814,7 @@ impl LocalBackend {
             if data.len() == data.capacity() {
                 data.reserve(data.len().max(8 * 1024));
             }
-            match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut data)) {
+            match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut data)) {
                 Ok(0) => break,
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(self.io_error(file, e)),
