@@ -808,8 +808,10 @@ impl LocalBackend {
     ) -> Result<Vec<u8>> {
         // Room for the size and one byte more, so that the read finding the end needs no
         // growth; and no `read_to_end`, which asks the size again (`statx`, `lseek`).
-        let size = st.map_or(0, |st| usize::try_from(st.st_size).unwrap_or(0));
-        let mut data = Vec::with_capacity(size.saturating_add(1));
+        let room = st.map_or(8 * 1024, |st| {
+            usize::try_from(st.st_size).unwrap_or(0).saturating_add(1)
+        });
+        let mut data = Vec::with_capacity(room);
         loop {
             if data.len() == data.capacity() {
                 data.reserve(data.len().max(8 * 1024));
