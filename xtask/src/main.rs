@@ -9,6 +9,8 @@
 //! cargo xtask fuzz      the cargo-fuzz targets of `fuzz/`, `--secs N` each (default 60)
 //! cargo xtask bench     the criterion benches (extra arguments go to `cargo bench`)
 //! cargo xtask s3        start the S3 test server and print its endpoint until Ctrl-C
+//! cargo xtask syscalls  system calls per operation of keepsake-datastore's API bench and of
+//!                       each operation's floor, counted with strace (installed if missing)
 //! cargo xtask layering  only the crate layering check
 //! cargo xtask deps      crates built without `s3` have no tokio, object_store, HTTP or TLS crate;
 //!                       their clippy and tests pass without default features
@@ -24,6 +26,7 @@ mod fuzz;
 mod layering;
 mod moto;
 mod package;
+mod syscalls;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz::run(&root, rest),
         "bench" => bench(&root, rest),
         "s3" => s3(&root),
+        "syscalls" => syscalls::run_all(&root, rest),
         "layering" => layering::check_workspace(&root),
         "deps" => deps::check(&root),
         "package" => package::check(&root, rest),
@@ -73,6 +77,7 @@ fn print_help() {
          fuzz      cargo-fuzz targets of fuzz/ [--secs N, default 60] [TARGET...]\n  \
          bench     criterion benches [extra cargo bench args]\n  \
          s3        start the S3 test server and print its endpoint\n  \
+         syscalls  system calls per operation of the API bench and its floors (strace) [-n N]\n  \
          layering  check the crate dependency edges against docs/ARCHITECTURE.md\n  \
          deps      without `s3`: no tokio/object_store/HTTP/TLS crate, clippy and tests pass\n  \
          package   cargo package of every publishable crate, built from its .crate [--no-verify]\n  \

@@ -658,6 +658,7 @@ impl Backend for CachedBackend {
             empty_folders: true,
             atomic_rename: false,
             compare_and_swap: self.remote.capabilities().compare_and_swap,
+            own_authority: false,
         }
     }
 

@@ -142,6 +142,10 @@ pub struct Capabilities {
     pub atomic_rename: bool,
     /// [`WriteMode::Update`] is available.
     pub compare_and_swap: bool,
+    /// The backend is its own authority (see the contract): the `*_authoritative` methods
+    /// answer like the plain ones, so a caller that asked one need not ask the other. False
+    /// for a cache in front of an authority ([`CachedBackend`]).
+    pub own_authority: bool,
 }
 
 /// A place where a datastore's metadata lives, addressed by [`BackendPath`].

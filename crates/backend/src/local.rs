@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -86,6 +86,11 @@ const TEMP_FLAGS: OFlags = OFlags::WRONLY
     .union(OFlags::EXCL)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
+/// What `openat2` resolves: nothing through a symbolic link (magic ones included), nothing out of
+/// the folder it starts from.
+const BENEATH: rfs::ResolveFlags = rfs::ResolveFlags::BENEATH
+    .union(rfs::ResolveFlags::NO_SYMLINKS)
+    .union(rfs::ResolveFlags::NO_MAGICLINKS);
 
 /// PBS's mode for the files of a datastore, set explicitly when an owner is given.
 const FILE_MODE: u32 = 0o644;
@@ -104,13 +109,17 @@ const TEMP_INFIX: &str = ".tmp_";
 ///   component, is refused with [`Error::RefusedPath`], never followed. Folders are first opened
 ///   with one `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel has it (the
 ///   kernel then refuses links and escapes itself); any failure of that falls back to the walk,
-///   which names the error. (The root itself may be a symbolic link: it is resolved once, when
-///   opening.) Listings report links as
+///   which names the error. Reads look at the whole path first (`fstatat`, never opening a
+///   device or FIFO), then open the file with one such `openat2` and check with `fstat` that it
+///   is the regular file they looked at. (The root itself may be a symbolic link: it is
+///   resolved once, when opening.) Listings report links as
 ///   [`EntryKind::Other`], and tree removal unlinks them without following.
 /// - **Writes**: a temporary file `.<name>.tmp_<hex>` in the same folder, fsynced per
 ///   [`SyncLevel`], renamed into place; create-only uses `renameat2(RENAME_NOREPLACE)` (or
 ///   `link` where the filesystem lacks it), so exactly one concurrent creator wins and nothing
-///   half-written is ever visible. Files are created with mode 0644 (less the umask), folders
+///   half-written is ever visible. An empty create-only file (a `.protected` marker) cannot be
+///   half-written: it is made in place with `O_CREAT | O_EXCL` (one winner too), and its folder
+///   fsynced unless the level is `None`. Files are created with mode 0644 (less the umask), folders
 ///   0755; with [`LocalBackend::with_owner`] every file and folder this backend creates gets
 ///   that owner and exactly these modes.
 /// - **Versions** are the length and SHA-256 of the content (reads hash what they read).
@@ -127,6 +136,9 @@ pub struct LocalBackend {
     root_fd: OwnedFd,
     sync: SyncLevel,
     temp_counter: AtomicU64,
+    /// The process id for temporary names, asked once (a forked child that keeps using this
+    /// backend may draw a name its parent uses: `O_EXCL` makes it draw again).
+    pid: u32,
     /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` works here (Linux 5.6+, not
     /// filtered by a seccomp policy); cleared on the first `ENOSYS`/`EPERM`.
     openat2: AtomicBool,
@@ -205,6 +217,12 @@ impl fmt::Debug for LocalBackend {
     }
 }
 
+/// Whether [`LocalBackend::create_empty`] made the file.
+enum Created {
+    Yes,
+    TakeTheLongWay,
+}
+
 /// What is currently at a file path, for writers.
 enum Current {
     Missing,
@@ -234,6 +252,7 @@ impl LocalBackend {
             root_fd,
             sync,
             temp_counter: AtomicU64::new(0),
+            pid: std::process::id(),
             openat2: AtomicBool::new(true),
             owner: None,
             attributes: Attributes::Used,
@@ -321,10 +340,7 @@ impl LocalBackend {
         // out of `base`. Any failure falls back to the walk below, which gives the precise error
         // (and creates folders when asked), so both paths mean the same.
         if !rel.is_root() && self.openat2.load(Ordering::Relaxed) {
-            let resolve = rfs::ResolveFlags::BENEATH
-                | rfs::ResolveFlags::NO_SYMLINKS
-                | rfs::ResolveFlags::NO_MAGICLINKS;
-            match rfs::openat2(base, rel.as_str(), DIR_FLAGS, Mode::empty(), resolve) {
+            match rfs::openat2(base, rel.as_str(), DIR_FLAGS, Mode::empty(), BENEATH) {
                 Ok(fd) => return Ok(fd),
                 Err(Errno::NOSYS | Errno::PERM) => self.openat2.store(false, Ordering::Relaxed),
                 Err(Errno::NOENT) if !create => {
@@ -539,7 +555,7 @@ impl LocalBackend {
         format!(
             ".{}{TEMP_INFIX}{:x}{:x}{:08x}",
             &name[..cut],
-            std::process::id(),
+            self.pid,
             count,
             nanos
         )
@@ -590,19 +606,13 @@ impl LocalBackend {
                 }
             }
             WriteMode::Update(expected) => {
-                let mut locked = match self.lock_current(parent, folder, name)? {
+                let locked = match self.lock_current(parent, folder, name)? {
                     Current::Locked(f) => f,
                     Current::Missing | Current::Dir => {
                         return Err(Error::Precondition { path: file.clone() });
                     }
                 };
-                let mut current = Vec::new();
-                locked
-                    .read_to_end(&mut current)
-                    .map_err(|source| Error::Io {
-                        path: self.local_path(file),
-                        source,
-                    })?;
+                let current = self.read_all(file, locked.as_fd(), None)?;
                 if Version::of_content(&current) != *expected {
                     return Err(Error::Precondition { path: file.clone() });
                 }
@@ -620,6 +630,16 @@ impl LocalBackend {
         options: &WriteOptions<'_>,
     ) -> Result<(Version, AttributeOutcome)> {
         let (folder, name) = split_file(file)?;
+        if data.is_empty()
+            && mode == WriteMode::CreateOnly
+            && options.attribute.is_none()
+            && options.durability == Durability::PerSyncLevel
+        {
+            match self.create_empty(file, &folder, name)? {
+                Created::Yes => return Ok((Version::of_content(data), AttributeOutcome::NotAsked)),
+                Created::TakeTheLongWay => {}
+            }
+        }
         let parent = self.open_dir(&folder, true)?;
         let (temp, outcome) = self.write_temp(&parent, &folder, name, data, options)?;
         if let Err(e) = self.commit(&parent, &folder, file, name, &temp, &mode) {
@@ -632,8 +652,79 @@ impl LocalBackend {
         Ok((Version::of_content(data), outcome))
     }
 
+    /// Creates the empty file `file` (`folder/name`) in place: an empty file cannot be seen
+    /// half-written, so it needs no temporary file and rename (a `.protected` marker). Made with
+    /// `O_CREAT | O_EXCL`, so exactly one concurrent creator wins, beneath the root without
+    /// following links. With [`SyncLevel::File`] or [`SyncLevel::Filesystem`] the folder is
+    /// fsynced afterwards: the file's only content is its name.
+    ///
+    /// [`Created::TakeTheLongWay`] when this cannot decide (no `openat2`, a missing folder to
+    /// make, a link on the way, any other failure): the temporary-file path then does the work
+    /// and gives the precise error.
+    fn create_empty(
+        &self,
+        file: &BackendPath,
+        folder: &BackendPath,
+        name: &str,
+    ) -> Result<Created> {
+        if !self.openat2.load(Ordering::Relaxed) {
+            return Ok(Created::TakeTheLongWay);
+        }
+        let mode = Mode::from_raw_mode(FILE_MODE);
+        let (fd, parent) = if self.sync == SyncLevel::None {
+            match rfs::openat2(&self.root_fd, file.as_str(), TEMP_FLAGS, mode, BENEATH) {
+                Ok(fd) => (fd, None),
+                Err(Errno::EXIST) => return Err(Error::AlreadyExists { path: file.clone() }),
+                Err(Errno::NOSYS | Errno::PERM) => {
+                    self.openat2.store(false, Ordering::Relaxed);
+                    return Ok(Created::TakeTheLongWay);
+                }
+                Err(_) => return Ok(Created::TakeTheLongWay),
+            }
+        } else {
+            // The folder's handle is needed for its fsync.
+            let parent = match self.open_dir(folder, false) {
+                Ok(parent) => parent,
+                Err(Error::NotFound { .. }) => return Ok(Created::TakeTheLongWay),
+                Err(e) => return Err(e),
+            };
+            match rfs::openat(&parent, name, TEMP_FLAGS, mode) {
+                Ok(fd) => (fd, Some(parent)),
+                Err(Errno::EXIST) => return Err(Error::AlreadyExists { path: file.clone() }),
+                Err(_) => return Ok(Created::TakeTheLongWay),
+            }
+        };
+        if let Err(source) = self.apply_owner(&fd, FILE_MODE) {
+            drop(fd);
+            // Ours (O_EXCL): take it back rather than leave a file with the wrong owner.
+            let _ = match &parent {
+                Some(parent) => rfs::unlinkat(parent, name, AtFlags::empty()),
+                None => rfs::openat2(
+                    &self.root_fd,
+                    folder.as_str(),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                    BENEATH,
+                )
+                .and_then(|parent| rfs::unlinkat(&parent, name, AtFlags::empty())),
+            };
+            return Err(Error::Io {
+                path: self.local_path(file),
+                source,
+            });
+        }
+        drop(fd);
+        if let Some(parent) = parent {
+            rfs::fsync(&parent).map_err(|e| self.io_error(folder, e))?;
+        }
+        Ok(Created::Yes)
+    }
+
     /// Opens the regular file `file` for reading, never through a link; with its status.
     fn open_regular(&self, file: &BackendPath) -> Result<(OwnedFd, rfs::Stat)> {
+        if let Some(opened) = self.open_regular_beneath(file) {
+            return Ok(opened);
+        }
         let (folder, name) = split_file(file)?;
         let parent = self.open_dir(&folder, false).map_err(|e| match e {
             Error::NotFound { .. } => Error::NotFound { path: file.clone() },
@@ -663,17 +754,76 @@ impl LocalBackend {
         Ok((fd, st))
     }
 
+    /// [`LocalBackend::open_regular`] in three system calls where all is well: a look at the whole
+    /// path (never opening anything: a device must not be opened, a tape would rewind), one
+    /// `openat2` beneath the root that the kernel refuses to resolve through any link, and an
+    /// `fstat` that must show the regular file the look saw. The look may pass through a link
+    /// on the way (`fstatat` resolves the folders of a path); only the open decides, and it
+    /// never does. `None` for anything else (missing, a link, not regular, changed in between,
+    /// no `openat2`): the walk then decides and names the error.
+    fn open_regular_beneath(&self, file: &BackendPath) -> Option<(OwnedFd, rfs::Stat)> {
+        if file.is_root() || !self.openat2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let seen = rfs::statat(
+            &self.root_fd,
+            file.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        )
+        .ok()?;
+        if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        let fd = match rfs::openat2(
+            &self.root_fd,
+            file.as_str(),
+            READ_FLAGS,
+            Mode::empty(),
+            BENEATH,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOSYS | Errno::PERM) => {
+                self.openat2.store(false, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let st = rfs::fstat(&fd).ok()?;
+        let same = st.st_dev == seen.st_dev && st.st_ino == seen.st_ino;
+        (same && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((fd, st))
+    }
+
     /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
     fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
-        let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
-        File::from(fd)
-            .read_to_end(&mut data)
-            .map_err(|source| Error::Io {
-                path: self.local_path(file),
-                source,
-            })?;
+        let data = self.read_all(file, fd.as_fd(), Some(st))?;
         let version = Version::of_content(&data);
         Ok(FileContents { data, version })
+    }
+
+    /// Reads what is left of the file behind `fd`, with room for `st`'s size from the start.
+    fn read_all(
+        &self,
+        file: &BackendPath,
+        fd: BorrowedFd<'_>,
+        st: Option<&rfs::Stat>,
+    ) -> Result<Vec<u8>> {
+        // Room for the size and one byte more, so that the read finding the end needs no
+        // growth; and no `read_to_end`, which asks the size again (`statx`, `lseek`).
+        let room = st.map_or(8 * 1024, |st| {
+            usize::try_from(st.st_size).unwrap_or(0).saturating_add(1)
+        });
+        let mut data = Vec::with_capacity(room);
+        loop {
+            if data.len() == data.capacity() {
+                data.reserve(data.len().max(8 * 1024));
+            }
+            match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut data)) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(self.io_error(file, e)),
+            }
+        }
+        Ok(data)
     }
 
     // The S3 cache's side of the local backend.
@@ -987,6 +1137,7 @@ impl Backend for LocalBackend {
             empty_folders: true,
             atomic_rename: true,
             compare_and_swap: true,
+            own_authority: true,
         }
     }
 
@@ -1010,14 +1161,7 @@ impl Backend for LocalBackend {
     fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
         let file = digest.local_path();
         let (fd, st) = self.open_regular(&file)?;
-        let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
-        File::from(fd)
-            .read_to_end(&mut data)
-            .map_err(|source| Error::Io {
-                path: self.local_path(&file),
-                source,
-            })?;
-        Ok(data)
+        self.read_all(&file, fd.as_fd(), Some(&st))
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {
@@ -1214,6 +1358,26 @@ impl Backend for LocalBackend {
         self.open_dir(folder, true).map(drop)
     }
 
+    /// One `openat2(O_PATH)` beneath the root, which opens nothing (no device, no FIFO) and
+    /// resolves no link; anything but "there" or "missing" goes through [`Backend::stat`],
+    /// which names the error (a link is refused, not reported as missing).
+    fn exists(&self, path: &BackendPath) -> Result<bool> {
+        if !path.is_root() && self.openat2.load(Ordering::Relaxed) {
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rfs::openat2(&self.root_fd, path.as_str(), flags, Mode::empty(), BENEATH) {
+                Ok(_) => return Ok(true),
+                Err(Errno::NOENT) => return Ok(false),
+                Err(Errno::NOSYS | Errno::PERM) => self.openat2.store(false, Ordering::Relaxed),
+                Err(_) => {}
+            }
+        }
+        match self.stat(path) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn list_files_authoritative(&self, folder: &BackendPath) -> Result<Vec<BackendPath>> {
         let mut files = self.walk(folder)?.files;
         files.sort();
@@ -1336,6 +1500,70 @@ mod tests {
             assert!(check_component(&temp).is_ok());
         }
         assert_ne!(store.temp_name("a"), store.temp_name("a"));
+    }
+
+    #[test]
+    fn empty_create_only_files_are_made_in_place() {
+        for level in [SyncLevel::None, SyncLevel::File, SyncLevel::Filesystem] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LocalBackend::open(dir.path(), level).unwrap();
+            // A missing folder takes the long way, which makes it.
+            let marker: BackendPath = "vm/100/.protected".parse().unwrap();
+            store.write(&marker, b"", WriteMode::CreateOnly).unwrap();
+            assert!(matches!(
+                store.write(&marker, b"", WriteMode::CreateOnly),
+                Err(Error::AlreadyExists { .. })
+            ));
+            let other: BackendPath = "vm/100/other".parse().unwrap();
+            store.write(&other, b"", WriteMode::CreateOnly).unwrap();
+            let mut names: Vec<_> = std::fs::read_dir(dir.path().join("vm/100"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, [".protected", "other"], "{level}");
+            // A link on the way is refused, never followed.
+            std::os::unix::fs::symlink(dir.path().join("vm"), dir.path().join("link")).unwrap();
+            let through: BackendPath = "link/100/x".parse().unwrap();
+            assert!(matches!(
+                store.write(&through, b"", WriteMode::CreateOnly),
+                Err(Error::RefusedPath { .. })
+            ));
+            assert!(!dir.path().join("vm/100/x").exists());
+        }
+    }
+
+    #[test]
+    fn exists_and_read_never_follow_or_open_what_is_not_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
+        let file: BackendPath = "a/b".parse().unwrap();
+        store.write(&file, b"bytes", WriteMode::CreateOnly).unwrap();
+        assert!(store.exists(&file).unwrap());
+        assert!(!store.exists(&"a/missing".parse().unwrap()).unwrap());
+        assert!(!store.exists(&"missing/b".parse().unwrap()).unwrap());
+        assert_eq!(store.read(&file).unwrap().data, b"bytes");
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("link")).unwrap();
+        let through: BackendPath = "link/b".parse().unwrap();
+        assert!(matches!(
+            store.exists(&through),
+            Err(Error::RefusedPath { .. })
+        ));
+        assert!(matches!(
+            store.read(&through),
+            Err(Error::RefusedPath { .. })
+        ));
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("a/fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let fifo: BackendPath = "a/fifo".parse().unwrap();
+        assert!(store.exists(&fifo).unwrap());
+        assert!(matches!(store.read(&fifo), Err(Error::RefusedPath { .. })));
     }
 
     #[test]

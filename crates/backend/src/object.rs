@@ -719,6 +719,7 @@ impl Backend for ObjectBackend {
             empty_folders: false,
             atomic_rename: false,
             compare_and_swap: self.inner.compare_and_swap,
+            own_authority: true,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Snapshots: protection, blobs, the manifest, lock, destroy.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use keepsake_hierarchy::{
     PROTECTED_MARKER_FILENAME,
 };
 use keepsake_lock::{LockGuard, LockMode, LockTarget, MANIFEST_LOCK_TIMEOUT};
+use keepsake_manifest::blob::{BlobCodec, Compression, DataBlob};
 use keepsake_manifest::manifest::{BackupManifest, VerifyState};
 
 use crate::error::{Error, Leftover, Result};
@@ -132,23 +134,36 @@ impl Snapshot {
     /// [`Error::NotFound`] if the snapshot does not exist; [`Error::Locked`] if it is in use.
     pub fn set_protected(&self, protected: bool) -> Result<()> {
         let guard = self.lock()?;
+        let backend = self.store.backend();
+        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        if !protected && backend.capabilities().own_authority {
+            // A marker removed was in the snapshot, so it exists: ask only when there was none.
+            self.store.check_fence(&guard)?;
+            return match backend.remove_file(&marker) {
+                Ok(()) => Ok(()),
+                Err(keepsake_backend::Error::NotFound { .. }) if self.exists()? => Ok(()),
+                Err(keepsake_backend::Error::NotFound { .. }) => Err(Error::NotFound {
+                    what: "snapshot",
+                    path: self.relative_path(),
+                }),
+                Err(e) => Err(Error::backend(marker.as_str(), e)),
+            };
+        }
         // Checked under the lock, in the authority (on S3 the bucket): a destroy that just
         // finished, here or on another host, must not leave a marker behind that makes the
         // snapshot exist again.
         let folder = path(&self.relative_path())?;
         let exists = self.exists()?
-            && self
-                .store
-                .backend()
-                .exists_authoritative(&folder)
-                .map_err(|e| Error::backend(folder.as_str(), e))?;
+            && (backend.capabilities().own_authority
+                || backend
+                    .exists_authoritative(&folder)
+                    .map_err(|e| Error::backend(folder.as_str(), e))?);
         if !exists {
             return Err(Error::NotFound {
                 what: "snapshot",
                 path: self.relative_path(),
             });
         }
-        let marker = self.file(PROTECTED_MARKER_FILENAME)?;
         self.store.check_fence(&guard)?;
         let result = if protected {
             match self
@@ -174,7 +189,7 @@ impl Snapshot {
     /// [`Error::NotFound`]; [`Error::Corrupt`] for a bad magic, CRC or payload, or a missing key.
     pub fn load_blob(&self, name: &str) -> Result<Vec<u8>> {
         let raw = self.read_file(name)?;
-        keepsake_manifest::blob::decode(&raw, self.store.crypt_config()).map_err(|source| {
+        with_codec(|codec, _| codec.decode(&raw, self.store.crypt_config())).map_err(|source| {
             Error::Corrupt {
                 path: self.dir.file_path(&self.ns, name).unwrap_or_default(),
                 source,
@@ -204,8 +219,7 @@ impl Snapshot {
             .backend()
             .read(&file)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
-        BackupManifest::from_blob_bytes(&contents.data)
-            .map_err(|source| self.corrupt_manifest(source))
+        decode_manifest(&contents.data).map_err(|source| self.corrupt_manifest(source))
     }
 
     fn corrupt_manifest(&self, source: keepsake_manifest::Error) -> Error {
@@ -227,11 +241,10 @@ impl Snapshot {
             .backend()
             .read_authoritative(&file)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
-        let manifest =
-            BackupManifest::from_blob_bytes(&contents.data).map_err(|source| Error::Corrupt {
-                path: file.as_str().to_owned(),
-                source,
-            })?;
+        let manifest = decode_manifest(&contents.data).map_err(|source| Error::Corrupt {
+            path: file.as_str().to_owned(),
+            source,
+        })?;
         Ok((manifest, contents.version))
     }
 
@@ -302,7 +315,7 @@ impl Snapshot {
         version: Option<keepsake_backend::Version>,
     ) -> Result<()> {
         let file = self.file(MANIFEST_BLOB_NAME)?;
-        let blob = manifest.to_blob().map_err(|source| Error::Encode {
+        let blob = encode_manifest(manifest).map_err(|source| Error::Encode {
             path: file.as_str().to_owned(),
             source,
         })?;
@@ -538,4 +551,41 @@ impl Snapshot {
         }
         Ok(removed)
     }
+}
+
+/// Above this many bytes a thread's JSON buffer is given back after use, so that one huge
+/// manifest does not stay in memory for the thread's lifetime.
+const KEPT_BUFFER: usize = 1 << 20;
+
+thread_local! {
+    /// One codec per thread: a zstd context costs about 15 µs to make, more than the rest of a
+    /// manifest load (issue 22), and a datastore is used from many threads at once.
+    static CODEC: RefCell<(BlobCodec, Vec<u8>)> = RefCell::new((BlobCodec::new(), Vec::new()));
+}
+
+/// Runs `f` with this thread's codec and a scratch buffer (or fresh ones, should `f` ever be
+/// reached again from inside itself).
+pub(crate) fn with_codec<R>(f: impl FnOnce(&mut BlobCodec, &mut Vec<u8>) -> R) -> R {
+    CODEC.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            let (codec, buffer) = &mut *kept;
+            let result = f(codec, buffer);
+            if buffer.capacity() > KEPT_BUFFER {
+                *buffer = Vec::new();
+            }
+            result
+        }
+        Err(_) => f(&mut BlobCodec::new(), &mut Vec::new()),
+    })
+}
+
+/// Decodes and parses a manifest blob with this thread's codec.
+fn decode_manifest(raw: &[u8]) -> keepsake_manifest::Result<BackupManifest> {
+    with_codec(|codec, json| BackupManifest::from_blob_bytes_with(codec, raw, json))
+}
+
+/// Encodes a manifest as PBS stores it ([`BackupManifest::to_blob`]) with this thread's codec.
+fn encode_manifest(manifest: &BackupManifest) -> keepsake_manifest::Result<DataBlob> {
+    let json = manifest.to_json();
+    with_codec(|codec, _| codec.encode(json.as_bytes(), None, Compression::Zstd))
 }

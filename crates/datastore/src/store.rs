@@ -560,15 +560,15 @@ impl DataStore {
         mode: LockMode,
         timeout: Duration,
     ) -> Result<LockGuard> {
-        let (what, path) = match target {
-            LockTarget::Group { ns, group } => ("group", group.relative_path(ns)),
-            LockTarget::Snapshot { ns, snapshot } => ("snapshot", snapshot.relative_path(ns)),
-            LockTarget::Manifest { ns, snapshot } => ("manifest", snapshot.relative_path(ns)),
-        };
-        self.inner
-            .locker
-            .lock(target, mode, timeout)
-            .map_err(|e| Error::lock(what, path, e))
+        self.inner.locker.lock(target, mode, timeout).map_err(|e| {
+            // Named only on failure: a lock taken allocates nothing here.
+            let (what, path) = match target {
+                LockTarget::Group { ns, group } => ("group", group.relative_path(ns)),
+                LockTarget::Snapshot { ns, snapshot } => ("snapshot", snapshot.relative_path(ns)),
+                LockTarget::Manifest { ns, snapshot } => ("manifest", snapshot.relative_path(ns)),
+            };
+            Error::lock(what, path, e)
+        })
     }
 }
 
