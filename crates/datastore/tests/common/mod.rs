@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod faulty;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
