@@ -89,3 +89,56 @@ fn duplicate_digest_smaller_claim_refused_without_read_ahead() {
     let mut out = Vec::new();
     assert!(archive.read_to_end(&mut out).is_err());
 }
+
+/// A PBS datastore holds chunks encrypted by many clients' keys. A content verify run with one
+/// key (the store's, or `--keyfile`) fails the AES-GCM tag of every chunk another key wrote, calls
+/// that corruption and renames the good chunk `.bad`: the snapshot is then unreadable even with
+/// its right key. A key that does not match the manifest's fingerprint should leave the chunks
+/// checked by CRC only, never set aside.
+#[test]
+#[ignore = "finding: a verify with another key sets aside every good chunk that key did not write"]
+fn verify_with_another_key_sets_aside_good_chunks() {
+    use keepsake_datastore::{ChunkVerification, VerifyOptions, VerifyScope};
+    use keepsake_hierarchy::{BackupNamespace, BackupTime};
+    use keepsake_manifest::crypt::CryptConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let writer = DataStore::builder("enc", dir.path().join("enc"))
+        .lock_root(dir.path().join("locks"))
+        .chunk_prefix_dirs(false)
+        .key(CryptConfig::new([7; 32]))
+        .create()
+        .unwrap();
+    let image: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let group = writer.group(&BackupNamespace::root(), &"vm/1".parse().unwrap());
+    let mut w = group
+        .start_backup(
+            &"root@pam".parse().unwrap(),
+            BackupTime::from_epoch(1_000).unwrap(),
+        )
+        .unwrap();
+    w.add_fixed_archive("drive-scsi0.img.fidx", &image, 65_536, Encryption::StoreKey)
+        .unwrap();
+    let snapshot = w.finish().unwrap();
+
+    let other = DataStore::builder("enc", dir.path().join("enc"))
+        .lock_root(dir.path().join("locks"))
+        .open()
+        .unwrap();
+    let options = VerifyOptions::default()
+        .chunks(ChunkVerification::Content)
+        .key(CryptConfig::new([8; 32]));
+    let report = other.verify(&VerifyScope::Store, &options).unwrap();
+    assert_eq!(
+        report.content.set_aside, 0,
+        "good chunks set aside by a verify with another key: {report:?}"
+    );
+    let mut back = Vec::new();
+    writer
+        .snapshot(&BackupNamespace::root(), snapshot.dir())
+        .open_archive("drive-scsi0.img.fidx")
+        .unwrap()
+        .read_to_end(&mut back)
+        .expect("the snapshot no longer reads with its own key");
+    assert_eq!(back, image);
+}
