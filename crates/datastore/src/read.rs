@@ -129,7 +129,7 @@ const PLAIN_HEADER: usize = 12;
 
 /// Decodes a stored chunk (into `out` unless it is stored uncompressed) and checks it against
 /// its digest and the size the index expects. `Ok(None)` when it is encrypted and there is no
-/// key (the CRC was checked).
+/// key, or the key given is not the one that wrote it (the CRC was checked).
 pub(crate) fn decode_chunk(
     raw: &[u8],
     digest: &[u8; 32],
@@ -152,8 +152,13 @@ pub(crate) fn decode_chunk(
         let decoded = CODEC.with(|codec| codec.borrow_mut().decode_into(raw, key, out));
         match decoded {
             Ok(()) => {}
-            // The CRC is checked before the key is asked for.
-            Err(keepsake_manifest::Error::MissingKey { .. }) => return Ok(None),
+            // The CRC (over the ciphertext) is checked before the key is asked for. With it
+            // intact, a tag that does not authenticate means another key wrote the chunk (a PBS
+            // datastore holds chunks of many clients' keys): not a damaged chunk.
+            Err(
+                keepsake_manifest::Error::MissingKey { .. }
+                | keepsake_manifest::Error::DecryptionFailed,
+            ) => return Ok(None),
             Err(e) => return Err(ChunkDefect::Blob(e)),
         }
         (&out[..], Plain::Out)
@@ -336,7 +341,11 @@ impl ChunkReader {
             }
             Ok(None) => Err(Error::Corrupt {
                 path: chunk_path(digest),
-                source: keepsake_manifest::Error::MissingKey { fingerprint: None },
+                source: if self.key.is_some() {
+                    keepsake_manifest::Error::DecryptionFailed
+                } else {
+                    keepsake_manifest::Error::MissingKey { fingerprint: None }
+                },
             }),
             Err(defect) => Err(Error::ChunkCorrupt {
                 path: chunk_path(digest),
@@ -610,6 +619,7 @@ impl ArchiveReader {
                 }
             }
         }
+        let expected = range.end - range.start;
         let ahead = self.pool.as_mut().and_then(|pool| pool.take(&digest));
         let data = match ahead {
             Some(data) => {
@@ -617,10 +627,19 @@ impl ArchiveReader {
                 self.chunks.lock_cache().insert(digest, Arc::clone(&data));
                 data
             }
-            None => self
-                .chunks
-                .read_chunk(&digest, Some(range.end - range.start))?,
+            None => self.chunks.read_chunk(&digest, Some(expected))?,
         };
+        // Fetched ahead for another reference to the same digest, the size was checked against
+        // that reference's claim: check it against this one's.
+        if data.len() as u64 != expected {
+            return Err(Error::ChunkCorrupt {
+                path: chunk_path(&digest),
+                defect: ChunkDefect::Size {
+                    expected,
+                    found: data.len() as u64,
+                },
+            });
+        }
         self.current = Some((i, range.start, Arc::clone(&data)));
         Ok(Some((range.start, data)))
     }
@@ -645,8 +664,14 @@ impl Read for ArchiveReader {
         let Some((start, data)) = self.chunk_at(self.pos).map_err(to_io)? else {
             return Ok(0);
         };
-        let offset = (self.pos - start) as usize;
-        let n = buf.len().min(data.len() - offset);
+        let offset = usize::try_from(self.pos - start).unwrap_or(usize::MAX);
+        let Some(left) = data.len().checked_sub(offset).filter(|left| *left > 0) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a chunk shorter than its range in the index",
+            ));
+        };
+        let n = buf.len().min(left);
         buf[..n].copy_from_slice(&data[offset..offset + n]);
         self.pos += n as u64;
         Ok(n)

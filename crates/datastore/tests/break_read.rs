@@ -31,7 +31,6 @@ fn thrice(digest: &[u8; 32], middle: u64) -> IndexFile {
 /// an 8-byte range. A seek to offset 6 of that range then computes `data.len() - offset`
 /// = 4 - 6: a panic (debug) or a wrapped length (release), instead of `ChunkCorrupt`.
 #[test]
-#[ignore = "finding: read-ahead hands a chunk fetched for another reference (other size) to this one; seek inside it panics"]
 fn duplicate_digest_other_size_panics_on_seek() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
@@ -58,7 +57,6 @@ fn duplicate_digest_other_size_panics_on_seek() {
 /// whole archive reads "successfully" (10 bytes), where every other path refuses the index
 /// (`ChunkDefect::Size`).
 #[test]
-#[ignore = "finding: read-ahead hands a chunk fetched for another reference (other size) to this one; a wrong index reads as ok"]
 fn duplicate_digest_smaller_claim_reads_ok() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
@@ -96,7 +94,6 @@ fn duplicate_digest_smaller_claim_refused_without_read_ahead() {
 /// its right key. A key that does not match the manifest's fingerprint should leave the chunks
 /// checked by CRC only, never set aside.
 #[test]
-#[ignore = "finding: a verify with another key sets aside every good chunk that key did not write"]
 fn verify_with_another_key_sets_aside_good_chunks() {
     use keepsake_datastore::{ChunkVerification, VerifyOptions, VerifyScope};
     use keepsake_hierarchy::{BackupNamespace, BackupTime};

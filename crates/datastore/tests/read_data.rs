@@ -493,7 +493,8 @@ fn encrypted_chunks_need_the_key_to_be_read_and_fully_checked() {
     assert_eq!(report.content.crc_only, 3);
     assert_eq!(report.content.verified, 0);
 
-    // With another key: every chunk fails its tag, and is set aside.
+    // With another key (another client's): reading fails clearly; a verify checks CRCs only and
+    // sets nothing aside (the chunks are good, for their own key).
     let wrong = DataStore::builder("enc", dir.path().join("enc"))
         .lock_root(dir.path().join("locks"))
         .key(keepsake_manifest::crypt::CryptConfig::new([8; 32]))
@@ -506,6 +507,11 @@ fn encrypted_chunks_need_the_key_to_be_read_and_fully_checked() {
         .read_to_end(&mut Vec::new())
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let report = wrong.verify(&VerifyScope::Store, &content()).unwrap();
+    assert_eq!(report.content.crc_only, 3);
+    assert_eq!(report.content.set_aside, 0);
+    let own = store.snapshot(&BackupNamespace::root(), snapshot.dir());
+    assert_eq!(read_all(&own, "drive-scsi0.img.fidx"), image);
 }
 
 proptest! {

@@ -258,16 +258,10 @@ pub(crate) fn verify(
             ),
         });
     }
-    // Encrypted chunks read without the key had only their CRC checked: PBS counts that as
-    // verified (its server has no keys), and so does the recorded state; this run does not pass,
-    // as it could not check what was asked.
-    let unchecked_content = content.as_ref().map_or(0, |c| {
-        if store.crypt_config().is_none() {
-            c.crc_only
-        } else {
-            0
-        }
-    });
+    // Encrypted chunks read without their key (none, or another client's) had only their CRC
+    // checked: PBS counts that as verified (its server has no keys), and so does the recorded
+    // state; this run does not pass, as it could not check what was asked.
+    let unchecked_content = content.as_ref().map_or(0, |c| c.crc_only);
     let summary = VerifySummary {
         ok: report.is_ok() && errors.is_empty() && unchecked_content == 0,
         snapshots: report.snapshots.len(),
@@ -323,11 +317,19 @@ pub(crate) fn verify(
         return Ok(ExitCode::SUCCESS);
     }
     if unchecked_content > 0 && report.is_ok() && summary.errors.is_empty() {
-        let message = format!(
-            "{unchecked_content} encrypted chunk{} could only be checked by CRC: give --keyfile \
-             to verify their content",
-            super::change::plural(unchecked_content)
-        );
+        let message = if store.crypt_config().is_some() {
+            format!(
+                "{unchecked_content} encrypted chunk{} could not be decrypted with the key given \
+                 (another client's key?): checked by CRC only",
+                super::change::plural(unchecked_content)
+            )
+        } else {
+            format!(
+                "{unchecked_content} encrypted chunk{} could only be checked by CRC: give \
+                 --keyfile to verify their content",
+                super::change::plural(unchecked_content)
+            )
+        };
         return Ok(crate::error::report_line(&message, EXIT_FAILURE, false));
     }
     if report.verified() + report.skipped() == 0 && summary.errors.is_empty() {
