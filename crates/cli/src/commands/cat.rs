@@ -2,7 +2,6 @@
 //! dynamic index's stream. Every chunk is checked as it is read, so the output is either the
 //! archive's exact bytes or an error; with `-o` the file appears only once complete.
 
-use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -98,8 +97,13 @@ fn write_out(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> Result<(
     };
     let temp = temp_path(path);
     let result = (|| -> Result<()> {
-        let file =
-            File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+        // Create-new: a file or symlink planted at the temporary name is refused, never
+        // followed or truncated.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
         let mut out = std::io::BufWriter::new(file);
         write(&mut out)?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
