@@ -17,26 +17,6 @@ const MOTO_PACKAGES: &[&str] = &["moto[s3]==5.2.5", "flask", "flask-cors"];
 /// The bucket every S3 test uses; tests isolate themselves by key prefix.
 pub(crate) const BUCKET: &str = "keepsake-test";
 
-/// moto's server (as `moto_server -H 127.0.0.1 -p 0` runs it) with one change: requests are
-/// handled one at a time. moto checks S3's conditions (`If-None-Match: *`, `If-Match`) and then
-/// stores, without a lock, so two concurrent conditional writes could both succeed; S3 decides
-/// them atomically, and the tests of create-only chunks, compare-and-swap and leases rely on
-/// that. Connections stay concurrent (threaded, keep-alive); only the handling is serialized.
-const SERIALIZED_SERVER: &str = r#"
-import os, threading
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
-)
-os.environ.setdefault("MOTO_PORT", "0")
-app = DomainDispatcherApplication(create_backend_app)
-lock = threading.Lock()
-def serialized(environ, start_response):
-    with lock:
-        return list(app(environ, start_response))
-run_simple("127.0.0.1", 0, serialized, threaded=True, request_handler=MotoRequestHandler)
-"#;
-
 pub(crate) struct MotoServer {
     child: Child,
     endpoint: String,
@@ -46,8 +26,8 @@ impl MotoServer {
     /// Installs moto if needed, starts it on a free loopback port and creates the test bucket.
     pub(crate) fn start(root: &Path) -> Result<Self> {
         let venv = ensure_installed(root)?;
-        let mut child = Command::new(venv.join("bin/python"))
-            .args(["-c", SERIALIZED_SERVER])
+        let mut child = Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
