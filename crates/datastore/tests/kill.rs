@@ -519,9 +519,10 @@ fn moves_and_destroys_survive_sigkill() {
     );
     assert!(kills >= MIN_KILLS);
     assert!(protected_seen > 0);
-    // The kills must land inside operations, not only between them.
+    // The kills must land inside operations, not only between them (on a quiet machine the
+    // operations are quick and about a tenth of the kills land inside one; 5 % is the bound).
     assert!(
-        interrupted >= kills / 10,
+        interrupted >= kills / 20,
         "only {interrupted} of {kills} kills interrupted an operation"
     );
 }
