@@ -68,8 +68,18 @@ pub(crate) fn check(root: &Path, args: &[String]) -> Result<()> {
     }
     check_readmes(&metadata)?;
     forget_stale_extractions(&metadata, &packages)?;
+    // The packages are built in a target folder of their own, emptied first: cargo takes a
+    // registry crate for immutable and would reuse what an earlier run built from an older
+    // package of the same version.
+    let target = root.join("target").join("package-verify");
+    match std::fs::remove_dir_all(&target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot empty {}", target.display())),
+    }
     let mut cmd = crate::cargo();
     cmd.current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
         // The check is about what the packages contain, not about the state of the checkout.
         .args(["package", "--offline", "--allow-dirty"]);
     for package in &packages {
