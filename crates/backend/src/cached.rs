@@ -169,6 +169,16 @@ struct CacheCopy {
 }
 
 impl CachedBackend {
+    /// Keeps a chunk fetched from the bucket in the cache, in place of what the cache held (a
+    /// marker, nothing, or a damaged copy). A cache that cannot take it costs a later fetch,
+    /// nothing more: a warning, not an error.
+    fn keep_chunk(&self, digest: &ChunkDigest, data: &[u8]) {
+        let local = digest.local_path();
+        if let Err(e) = self.cache.write(&local, data, WriteMode::Replace) {
+            tracing::warn!(path = %local, error = %e, "cannot cache a chunk");
+        }
+    }
+
     /// The datastore whose authority is `remote` and whose cache is `cache`, without checking
     /// the cache folder's marker (see [`CachedBackend::open`], which does). For callers that
     /// checked already, and for tests.
@@ -609,21 +619,14 @@ impl Backend for CachedBackend {
             Err(e) => return Err(e),
         }
         let data = self.remote.read_chunk(digest)?;
-        if let Err(e) = self.cache.write(&local, &data, WriteMode::Replace) {
-            tracing::warn!(path = %local, error = %e, "cannot cache a chunk");
-        }
+        self.keep_chunk(digest, &data);
         Ok(data)
     }
 
     /// The bucket's copy; the cache keeps it in place of what it held.
     fn read_chunk_authoritative(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
         let data = self.remote.read_chunk(digest)?;
-        if let Err(e) = self
-            .cache
-            .write(&digest.local_path(), &data, WriteMode::Replace)
-        {
-            tracing::warn!(path = %digest.local_path(), error = %e, "cannot cache a chunk");
-        }
+        self.keep_chunk(digest, &data);
         Ok(data)
     }
 
