@@ -8,8 +8,10 @@
 //! folders of `.chunks` are swept in parallel.
 
 use std::collections::HashSet;
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +19,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use keepsake_backend::{Backend, ChunkDigest, WriteMode};
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
-use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+use rustix::fs::{
+    AtFlags, CWD, Dir, FileType, Mode, OFlags, Timespec, Timestamps, statat, unlinkat, utimensat,
+};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::{Encryption, Touch};
@@ -271,8 +276,9 @@ impl DataStore {
         {
             cutoff = cutoff.min(oldest - WRITER_SLACK_SECS);
         }
+        let chunks = ChunkDir::open(&root)?;
         let sweep = Sweep {
-            chunks: root.join(CHUNK_DIR_NAME),
+            chunks: &chunks,
             marked: &marked,
             guard: guard.as_ref(),
             cutoff,
@@ -374,6 +380,7 @@ impl DataStore {
     ) -> Result<u64> {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let missing = AtomicU64::new(0);
+        let chunks = &ChunkDir::open(root)?;
         loop {
             let mut fresh = Vec::new();
             for (file, id) in find_indexes(root)? {
@@ -394,7 +401,7 @@ impl DataStore {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(file) = fresh.get(i) else { break };
-                            let result = self.mark_index(root, file, options.mode, marked);
+                            let result = self.mark_index(root, chunks, file, options.mode, marked);
                             match result {
                                 Ok(Some((size, gone))) => {
                                     files.fetch_add(1, Ordering::Relaxed);
@@ -428,15 +435,11 @@ impl DataStore {
     fn mark_index(
         &self,
         root: &Path,
+        chunks: &ChunkDir,
         file: &Path,
         mode: GcMode,
         marked: &DigestSet,
     ) -> Result<Option<(u64, u64)>> {
-        let relative = file
-            .strip_prefix(root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
         let bytes = match std::fs::read(file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -448,7 +451,11 @@ impl DataStore {
             }
         };
         let index = IndexFile::from_bytes(bytes).map_err(|source| Error::Corrupt {
-            path: relative,
+            path: file
+                .strip_prefix(root)
+                .unwrap_or(file)
+                .display()
+                .to_string(),
             source,
         })?;
         let mut missing = 0;
@@ -458,26 +465,110 @@ impl DataStore {
             if !marked.insert(chunk.digest) {
                 continue;
             }
-            let digest = ChunkDigest::new(*chunk.digest);
             let found = match mode {
-                GcMode::Run => match self.touch_local(&digest.local_path())? {
+                GcMode::Run => match chunks.touch(chunk.digest, None)? {
                     Touch::Missing => {
                         // Keep its bad copies while the chunk is referenced and missing: a
                         // good copy uploaded later replaces them, as in PBS.
                         for n in 0..keepsake_backend::BAD_CHUNK_SLOTS {
-                            self.touch_local(&digest.bad_path(n))?;
+                            chunks.touch(chunk.digest, Some(n))?;
                         }
                         false
                     }
                     Touch::Touched | Touch::NoLocalFolder => true,
                 },
-                GcMode::DryRun => root.join(digest.local_path().as_str()).exists(),
+                GcMode::DryRun => chunks.exists(chunk.digest)?,
             };
             if !found {
                 missing += 1;
             }
         }
         Ok(Some((size, missing)))
+    }
+}
+
+/// `.chunks`, open: chunks are touched, looked at and removed relative to it, by names built on
+/// the stack (a path walk of two components per chunk instead of the whole store path, and no
+/// allocation). Opened without following a symlink: a `.chunks` that is one fails GC.
+struct ChunkDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// `<4 hex>/<64 hex>[.<n>.bad]` and the terminating NUL.
+const CHUNK_NAME_MAX: usize = 4 + 1 + 64 + 6 + 1;
+
+impl ChunkDir {
+    fn open(root: &Path) -> Result<Self> {
+        let path = root.join(CHUNK_DIR_NAME);
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        Ok(Self { fd, path })
+    }
+
+    /// Calls `f` with the chunk's name relative to `.chunks` (its bad copy `n`'s with `Some(n)`).
+    fn with_name<T>(digest: &[u8; 32], bad: Option<u8>, f: impl FnOnce(&CStr) -> T) -> T {
+        let mut buf = [0u8; CHUNK_NAME_MAX];
+        let mut hex = [0u8; 64];
+        // Cannot fail: the output is exactly twice the input.
+        let _ = hex::encode_to_slice(digest, &mut hex);
+        buf[..4].copy_from_slice(&hex[..4]);
+        buf[4] = b'/';
+        buf[5..69].copy_from_slice(&hex);
+        let mut len = 69;
+        if let Some(n) = bad {
+            // BAD_CHUNK_SLOTS is 10: one digit.
+            let suffix = [b'.', b'0' + n % 10, b'.', b'b', b'a', b'd'];
+            buf[len..len + suffix.len()].copy_from_slice(&suffix);
+            len += suffix.len();
+        }
+        let name = CStr::from_bytes_with_nul(&buf[..=len]).unwrap_or_default();
+        f(name)
+    }
+
+    /// Sets the chunk's atime to now (its mtime unchanged), as PBS's mark does.
+    fn touch(&self, digest: &[u8; 32], bad: Option<u8>) -> Result<Touch> {
+        let now = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+        };
+        Self::with_name(digest, bad, |name| {
+            match utimensat(&self.fd, name, &now, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(()) => Ok(Touch::Touched),
+                Err(Errno::NOENT) => Ok(Touch::Missing),
+                Err(e) => Err(Error::Io {
+                    path: self.path.join(name.to_string_lossy().as_ref()),
+                    source: e.into(),
+                }),
+            }
+        })
+    }
+
+    /// Whether the chunk is there (anything at its name).
+    fn exists(&self, digest: &[u8; 32]) -> Result<bool> {
+        Self::with_name(digest, None, |name| {
+            match statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => Ok(true),
+                Err(Errno::NOENT) => Ok(false),
+                Err(e) => Err(Error::Io {
+                    path: self.path.join(name.to_string_lossy().as_ref()),
+                    source: e.into(),
+                }),
+            }
+        })
     }
 }
 
@@ -515,13 +606,20 @@ fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
             if name.starts_with('.') {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            // The entry's type from the listing (a symlink is neither); only an index is looked
+            // at, for its device and inode (the walk's identity of it, see `mark`).
+            let Ok(kind) = entry.file_type() else {
                 continue; // gone meanwhile
             };
-            if meta.is_dir() {
+            if kind.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() && (name.ends_with(".fidx") || name.ends_with(".didx")) {
-                found.push((entry.path(), (meta.dev(), meta.ino())));
+            } else if kind.is_file() && (name.ends_with(".fidx") || name.ends_with(".didx")) {
+                let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                    continue; // gone meanwhile
+                };
+                if meta.is_file() {
+                    found.push((entry.path(), (meta.dev(), meta.ino())));
+                }
             }
         }
     }
@@ -530,7 +628,7 @@ fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
 
 /// Phase 2 over `.chunks`.
 struct Sweep<'a> {
-    chunks: PathBuf,
+    chunks: &'a ChunkDir,
     marked: &'a DigestSet,
     guard: Option<&'a ExclusiveProcessGuard>,
     cutoff: i64,
@@ -538,27 +636,18 @@ struct Sweep<'a> {
     mode: GcMode,
 }
 
-/// Counts of one prefix folder.
-#[derive(Default)]
-struct Counts {
-    status: GcStatus,
-}
-
 impl Sweep<'_> {
     fn run(&self, threads: usize, status: &mut GcStatus) -> Result<()> {
+        let io = |source: Errno| Error::Io {
+            path: self.chunks.path.clone(),
+            source: source.into(),
+        };
         let mut prefixes = Vec::new();
-        let entries = std::fs::read_dir(&self.chunks).map_err(|source| Error::Io {
-            path: self.chunks.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| Error::Io {
-                path: self.chunks.clone(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.len() == 4 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                prefixes.push(entry.path());
+        for entry in Dir::read_from(&self.chunks.fd).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if name.to_bytes().len() == 4 && name.to_bytes().iter().all(u8::is_ascii_hexdigit) {
+                prefixes.push(name.to_owned());
             }
         }
         let next = AtomicUsize::new(0);
@@ -566,19 +655,20 @@ impl Sweep<'_> {
         std::thread::scope(|scope| {
             for _ in 0..threads.min(prefixes.len()).max(1) {
                 scope.spawn(|| {
-                    let mut mine = Counts::default();
+                    let mut mine = GcStatus::default();
+                    let mut names = Vec::new();
                     let mut error = None;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(prefix) = prefixes.get(i) else { break };
-                        if let Err(e) = self.sweep_prefix(prefix, &mut mine) {
+                        if let Err(e) = self.sweep_prefix(prefix, &mut names, &mut mine) {
                             error = Some(e);
                             next.store(usize::MAX / 2, Ordering::Relaxed);
                             break;
                         }
                     }
                     let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
-                    add(&mut total.0, &mine.status);
+                    add(&mut total.0, &mine);
                     if total.1.is_none() {
                         total.1 = error;
                     }
@@ -593,45 +683,72 @@ impl Sweep<'_> {
         }
     }
 
-    fn sweep_prefix(&self, prefix: &Path, counts: &mut Counts) -> Result<()> {
-        let io = |path: &Path, source| Error::Io {
-            path: path.to_path_buf(),
-            source,
+    /// One prefix folder, opened relative to `.chunks` and read in one go into `names` (reused),
+    /// then each chunk looked at and judged relative to it.
+    fn sweep_prefix(
+        &self,
+        prefix: &CStr,
+        names: &mut Vec<CString>,
+        s: &mut GcStatus,
+    ) -> Result<()> {
+        let folder = self.chunks.path.join(prefix.to_string_lossy().as_ref());
+        let io = |name: Option<&CStr>, source: Errno| Error::Io {
+            path: match name {
+                Some(name) => folder.join(name.to_string_lossy().as_ref()),
+                None => folder.clone(),
+            },
+            source: source.into(),
         };
-        let entries = match std::fs::read_dir(prefix) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(prefix, e)),
+        let fd = match rustix::fs::openat(
+            &self.chunks.fd,
+            prefix,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(io(None, e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(|e| io(prefix, e))?;
-            let name = entry.file_name();
-            let Some((digest, bad)) = parse_chunk_name(&name.to_string_lossy()) else {
-                continue; // temporary files and strangers: not chunks, never touched
+        let mut dir = Dir::new(fd).map_err(|e| io(None, e))?;
+        names.clear();
+        for entry in dir.by_ref() {
+            let entry = entry.map_err(|e| io(None, e))?;
+            // Chunk names only: temporary files and strangers are never touched.
+            if matches!(entry.file_name().to_bytes().len(), 64 | 70) {
+                names.push(entry.file_name().to_owned());
+            }
+        }
+        let fd = dir.fd().map_err(|e| io(None, e))?;
+        for name in names.iter() {
+            let Some((digest, bad)) = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(parse_chunk_name)
+            else {
+                continue;
             };
             // A writer of this process cannot find the chunk and rely on it while we decide.
             let _shard = self.guard.map(|g| g.lock().chunk_shard(digest[0]));
-            let file = entry.path();
-            let meta = match std::fs::symlink_metadata(&file) {
-                Ok(meta) if meta.is_file() => meta,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(&file, e)),
+            let stat = match statat(fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile => stat,
+                Ok(_) | Err(Errno::NOENT) => continue,
+                Err(e) => return Err(io(Some(name), e)),
             };
-            let (atime, size) = (meta.atime(), meta.len());
+            // `c_long` on 64-bit Linux, narrower elsewhere.
+            #[allow(clippy::useless_conversion)]
+            let atime = i64::from(stat.st_atime);
+            let size = u64::try_from(stat.st_size).unwrap_or(0);
             // Dry run: a referenced chunk's atime was not moved, the set says it is in use. On a
             // run the set only repeats what the atime says (a chunk marked but with an old
             // atime, whatever the cause, is kept).
-            let referenced = self.marked.contains(&digest) && !bad;
+            let referenced = !bad && self.marked.contains(&digest);
             let bad_kept_by_mark =
                 bad && self.mode == GcMode::DryRun && self.marked.contains(&digest);
-            let s = &mut counts.status;
             if !referenced && !bad_kept_by_mark && atime < self.cutoff {
                 if self.mode == GcMode::Run {
-                    match std::fs::remove_file(&file) {
+                    match unlinkat(fd, name.as_c_str(), AtFlags::empty()) {
                         Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(io(&file, e)),
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Err(io(Some(name), e)),
                     }
                 }
                 s.removed_bytes += size;

@@ -562,3 +562,36 @@ fn gc_killed_at_random_points_never_loses_a_referenced_chunk() {
     assert_eq!(report.referenced_chunks, expected);
     content_verify_clean(&store);
 }
+
+/// A prefix folder of `.chunks` that is a symlink out of the store: the sweep never follows it
+/// (nothing outside is removed, however old and chunk-like), and GC fails saying where, rather
+/// than passing over part of the store. A `.chunks` that is itself a symlink fails GC too.
+#[test]
+fn gc_never_follows_a_symlink_out_of_the_chunk_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let victim = outside.join("ab".repeat(32));
+    std::fs::write(&victim, b"precious").unwrap();
+    age(&victim, now() - 10 * 86_400);
+    let chunks = dir.path().join("store/.chunks");
+    std::os::unix::fs::symlink(&outside, chunks.join("abab")).unwrap();
+
+    let error = store.garbage_collect(&GcOptions::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("abab"),
+        "the error names the folder: {error}"
+    );
+    assert!(victim.exists(), "nothing outside the store is removed");
+    assert!(
+        store.gc_status().unwrap().is_none(),
+        "a failed GC records no status"
+    );
+
+    std::fs::remove_file(chunks.join("abab")).unwrap();
+    std::fs::rename(&chunks, dir.path().join("real-chunks")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real-chunks"), &chunks).unwrap();
+    assert!(store.garbage_collect(&GcOptions::default()).is_err());
+    assert!(victim.exists());
+}
