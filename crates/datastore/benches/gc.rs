@@ -324,18 +324,22 @@ impl Store {
                                 Mode::empty(),
                             )
                             .expect("open prefix");
-                            let mut entries = rfs::Dir::read_from(&folder).expect("read prefix");
+                            let mut entries = rfs::Dir::new(folder).expect("read prefix");
+                            let mut names = Vec::new();
                             for entry in entries.by_ref() {
                                 let entry = entry.expect("entry");
-                                if entry.file_name().to_bytes().len() < 64 {
-                                    continue;
+                                if entry.file_name().to_bytes().len() >= 64 {
+                                    names.push(entry.file_name().to_owned());
                                 }
-                                files += 1;
-                                if stat == Stat::Each {
+                            }
+                            files += names.len();
+                            if stat == Stat::Each {
+                                let folder = entries.fd().expect("fd");
+                                for name in &names {
                                     std::hint::black_box(
                                         rfs::statat(
-                                            &folder,
-                                            entry.file_name(),
+                                            folder,
+                                            name.as_c_str(),
                                             AtFlags::SYMLINK_NOFOLLOW,
                                         )
                                         .expect("stat"),
