@@ -333,3 +333,47 @@ fn completions_for_the_usual_shells() {
     }
     common::run(keepsake().args(["completions", "tcsh"])).fails(2);
 }
+
+#[test]
+fn prune_reasons_name_every_rule_that_keeps() {
+    let store = Store::demo();
+    let args = [
+        "prune",
+        "vm/100",
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "2",
+        "--keep-weekly",
+        "2",
+        "--dry-run",
+    ];
+    let text = store.run(&args).ok().to_owned();
+    assert!(
+        text.contains(
+            "vm/100/2024-06-06T02:00:00Z  keep          last 1 of 1, daily 2024-06-06, weekly 2024-W23"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("vm/100/2024-06-02T02:00:00Z  keep          weekly 2024-W22 "),
+        "{text}"
+    );
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&args);
+    let doc = store.run(&json).json();
+    let newest = &doc[1];
+    assert_eq!(newest["snapshot"], "vm/100/2024-06-06T02:00:00Z");
+    assert_eq!(
+        newest["reasons"],
+        serde_json::json!(["last 1 of 1", "daily 2024-06-06", "weekly 2024-W23"])
+    );
+    assert_eq!(
+        newest["reason"],
+        "last 1 of 1, daily 2024-06-06, weekly 2024-W23"
+    );
+    assert_eq!(
+        doc[4]["reasons"],
+        serde_json::json!(["not selected by any option"])
+    );
+}
