@@ -23,7 +23,8 @@ use crate::target::{GroupArg, SnapshotArg, TargetArg};
                   filesystem or on S3-compatible object storage with a local cache.\n\n\
                   Objects are named as PBS names them: a namespace `prod/site-a`, a group `vm/100`, a \
                   snapshot `vm/100/2024-06-05T15:06:40Z` (or with its namespace path, \
-                  `ns/prod/vm/100/2024-06-05T15:06:40Z`).",
+                  `ns/prod/vm/100/2024-06-05T15:06:40Z`). Wherever a snapshot is taken, \
+                  `vm/100/latest` names the group's newest finished snapshot.",
     after_help = "Examples:\n  \
                   keepsake demo /tmp/demo\n  \
                   keepsake --store /tmp/demo groups\n  \
@@ -252,7 +253,7 @@ pub(crate) enum Command {
         after_help = "Example:\n  keepsake --store /tmp/demo show vm/100/2024-06-02T02:00:00Z"
     )]
     Show {
-        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`, or `vm/100/latest`).
         snapshot: SnapshotArg,
     },
 

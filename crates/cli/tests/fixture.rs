@@ -111,7 +111,7 @@ fn snapshots_list_time_files_protection_and_finished_state() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| f.as_str().unwrap())
+            .map(|f| f["filename"].as_str().unwrap())
             .collect();
         assert_eq!(files.contains(&"index.json.blob"), fact.finished, "{name}");
         assert_eq!(s["size"].is_null(), !fact.finished, "{name}");
@@ -180,7 +180,14 @@ fn show_prints_manifest_files_notes_and_verify_state() {
         .iter()
         .map(|f| f["filename"].as_str().unwrap())
         .collect();
-    assert_eq!(files, ["qemu-server.conf.blob", "drive-scsi0.img.fidx"]);
+    assert_eq!(
+        files,
+        [
+            "qemu-server.conf.blob",
+            "drive-scsi0.img.fidx",
+            "index.json.blob"
+        ]
+    );
     assert_eq!(doc["files"][1]["size"], 8 * 1024 * 1024);
     assert_eq!(doc["files"][1]["csum"].as_str().unwrap().len(), 64);
     assert_eq!(doc["manifest"]["backup-id"], "100");

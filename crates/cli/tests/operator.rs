@@ -377,3 +377,72 @@ fn prune_reasons_name_every_rule_that_keeps() {
         serde_json::json!(["not selected by any option"])
     );
 }
+
+#[test]
+fn latest_names_the_newest_finished_snapshot() {
+    let store = Store::demo();
+    // vm/100's newest snapshot (06-07) is unfinished: latest is the one before.
+    let text = store.run(&["show", "vm/100/latest"]).ok().to_owned();
+    assert!(
+        text.starts_with("snapshot   vm/100/2024-06-06T02:00:00Z\n"),
+        "{text}"
+    );
+    let doc = store
+        .run(&["--json", "show", "ns/prod/vm/101/latest"])
+        .json();
+    assert_eq!(doc["snapshot"], "vm/101/2024-06-06T02:00:00Z");
+    assert_eq!(doc["ns"], "prod");
+    let doc = store.run(&["--json", "protect", "vm/100/latest"]).json();
+    assert_eq!(doc["snapshot"], "vm/100/2024-06-06T02:00:00Z");
+    assert_eq!(doc["protected"], true);
+    std::fs::create_dir(store.path.join("vm/999")).unwrap();
+    let run = store.run(&["--json", "show", "vm/999/latest"]);
+    assert_eq!(
+        run.fails_json(1),
+        "snapshot `vm/999/latest` does not exist; group `vm/999` has no finished snapshot"
+    );
+    assert!(run.stdout.contains("\"not-found\""), "{run:?}");
+    let line = store.run(&["show", "vm/998/latest"]).fails(1).to_owned();
+    assert_eq!(line, "error: group `vm/998` does not exist");
+    let line = store
+        .run(&["snapshots", "vm/100/latest"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("`vm/100/latest` is a snapshot; its group is `vm/100`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn snapshots_show_verify_state_and_notes_and_files_as_pbs_does() {
+    let store = Store::demo();
+    let text = store.run(&["snapshots", "vm/100"]).ok().to_owned();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "snapshot                     finished  protected  verified  files  size       notes"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "vm/100/2024-06-01T02:00:00Z  yes       yes        -         3      256.1 KiB  first full backup"
+    );
+    let doc = store.run(&["--json", "snapshots", "vm/100"]).json();
+    let first = &doc[0];
+    assert_eq!(first["comment"], "first full backup");
+    assert!(first["verify-state"].is_null());
+    let file = &first["files"][1];
+    assert_eq!(file["filename"], "drive-scsi0.img.fidx");
+    assert_eq!(file["crypt-mode"], "none");
+    assert_eq!(file["size"], 262_144);
+    // show lists the same objects.
+    let show = store
+        .run(&["--json", "show", "vm/100/2024-06-01T02:00:00Z"])
+        .json();
+    assert_eq!(show["files"], first["files"]);
+    let unfinished = &doc[6];
+    assert_eq!(
+        unfinished["files"][0]["crypt-mode"],
+        serde_json::Value::Null
+    );
+}

@@ -281,7 +281,7 @@ pub(crate) fn notes(
             (ns, name.to_string(), notes)
         }
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             if !snapshot.is_finished()? {
                 bail!(
@@ -321,8 +321,9 @@ struct ProtectReport {
 
 /// `keepsake protect` and `keepsake unprotect`.
 pub(crate) fn protect(ctx: &Ctx<'_>, arg: &SnapshotArg, protected: bool) -> Result<ExitCode> {
-    let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+    arg.namespace(ctx.ns_arg())?;
     let session = ctx.open_write()?;
+    let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     snapshot.set_protected(protected).with_context(|| {
         format!(
@@ -381,7 +382,7 @@ fn forget_plan(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
     let session = ctx.open_read()?;
     let (ns, name, snapshots) = match target {
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             (ns, dir.to_string(), vec![snapshot])
         }
@@ -437,7 +438,7 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg, dry_run: bool) -> Result
     let session = ctx.open_write()?;
     let report = match target {
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             let path = snapshot.relative_path();
             if snapshot.is_protected()? {

@@ -164,7 +164,7 @@ pub(crate) fn verify(
             VerifyScope::Group { ns, group }
         }
         Some(TargetArg::Snapshot(arg)) => {
-            let (ns, snapshot) = arg.resolve(ctx.ns_arg())?;
+            let (ns, snapshot) = arg.resolve(ctx.ns_arg(), store)?;
             existing_snapshot(store, &ns, &snapshot)?;
             VerifyScope::Snapshot { ns, snapshot }
         }
