@@ -32,7 +32,11 @@ use crate::target::{GroupArg, SnapshotArg, TargetArg};
                   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… keepsake --store /var/cache/store1 \\\n      \
                   --s3-endpoint https://s3.example.com --s3-bucket backups refresh\n  \
                   keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com \\\n      \
-                  --s3-bucket backups --multi-host locks"
+                  --s3-bucket backups --multi-host locks\n\n\
+                  Exit codes (with --json, the error's `kind`): 0 success; 1 failed (a check \
+                  found a problem, a partial success, or another failure); 2 usage; \
+                  3 not-found; 4 locked; 5 protected; 6 refused; 7 invalid (corrupt data in the \
+                  datastore); 8 io; 9 s3."
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -132,6 +136,18 @@ pub(crate) struct GlobalArgs {
         value_name = "SCHEME"
     )]
     pub(crate) lock_scheme: Option<LockScheme>,
+
+    /// Wait up to SECS for each busy lock (a group or snapshot another process has locked), as
+    /// borg's --lock-wait; then fail as without it (exit code 4, `locked`). Default: fail at
+    /// once, as PBS does. `fsck --repair` waits too.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_LOCK_WAIT",
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(0..=604_800)
+    )]
+    pub(crate) lock_wait: Option<u64>,
 
     /// How much a local write forces to disk: `filesystem` (PBS's default: durable when the
     /// command returns), `file` or `none` (PBS's `sync-level` tuning option).

@@ -21,8 +21,10 @@
 //!   opened; the namespace, group or snapshot is checked to exist before the first write; opening
 //!   never creates anything.
 //! - **Errors are one line** on stderr (`error: what: why: cause`), and with `--json` also
-//!   `{"error": {"kind": "…", "message": "…"}}` on stdout (kinds in `error.rs`). Exit codes: 0 success, 1 failure (or a partial success, such as a
-//!   forget that kept protected snapshots), 2 usage errors.
+//!   `{"error": {"kind": "…", "message": "…"}}` on stdout. Each kind has its own exit code
+//!   (`error.rs`, and after `keepsake --help`): 0 success, 1 failure (or a partial success, such
+//!   as a forget that kept protected snapshots), 2 usage, 3 not-found, 4 locked, 5 protected,
+//!   6 refused, 7 invalid, 8 io, 9 s3.
 //! - **`--json` prints one document** on stdout, with the PBS API's kebab-case keys.
 
 mod cli;

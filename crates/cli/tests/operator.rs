@@ -86,7 +86,7 @@ fn a_move_onto_an_existing_group_advises_merge() {
     let before = store.contents();
     let line = store
         .run(&["move", "ns/prod/vm/100", "--to-ns", ""])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(
         line.contains("the target exists and merging was not requested; pass --merge"),
@@ -302,9 +302,9 @@ fn snapshots_recursive_and_by_age() {
 fn json_errors_carry_a_kind_and_a_message() {
     let store = Store::demo();
     let cases: [(&[&str], i32, &str); 5] = [
-        (&["snapshots", "vm/999"], 1, "not-found"),
-        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 1, "protected"),
-        (&["move", "vm/100", "--to-ns", "/"], 1, "refused"),
+        (&["snapshots", "vm/999"], 3, "not-found"),
+        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 5, "protected"),
+        (&["move", "vm/100", "--to-ns", "/"], 6, "refused"),
         (&["grups"], 2, "usage"),
         (&["prune", "--keep-last", "0"], 2, "usage"),
     ];
@@ -398,11 +398,11 @@ fn latest_names_the_newest_finished_snapshot() {
     std::fs::create_dir(store.path.join("vm/999")).unwrap();
     let run = store.run(&["--json", "show", "vm/999/latest"]);
     assert_eq!(
-        run.fails_json(1),
+        run.fails_json(3),
         "snapshot `vm/999/latest` does not exist; group `vm/999` has no finished snapshot"
     );
     assert!(run.stdout.contains("\"not-found\""), "{run:?}");
-    let line = store.run(&["show", "vm/998/latest"]).fails(1).to_owned();
+    let line = store.run(&["show", "vm/998/latest"]).fails(3).to_owned();
     assert_eq!(line, "error: group `vm/998` does not exist");
     let line = store
         .run(&["snapshots", "vm/100/latest"])
@@ -445,4 +445,43 @@ fn snapshots_show_verify_state_and_notes_and_files_as_pbs_does() {
         unfinished["files"][0]["crypt-mode"],
         serde_json::Value::Null
     );
+}
+
+#[test]
+fn lock_wait_waits_for_a_busy_lock_then_fails_as_locked() {
+    use keepsake_hierarchy::{BackupDir, BackupNamespace};
+    use keepsake_lock::{FileLocker, LockTarget, Locker};
+    use std::time::{Duration, Instant};
+
+    let store = Store::demo();
+    let snapshot = "vm/100/2024-06-03T02:00:00Z";
+    let dir: BackupDir = snapshot.parse().unwrap();
+    let locker = FileLocker::new(&store.lock_root, "demo").unwrap();
+    let reader = locker
+        .lock_shared(
+            &LockTarget::snapshot(&BackupNamespace::root(), &dir),
+            Duration::ZERO,
+        )
+        .unwrap();
+    let start = Instant::now();
+    let line = store
+        .run(&["--lock-wait", "1", "forget", snapshot])
+        .fails(4)
+        .to_owned();
+    assert!(start.elapsed() >= Duration::from_secs(1), "{line}");
+    assert!(line.contains("is locked"), "{line}");
+    assert!(store.path.join(snapshot).is_dir());
+    // Released while the command waits: it goes ahead.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(reader);
+    });
+    store.run(&["--lock-wait", "30", "forget", snapshot]).ok();
+    release.join().unwrap();
+    assert!(!store.path.join(snapshot).exists());
+    let line = store
+        .run(&["--lock-wait", "soon", "groups"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("--lock-wait"), "{line}");
 }
