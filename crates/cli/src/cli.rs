@@ -457,6 +457,14 @@ pub(crate) enum Command {
         shell: clap_complete::Shell,
     },
 
+    /// Write the man pages (`DIR/man`) and the bash, zsh and fish completion scripts
+    /// (`DIR/completions`), as shipped in crates/cli/doc.
+    #[command(hide = true, after_help = "Example:\n  keepsake docs crates/cli/doc")]
+    Docs {
+        /// The folder to write into (made if missing; files there are replaced).
+        dir: PathBuf,
+    },
+
     /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).
     #[command(after_help = "Example:\n  \
         keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com --s3-bucket backups refresh")]
