@@ -260,7 +260,14 @@ fn report_kind(line: &str, kind: Kind, json: bool) -> ExitCode {
         // Nothing more can be done if stdout is gone; stderr still gets the line.
         let _ = writeln!(std::io::stdout().lock(), "{doc}");
     }
-    let _ = writeln!(std::io::stderr().lock(), "error: {line}");
+    let mut stderr = std::io::stderr().lock();
+    let prefix = if crate::output::colour_for(std::io::IsTerminal::is_terminal(&stderr)) {
+        let red = anstyle::AnsiColor::Red.on_default().bold();
+        format!("{red}error:{red:#}")
+    } else {
+        "error:".to_owned()
+    };
+    let _ = writeln!(stderr, "{prefix} {line}");
     ExitCode::from(code)
 }
 

@@ -49,7 +49,12 @@ fn main() -> ExitCode {
         Err(e) => return clap_exit(&e, &args),
     };
     init_logging(cli.global.verbose, cli.global.quiet);
-    let out = Output::new(cli.global.json);
+    let quiet = if cli.global.quiet {
+        output::Quiet::Yes
+    } else {
+        output::Quiet::No
+    };
+    let out = Output::new(cli.global.json, quiet);
     match commands::run(&cli, out) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

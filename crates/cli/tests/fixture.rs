@@ -682,7 +682,11 @@ fn verify_reports_every_snapshot_and_damage_with_exit_code_1() {
     );
     let run = store.run(&["verify", "vm/100/2024-06-06T15:06:40Z"]);
     run.fails(1);
-    assert!(run.stdout.contains("FAILED"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("failed      vm/100/2024-06-06T15:06:40Z"),
+        "{run:?}"
+    );
 
     // --record writes the outcome into the manifests, with a PBS task id.
     store

@@ -485,3 +485,107 @@ fn lock_wait_waits_for_a_busy_lock_then_fails_as_locked() {
         .to_owned();
     assert!(line.contains("--lock-wait"), "{line}");
 }
+
+#[test]
+fn colour_only_where_asked_and_never_with_no_color() {
+    let store = Store::demo();
+    let bold_header = "\u{1b}[1msnapshot\u{1b}[0m";
+    // Tests run without a terminal: no colour.
+    let plain = store.run(&["snapshots", "vm/100"]).ok().to_owned();
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    let forced = common::run(
+        store
+            .cmd(&["snapshots", "vm/100"])
+            .env("CLICOLOR_FORCE", "1"),
+    )
+    .ok()
+    .to_owned();
+    assert!(forced.starts_with(bold_header), "{forced:?}");
+    let run = common::run(
+        store
+            .cmd(&["verify", "ct/200/2024-06-03T02:00:00Z"])
+            .env("CLICOLOR_FORCE", "1"),
+    );
+    assert!(
+        run.ok()
+            .starts_with("\u{1b}[32mok\u{1b}[0m          ct/200/2024-06-03T02:00:00Z\n"),
+        "{run:?}"
+    );
+    for (key, value) in [("NO_COLOR", "1"), ("CLICOLOR", "0")] {
+        let mut cmd = store.cmd(&["snapshots", "vm/100"]);
+        if key == "NO_COLOR" {
+            cmd.env("CLICOLOR_FORCE", "1");
+        }
+        let text = common::run(cmd.env(key, value)).ok().to_owned();
+        assert_eq!(text, plain, "{key}={value}");
+    }
+    let doc = common::run(
+        store
+            .cmd(&["--json", "snapshots", "vm/100"])
+            .env("CLICOLOR_FORCE", "1"),
+    );
+    assert!(!doc.ok().contains('\u{1b}'), "{doc:?}");
+    let run = common::run(store.cmd(&["show", "vm/1"]).env("CLICOLOR_FORCE", "1"));
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .starts_with("\u{1b}[1m\u{1b}[31merror:\u{1b}[0m "),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn quiet_silences_success_lines_only() {
+    let store = Store::demo();
+    for args in [
+        &["-q", "protect", "vm/100/2024-06-03T02:00:00Z"][..],
+        &["-q", "ns", "create", "staging"],
+        &["-q", "owner", "vm/100", "backup@pbs", "--force"],
+        &["-q", "move", "host/web", "--to-ns", "staging"],
+        &["-q", "forget", "ct/200/2024-06-03T02:00:00Z"],
+    ] {
+        let run = store.run(args);
+        assert_eq!((run.ok(), run.stderr.as_str()), ("", ""), "{args:?}");
+    }
+    assert!(store.path.join("ns/staging/host/web").is_dir());
+    // Asked-for output and JSON stay.
+    assert_eq!(store.run(&["-q", "owner", "vm/100"]).ok(), "backup@pbs\n");
+    let doc = store
+        .run(&["-q", "--json", "unprotect", "vm/100/2024-06-03T02:00:00Z"])
+        .json();
+    assert_eq!(doc["protected"], false);
+    assert_eq!(
+        store.run(&["protect", "vm/100/2024-06-03T02:00:00Z"]).ok(),
+        "protected vm/100/2024-06-03T02:00:00Z\n"
+    );
+    store.run(&["-q", "show", "vm/999/latest"]).fails(3);
+}
+
+#[test]
+fn verify_names_and_orders_snapshots_as_the_listings_do() {
+    let store = Store::demo();
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.contains("T02:00:00Z")))
+            .map(str::to_owned)
+            .collect()
+    };
+    for ns in [None, Some("prod")] {
+        let with_ns = |args: &[&'static str]| {
+            let mut all: Vec<&str> = ns.map(|n| vec!["--ns", n]).unwrap_or_default();
+            all.extend_from_slice(args);
+            store.run(&all)
+        };
+        let listed = names(with_ns(&["snapshots", "--recursive"]).ok());
+        let verified = names(with_ns(&["verify"]).ok());
+        assert_eq!(verified, listed, "--ns {ns:?}");
+    }
+    let text = store
+        .run(&["--ns", "prod", "verify", "vm/101"])
+        .ok()
+        .to_owned();
+    assert!(
+        text.starts_with("ok          vm/101/2024-06-04T02:00:00Z\n"),
+        "{text}"
+    );
+}

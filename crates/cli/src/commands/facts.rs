@@ -80,6 +80,48 @@ impl Verification {
     }
 }
 
+/// How the listings and `verify` name a snapshot or group: `vm/100/…` when everything shown is
+/// in one namespace (the one of --ns), else with its namespace path (`ns/prod/vm/101/…`, as in
+/// the datastore and as every command takes it).
+pub(crate) fn shown_name(ns: &BackupNamespace, name: &str, with_ns: WithNs) -> String {
+    match with_ns {
+        WithNs::Yes if !ns.is_root() => {
+            let mut path = String::new();
+            for component in ns.components() {
+                path.push_str("ns/");
+                path.push_str(component);
+                path.push('/');
+            }
+            path.push_str(name);
+            path
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// Whether [`shown_name`] puts the namespace path before the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WithNs {
+    /// Everything shown is in --ns: plain names.
+    No,
+    /// Several namespaces (or not --ns's): namespace paths.
+    Yes,
+}
+
+impl WithNs {
+    /// `Yes` when some of `namespaces` is not `anchor`.
+    pub(crate) fn unless_all_in<'a>(
+        anchor: &BackupNamespace,
+        mut namespaces: impl Iterator<Item = &'a BackupNamespace>,
+    ) -> Self {
+        if namespaces.all(|ns| ns == anchor) {
+            WithNs::No
+        } else {
+            WithNs::Yes
+        }
+    }
+}
+
 /// The manifest's name in a snapshot folder.
 const MANIFEST_NAME: &str = "index.json.blob";
 

@@ -9,7 +9,8 @@ use keepsake_hierarchy::{BackupNamespace, GroupFilter};
 use serde::Serialize;
 
 use super::facts::{
-    FileFacts, GroupFacts, SnapshotFacts, Verification, groups_of, namespaces, snapshots_of,
+    FileFacts, GroupFacts, SnapshotFacts, Verification, WithNs, groups_of, namespaces, shown_name,
+    snapshots_of,
 };
 use super::{Ctx, existing_group, existing_snapshot, ns_label, require_ns};
 use crate::cli::Age;
@@ -284,7 +285,11 @@ pub(crate) fn snapshots(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let in_several_ns = all.iter().any(|s| s.ns != ctx.ns().to_string());
+    let namespaces: Vec<BackupNamespace> = all
+        .iter()
+        .map(|s| s.ns.parse().unwrap_or_default())
+        .collect();
+    let with_ns = WithNs::unless_all_in(&ctx.ns(), namespaces.iter());
     ctx.out.emit(&all, || {
         let mut table = Table::new(&[
             "snapshot",
@@ -295,13 +300,9 @@ pub(crate) fn snapshots(
             "size",
             "notes",
         ]);
-        for s in &all {
+        for (s, ns) in all.iter().zip(&namespaces) {
             table.row(vec![
-                if in_several_ns && !s.ns.is_empty() {
-                    format!("ns/{}/{}", s.ns.replace('/', "/ns/"), s.snapshot)
-                } else {
-                    s.snapshot.clone()
-                },
+                shown_name(ns, &s.snapshot, with_ns),
                 yes_no(s.finished),
                 yes_no(s.protected),
                 s.verify_state

@@ -54,7 +54,7 @@ impl Moved {
     }
 
     fn print(&self, ctx: &Ctx<'_>) -> Result<()> {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "moved {} to {}: {} snapshot{}{}",
             self.from,
             self.to,
