@@ -432,7 +432,7 @@ pub(crate) enum Command {
         keepsake --store /tmp/demo fsck --unfinished-older-than 7d --json\n  \
         keepsake --store /tmp/demo fsck --repair\n\n\
         Exit codes: 0 nothing found (or everything found was mended), 1 something remains, \
-        2 usage errors.\n\
+        2 usage errors, others as `keepsake --help` lists them.\n\
         Unused lock files (PBS 4 scheme) are listed and --repair removes them, but they do not \
         make the exit code 1: every lock taken leaves one, as with PBS.")]
     Fsck {
