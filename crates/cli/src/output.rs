@@ -125,7 +125,8 @@ impl Output {
     /// Writes `value` as the JSON document of this run.
     pub(crate) fn json<T: Serialize + ?Sized>(&self, value: &T) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, value)?;
+        // As an io::Error, so that a closed pipe (`… --json | head`) is seen as one.
+        serde_json::to_writer_pretty(&mut stdout, value).map_err(std::io::Error::from)?;
         writeln!(stdout)?;
         Ok(())
     }
