@@ -73,7 +73,7 @@ fn groups_list_every_group_with_owner_count_and_last_backup() {
     assert_eq!(doc[0]["owner"], "user@pbs!tok");
 
     let text = store.run(&["groups"]).ok().to_owned();
-    assert!(text.lines().next().unwrap().starts_with("ns"), "{text}");
+    assert!(text.lines().next().unwrap().starts_with("group"), "{text}");
     assert!(
         text.contains("vm/100")
             && text.contains("root@pam")

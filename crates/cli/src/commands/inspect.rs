@@ -220,12 +220,12 @@ pub(crate) fn groups(ctx: &Ctx<'_>, filters: &[GroupFilter], recursive: bool) ->
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let with_ns = WithNs::unless_all_in(&anchor, groups.iter().map(|g| g.ns()));
     ctx.out.emit(&facts, || {
-        let mut table = Table::new(&["ns", "group", "owner", "snapshots", "last backup"]);
+        let mut table = Table::new(&["group", "owner", "snapshots", "last backup"]);
         for (group, f) in groups.iter().zip(&facts) {
             table.row(vec![
-                ns_label(group.ns()),
-                f.group_text(),
+                shown_name(group.ns(), &f.group_text(), with_ns),
                 f.owner.clone().unwrap_or_else(|| "(none)".to_owned()),
                 f.backup_count.to_string(),
                 last_backup_text(f.last_backup),

@@ -8,9 +8,10 @@ use keepsake_datastore::prune::{
     KeepOptions, KeepReason, Period, PruneMark, PruneSnapshot, compute_prune_plan,
 };
 use keepsake_datastore::{Group, GroupPrune, PruneAction, PruneRun};
+use keepsake_hierarchy::BackupNamespace;
 use serde::Serialize;
 
-use super::facts::{groups_of, namespaces_below};
+use super::facts::{WithNs, groups_of, namespaces_below, shown_name};
 use super::{Ctx, Writes, existing_group, require_ns};
 use crate::cli::PruneArgs;
 use crate::error::{EXIT_FAILURE, UsageError};
@@ -280,15 +281,15 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
         if args.dry_run {
             ctx.out.line("DRY RUN: nothing is removed")?;
         }
-        let mut table = Table::new(&["ns", "snapshot", "mark", "reason", "action"]);
-        for l in &lines {
+        let namespaces: Vec<BackupNamespace> = lines
+            .iter()
+            .map(|l| l.ns.parse().unwrap_or_default())
+            .collect();
+        let with_ns = WithNs::unless_all_in(&ctx.ns(), namespaces.iter());
+        let mut table = Table::new(&["snapshot", "mark", "reason", "action"]);
+        for (l, ns) in lines.iter().zip(&namespaces) {
             table.row(vec![
-                if l.ns.is_empty() {
-                    "/".to_owned()
-                } else {
-                    l.ns.clone()
-                },
-                l.snapshot.clone(),
+                shown_name(ns, &l.snapshot, with_ns),
                 l.mark.to_owned(),
                 l.reason.clone(),
                 l.action.to_owned(),
