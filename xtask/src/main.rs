@@ -16,6 +16,8 @@
 //!                       their clippy and tests pass without default features
 //! cargo xtask package   `cargo package` of every publishable crate, each built from its .crate
 //!                       alone (`--no-verify`: package only)
+//! cargo xtask man       the CLI's man pages and bash, zsh and fish completions, written into
+//!                       crates/cli/doc (shipped in its package; a test checks they are current)
 //! cargo xtask gen-store DIR [options]
 //!                       writes a datastore of generated backups (the package
 //!                       `xtask-gen-store`, built in release; `--help` lists the options)
@@ -56,6 +58,7 @@ fn main() -> Result<()> {
         "deps" => deps::check(&root),
         "package" => package::check(&root, rest),
         "gen-store" => gen_store(&invoked_in, rest),
+        "man" => man(&root),
         "help" | "--help" | "-h" => {
             print_help();
             Ok(())
@@ -81,8 +84,35 @@ fn print_help() {
          layering  check the crate dependency edges against docs/ARCHITECTURE.md\n  \
          deps      without `s3`: no tokio/object_store/HTTP/TLS crate, clippy and tests pass\n  \
          package   cargo package of every publishable crate, built from its .crate [--no-verify]\n  \
+         man       write the CLI's man pages and shell completions into crates/cli/doc\n  \
          gen-store DIR [options]: write a datastore of generated backups (--help for the options)"
     );
+}
+
+/// `keepsake docs` into crates/cli/doc, after emptying what it writes (a command removed loses
+/// its page).
+fn man(root: &Path) -> Result<()> {
+    let doc = root.join("crates/cli/doc");
+    for folder in ["man", "completions"] {
+        let path = doc.join(folder);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot empty {}", path.display())),
+        }
+    }
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "keepsake-cli",
+            "--bin",
+            "keepsake",
+            "--",
+            "docs",
+        ])
+        .arg(&doc))
 }
 
 fn workspace_root() -> PathBuf {

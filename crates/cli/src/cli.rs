@@ -23,7 +23,8 @@ use crate::target::{GroupArg, SnapshotArg, TargetArg};
                   filesystem or on S3-compatible object storage with a local cache.\n\n\
                   Objects are named as PBS names them: a namespace `prod/site-a`, a group `vm/100`, a \
                   snapshot `vm/100/2024-06-05T15:06:40Z` (or with its namespace path, \
-                  `ns/prod/vm/100/2024-06-05T15:06:40Z`).",
+                  `ns/prod/vm/100/2024-06-05T15:06:40Z`). Wherever a snapshot is taken, \
+                  `vm/100/latest` names the group's newest finished snapshot.",
     after_help = "Examples:\n  \
                   keepsake demo /tmp/demo\n  \
                   keepsake --store /tmp/demo groups\n  \
@@ -31,7 +32,11 @@ use crate::target::{GroupArg, SnapshotArg, TargetArg};
                   AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=… keepsake --store /var/cache/store1 \\\n      \
                   --s3-endpoint https://s3.example.com --s3-bucket backups refresh\n  \
                   keepsake --store /var/cache/store1 --s3-endpoint https://s3.example.com \\\n      \
-                  --s3-bucket backups --multi-host locks"
+                  --s3-bucket backups --multi-host locks\n\n\
+                  Exit codes (with --json, the error's `kind`): 0 success; 1 failed (a check \
+                  found a problem, a partial success, or another failure); 2 usage; \
+                  3 not-found; 4 locked; 5 protected; 6 refused; 7 invalid (corrupt data in the \
+                  datastore); 8 io; 9 s3."
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -131,6 +136,18 @@ pub(crate) struct GlobalArgs {
         value_name = "SCHEME"
     )]
     pub(crate) lock_scheme: Option<LockScheme>,
+
+    /// Wait up to SECS for each busy lock (a group or snapshot another process has locked), as
+    /// borg's --lock-wait; then fail as without it (exit code 4, `locked`). Default: fail at
+    /// once, as PBS does. `fsck --repair` waits too.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEPSAKE_LOCK_WAIT",
+        value_name = "SECS",
+        value_parser = clap::value_parser!(u64).range(0..=604_800)
+    )]
+    pub(crate) lock_wait: Option<u64>,
 
     /// How much a local write forces to disk: `filesystem` (PBS's default: durable when the
     /// command returns), `file` or `none` (PBS's `sync-level` tuning option).
@@ -252,7 +269,7 @@ pub(crate) enum Command {
         after_help = "Example:\n  keepsake --store /tmp/demo show vm/100/2024-06-02T02:00:00Z"
     )]
     Show {
-        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`).
+        /// The snapshot (`vm/100/2024-06-05T15:06:40Z`, or `vm/100/latest`).
         snapshot: SnapshotArg,
     },
 
@@ -415,7 +432,7 @@ pub(crate) enum Command {
         keepsake --store /tmp/demo fsck --unfinished-older-than 7d --json\n  \
         keepsake --store /tmp/demo fsck --repair\n\n\
         Exit codes: 0 nothing found (or everything found was mended), 1 something remains, \
-        2 usage errors.\n\
+        2 usage errors, others as `keepsake --help` lists them.\n\
         Unused lock files (PBS 4 scheme) are listed and --repair removes them, but they do not \
         make the exit code 1: every lock taken leaves one, as with PBS.")]
     Fsck {
@@ -438,6 +455,14 @@ pub(crate) enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+
+    /// Write the man pages (`DIR/man`) and the bash, zsh and fish completion scripts
+    /// (`DIR/completions`), as shipped in crates/cli/doc.
+    #[command(hide = true, after_help = "Example:\n  keepsake docs crates/cli/doc")]
+    Docs {
+        /// The folder to write into (made if missing; files there are replaced).
+        dir: PathBuf,
     },
 
     /// Rebuild the local cache of an S3 datastore from the bucket (PBS's s3-refresh).

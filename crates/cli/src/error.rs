@@ -1,13 +1,13 @@
 //! How failures reach the operator: one line on stderr, an exit code, and with `--json` an
 //! `{"error": {"kind": …, "message": …}}` document on stdout.
 //!
-//! Exit codes: 0 success; 2 the command line was wrong (kind `usage`: clap's errors, malformed
-//! names, options that do not fit together; raised before anything is changed); 1 every other
-//! failure (or a check that found a problem, or a partial success). The `--json` kind tells the
-//! failures apart, with stable names: `failed`, `usage`, `not-found`, `locked`, `protected`,
-//! `refused` (the datastore's rules refuse it: exists already, move rules, not empty, read-only),
-//! `invalid` (corrupt or unparsable data in the datastore), `io`, `s3`. The kind is that of the
-//! first cause, from the outside in, that has one.
+//! Each kind has its own exit code, stable for scripts (listed in crates/cli/README.md and after
+//! `keepsake --help`): 0 success; 1 `failed` (a check found a problem, a partial success, or a
+//! failure of no other kind); 2 `usage` (the command line was wrong: clap's errors, malformed
+//! names, options that do not fit together; raised before anything is changed); 3 `not-found`;
+//! 4 `locked`; 5 `protected`; 6 `refused` (the datastore's rules refuse it: exists already, move
+//! rules, not empty, read-only); 7 `invalid` (corrupt or unparsable data in the datastore); 8 `io`;
+//! 9 `s3`. The kind is that of the first cause, from the outside in, that has one.
 
 use std::fmt;
 use std::process::ExitCode;
@@ -47,8 +47,8 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 /// The exit code for a failed operation.
 pub(crate) const EXIT_FAILURE: u8 = 1;
 
-/// What kind of failure ended the command: its name in `--json`'s `error.kind` is stable. (One
-/// exit code per kind is not done yet: every kind but `usage` exits with 1.)
+/// What kind of failure ended the command: its name in `--json`'s `error.kind` and its exit code
+/// are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     /// Failed, or partly done, or a check found a problem .
@@ -73,7 +73,6 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Every kind.
-    #[cfg(test)]
     const ALL: [Kind; 9] = [
         Kind::Failed,
         Kind::Usage,
@@ -101,21 +100,27 @@ impl Kind {
         }
     }
 
-    /// The exit code.
+    /// The exit code (each kind its own).
     pub(crate) fn exit_code(self) -> u8 {
         match self {
+            Kind::Failed => EXIT_FAILURE,
             Kind::Usage => EXIT_USAGE,
-            _ => EXIT_FAILURE,
+            Kind::NotFound => 3,
+            Kind::Locked => 4,
+            Kind::Protected => 5,
+            Kind::Refused => 6,
+            Kind::Invalid => 7,
+            Kind::Io => 8,
+            Kind::S3 => 9,
         }
     }
 
-    /// The kind of an exit code given without an error (`failed` but for `usage`'s).
+    /// The kind of an exit code given without an error (`failed` for codes of no kind).
     fn of_code(code: u8) -> Kind {
-        if code == EXIT_USAGE {
-            Kind::Usage
-        } else {
-            Kind::Failed
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.exit_code() == code)
+            .unwrap_or(Kind::Failed)
     }
 }
 
@@ -170,8 +175,13 @@ fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
             _ => None,
         };
     }
-    if cause.is::<std::io::Error>() {
-        return Some(Kind::Io);
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        // A library error carried through `Read` (`cat`) keeps its own kind; io::Error's
+        // `source` skips it.
+        let inner = io
+            .get_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        return Some(inner.and_then(cause_kind).unwrap_or(Kind::Io));
     }
     None
 }
@@ -250,7 +260,14 @@ fn report_kind(line: &str, kind: Kind, json: bool) -> ExitCode {
         // Nothing more can be done if stdout is gone; stderr still gets the line.
         let _ = writeln!(std::io::stdout().lock(), "{doc}");
     }
-    let _ = writeln!(std::io::stderr().lock(), "error: {line}");
+    let mut stderr = std::io::stderr().lock();
+    let prefix = if crate::output::colour_for(std::io::IsTerminal::is_terminal(&stderr)) {
+        let red = anstyle::AnsiColor::Red.on_default().bold();
+        format!("{red}error:{red:#}")
+    } else {
+        "error:".to_owned()
+    };
+    let _ = writeln!(stderr, "{prefix} {line}");
     ExitCode::from(code)
 }
 
@@ -303,7 +320,7 @@ mod tests {
             one_line(&err),
             "group `vm/100`: reading the owner: disk on fire"
         );
-        assert_eq!(exit_code(&err), EXIT_FAILURE);
+        assert_eq!(exit_code(&err), Kind::Io.exit_code());
     }
 
     #[test]
@@ -322,12 +339,38 @@ mod tests {
     }
 
     #[test]
-    fn kinds_have_distinct_names() {
+    fn kinds_have_distinct_names_and_exit_codes() {
         let names: std::collections::BTreeSet<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), Kind::ALL.len());
+        let codes: std::collections::BTreeSet<u8> =
+            Kind::ALL.iter().map(|k| k.exit_code()).collect();
+        assert_eq!(codes.len(), Kind::ALL.len());
         for k in Kind::ALL {
-            assert_eq!(k.exit_code() == EXIT_USAGE, k == Kind::Usage);
+            assert_eq!(Kind::of_code(k.exit_code()), k);
+            assert_ne!(k.exit_code(), 0);
         }
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        let table: Vec<(u8, &str)> = Kind::ALL
+            .iter()
+            .map(|k| (k.exit_code(), k.name()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (1, "failed"),
+                (2, "usage"),
+                (3, "not-found"),
+                (4, "locked"),
+                (5, "protected"),
+                (6, "refused"),
+                (7, "invalid"),
+                (8, "io"),
+                (9, "s3"),
+            ]
+        );
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub(crate) fn create(
         },
     };
     ctx.out.emit(&created, || {
-        ctx.out.line(format_args!(
+        ctx.out.done(format_args!(
             "created key file {} (fingerprint {})",
             created.path, created.fingerprint
         ))?;

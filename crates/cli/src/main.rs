@@ -21,8 +21,10 @@
 //!   opened; the namespace, group or snapshot is checked to exist before the first write; opening
 //!   never creates anything.
 //! - **Errors are one line** on stderr (`error: what: why: cause`), and with `--json` also
-//!   `{"error": {"kind": "…", "message": "…"}}` on stdout (kinds in `error.rs`). Exit codes: 0 success, 1 failure (or a partial success, such as a
-//!   forget that kept protected snapshots), 2 usage errors.
+//!   `{"error": {"kind": "…", "message": "…"}}` on stdout. Each kind has its own exit code
+//!   (`error.rs`, and after `keepsake --help`): 0 success, 1 failure (or a partial success, such
+//!   as a forget that kept protected snapshots), 2 usage, 3 not-found, 4 locked, 5 protected,
+//!   6 refused, 7 invalid, 8 io, 9 s3.
 //! - **`--json` prints one document** on stdout, with the PBS API's kebab-case keys.
 
 mod cli;
@@ -47,7 +49,12 @@ fn main() -> ExitCode {
         Err(e) => return clap_exit(&e, &args),
     };
     init_logging(cli.global.verbose, cli.global.quiet);
-    let out = Output::new(cli.global.json);
+    let quiet = if cli.global.quiet {
+        output::Quiet::Yes
+    } else {
+        output::Quiet::No
+    };
+    let out = Output::new(cli.global.json, quiet);
     match commands::run(&cli, out) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

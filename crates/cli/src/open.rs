@@ -53,6 +53,8 @@ pub(crate) struct StoreSpec {
     pub(crate) pbs: Option<PbsDatastore>,
     /// The key from `--keyfile`, given to the datastore.
     pub(crate) key: Option<CryptConfig>,
+    /// `--lock-wait`: how long each lock waits for a busy one.
+    pub(crate) lock_wait: std::time::Duration,
 }
 
 /// The longest `--lease-secs` taken: a day (a crashed host's leases block others that long).
@@ -243,6 +245,7 @@ impl StoreSpec {
             multi_host,
             host,
             pbs,
+            lock_wait: std::time::Duration::from_secs(global.lock_wait.unwrap_or(0)),
         })
     }
 
@@ -300,6 +303,7 @@ impl StoreSpec {
         let builder = DataStore::builder(&self.name, &self.path)
             .lock_root(&self.lock_root)
             .lock_scheme(self.scheme)
+            .lock_wait(self.lock_wait)
             .sync_level(self.sync_level);
         let builder = match &self.key {
             Some(key) => builder.key(key.clone()),

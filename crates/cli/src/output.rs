@@ -1,12 +1,15 @@
 //! Where results go: text or one JSON document on stdout, progress bars on stderr.
 //!
 //! Progress bars are drawn only when stderr is a terminal and `--json` is off, so pipes, logs and
-//! scripts never see them.
+//! scripts never see them. Colour follows the same idea for stdout: only on a terminal, never with
+//! `--json`, and never with `NO_COLOR` set (`CLICOLOR=0` turns it off too, `CLICOLOR_FORCE=1`
+//! on where there is no terminal: the rules clap follows for its own help and errors).
 
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use anstyle::{AnsiColor, Style};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -15,14 +18,85 @@ use serde::Serialize;
 pub(crate) struct Output {
     json: bool,
     progress: bool,
+    colour: bool,
+    quiet: Quiet,
+}
+
+/// Whether `-q` silences the lines that only say a change succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quiet {
+    /// Print them.
+    No,
+    /// `-q`: errors and asked-for output only.
+    Yes,
+}
+
+/// Whether a stream gets colour: `NO_COLOR` (set, not empty) never, `CLICOLOR_FORCE` (not `0`)
+/// always, `CLICOLOR=0` never, else on a terminal whose `TERM` is not `dumb`.
+pub(crate) fn colour_for(is_terminal: bool) -> bool {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if set("NO_COLOR").is_some() {
+        return false;
+    }
+    if set("CLICOLOR_FORCE").is_some_and(|v| v != "0") {
+        return true;
+    }
+    if set("CLICOLOR").is_some_and(|v| v == "0") {
+        return false;
+    }
+    is_terminal && set("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// The colour of a state word in tables and `verify` lines (`ok`, `failed`, `keep`, `remove`,
+/// `protected`, …); `None` for every other text.
+fn state_style(word: &str) -> Option<Style> {
+    let colour = match word {
+        "ok" | "keep" | "keep-partial" => AnsiColor::Green,
+        "failed" => return Some(AnsiColor::Red.on_default().bold()),
+        "remove" | "would-remove" | "removed" | "gone" | "unfinished" | "in use" => {
+            AnsiColor::Yellow
+        }
+        "protected" => AnsiColor::Cyan,
+        _ => return None,
+    };
+    Some(colour.on_default())
 }
 
 impl Output {
-    /// Output for `--json` (or text), with progress bars when stderr is a terminal.
-    pub(crate) fn new(json: bool) -> Self {
+    /// Output for `--json` (or text), with progress bars when stderr is a terminal and colour
+    /// when stdout is one.
+    pub(crate) fn new(json: bool, quiet: Quiet) -> Self {
         Self {
             json,
             progress: !json && std::io::stderr().is_terminal(),
+            colour: !json && colour_for(std::io::stdout().is_terminal()),
+            quiet,
+        }
+    }
+
+    /// `text` in `style` when colour is on.
+    pub(crate) fn paint(&self, text: &str, style: Style) -> String {
+        if self.colour {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    /// A state word (`ok`, `failed`, `keep`, `remove`, …) in its colour when colour is on.
+    pub(crate) fn state(&self, word: &str) -> String {
+        match state_style(word) {
+            Some(style) => self.paint(word, style),
+            None => word.to_owned(),
+        }
+    }
+
+    /// Writes a line that only says a change succeeded (`protected …`, `moved …`); `-q` leaves
+    /// it out.
+    pub(crate) fn done(&self, text: impl Display) -> std::io::Result<()> {
+        match self.quiet {
+            Quiet::Yes => Ok(()),
+            Quiet::No => self.line(text),
         }
     }
 
@@ -51,7 +125,8 @@ impl Output {
     /// Writes `value` as the JSON document of this run.
     pub(crate) fn json<T: Serialize + ?Sized>(&self, value: &T) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, value)?;
+        // As an io::Error, so that a closed pipe (`… --json | head`) is seen as one.
+        serde_json::to_writer_pretty(&mut stdout, value).map_err(std::io::Error::from)?;
         writeln!(stdout)?;
         Ok(())
     }
@@ -120,7 +195,14 @@ impl Table {
     }
 
     /// The table as text lines (trailing spaces trimmed).
+    #[cfg(test)]
     pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines_painted(|_, cell| cell.to_owned())
+    }
+
+    /// The lines, each cell passed through `paint` (with its row number, 0 for the header)
+    /// after the widths are measured on the plain text.
+    fn lines_painted(&self, paint: impl Fn(usize, &str) -> String) -> Vec<String> {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
@@ -134,21 +216,32 @@ impl Table {
             .collect();
         self.rows
             .iter()
-            .map(|row| {
+            .enumerate()
+            .map(|(r, row)| {
                 let mut line = String::new();
-                for (cell, width) in row.iter().zip(&widths) {
-                    line.push_str(cell);
-                    let pad = width.saturating_sub(cell.chars().count()) + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
+                let last = row.len().saturating_sub(1);
+                for (c, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                    line.push_str(&paint(r, cell));
+                    if c < last {
+                        let pad = width.saturating_sub(cell.chars().count()) + 2;
+                        line.extend(std::iter::repeat_n(' ', pad));
+                    }
                 }
                 line.trim_end().to_owned()
             })
             .collect()
     }
 
-    /// Prints the table.
+    /// Prints the table: with colour on, a bold header and state words in their colours.
     pub(crate) fn print(&self, out: &Output) -> std::io::Result<()> {
-        for line in self.lines() {
+        let bold = Style::new().bold();
+        for line in self.lines_painted(|row, cell| {
+            if row == 0 {
+                out.paint(cell, bold)
+            } else {
+                out.state(cell)
+            }
+        }) {
             out.line(line)?;
         }
         Ok(())

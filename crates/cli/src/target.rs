@@ -3,13 +3,18 @@
 //! `vm/100` and `vm/100/2024-06-05T15:06:40Z` live in `--ns` (default: the root);
 //! `ns/prod/vm/100` and `ns/prod/vm/100/2024-06-05T15:06:40Z` carry their namespace, as the paths
 //! in a datastore do, so that a path copied from `ls` or from an error message works as is.
+//!
+//! Wherever a snapshot is accepted, `vm/100/latest` names the group's newest finished snapshot
+//! (as PBS's client picks one for a group); it is looked up once the datastore is open.
 
 use std::fmt;
 use std::str::FromStr;
 
 use keepsake_hierarchy::{BackupDir, BackupGroup, BackupNamespace, GroupPath, SnapshotPath};
 
-use crate::error::UsageError;
+use keepsake_datastore::DataStore;
+
+use crate::error::{Advice, UsageError};
 
 /// Why a `GROUP` or `SNAPSHOT` argument was refused: a malformed name, or a well-formed name of
 /// the other kind (the operator gave a group where a snapshot was wanted, or the reverse).
@@ -76,7 +81,38 @@ pub(crate) struct GroupArg {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SnapshotArg {
     ns: Option<BackupNamespace>,
-    snapshot: BackupDir,
+    snapshot: Which,
+}
+
+/// The word that names a group's newest finished snapshot in place of its time.
+pub(crate) const LATEST: &str = "latest";
+
+/// A snapshot by its time, or the newest of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Which {
+    /// `vm/100/2024-06-05T15:06:40Z`.
+    At(BackupDir),
+    /// `vm/100/latest`.
+    Latest(BackupGroup),
+}
+
+impl Which {
+    /// The group of the snapshot.
+    fn group(&self) -> &BackupGroup {
+        match self {
+            Which::At(dir) => dir.group(),
+            Which::Latest(group) => group,
+        }
+    }
+}
+
+impl fmt::Display for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Which::At(dir) => write!(f, "{dir}"),
+            Which::Latest(group) => write!(f, "{group}/{LATEST}"),
+        }
+    }
 }
 
 /// A `GROUP|SNAPSHOT` argument.
@@ -117,15 +153,64 @@ impl GroupArg {
 }
 
 impl SnapshotArg {
-    /// The snapshot and its namespace (`--ns` applies unless the argument has its own).
+    /// The snapshot's namespace (`--ns` applies unless the argument has its own): the check
+    /// that needs no datastore, for commands that make it before opening one.
+    pub(crate) fn namespace(
+        &self,
+        global_ns: Option<&BackupNamespace>,
+    ) -> Result<BackupNamespace, UsageError> {
+        pick_ns(self.ns.as_ref(), global_ns, &self.snapshot)
+    }
+
+    /// The snapshot and its namespace; `latest` becomes the group's newest finished snapshot.
+    ///
+    /// # Errors
+    ///
+    /// A namespace that disagrees with `--ns` (usage); for `latest`, a missing namespace or group
+    /// and a group without a finished snapshot (not found).
     pub(crate) fn resolve(
         &self,
         global_ns: Option<&BackupNamespace>,
-    ) -> Result<(BackupNamespace, BackupDir), UsageError> {
-        Ok((
-            pick_ns(self.ns.as_ref(), global_ns, &self.snapshot)?,
-            self.snapshot.clone(),
-        ))
+        store: &DataStore,
+    ) -> anyhow::Result<(BackupNamespace, BackupDir)> {
+        let ns = self.namespace(global_ns)?;
+        match &self.snapshot {
+            Which::At(dir) => Ok((ns, dir.clone())),
+            Which::Latest(group) => {
+                let handle = crate::commands::existing_group(store, &ns, group)?;
+                let mut newest: Option<BackupDir> = None;
+                for snapshot in handle.iter_snapshots()? {
+                    let snapshot = match snapshot {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "skipping an entry that is not a snapshot");
+                            continue;
+                        }
+                    };
+                    let newer = newest
+                        .as_ref()
+                        .is_none_or(|n| snapshot.dir().time() > n.time());
+                    if newer && snapshot.is_finished()? {
+                        newest = Some(snapshot.dir().clone());
+                    }
+                }
+                match newest {
+                    Some(dir) => Ok((ns, dir)),
+                    None => Err(Advice {
+                        error: keepsake_datastore::Error::NotFound {
+                            what: "snapshot",
+                            path: format!("{}/{LATEST}", handle.relative_path()),
+                        }
+                        .into(),
+                        advice: format!(
+                            "group `{}` has no finished snapshot",
+                            handle.relative_path()
+                        ),
+                    }
+                    .into()),
+                }
+            }
+        }
     }
 }
 
@@ -182,18 +267,26 @@ impl FromStr for SnapshotArg {
     }
 }
 
-/// A snapshot with or without its namespace path, as the hierarchy parses it.
+/// A snapshot with or without its namespace path, as the hierarchy parses it, or a group's
+/// `…/latest`.
 fn parse_snapshot(s: &str) -> Result<SnapshotArg, keepsake_hierarchy::Error> {
+    if let Some(group) = s.strip_suffix(LATEST).and_then(|g| g.strip_suffix('/')) {
+        let group = parse_group(group)?;
+        return Ok(SnapshotArg {
+            ns: group.ns,
+            snapshot: Which::Latest(group.group),
+        });
+    }
     if s.matches('/').count() <= 2 {
         return Ok(SnapshotArg {
             ns: None,
-            snapshot: s.parse()?,
+            snapshot: Which::At(s.parse()?),
         });
     }
     let path: SnapshotPath = s.parse()?;
     Ok(SnapshotArg {
         ns: Some(path.ns),
-        snapshot: path.snapshot,
+        snapshot: Which::At(path.snapshot),
     })
 }
 
@@ -259,11 +352,16 @@ mod tests {
     #[test]
     fn snapshot_arguments() {
         let s: SnapshotArg = "vm/100/2024-06-05T15:06:40Z".parse().unwrap();
-        assert_eq!(s.resolve(None).unwrap().0, BackupNamespace::root());
+        assert_eq!(s.namespace(None).unwrap(), BackupNamespace::root());
         let s: SnapshotArg = "ns/prod/vm/100/2024-06-05T15:06:40Z".parse().unwrap();
-        assert_eq!(s.resolve(None).unwrap().0, ns("prod"));
+        assert_eq!(s.namespace(None).unwrap(), ns("prod"));
+        let s: SnapshotArg = "ns/prod/vm/100/latest".parse().unwrap();
+        assert_eq!(s.namespace(None).unwrap(), ns("prod"));
+        assert!(matches!(s.snapshot, Which::Latest(_)));
         for bad in [
             "vm/100",
+            "vm/latest",
+            "latest",
             "vm/100/2024-06-05",
             "vm/100/2024-02-31T00:00:00Z",
             "ns/../vm/100/2024-06-05T15:06:40Z",

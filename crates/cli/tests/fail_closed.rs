@@ -43,7 +43,7 @@ fn scenario_1_a_failed_forget_is_never_completed_later() {
     let before = store.contents();
     // A PBS reader (or `keepsake verify`) holds one snapshot of the group.
     let reader = shared_snapshot_lock(&store, "", CT200[2]);
-    let line = store.run(&["forget", "ct/200"]).fails(1).to_owned();
+    let line = store.run(&["forget", "ct/200"]).fails(4).to_owned();
     assert!(line.contains("locked"), "{line}");
     assert_eq!(store.contents(), before, "a refused forget changed nothing");
     assert!(
@@ -78,9 +78,9 @@ fn scenario_1_refused_namespace_move_and_removal_are_never_carried_out_later() {
     let before = store.contents();
     let reader = shared_snapshot_lock(&store, "prod", "vm/101/2024-06-04T02:00:00Z");
     let run = store.run(&["ns", "move", "prod", "--to", "dev"]);
-    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(run.fails(4).contains("locked"), "{run:?}");
     let run = store.run(&["ns", "remove", "prod", "--delete-groups"]);
-    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(run.fails(4).contains("locked"), "{run:?}");
     assert_eq!(
         store.contents(),
         before,
@@ -216,7 +216,7 @@ fn scenario_3_verify_that_cannot_lock_fails() {
     assert_eq!(tree_contents(&store.path), before);
     // A destroy that cannot lock says so, and does not call it "locked".
     let run = run_with_lock_root(&store, &lock_root, &["forget", "ct/200"]);
-    let line = run.fails(1);
+    let line = run.fails(8);
     assert!(!line.contains("is locked"), "{line}");
     assert!(
         line.contains("cannot lock") || line.contains("lock"),
@@ -287,7 +287,7 @@ fn scenario_5_a_second_path_to_the_store_keeps_lock_exclusion() {
         .arg(&store.lock_root)
         .args(["forget", CT200[0]]);
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(run.fails(4).contains("locked"), "{run:?}");
     assert!(store.path.join(CT200[0]).is_dir());
 }
 
@@ -303,10 +303,10 @@ fn scenario_5_pbs_names_the_datastore_and_its_locks() {
     let mut cmd = host.cmd(&["forget", CT200[0]]);
     cmd.arg("--store").arg(&store.path);
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(run.fails(4).contains("locked"), "{run:?}");
     // By name, from datastore.cfg.
     let run = common::run(&mut host.cmd(&["--datastore", "backups-a", "forget", CT200[0]]));
-    assert!(run.fails(1).contains("locked"), "{run:?}");
+    assert!(run.fails(4).contains("locked"), "{run:?}");
     assert!(store.path.join(CT200[0]).is_dir());
     let run = common::run(&mut host.cmd(&["--datastore", "backups-a", "--json", "groups"]));
     assert_eq!(run.json().as_array().unwrap().len(), 3, "{run:?}");
@@ -403,7 +403,7 @@ fn scenario_6_a_running_pbs3_is_excluded() {
         &["--lock-scheme", "both", "forget", "ct/200"],
     ] {
         let run = store.run(args);
-        assert!(run.fails(1).contains("locked"), "{args:?}: {run:?}");
+        assert!(run.fails(4).contains("locked"), "{args:?}: {run:?}");
     }
     let run = store.run(&[
         "--lock-scheme",
@@ -422,7 +422,7 @@ fn scenario_6_a_running_pbs3_is_excluded() {
     let mut cmd = host.cmd(&["forget", CT200[0]]);
     cmd.arg("--store").arg(&store.path);
     let run = common::run(&mut cmd);
-    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("is locked"), "{run:?}");
     assert_eq!(store.contents(), before);
 }

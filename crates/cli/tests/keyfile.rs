@@ -104,7 +104,7 @@ fn verify_checks_signatures_with_the_key_file() {
 
     // A missing key file.
     let missing = keys.path().join("missing.key");
-    let message = verify_with(&store, &missing, Some(PASSWORD)).fails_json(1);
+    let message = verify_with(&store, &missing, Some(PASSWORD)).fails_json(8);
     assert!(message.contains("missing.key"), "{message}");
     assert!(message.contains("No such file"), "{message}");
 

@@ -86,7 +86,7 @@ fn a_move_onto_an_existing_group_advises_merge() {
     let before = store.contents();
     let line = store
         .run(&["move", "ns/prod/vm/100", "--to-ns", ""])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(
         line.contains("the target exists and merging was not requested; pass --merge"),
@@ -302,9 +302,9 @@ fn snapshots_recursive_and_by_age() {
 fn json_errors_carry_a_kind_and_a_message() {
     let store = Store::demo();
     let cases: [(&[&str], i32, &str); 5] = [
-        (&["snapshots", "vm/999"], 1, "not-found"),
-        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 1, "protected"),
-        (&["move", "vm/100", "--to-ns", "/"], 1, "refused"),
+        (&["snapshots", "vm/999"], 3, "not-found"),
+        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 5, "protected"),
+        (&["move", "vm/100", "--to-ns", "/"], 6, "refused"),
         (&["grups"], 2, "usage"),
         (&["prune", "--keep-last", "0"], 2, "usage"),
     ];
@@ -332,4 +332,260 @@ fn completions_for_the_usual_shells() {
         assert!(script.contains("snapshots"), "{shell}");
     }
     common::run(keepsake().args(["completions", "tcsh"])).fails(2);
+}
+
+#[test]
+fn prune_reasons_name_every_rule_that_keeps() {
+    let store = Store::demo();
+    let args = [
+        "prune",
+        "vm/100",
+        "--keep-last",
+        "1",
+        "--keep-daily",
+        "2",
+        "--keep-weekly",
+        "2",
+        "--dry-run",
+    ];
+    let text = store.run(&args).ok().to_owned();
+    assert!(
+        text.contains(
+            "vm/100/2024-06-06T02:00:00Z  keep          last 1 of 1, daily 2024-06-06, weekly 2024-W23"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("vm/100/2024-06-02T02:00:00Z  keep          weekly 2024-W22 "),
+        "{text}"
+    );
+    let mut json = vec!["--json"];
+    json.extend_from_slice(&args);
+    let doc = store.run(&json).json();
+    let newest = &doc[1];
+    assert_eq!(newest["snapshot"], "vm/100/2024-06-06T02:00:00Z");
+    assert_eq!(
+        newest["reasons"],
+        serde_json::json!(["last 1 of 1", "daily 2024-06-06", "weekly 2024-W23"])
+    );
+    assert_eq!(
+        newest["reason"],
+        "last 1 of 1, daily 2024-06-06, weekly 2024-W23"
+    );
+    assert_eq!(
+        doc[4]["reasons"],
+        serde_json::json!(["not selected by any option"])
+    );
+}
+
+#[test]
+fn latest_names_the_newest_finished_snapshot() {
+    let store = Store::demo();
+    // vm/100's newest snapshot (06-07) is unfinished: latest is the one before.
+    let text = store.run(&["show", "vm/100/latest"]).ok().to_owned();
+    assert!(
+        text.starts_with("snapshot   vm/100/2024-06-06T02:00:00Z\n"),
+        "{text}"
+    );
+    let doc = store
+        .run(&["--json", "show", "ns/prod/vm/101/latest"])
+        .json();
+    assert_eq!(doc["snapshot"], "vm/101/2024-06-06T02:00:00Z");
+    assert_eq!(doc["ns"], "prod");
+    let doc = store.run(&["--json", "protect", "vm/100/latest"]).json();
+    assert_eq!(doc["snapshot"], "vm/100/2024-06-06T02:00:00Z");
+    assert_eq!(doc["protected"], true);
+    std::fs::create_dir(store.path.join("vm/999")).unwrap();
+    let run = store.run(&["--json", "show", "vm/999/latest"]);
+    assert_eq!(
+        run.fails_json(3),
+        "snapshot `vm/999/latest` does not exist; group `vm/999` has no finished snapshot"
+    );
+    assert!(run.stdout.contains("\"not-found\""), "{run:?}");
+    let line = store.run(&["show", "vm/998/latest"]).fails(3).to_owned();
+    assert_eq!(line, "error: group `vm/998` does not exist");
+    let line = store
+        .run(&["snapshots", "vm/100/latest"])
+        .fails(2)
+        .to_owned();
+    assert!(
+        line.contains("`vm/100/latest` is a snapshot; its group is `vm/100`"),
+        "{line}"
+    );
+}
+
+#[test]
+fn snapshots_show_verify_state_and_notes_and_files_as_pbs_does() {
+    let store = Store::demo();
+    let text = store.run(&["snapshots", "vm/100"]).ok().to_owned();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "snapshot                     finished  protected  verified  files  size       notes"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "vm/100/2024-06-01T02:00:00Z  yes       yes        -         3      256.1 KiB  first full backup"
+    );
+    let doc = store.run(&["--json", "snapshots", "vm/100"]).json();
+    let first = &doc[0];
+    assert_eq!(first["comment"], "first full backup");
+    assert!(first["verify-state"].is_null());
+    let file = &first["files"][1];
+    assert_eq!(file["filename"], "drive-scsi0.img.fidx");
+    assert_eq!(file["crypt-mode"], "none");
+    assert_eq!(file["size"], 262_144);
+    // show lists the same objects.
+    let show = store
+        .run(&["--json", "show", "vm/100/2024-06-01T02:00:00Z"])
+        .json();
+    assert_eq!(show["files"], first["files"]);
+    let unfinished = &doc[6];
+    assert_eq!(
+        unfinished["files"][0]["crypt-mode"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn lock_wait_waits_for_a_busy_lock_then_fails_as_locked() {
+    use keepsake_hierarchy::{BackupDir, BackupNamespace};
+    use keepsake_lock::{FileLocker, LockTarget, Locker};
+    use std::time::{Duration, Instant};
+
+    let store = Store::demo();
+    let snapshot = "vm/100/2024-06-03T02:00:00Z";
+    let dir: BackupDir = snapshot.parse().unwrap();
+    let locker = FileLocker::new(&store.lock_root, "demo").unwrap();
+    let reader = locker
+        .lock_shared(
+            &LockTarget::snapshot(&BackupNamespace::root(), &dir),
+            Duration::ZERO,
+        )
+        .unwrap();
+    let start = Instant::now();
+    let line = store
+        .run(&["--lock-wait", "1", "forget", snapshot])
+        .fails(4)
+        .to_owned();
+    assert!(start.elapsed() >= Duration::from_secs(1), "{line}");
+    assert!(line.contains("is locked"), "{line}");
+    assert!(store.path.join(snapshot).is_dir());
+    // Released while the command waits: it goes ahead.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(reader);
+    });
+    store.run(&["--lock-wait", "30", "forget", snapshot]).ok();
+    release.join().unwrap();
+    assert!(!store.path.join(snapshot).exists());
+    let line = store
+        .run(&["--lock-wait", "soon", "groups"])
+        .fails(2)
+        .to_owned();
+    assert!(line.contains("--lock-wait"), "{line}");
+}
+
+#[test]
+fn colour_only_where_asked_and_never_with_no_color() {
+    let store = Store::demo();
+    let bold_header = "\u{1b}[1msnapshot\u{1b}[0m";
+    // Tests run without a terminal: no colour.
+    let plain = store.run(&["snapshots", "vm/100"]).ok().to_owned();
+    assert!(!plain.contains('\u{1b}'), "{plain}");
+    let forced = common::run(
+        store
+            .cmd(&["snapshots", "vm/100"])
+            .env("CLICOLOR_FORCE", "1"),
+    )
+    .ok()
+    .to_owned();
+    assert!(forced.starts_with(bold_header), "{forced:?}");
+    let run = common::run(
+        store
+            .cmd(&["verify", "ct/200/2024-06-03T02:00:00Z"])
+            .env("CLICOLOR_FORCE", "1"),
+    );
+    assert!(
+        run.ok()
+            .starts_with("\u{1b}[32mok\u{1b}[0m          ct/200/2024-06-03T02:00:00Z\n"),
+        "{run:?}"
+    );
+    for (key, value) in [("NO_COLOR", "1"), ("CLICOLOR", "0")] {
+        let mut cmd = store.cmd(&["snapshots", "vm/100"]);
+        if key == "NO_COLOR" {
+            cmd.env("CLICOLOR_FORCE", "1");
+        }
+        let text = common::run(cmd.env(key, value)).ok().to_owned();
+        assert_eq!(text, plain, "{key}={value}");
+    }
+    let doc = common::run(
+        store
+            .cmd(&["--json", "snapshots", "vm/100"])
+            .env("CLICOLOR_FORCE", "1"),
+    );
+    assert!(!doc.ok().contains('\u{1b}'), "{doc:?}");
+    let run = common::run(store.cmd(&["show", "vm/1"]).env("CLICOLOR_FORCE", "1"));
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr
+            .starts_with("\u{1b}[1m\u{1b}[31merror:\u{1b}[0m "),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn quiet_silences_success_lines_only() {
+    let store = Store::demo();
+    for args in [
+        &["-q", "protect", "vm/100/2024-06-03T02:00:00Z"][..],
+        &["-q", "ns", "create", "staging"],
+        &["-q", "owner", "vm/100", "backup@pbs", "--force"],
+        &["-q", "move", "host/web", "--to-ns", "staging"],
+        &["-q", "forget", "ct/200/2024-06-03T02:00:00Z"],
+    ] {
+        let run = store.run(args);
+        assert_eq!((run.ok(), run.stderr.as_str()), ("", ""), "{args:?}");
+    }
+    assert!(store.path.join("ns/staging/host/web").is_dir());
+    // Asked-for output and JSON stay.
+    assert_eq!(store.run(&["-q", "owner", "vm/100"]).ok(), "backup@pbs\n");
+    let doc = store
+        .run(&["-q", "--json", "unprotect", "vm/100/2024-06-03T02:00:00Z"])
+        .json();
+    assert_eq!(doc["protected"], false);
+    assert_eq!(
+        store.run(&["protect", "vm/100/2024-06-03T02:00:00Z"]).ok(),
+        "protected vm/100/2024-06-03T02:00:00Z\n"
+    );
+    store.run(&["-q", "show", "vm/999/latest"]).fails(3);
+}
+
+#[test]
+fn verify_names_and_orders_snapshots_as_the_listings_do() {
+    let store = Store::demo();
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.contains("T02:00:00Z")))
+            .map(str::to_owned)
+            .collect()
+    };
+    for ns in [None, Some("prod")] {
+        let with_ns = |args: &[&'static str]| {
+            let mut all: Vec<&str> = ns.map(|n| vec!["--ns", n]).unwrap_or_default();
+            all.extend_from_slice(args);
+            store.run(&all)
+        };
+        let listed = names(with_ns(&["snapshots", "--recursive"]).ok());
+        let verified = names(with_ns(&["verify"]).ok());
+        assert_eq!(verified, listed, "--ns {ns:?}");
+    }
+    let text = store
+        .run(&["--ns", "prod", "verify", "vm/101"])
+        .ok()
+        .to_owned();
+    assert!(
+        text.starts_with("ok          vm/101/2024-06-04T02:00:00Z\n"),
+        "{text}"
+    );
 }

@@ -150,7 +150,7 @@ fn a_corrupt_chunk_is_found_set_aside_and_recorded() {
             "-o",
             target.to_str().unwrap(),
         ])
-        .fails(1)
+        .fails(3)
         .to_owned();
     assert!(err.contains("chunk"), "{err}");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
@@ -191,7 +191,7 @@ fn an_encrypted_store_needs_its_key_file() {
     assert_eq!(std::fs::read(&target).unwrap(), disk);
     std::fs::remove_file(&target).unwrap();
 
-    let err = cat(None, None).fails(1).to_owned();
+    let err = cat(None, None).fails(7).to_owned();
     assert!(err.contains("key"), "{err}");
     let err = cat(Some("wrong password"), Some(&keyfile))
         .fails(1)

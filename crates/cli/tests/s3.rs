@@ -209,7 +209,7 @@ fn s3_every_command_on_a_demo_datastore() {
     let bucket = s3.bucket();
     let line = s3
         .run(&["move", "vm/100", "--to-ns", "prod"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(line.contains("merging was not requested"), "{line}");
     assert_eq!(s3.bucket(), bucket);
@@ -296,17 +296,17 @@ fn s3_bad_input_changes_neither_bucket_nor_cache() {
     let cases: &[(&[&str], i32, &str)] = &[
         (
             &["owner", "vm/999", "root@pam"],
-            1,
+            3,
             "group `vm/999` does not exist",
         ),
         (
             &["forget", "vm/100/2024-06-30T02:00:00Z"],
-            1,
+            3,
             "does not exist",
         ),
         (&["protect", "vm/100/2024-06-0"], 2, "2024-06-0"),
         (&["--ns", "../prod", "prune", "--keep-last", "1"], 2, ".."),
-        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 1, "protected"),
+        (&["forget", "vm/100/2024-06-01T02:00:00Z"], 5, "protected"),
         (&["ns", "remove", "prod"], 1, "--delete-groups"),
     ];
     for (args, code, needle) in cases {
@@ -338,7 +338,7 @@ fn s3_bad_input_changes_neither_bucket_nor_cache() {
         .args(["--s3-bucket", "no-such-bucket-keepsake", "--json"])
         .args(["owner", "vm/100", "root@pam", "--force"]);
     let run = common::run(&mut cmd);
-    let message = run.fails_json(1);
+    let message = run.fails_json(9);
     assert!(message.contains("no-such-bucket-keepsake"), "{message}");
     assert_eq!(s3.bucket(), bucket);
     assert_eq!(s3.local.contents(), cache);
@@ -395,7 +395,7 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
             ])
             .args(args);
         let run = common::run(&mut cmd);
-        let message = run.fails_json(1);
+        let message = run.fails_json(9);
         assert!(
             message.contains("bucket `backups`") && message.contains("S3 error InvalidAccessKeyId"),
             "{args:?}: {message}"
@@ -411,7 +411,7 @@ fn wrong_s3_credentials_are_one_line_and_change_nothing() {
         .args(["--s3-endpoint", &endpoint, "--s3-bucket", "backups", "init"]);
     let run = common::run(&mut cmd);
     assert!(
-        run.fails(1).contains("S3 error InvalidAccessKeyId"),
+        run.fails(9).contains("S3 error InvalidAccessKeyId"),
         "{run:?}"
     );
     assert!(!fresh.path.exists());
@@ -637,7 +637,7 @@ fn s3_multi_host_a_held_lease_blocks_and_is_listed() {
         )
         .unwrap();
     let bucket = s3.bucket();
-    let line = s3.multi(&["protect", snap]).fails(1).to_owned();
+    let line = s3.multi(&["protect", snap]).fails(4).to_owned();
     let pid = std::process::id();
     assert!(
         line.contains("is locked")
@@ -921,7 +921,7 @@ fn s3_a_missing_bucket_is_one_line_without_the_xml() {
     let s3 = S3Store::new(cfg);
     for command in ["init", "refresh"] {
         let run = s3.run(&[command]);
-        let line = run.fails(1);
+        let line = run.fails(9);
         assert!(
             line.contains("S3 error NoSuchBucket: The specified bucket does not exist (check --s3-bucket and --s3-endpoint)"),
             "{command}: {line}"

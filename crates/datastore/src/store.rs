@@ -58,6 +58,8 @@ struct Inner {
     given_backend: Arc<dyn Backend>,
     access: Access,
     locker: Arc<dyn Locker>,
+    /// The shortest wait for a busy lock ([`DataStoreBuilder::lock_wait`]).
+    lock_wait: Duration,
     crypt: Option<CryptConfig>,
     namespace_markers: bool,
     /// Whether locks are leases shared with other hosts ([`DataStoreBuilder::multi_host`]).
@@ -112,6 +114,7 @@ pub struct DataStoreBuilder {
     lock_root: Option<PathBuf>,
     lock_scheme: LockScheme,
     locker: Option<Arc<dyn Locker>>,
+    lock_wait: Duration,
     sync_level: SyncLevel,
     crypt: Option<CryptConfig>,
     chunk_prefix_dirs: bool,
@@ -159,6 +162,16 @@ impl DataStoreBuilder {
     /// host running PBS 3, see [`LockScheme::from_old_locking_flag`]).
     pub fn lock_scheme(mut self, scheme: LockScheme) -> Self {
         self.lock_scheme = scheme;
+        self
+    }
+
+    /// Every lock this datastore takes waits up to `wait` for a busy lock (or longer where an
+    /// operation waits longer itself), instead of failing at once as PBS's do (the default,
+    /// zero). For a tool run by hand or by cron beside other writers, as borg's `--lock-wait`.
+    /// The wait is the locker's own (blocking, or its retry schedule for leases); past it, the
+    /// usual [`Error::Locked`].
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
         self
     }
 
@@ -308,6 +321,7 @@ impl DataStoreBuilder {
                     given_backend,
                     access: self.access,
                     locker,
+                    lock_wait: self.lock_wait,
                     crypt: self.crypt,
                     namespace_markers: self.namespace_markers,
                     multi_host,
@@ -446,6 +460,7 @@ impl DataStore {
             lock_root: None,
             lock_scheme: LockScheme::LockFiles,
             locker: None,
+            lock_wait: Duration::ZERO,
             sync_level: SyncLevel::Filesystem,
             crypt: None,
             chunk_prefix_dirs: true,
@@ -553,13 +568,15 @@ impl DataStore {
         Snapshot::new(self.clone(), ns.clone(), snapshot.clone())
     }
 
-    /// Takes a lock, turning a busy lock into [`Error::Locked`] (naming what was locked).
+    /// Takes a lock, waiting at least the builder's `lock_wait`, turning a busy lock into
+    /// [`Error::Locked`] (naming what was locked).
     pub(crate) fn lock(
         &self,
         target: &LockTarget<'_>,
         mode: LockMode,
         timeout: Duration,
     ) -> Result<LockGuard> {
+        let timeout = timeout.max(self.inner.lock_wait);
         self.inner.locker.lock(target, mode, timeout).map_err(|e| {
             // Named only on failure: a lock taken allocates nothing here.
             let (what, path) = match target {

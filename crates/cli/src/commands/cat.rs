@@ -27,7 +27,7 @@ pub(crate) fn cat(
         return Ok(refuse_terminal(ctx));
     }
     let session = ctx.open_read()?;
-    let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+    let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     let what = format!("{}/{name}", snapshot.relative_path());
     match kind {

@@ -62,10 +62,10 @@ pub(crate) fn ns_create(ctx: &Ctx<'_>, ns: &BackupNamespace, parents: bool) -> R
     };
     ctx.out.emit(&report, || {
         if missing.is_empty() {
-            ctx.out.line(format!("namespace {ns} exists already"))?;
+            ctx.out.done(format!("namespace {ns} exists already"))?;
         }
         for n in &missing {
-            ctx.out.line(format!("created namespace {n}"))?;
+            ctx.out.done(format!("created namespace {n}"))?;
         }
         Ok(())
     })?;
@@ -142,7 +142,7 @@ pub(crate) fn ns_remove(
         error: error.clone(),
     };
     ctx.out.emit(&report, || {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "removed {} namespace{}, {} group{}, {} snapshot{}; kept {} protected snapshot{}",
             report.removed_namespaces,
             plural(report.removed_namespaces),
@@ -236,7 +236,14 @@ pub(crate) fn owner(
         group: name.to_string(),
         owner: owner.to_string(),
     };
-    ctx.out.emit(&report, || Ok(ctx.out.line(&owner)?))?;
+    ctx.out.emit(&report, || {
+        // Asked for, the owner is the output; set, it is a success line.
+        match new_owner {
+            Some(_) => ctx.out.done(&owner)?,
+            None => ctx.out.line(&owner)?,
+        }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -281,7 +288,7 @@ pub(crate) fn notes(
             (ns, name.to_string(), notes)
         }
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             if !snapshot.is_finished()? {
                 bail!(
@@ -321,8 +328,9 @@ struct ProtectReport {
 
 /// `keepsake protect` and `keepsake unprotect`.
 pub(crate) fn protect(ctx: &Ctx<'_>, arg: &SnapshotArg, protected: bool) -> Result<ExitCode> {
-    let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+    arg.namespace(ctx.ns_arg())?;
     let session = ctx.open_write()?;
+    let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     snapshot.set_protected(protected).with_context(|| {
         format!(
@@ -337,7 +345,7 @@ pub(crate) fn protect(ctx: &Ctx<'_>, arg: &SnapshotArg, protected: bool) -> Resu
         protected,
     };
     ctx.out.emit(&report, || {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "{} {}",
             if protected {
                 "protected"
@@ -381,7 +389,7 @@ fn forget_plan(ctx: &Ctx<'_>, target: &TargetArg) -> Result<ExitCode> {
     let session = ctx.open_read()?;
     let (ns, name, snapshots) = match target {
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             (ns, dir.to_string(), vec![snapshot])
         }
@@ -437,7 +445,7 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg, dry_run: bool) -> Result
     let session = ctx.open_write()?;
     let report = match target {
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             let path = snapshot.relative_path();
             if snapshot.is_protected()? {
@@ -503,7 +511,7 @@ pub(crate) fn forget(ctx: &Ctx<'_>, target: &TargetArg, dry_run: bool) -> Result
         }
     };
     ctx.out.emit(&report, || {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "forgot {}: removed {} snapshot{}{}",
             report.target,
             report.removed_snapshots,

@@ -8,7 +8,10 @@ use keepsake_datastore::DataStore;
 use keepsake_hierarchy::{BackupNamespace, GroupFilter};
 use serde::Serialize;
 
-use super::facts::{GroupFacts, SnapshotFacts, groups_of, namespaces, snapshots_of};
+use super::facts::{
+    FileFacts, GroupFacts, SnapshotFacts, Verification, WithNs, groups_of, namespaces, shown_name,
+    snapshots_of,
+};
 use super::{Ctx, existing_group, existing_snapshot, ns_label, require_ns};
 use crate::cli::Age;
 use crate::output::{Table, human_size};
@@ -217,12 +220,12 @@ pub(crate) fn groups(ctx: &Ctx<'_>, filters: &[GroupFilter], recursive: bool) ->
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let with_ns = WithNs::unless_all_in(&anchor, groups.iter().map(|g| g.ns()));
     ctx.out.emit(&facts, || {
-        let mut table = Table::new(&["ns", "group", "owner", "snapshots", "last backup"]);
+        let mut table = Table::new(&["group", "owner", "snapshots", "last backup"]);
         for (group, f) in groups.iter().zip(&facts) {
             table.row(vec![
-                ns_label(group.ns()),
-                f.group_text(),
+                shown_name(group.ns(), &f.group_text(), with_ns),
                 f.owner.clone().unwrap_or_else(|| "(none)".to_owned()),
                 f.backup_count.to_string(),
                 last_backup_text(f.last_backup),
@@ -282,20 +285,32 @@ pub(crate) fn snapshots(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let in_several_ns = all.iter().any(|s| s.ns != ctx.ns().to_string());
+    let namespaces: Vec<BackupNamespace> = all
+        .iter()
+        .map(|s| s.ns.parse().unwrap_or_default())
+        .collect();
+    let with_ns = WithNs::unless_all_in(&ctx.ns(), namespaces.iter());
     ctx.out.emit(&all, || {
-        let mut table = Table::new(&["snapshot", "finished", "protected", "files", "size"]);
-        for s in &all {
+        let mut table = Table::new(&[
+            "snapshot",
+            "finished",
+            "protected",
+            "verified",
+            "files",
+            "size",
+            "notes",
+        ]);
+        for (s, ns) in all.iter().zip(&namespaces) {
             table.row(vec![
-                if in_several_ns && !s.ns.is_empty() {
-                    format!("ns/{}/{}", s.ns.replace('/', "/ns/"), s.snapshot)
-                } else {
-                    s.snapshot.clone()
-                },
+                shown_name(ns, &s.snapshot, with_ns),
                 yes_no(s.finished),
                 yes_no(s.protected),
+                s.verify_state
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |v| v.state.clone()),
                 s.files.len().to_string(),
                 s.size.map_or_else(|| "-".to_owned(), human_size),
+                s.comment.as_deref().map_or_else(|| "-".to_owned(), short),
             ]);
         }
         if table.is_empty() {
@@ -308,24 +323,20 @@ pub(crate) fn snapshots(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A first line of notes cut to fit a table column.
+fn short(text: &str) -> String {
+    const WIDTH: usize = 40;
+    if text.chars().count() <= WIDTH {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(WIDTH - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct ShowFile {
-    filename: String,
-    size: Option<u64>,
-    crypt_mode: Option<String>,
-    csum: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct ShowVerify {
-    upid: String,
-    state: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -339,68 +350,41 @@ struct Show {
     owner: Option<String>,
     finished: bool,
     protected: bool,
-    files: Vec<ShowFile>,
+    files: Vec<FileFacts>,
     notes: Option<String>,
-    verify_state: Option<ShowVerify>,
+    verify_state: Option<Verification>,
     manifest: Option<serde_json::Value>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `keepsake show`.
 pub(crate) fn show(ctx: &Ctx<'_>, arg: &SnapshotArg) -> Result<ExitCode> {
     let session = ctx.open_read()?;
-    let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+    let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
     let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
     let facts = SnapshotFacts::read(&snapshot)?;
     let owner = snapshot.group().owner().ok().map(|o| o.to_string());
-    let (files, notes, verify_state, manifest) = if facts.finished {
+    let (notes, manifest) = if facts.finished {
         let manifest = snapshot
             .load_manifest()
             .with_context(|| format!("snapshot `{}`", snapshot.relative_path()))?;
-        let files = manifest
-            .files()
-            .iter()
-            .map(|f| ShowFile {
-                filename: f.filename().to_owned(),
-                size: Some(f.size()),
-                crypt_mode: Some(f.crypt_mode().to_string()),
-                csum: Some(hex(f.csum())),
-            })
-            .collect();
         let notes = manifest.notes().ok().flatten().map(str::to_owned);
-        let verify = manifest.verify_state().ok().flatten().map(|v| ShowVerify {
-            upid: v.upid,
-            state: match v.state {
-                keepsake_manifest::manifest::VerifyOutcome::Ok => "ok".to_owned(),
-                keepsake_manifest::manifest::VerifyOutcome::Failed => "failed".to_owned(),
-            },
-        });
         let raw: serde_json::Value = serde_json::from_str(&manifest.to_json())?;
-        (files, notes, verify, Some(raw))
+        (notes, Some(raw))
     } else {
-        let files = facts
-            .files
-            .iter()
-            .map(|name| {
-                let size = dir
-                    .file_path(&ns, name)
-                    .ok()
-                    .and_then(|p| BackendPath::new(&p).ok())
-                    .and_then(|p| session.store.backend().stat(&p).ok())
-                    .and_then(|stat| stat.size);
-                ShowFile {
-                    filename: name.clone(),
-                    size,
-                    crypt_mode: None,
-                    csum: None,
-                }
-            })
-            .collect();
-        (files, None, None, None)
+        (None, None)
     };
+    // The listing's files; without a manifest, the sizes the folder has.
+    let mut files = facts.files.clone();
+    if !facts.finished {
+        for file in &mut files {
+            file.size = dir
+                .file_path(&ns, &file.filename)
+                .ok()
+                .and_then(|p| BackendPath::new(&p).ok())
+                .and_then(|p| session.store.backend().stat(&p).ok())
+                .and_then(|stat| stat.size);
+        }
+    }
     let show = Show {
         ns: facts.ns.clone(),
         backup_type: facts.backup_type.clone(),
@@ -412,7 +396,7 @@ pub(crate) fn show(ctx: &Ctx<'_>, arg: &SnapshotArg) -> Result<ExitCode> {
         protected: facts.protected,
         files,
         notes,
-        verify_state,
+        verify_state: facts.verify_state.clone(),
         manifest,
     };
     ctx.out.emit(&show, || print_show(ctx, &show, &ns))?;

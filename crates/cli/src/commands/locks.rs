@@ -238,7 +238,7 @@ pub(crate) fn locks(ctx: &Ctx<'_>, target: Option<&TargetArg>, all: bool) -> Res
             }
         }
         Some(TargetArg::Snapshot(arg)) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             existing_snapshot(&session.store, &ns, &dir)?;
             collect.snapshot(&ns, &dir)?;
         }

@@ -3,6 +3,7 @@
 mod cat;
 mod change;
 mod demo;
+mod docs;
 mod facts;
 mod fsck;
 mod gc;
@@ -286,6 +287,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Refresh => store::refresh(&ctx),
         Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
         Command::Status => status::status(&ctx),
+        Command::Docs { dir } => docs::docs(&ctx, dir),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();

@@ -54,7 +54,7 @@ impl Moved {
     }
 
     fn print(&self, ctx: &Ctx<'_>) -> Result<()> {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "moved {} to {}: {} snapshot{}{}",
             self.from,
             self.to,
@@ -121,7 +121,7 @@ pub(crate) fn move_target(
             )
         }
         TargetArg::Snapshot(arg) => {
-            let (ns, dir) = arg.resolve(ctx.ns_arg())?;
+            let (ns, dir) = arg.resolve(ctx.ns_arg(), store)?;
             let snapshot = existing_snapshot(store, &ns, &dir)?;
             require_ns(store, to_ns)?;
             let new = snapshot

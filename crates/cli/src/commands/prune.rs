@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use jiff::tz::TimeZone;
-use keepsake_datastore::prune::KeepOptions;
+use keepsake_datastore::prune::{
+    KeepOptions, KeepReason, Period, PruneMark, PruneSnapshot, compute_prune_plan,
+};
 use keepsake_datastore::{Group, GroupPrune, PruneAction, PruneRun};
+use keepsake_hierarchy::BackupNamespace;
 use serde::Serialize;
 
-use super::facts::{groups_of, namespaces_below};
+use super::facts::{WithNs, groups_of, namespaces_below, shown_name};
 use super::{Ctx, Writes, existing_group, require_ns};
 use crate::cli::PruneArgs;
 use crate::error::{EXIT_FAILURE, UsageError};
@@ -21,7 +24,11 @@ struct PruneLine {
     ns: String,
     snapshot: String,
     mark: &'static str,
+    /// Every rule in `reasons`, joined with `, ` (`last 1 of 2, daily 2024-06-05`).
     reason: String,
+    /// The rule that keeps (or removes) the snapshot first, in PBS's order of options, then
+    /// every other option that alone would keep it, as restic lists them.
+    reasons: Vec<String>,
     /// `keep`, `would-remove` (dry run), `removed`, `gone` (removed by someone else meanwhile)
     /// or `failed`.
     action: &'static str,
@@ -42,11 +49,95 @@ fn policy(args: &PruneArgs) -> KeepOptions {
     }
 }
 
-fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
+/// The options of `options` one by one, each as a policy of its own.
+fn single_rules(options: &KeepOptions) -> Vec<KeepOptions> {
+    let mut rules = Vec::new();
+    if options.last.is_some() {
+        rules.push(KeepOptions {
+            last: options.last,
+            ..KeepOptions::default()
+        });
+    }
+    for period in [
+        Period::Minutely,
+        Period::Hourly,
+        Period::Daily,
+        Period::Weekly,
+        Period::Monthly,
+        Period::Yearly,
+    ] {
+        if let Some(count) = options.period(period) {
+            let mut rule = KeepOptions::default();
+            rule.set_period(period, Some(count));
+            rules.push(rule);
+        }
+    }
+    if options.within.is_some() {
+        rules.push(KeepOptions {
+            within: options.within,
+            ..KeepOptions::default()
+        });
+    }
+    rules
+}
+
+/// For each snapshot of `pruned` (in its order): the reason the plan gave, then the reasons of
+/// the other options that alone would keep it. PBS marks a snapshot with the first option that
+/// takes it and lets later options skip it; an operator reading "last 1 of 2" alone cannot tell
+/// that the snapshot is also the day's and the week's, which restic's "daily, weekly" shows.
+fn all_reasons(pruned: &GroupPrune, options: &KeepOptions, tz: &TimeZone) -> Vec<Vec<String>> {
+    let inputs: Vec<PruneSnapshot> = pruned
+        .snapshots
+        .iter()
+        .map(|s| PruneSnapshot {
+            time: s.snapshot.time(),
+            finished: s.finished,
+            protected: s.mark == PruneMark::Protected,
+        })
+        .collect();
+    let alone: Vec<Vec<KeepReason>> = single_rules(options)
+        .iter()
+        .map(|rule| {
+            let mut reasons = vec![KeepReason::NotSelected; inputs.len()];
+            for entry in compute_prune_plan(&inputs, rule, tz).entries() {
+                reasons[entry.index] = if entry.mark == PruneMark::Keep {
+                    entry.reason
+                } else {
+                    KeepReason::NotSelected
+                };
+            }
+            reasons
+        })
+        .collect();
     pruned
         .snapshots
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
+            let mut reasons = vec![s.reason.to_string()];
+            if s.mark == PruneMark::Keep {
+                for rule in &alone {
+                    let also = rule[i];
+                    if !matches!(also, KeepReason::NotSelected) && also != s.reason {
+                        let text = also.to_string();
+                        if !reasons.contains(&text) {
+                            reasons.push(text);
+                        }
+                    }
+                }
+            }
+            reasons
+        })
+        .collect()
+}
+
+fn lines_of(pruned: &GroupPrune, options: &KeepOptions, tz: &TimeZone) -> Vec<PruneLine> {
+    let reasons = all_reasons(pruned, options, tz);
+    pruned
+        .snapshots
+        .iter()
+        .zip(reasons)
+        .map(|(s, reasons)| {
             let (action, error) = match &s.action {
                 PruneAction::Kept => ("keep", None),
                 PruneAction::WouldRemove => ("would-remove", None),
@@ -60,7 +151,8 @@ fn lines_of(pruned: &GroupPrune) -> Vec<PruneLine> {
                 ns: pruned.ns.to_string(),
                 snapshot: s.snapshot.to_string(),
                 mark: s.mark.as_str(),
-                reason: s.reason.to_string(),
+                reason: reasons.join(", "),
+                reasons,
                 action,
                 error,
             }
@@ -170,7 +262,7 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
     for group in &groups {
         bar.set_message(group.relative_path());
         match group.prune(&options, &tz, run) {
-            Ok(pruned) => lines.extend(lines_of(&pruned)),
+            Ok(pruned) => lines.extend(lines_of(&pruned, &options, &tz)),
             Err(e) => failures.push(format!(
                 "cannot prune `{}`: {}",
                 group.relative_path(),
@@ -189,15 +281,15 @@ pub(crate) fn prune(ctx: &Ctx<'_>, args: &PruneArgs) -> Result<ExitCode> {
         if args.dry_run {
             ctx.out.line("DRY RUN: nothing is removed")?;
         }
-        let mut table = Table::new(&["ns", "snapshot", "mark", "reason", "action"]);
-        for l in &lines {
+        let namespaces: Vec<BackupNamespace> = lines
+            .iter()
+            .map(|l| l.ns.parse().unwrap_or_default())
+            .collect();
+        let with_ns = WithNs::unless_all_in(&ctx.ns(), namespaces.iter());
+        let mut table = Table::new(&["snapshot", "mark", "reason", "action"]);
+        for (l, ns) in lines.iter().zip(&namespaces) {
             table.row(vec![
-                if l.ns.is_empty() {
-                    "/".to_owned()
-                } else {
-                    l.ns.clone()
-                },
-                l.snapshot.clone(),
+                shown_name(ns, &l.snapshot, with_ns),
                 l.mark.to_owned(),
                 l.reason.clone(),
                 l.action.to_owned(),

@@ -43,7 +43,7 @@ pub(crate) fn init(ctx: &Ctx<'_>, chunk_prefix_dirs: bool) -> Result<ExitCode> {
     let report = Created::of(&session.spec);
     ctx.out.emit(&report, || {
         ctx.out
-            .line(format!("created datastore {}", session.spec.describe()))?;
+            .done(format!("created datastore {}", session.spec.describe()))?;
         Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -90,7 +90,7 @@ pub(crate) fn refresh(ctx: &Ctx<'_>) -> Result<ExitCode> {
         skipped_invalid: report.skipped_invalid,
     };
     ctx.out.emit(&out, || {
-        ctx.out.line(format!(
+        ctx.out.done(format!(
             "refreshed the cache of {}: {} objects listed, {} downloaded",
             spec.describe(),
             out.listed,

@@ -12,6 +12,7 @@ use keepsake_datastore::{
 };
 use serde::Serialize;
 
+use super::facts::{WithNs, shown_name};
 use super::{Ctx, Writes, existing_group, existing_snapshot, require_ns};
 use crate::error::{EXIT_FAILURE, EXIT_USAGE, chain_line};
 use crate::target::TargetArg;
@@ -164,7 +165,7 @@ pub(crate) fn verify(
             VerifyScope::Group { ns, group }
         }
         Some(TargetArg::Snapshot(arg)) => {
-            let (ns, snapshot) = arg.resolve(ctx.ns_arg())?;
+            let (ns, snapshot) = arg.resolve(ctx.ns_arg(), store)?;
             existing_snapshot(store, &ns, &snapshot)?;
             VerifyScope::Snapshot { ns, snapshot }
         }
@@ -224,8 +225,18 @@ pub(crate) fn verify(
     let content = read_data.then(|| ContentSummary::new(&report.content, seconds));
 
     let count = |o: SnapshotOutcome| report.snapshots.iter().filter(|s| s.outcome == o).count();
+    // The listings' order (namespace, group, time) and naming, whatever order the checks ran in.
+    let mut snapshots: Vec<_> = report.snapshots.iter().collect();
+    snapshots.sort_by(|a, b| {
+        (&a.ns, a.snapshot.group(), a.snapshot.time()).cmp(&(
+            &b.ns,
+            b.snapshot.group(),
+            b.snapshot.time(),
+        ))
+    });
+    let with_ns = WithNs::unless_all_in(&ctx.ns(), snapshots.iter().map(|s| &s.ns));
     let mut errors = Vec::new();
-    for s in &report.snapshots {
+    for s in &snapshots {
         for problem in &s.problems {
             errors.push(VerifyError {
                 ns: Some(s.ns.to_string()),
@@ -275,17 +286,22 @@ pub(crate) fn verify(
         errors,
     };
     ctx.out.emit(&summary, || {
-        for s in &report.snapshots {
+        for s in &snapshots {
             let verdict = match s.outcome {
                 SnapshotOutcome::Ok => "ok",
-                SnapshotOutcome::Failed => "FAILED",
+                SnapshotOutcome::Failed => "failed",
                 SnapshotOutcome::Unfinished => "unfinished",
                 SnapshotOutcome::InUse => "in use",
                 SnapshotOutcome::Skipped => "skipped",
                 _ => "?",
             };
-            ctx.out
-                .line(format!("{verdict:<10}  {}", s.relative_path()))?;
+            ctx.out.line(format!(
+                "{}{:pad$}  {}",
+                ctx.out.state(verdict),
+                "",
+                shown_name(&s.ns, &s.snapshot.to_string(), with_ns),
+                pad = 10usize.saturating_sub(verdict.len())
+            ))?;
             for problem in &s.problems {
                 ctx.out
                     .line(format!("            {}", chain_line(problem)))?;

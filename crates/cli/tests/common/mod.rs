@@ -63,17 +63,15 @@ impl Run {
 /// The `--json` error kinds an exit code goes with (see the CLI's README).
 pub fn kinds_of_exit_code(code: i32) -> &'static [&'static str] {
     match code {
+        1 => &["failed"],
         2 => &["usage"],
-        1 => &[
-            "failed",
-            "not-found",
-            "locked",
-            "protected",
-            "refused",
-            "invalid",
-            "io",
-            "s3",
-        ],
+        3 => &["not-found"],
+        4 => &["locked"],
+        5 => &["protected"],
+        6 => &["refused"],
+        7 => &["invalid"],
+        8 => &["io"],
+        9 => &["s3"],
         _ => &[],
     }
 }
