@@ -34,7 +34,7 @@ pub const GC_STATUS_FILE_NAME: &str = ".gc-status";
 pub const DEFAULT_ATIME_CUTOFF_SECS: i64 = 24 * 3600 + 300;
 
 /// How far below the oldest writer's start the cutoff goes (PBS's 300 s).
-const WRITER_SLACK_SECS: i64 = 300;
+pub(crate) const WRITER_SLACK_SECS: i64 = 300;
 
 /// Whether GC removes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,10 +64,11 @@ pub type PhaseHook = Arc<dyn Fn(GcPhase) + Send + Sync>;
 /// How [`DataStore::garbage_collect`] runs.
 #[derive(Clone, Default)]
 pub struct GcOptions {
-    mode: GcMode,
+    pub(crate) mode: GcMode,
     threads: Option<usize>,
-    upid: Option<String>,
+    pub(crate) upid: Option<String>,
     on_phase: Option<PhaseHook>,
+    cutoff_secs: Option<i64>,
 }
 
 impl fmt::Debug for GcOptions {
@@ -76,6 +77,7 @@ impl fmt::Debug for GcOptions {
             .field("mode", &self.mode)
             .field("threads", &self.threads)
             .field("upid", &self.upid)
+            .field("cutoff_secs", &self.cutoff_secs)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +104,23 @@ impl GcOptions {
         self
     }
 
+    /// How much older than phase 1's start an unreferenced chunk must be to be removed (PBS's
+    /// `gc-atime-cutoff` tuning option; default [`DEFAULT_ATIME_CUTOFF_SECS`]). keepsake's own
+    /// decisions do not depend on it being long (a marked chunk is kept whatever its atime, and
+    /// writers of this process lower it), but PBS writers that relied on a chunk before the GC
+    /// started, and on S3 uploads in flight, are protected only by it: keep PBS's default
+    /// outside tests.
+    #[must_use]
+    pub fn atime_cutoff_secs(mut self, secs: u64) -> Self {
+        self.cutoff_secs = Some(i64::try_from(secs).unwrap_or(i64::MAX / 2));
+        self
+    }
+
+    /// The cutoff for a phase 1 that started at `started` (before writers lower it).
+    pub(crate) fn cutoff_at(&self, started: i64) -> i64 {
+        started.saturating_sub(self.cutoff_secs.unwrap_or(DEFAULT_ATIME_CUTOFF_SECS))
+    }
+
     /// Called when GC enters each phase: for progress display, and for tests that act between
     /// phases (a backup started during marking).
     #[must_use]
@@ -110,7 +129,7 @@ impl GcOptions {
         self
     }
 
-    fn thread_count(&self) -> usize {
+    pub(crate) fn thread_count(&self) -> usize {
         self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -118,7 +137,7 @@ impl GcOptions {
         })
     }
 
-    fn enter(&self, phase: GcPhase) {
+    pub(crate) fn enter(&self, phase: GcPhase) {
         if let Some(hook) = &self.on_phase {
             hook(phase);
         }
@@ -180,7 +199,32 @@ pub struct GcReport {
     /// Distinct chunks referenced by the indexes.
     pub referenced_chunks: u64,
     /// Referenced chunks that are not in the chunk store (their `.bad` copies, if any, are kept).
+    /// On S3: referenced chunks the bucket's listing did not show.
     pub missing_chunks: u64,
+    /// On S3 ([`DataStore::garbage_collect_s3`]): what the bucket side did, with its requests.
+    #[cfg(feature = "s3")]
+    pub bucket: Option<crate::gc_s3::BucketGc>,
+}
+
+impl GcReport {
+    #[cfg(feature = "s3")]
+    pub(crate) fn new(
+        mode: GcMode,
+        status: GcStatus,
+        (started, cutoff): (i64, i64),
+        (referenced_chunks, missing_chunks): (u64, u64),
+        bucket: Option<crate::gc_s3::BucketGc>,
+    ) -> Self {
+        Self {
+            mode,
+            status,
+            started,
+            cutoff,
+            referenced_chunks,
+            missing_chunks,
+            bucket,
+        }
+    }
 }
 
 impl DataStore {
@@ -264,7 +308,7 @@ impl DataStore {
         let missing = self.mark(&root, options, &marked, &mut status)?;
 
         options.enter(GcPhase::Sweep);
-        let mut cutoff = started - DEFAULT_ATIME_CUTOFF_SECS;
+        let mut cutoff = options.cutoff_at(started);
         if let Some(oldest) = guard
             .as_ref()
             .and_then(ExclusiveProcessGuard::oldest_writer)
@@ -295,6 +339,8 @@ impl DataStore {
             cutoff,
             referenced_chunks: marked.len(),
             missing_chunks: missing,
+            #[cfg(feature = "s3")]
+            bucket: None,
         })
     }
 
@@ -322,7 +368,7 @@ impl DataStore {
     /// touched; otherwise marks would protect nothing. Uses the chunk of 4 MiB of zeros (PBS
     /// uses it too), inserted if missing; setting its atime back is safe because marking follows
     /// and a GC that dies before it removes nothing.
-    fn check_atime_updates(&self, started: i64) -> Result<()> {
+    pub(crate) fn check_atime_updates(&self, started: i64) -> Result<()> {
         let zero = self.insert_chunk(&vec![0u8; 4 * 1024 * 1024], Encryption::None)?;
         let rel = ChunkDigest::new(zero.digest).local_path();
         let file = self
@@ -365,7 +411,7 @@ impl DataStore {
 
     /// Phase 1: reads every index (in parallel), touches each distinct chunk once; walks again
     /// until no index is new. Returns how many referenced chunks are missing.
-    fn mark(
+    pub(crate) fn mark(
         &self,
         root: &Path,
         options: &GcOptions,
@@ -529,13 +575,13 @@ fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
 }
 
 /// Phase 2 over `.chunks`.
-struct Sweep<'a> {
-    chunks: PathBuf,
-    marked: &'a DigestSet,
-    guard: Option<&'a ExclusiveProcessGuard>,
-    cutoff: i64,
-    started: i64,
-    mode: GcMode,
+pub(crate) struct Sweep<'a> {
+    pub(crate) chunks: PathBuf,
+    pub(crate) marked: &'a DigestSet,
+    pub(crate) guard: Option<&'a ExclusiveProcessGuard>,
+    pub(crate) cutoff: i64,
+    pub(crate) started: i64,
+    pub(crate) mode: GcMode,
 }
 
 /// Counts of one prefix folder.
@@ -545,7 +591,7 @@ struct Counts {
 }
 
 impl Sweep<'_> {
-    fn run(&self, threads: usize, status: &mut GcStatus) -> Result<()> {
+    pub(crate) fn run(&self, threads: usize, status: &mut GcStatus) -> Result<()> {
         let mut prefixes = Vec::new();
         let entries = std::fs::read_dir(&self.chunks).map_err(|source| Error::Io {
             path: self.chunks.clone(),
@@ -667,7 +713,7 @@ fn add(total: &mut GcStatus, part: &GcStatus) {
 }
 
 /// A chunk file name: 64 hex (a chunk) or `<64 hex>.<digit>.bad` (a bad one).
-fn parse_chunk_name(name: &str) -> Option<([u8; 32], bool)> {
+pub(crate) fn parse_chunk_name(name: &str) -> Option<([u8; 32], bool)> {
     let (hex, bad) = match name.len() {
         64 => (name, false),
         70 if name.as_bytes()[64] == b'.' && name.ends_with(".bad") => (&name[..64], true),
@@ -703,12 +749,12 @@ impl Hasher for DigestHasher {
 const SET_SHARDS: usize = 64;
 
 /// The digests seen in phase 1: 32 bytes each plus the table's slack, sharded for the threads.
-struct DigestSet {
+pub(crate) struct DigestSet {
     shards: Vec<Mutex<HashSet<[u8; 32], BuildHasherDefault<DigestHasher>>>>,
 }
 
 impl DigestSet {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: (0..SET_SHARDS).map(|_| Mutex::default()).collect(),
         }
@@ -722,21 +768,21 @@ impl DigestSet {
     }
 
     /// Whether `digest` was new.
-    fn insert(&self, digest: &[u8; 32]) -> bool {
+    pub(crate) fn insert(&self, digest: &[u8; 32]) -> bool {
         self.shard(digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(*digest)
     }
 
-    fn contains(&self, digest: &[u8; 32]) -> bool {
+    pub(crate) fn contains(&self, digest: &[u8; 32]) -> bool {
         self.shard(digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(digest)
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64)
