@@ -73,8 +73,9 @@ impl ObjectBackend {
     ) -> Result<ChunkListing> {
         let root = self.layout().chunks_root();
         let store = Arc::clone(self.object_store());
-        let mut listing: BoxStream<'static, object_store::Result<ObjectMeta>> =
-            store.list(Some(&root));
+        // Fused: a short page has seen the end, and the listing must not be polled past it.
+        let listing: BoxStream<'static, object_store::Result<ObjectMeta>> = store.list(Some(&root));
+        let mut listing = listing.fuse();
         let mut seen = ChunkListing::default();
         loop {
             let (back, page) = self.block_on(async move {

@@ -144,6 +144,7 @@ impl DataStore {
             marked: &marked,
             guard: guard.as_ref(),
             cutoff,
+            started,
             mode,
             status: &mut status,
             bucket: &mut bucket,
@@ -273,6 +274,7 @@ struct BucketSweep<'a, 'g> {
     marked: &'a DigestSet,
     guard: Option<&'g ExclusiveProcessGuard>,
     cutoff: i64,
+    started: i64,
     mode: GcMode,
     status: &'a mut GcStatus,
     bucket: &'a mut BucketGc,
@@ -360,9 +362,16 @@ impl BucketSweep<'_, '_> {
         let young =
             object.last_modified >= self.cutoff || touched.is_some_and(|t| t >= self.cutoff);
         let s = &mut *self.status;
+        let in_use =
+            object.last_modified >= self.started || touched.is_some_and(|t| t >= self.started);
         if young {
             if bad {
                 s.still_bad += 1;
+                s.disk_bytes += object.size;
+            } else if in_use {
+                // Uploaded or touched since GC started (a writer, the atime check), as the
+                // local sweep counts a chunk whose atime is newer than its start.
+                s.disk_chunks += 1;
                 s.disk_bytes += object.size;
             } else {
                 s.pending_chunks += 1;
