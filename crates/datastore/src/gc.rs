@@ -54,12 +54,36 @@ pub enum GcMode {
 pub enum GcPhase {
     /// The lock is taken and the atime check passed; marking starts.
     Mark,
-    /// Marking is done; the cutoff is computed next and the sweep starts.
+    /// S3 only: the cache's indexes are marked; the bucket's indexes are read and marked.
+    MarkBucket,
+    /// Marking is done; the cutoff is computed next and the sweep starts (on S3: of the
+    /// bucket's chunk objects).
     Sweep,
+    /// S3 only: the bucket is swept; the cache's copies and markers are swept.
+    SweepCache,
 }
 
 /// Called at each [`GcPhase`] (from the thread that runs GC).
 pub type PhaseHook = Arc<dyn Fn(GcPhase) + Send + Sync>;
+
+/// How far a phase is ([`GcOptions::on_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcProgress {
+    /// The phase.
+    pub phase: GcPhase,
+    /// Units done in this phase: indexes read (marking), prefix folders swept (a local sweep),
+    /// objects listed (a bucket sweep).
+    pub done: u64,
+    /// The units known so far, when known (marking: the indexes found; it grows when a walk
+    /// finds more; a local sweep: the prefix folders). `None` for a bucket sweep, whose size
+    /// the listing only tells at its end.
+    pub total: Option<u64>,
+}
+
+/// Called with [`GcProgress`], from any of GC's threads, often (every index, prefix folder or
+/// listing page): it should be cheap, as a progress bar's update is.
+pub type ProgressHook = Arc<dyn Fn(GcProgress) + Send + Sync>;
 
 /// How [`DataStore::garbage_collect`] runs.
 #[derive(Clone, Default)]
@@ -68,6 +92,7 @@ pub struct GcOptions {
     threads: Option<usize>,
     pub(crate) upid: Option<String>,
     on_phase: Option<PhaseHook>,
+    on_progress: Option<ProgressHook>,
     cutoff_secs: Option<i64>,
 }
 
@@ -114,6 +139,19 @@ impl GcOptions {
     pub fn atime_cutoff_secs(mut self, secs: u64) -> Self {
         self.cutoff_secs = Some(i64::try_from(secs).unwrap_or(i64::MAX / 2));
         self
+    }
+
+    /// Called as each phase advances (see [`GcProgress`]): for progress bars.
+    #[must_use]
+    pub fn on_progress(mut self, hook: ProgressHook) -> Self {
+        self.on_progress = Some(hook);
+        self
+    }
+
+    pub(crate) fn progress(&self, phase: GcPhase, done: u64, total: Option<u64>) {
+        if let Some(hook) = &self.on_progress {
+            hook(GcProgress { phase, done, total });
+        }
     }
 
     /// The cutoff for a phase 1 that started at `started` (before writers lower it).
@@ -322,6 +360,7 @@ impl DataStore {
             cutoff,
             started,
             mode: options.mode,
+            progress: (options, GcPhase::Sweep),
         };
         sweep.run(options.thread_count(), &mut status)?;
 
@@ -420,6 +459,7 @@ impl DataStore {
     ) -> Result<u64> {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let missing = AtomicU64::new(0);
+        let read = AtomicU64::new(0);
         loop {
             let mut fresh = Vec::new();
             for (file, id) in find_indexes(root)? {
@@ -443,6 +483,8 @@ impl DataStore {
                             let result = self.mark_index(root, file, options.mode, marked);
                             match result {
                                 Ok(Some((size, gone))) => {
+                                    let done = read.fetch_add(1, Ordering::Relaxed) + 1;
+                                    options.progress(GcPhase::Mark, done, Some(seen.len() as u64));
                                     files.fetch_add(1, Ordering::Relaxed);
                                     bytes.fetch_add(size, Ordering::Relaxed);
                                     missing.fetch_add(gone, Ordering::Relaxed);
@@ -582,6 +624,8 @@ pub(crate) struct Sweep<'a> {
     pub(crate) cutoff: i64,
     pub(crate) started: i64,
     pub(crate) mode: GcMode,
+    /// The options (for progress) and the phase to report it under.
+    pub(crate) progress: (&'a GcOptions, GcPhase),
 }
 
 /// Counts of one prefix folder.
@@ -608,6 +652,7 @@ impl Sweep<'_> {
             }
         }
         let next = AtomicUsize::new(0);
+        let swept = AtomicU64::new(0);
         let total: Mutex<(GcStatus, Option<Error>)> = Mutex::new(Default::default());
         std::thread::scope(|scope| {
             for _ in 0..threads.min(prefixes.len()).max(1) {
@@ -622,6 +667,9 @@ impl Sweep<'_> {
                             next.store(usize::MAX / 2, Ordering::Relaxed);
                             break;
                         }
+                        let done = swept.fetch_add(1, Ordering::Relaxed) + 1;
+                        let (options, phase) = self.progress;
+                        options.progress(phase, done, Some(prefixes.len() as u64));
                     }
                     let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
                     add(&mut total.0, &mine.status);

@@ -66,6 +66,8 @@ pub struct BucketGc {
     pub delete_batches: u64,
     /// Requests sent to the bucket by the whole run.
     pub requests: RequestCounts,
+    /// Objects handed to the sweep so far (for progress).
+    chunk_objects_seen: u64,
 }
 
 impl DataStore {
@@ -128,7 +130,8 @@ impl DataStore {
         let mut local_status = GcStatus::default();
         self.mark(&root, options, &marked, &mut local_status)?;
         let mut bucket = BucketGc::default();
-        self.mark_bucket_indexes(cached, &marked, &mut status, &mut bucket)?;
+        options.enter(GcPhase::MarkBucket);
+        self.mark_bucket_indexes(cached, options, &marked, &mut status, &mut bucket)?;
 
         options.enter(GcPhase::Sweep);
         let mut cutoff = options.cutoff_at(started);
@@ -153,7 +156,11 @@ impl DataStore {
             referenced_seen: 0,
             failure: None,
         };
-        let listing = cached.remote().for_each_chunk_page(|page| sweep.page(page));
+        let listing = cached.remote().for_each_chunk_page(|page| {
+            let result = sweep.page(page);
+            options.progress(GcPhase::Sweep, sweep.bucket.chunk_objects_seen, None);
+            result
+        });
         if let Some(e) = sweep.failure.take() {
             return Err(e);
         }
@@ -167,6 +174,7 @@ impl DataStore {
         if mode == GcMode::Run {
             // The cache's copies and markers: nothing in it is the authority, so its counts
             // are not the run's.
+            options.enter(GcPhase::SweepCache);
             let local = Sweep {
                 chunks: root.join(CHUNK_DIR_NAME),
                 marked: &marked,
@@ -174,6 +182,7 @@ impl DataStore {
                 cutoff,
                 started,
                 mode,
+                progress: (options, GcPhase::SweepCache),
             };
             local.run(options.thread_count(), &mut GcStatus::default())?;
             if let Ok(json) = serde_json::to_vec(&status) {
@@ -200,11 +209,13 @@ impl DataStore {
     fn mark_bucket_indexes(
         &self,
         cached: &CachedBackend,
+        options: &GcOptions,
         marked: &DigestSet,
         status: &mut GcStatus,
         bucket: &mut BucketGc,
     ) -> Result<()> {
         let mut read: HashSet<(BackendPath, Option<String>)> = HashSet::new();
+        let mut total = 0;
         loop {
             let objects = cached
                 .list_content_objects()
@@ -217,7 +228,9 @@ impl DataStore {
             if fresh.is_empty() {
                 return Ok(());
             }
+            total += fresh.len() as u64;
             for object in fresh {
+                options.progress(GcPhase::MarkBucket, read.len() as u64, Some(total));
                 let bytes = if object.cached {
                     match std::fs::read(cached.cache().local_path(&object.path)) {
                         Ok(bytes) => Some(bytes),
@@ -305,6 +318,7 @@ impl BucketSweep<'_, '_> {
     }
 
     fn object(&mut self, object: ChunkObject) -> Result<()> {
+        self.bucket.chunk_objects_seen += 1;
         let name = object.path.file_name().unwrap_or_default();
         let Some((digest, bad)) = parse_chunk_name(name) else {
             self.bucket.skipped_keys += 1;
@@ -423,5 +437,38 @@ impl BucketSweep<'_, '_> {
         }
         self.shards.clear();
         Ok(())
+    }
+}
+
+impl DataStore {
+    /// [`DataStore::usage`] of an S3 datastore: the filesystem figures are the cache folder's,
+    /// the index figures the cache's indexes, and the chunk count and bytes come from one
+    /// listing of the bucket's `.chunks/` (the cache may hold only empty markers); `.bad`
+    /// copies and other keys are not counted. `cached` must be the backend this store was built
+    /// with. Reads only.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for another backend; [`Error::Backend`] if the listing
+    /// fails; the errors of [`DataStore::usage`].
+    pub fn usage_s3(&self, cached: &CachedBackend) -> Result<crate::gc::StoreUsage> {
+        self.check_is_own_backend(cached)?;
+        let mut usage = self.usage()?;
+        let (mut count, mut bytes) = (0, 0);
+        cached
+            .remote()
+            .for_each_chunk_page(|page| {
+                for object in page {
+                    let name = object.path.file_name().unwrap_or_default();
+                    if matches!(parse_chunk_name(name), Some((_, false))) {
+                        count += 1;
+                        bytes += object.size;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::backend(CHUNK_DIR_NAME, e))?;
+        usage.chunk_count = count;
+        usage.chunk_bytes = bytes;
+        Ok(usage)
     }
 }

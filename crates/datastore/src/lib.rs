@@ -34,8 +34,8 @@ pub use error::{
 };
 pub use fsck::{FsckOptions, FsckReport};
 pub use gc::{
-    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
-    PhaseHook, StoreUsage,
+    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcProgress,
+    GcReport, GcStatus, PhaseHook, ProgressHook, StoreUsage,
 };
 #[cfg(feature = "s3")]
 pub use gc_s3::{BucketGc, S3_DELETE_BATCH};
