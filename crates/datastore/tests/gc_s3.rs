@@ -361,3 +361,106 @@ fn a_backup_of_this_process_during_the_sweep_keeps_what_it_reuses() {
     assert!(reused.iter().all(|d| in_bucket(&t, d)));
     assert_eq!(content_verify_clean(&t.store), 3 + 40);
 }
+
+#[cfg(feature = "multi-host")]
+#[test]
+fn a_run_in_multi_host_mode_is_refused_a_dry_run_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = ObjectBackend::in_memory("teststore").unwrap();
+    std::fs::create_dir_all(dir.path().join("store")).unwrap();
+    let cached = Arc::new(CachedBackend::new(
+        LocalBackend::open(dir.path().join("store"), SyncLevel::None).unwrap(),
+        remote.clone(),
+    ));
+    let store = DataStore::builder("teststore", dir.path().join("store"))
+        .backend(cached.clone())
+        .namespace_markers(true)
+        .chunk_prefix_dirs(false)
+        .multi_host(
+            remote,
+            keepsake_datastore::lease::LeaseSettings::with_lease(Duration::from_secs(2))
+                .clock_skew(Duration::from_millis(500)),
+        )
+        .create()
+        .unwrap();
+    backup(&store, "vm/1", 1_700_000_000, 1, 3);
+    let refused = store.garbage_collect_s3(&cached, &GcOptions::default());
+    assert!(
+        matches!(
+            refused,
+            Err(Error::GcRefused {
+                refusal: GcRefusal::MultiHost,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let dry = store
+        .garbage_collect_s3(&cached, &GcOptions::default().mode(GcMode::DryRun))
+        .unwrap();
+    assert_eq!(dry.referenced_chunks, 3);
+    assert_eq!(dry.status.removed_chunks, 0);
+    assert_eq!(content_verify_clean(&store), 3);
+}
+
+#[test]
+fn progress_is_reported_for_every_phase() {
+    let t = common::cached_memory();
+    let cached = t.cached.clone().unwrap();
+    backup(&t.store, "vm/1", 1_700_000_000, 1, 3);
+    backup(&t.store, "vm/2", 1_700_000_000, 9, 3);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (phases, events) = (seen.clone(), seen.clone());
+    let options = GcOptions::default()
+        .on_phase(Arc::new(move |phase| {
+            phases.lock().unwrap().push((phase, None));
+        }))
+        .on_progress(Arc::new(move |p: keepsake_datastore::GcProgress| {
+            events
+                .lock()
+                .unwrap()
+                .push((p.phase, Some((p.done, p.total))));
+        }));
+    t.store.garbage_collect_s3(&cached, &options).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    use keepsake_datastore::GcPhase::*;
+    let order: Vec<_> = seen
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(phase, _)| *phase)
+        .collect();
+    assert_eq!(order, [Mark, MarkBucket, Sweep, SweepCache]);
+    let last = |phase| {
+        seen.iter()
+            .filter(|(p, e)| *p == phase && e.is_some())
+            .filter_map(|(_, e)| *e)
+            .max()
+    };
+    assert_eq!(last(Mark), Some((2, Some(2))), "{seen:?}");
+    assert!(last(MarkBucket).is_some(), "{seen:?}");
+    let (listed, total) = last(Sweep).unwrap();
+    assert!(listed >= 6 && total.is_none(), "{seen:?}");
+    let (done, total) = last(SweepCache).unwrap();
+    assert_eq!(Some(done), total, "{seen:?}");
+
+    // The local GC reports its two phases the same way.
+    let local = common::local();
+    backup(&local.store, "vm/1", 1_700_000_000, 1, 3);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    local
+        .store
+        .garbage_collect(&GcOptions::default().on_progress(Arc::new(move |p| {
+            sink.lock().unwrap().push(p);
+        })))
+        .unwrap();
+    let events = events.lock().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|p| p.phase == Mark && p.done == 1 && p.total == Some(1))
+    );
+    let sweep: Vec<_> = events.iter().filter(|p| p.phase == Sweep).collect();
+    assert!(!sweep.is_empty());
+    assert!(sweep.iter().all(|p| p.total.is_some_and(|t| p.done <= t)));
+}
