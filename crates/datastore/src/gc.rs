@@ -82,7 +82,8 @@ pub struct GcProgress {
 }
 
 /// Called with [`GcProgress`], from any of GC's threads, often (every index, prefix folder or
-/// listing page): it should be cheap, as a progress bar's update is.
+/// listing page): it should be cheap, as a progress bar's update is, and must not write to the
+/// datastore (GC may hold the chunk locks that writers of this process wait for).
 pub type ProgressHook = Arc<dyn Fn(GcProgress) + Send + Sync>;
 
 /// How [`DataStore::garbage_collect`] runs.

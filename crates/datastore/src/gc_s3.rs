@@ -231,12 +231,10 @@ impl DataStore {
             total += fresh.len() as u64;
             for object in fresh {
                 options.progress(GcPhase::MarkBucket, read.len() as u64, Some(total));
+                // A cache copy that cannot be read (changed since the listing) is read from the
+                // bucket instead.
                 let bytes = if object.cached {
-                    match std::fs::read(cached.cache().local_path(&object.path)) {
-                        Ok(bytes) => Some(bytes),
-                        // Changed since the listing: the bucket has the truth.
-                        Err(_) => None,
-                    }
+                    std::fs::read(cached.cache().local_path(&object.path)).ok()
                 } else {
                     None
                 };
