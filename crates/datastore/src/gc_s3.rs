@@ -14,7 +14,7 @@
 //!    unreferenced object is deleted only if its upload time *and* its cache file's atime (if
 //!    there is one) are older than the cutoff; so an object uploaded since the cutoff (by any
 //!    host) is kept whether or not this cache knows it. Deletions go in DeleteObjects batches
-//!    of 100; for each batch the in-process chunk shards of its digests are held from the
+//!    of 100 (or fewer, 5 s after the batch's first decision); for each batch the in-process chunk shards of its digests are held from the
 //!    decision until the request returned, and the cache files of the batch go *before* the
 //!    request: a writer of this process can neither rely on a chunk being deleted (it finds no
 //!    cache file, asks the bucket and uploads again after the delete) nor keep a stale marker.
@@ -47,6 +47,11 @@ use crate::writer::epoch_now;
 
 /// PBS 4's `S3_DELETE_BATCH_LIMIT`: objects per DeleteObjects request.
 pub const S3_DELETE_BATCH: usize = 100;
+
+/// A batch is sent at the latest this long after its first decision, however small (PBS defers
+/// up to 300 s; keepsake holds the batch's chunk shards meanwhile, which writers of this process
+/// wait for, so it waits much less).
+const BATCH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the bucket side of an S3 garbage collection did ([`GcReport::bucket`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,6 +158,7 @@ impl DataStore {
             bucket: &mut bucket,
             shards: Vec::new(),
             batch: Vec::new(),
+            batch_started: None,
             referenced_seen: 0,
             failure: None,
         };
@@ -293,6 +299,8 @@ struct BucketSweep<'a, 'g> {
     shards: Vec<(u8, MutexGuard<'g, ()>)>,
     /// Objects decided for deletion (their cache files are gone already), with their sizes.
     batch: Vec<(BackendPath, u64, bool)>,
+    /// When the batch's first object was decided.
+    batch_started: Option<std::time::Instant>,
     /// Referenced digests the bucket holds (to count the missing ones).
     referenced_seen: u64,
     /// The error that ended the listing, if one of ours did.
@@ -304,7 +312,17 @@ impl BucketSweep<'_, '_> {
     /// errors) and ends the listing.
     fn page(&mut self, page: Vec<ChunkObject>) -> keepsake_backend::Result<()> {
         for object in page {
-            if let Err(e) = self.object(object) {
+            let result = self.object(object).and_then(|()| {
+                if self
+                    .batch_started
+                    .is_some_and(|t| t.elapsed() >= BATCH_MAX_AGE)
+                {
+                    self.flush()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = result {
                 self.failure = Some(e);
                 return Err(keepsake_backend::Error::Io {
                     path: CHUNK_DIR_NAME.into(),
@@ -404,6 +422,8 @@ impl BucketSweep<'_, '_> {
                 }
             }
         }
+        self.batch_started
+            .get_or_insert_with(std::time::Instant::now);
         self.batch.push((object.path, object.size, bad));
         if self.batch.len() >= S3_DELETE_BATCH {
             self.flush()?;
@@ -413,6 +433,7 @@ impl BucketSweep<'_, '_> {
 
     /// Deletes the batch (one DeleteObjects request on a run), counts it, releases its shards.
     fn flush(&mut self) -> Result<()> {
+        self.batch_started = None;
         if self.batch.is_empty() {
             self.shards.clear();
             return Ok(());

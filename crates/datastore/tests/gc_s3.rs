@@ -25,7 +25,7 @@ use keepsake_testkit::faults::{FaultPlan, FaultyStore, Operation};
 use common::TestStore;
 
 /// The cutoff of these tests: objects older than this (seconds) are removable.
-const CUTOFF: u64 = 2;
+const CUTOFF: u64 = 5;
 
 fn owner() -> Authid {
     "root@pam".parse().unwrap()
