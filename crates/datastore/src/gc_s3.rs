@@ -14,10 +14,11 @@
 //!    unreferenced object is deleted only if its upload time *and* its cache file's atime (if
 //!    there is one) are older than the cutoff; so an object uploaded since the cutoff (by any
 //!    host) is kept whether or not this cache knows it. Deletions go in DeleteObjects batches
-//!    of 100 (or fewer, 5 s after the batch's first decision); for each batch the in-process chunk shards of its digests are held from the
-//!    decision until the request returned, and the cache files of the batch go *before* the
-//!    request: a writer of this process can neither rely on a chunk being deleted (it finds no
-//!    cache file, asks the bucket and uploads again after the delete) nor keep a stale marker.
+//!    of 100 (or fewer, 5 s after the batch's first decision); for each batch the in-process
+//!    chunk shards of its digests are held from the decision until the request returned, and
+//!    the cache files of the batch go *before* the request: a writer of this process can
+//!    neither rely on a chunk being deleted (it waits, finds no cache file, asks the bucket and
+//!    uploads again after the delete) nor keep a stale marker.
 //! 3. **Sweep the cache.** The local sweep over the cache's `.chunks` (copies and markers no
 //!    index references, atime older than the cutoff).
 //!
