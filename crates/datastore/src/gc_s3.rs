@@ -90,6 +90,31 @@ impl DataStore {
     /// An error at any point (a listing, an index, a delete) ends the run with that error; what
     /// was deleted until then was unreferenced.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use keepsake_backend::{CachedBackend, LocalBackend, ObjectBackend, SyncLevel};
+    /// use keepsake_datastore::{DataStore, Encryption, GcOptions};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// std::fs::create_dir_all(dir.path().join("cache"))?;
+    /// let cached = Arc::new(CachedBackend::new(
+    ///     LocalBackend::open(dir.path().join("cache"), SyncLevel::None)?,
+    ///     ObjectBackend::in_memory("store1")?,
+    /// ));
+    /// let store = DataStore::builder("store1", dir.path().join("cache"))
+    ///     .lock_root(dir.path().join("locks"))
+    ///     .backend(cached.clone())
+    ///     .chunk_prefix_dirs(false)
+    ///     .create()?;
+    /// let new = store.insert_chunk(b"unreferenced, but new", Encryption::None)?;
+    /// let report = store.garbage_collect_s3(&cached, &GcOptions::default())?;
+    /// assert_eq!(report.status.removed_chunks, 0);
+    /// assert!(store.chunk_exists(&new.digest)?);
+    /// let bucket = report.bucket.expect("an S3 run reports its bucket side");
+    /// println!("{} objects listed, {} requests", bucket.chunk_objects, bucket.requests.total());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] for another backend; [`Error::GcRefused`] in multi-host mode
     /// ([`GcRefusal::MultiHost`], a run only) or when the cache ignores atime updates;
