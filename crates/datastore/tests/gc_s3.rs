@@ -464,3 +464,77 @@ fn progress_is_reported_for_every_phase() {
     assert!(!sweep.is_empty());
     assert!(sweep.iter().all(|p| p.total.is_some_and(|t| p.done <= t)));
 }
+
+/// Requests failing at random points of GC runs (as an endpoint dropping out, or a GC killed
+/// between requests): after each run, failed or not, every referenced chunk is still there and
+/// no cache file of a chunk outlives its object.
+#[test]
+fn runs_failing_at_random_requests_never_lose_a_referenced_chunk() {
+    let memory: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::memory::InMemory::new());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let open = |remote: ObjectBackend, create: bool| {
+        let cached = Arc::new(CachedBackend::new(
+            LocalBackend::open(&root, SyncLevel::None).unwrap(),
+            remote,
+        ));
+        let builder = DataStore::builder("teststore", &root)
+            .lock_root(dir.path().join("locks"))
+            .sync_level(SyncLevel::None)
+            .chunk_prefix_dirs(false)
+            .backend(cached.clone())
+            .namespace_markers(true);
+        let store = if create {
+            builder.create()
+        } else {
+            builder.open()
+        };
+        store.map(|store| (store, cached))
+    };
+    let clean = ObjectBackend::with_store(memory.clone(), "teststore").unwrap();
+    let (store, cached) = open(clean.clone(), true).unwrap();
+    backup(&store, "vm/1", 1_700_000_000, 1, 6);
+    backup(&store, "vm/2", 1_700_000_000, 60, 6);
+    let old = plant(&store, "old", 400);
+    wait_past_cutoff();
+    let options = GcOptions::default().atime_cutoff_secs(CUTOFF);
+    let (mut failed, mut succeeded) = (0, 0);
+    for seed in 0..25 {
+        let faulty = Arc::new(FaultyStore::new(
+            memory.clone(),
+            FaultPlan::new(seed).fail_any_randomly(0.08),
+        ));
+        let remote = ObjectBackend::with_store(faulty, "teststore").unwrap();
+        let Ok((gc_store, gc_cached)) = open(remote, false) else {
+            continue; // the open's own request failed
+        };
+        match gc_store.garbage_collect_s3(&gc_cached, &options) {
+            Ok(report) => {
+                succeeded += 1;
+                assert_eq!(report.missing_chunks, 0);
+            }
+            Err(_) => failed += 1,
+        }
+        assert_eq!(content_verify_clean(&store), 12, "seed {seed}");
+        for d in &old {
+            if root.join(keepsake_datastore::chunk_path(d)).exists() {
+                assert!(
+                    clean.chunk_exists(&ChunkDigest::new(*d)).unwrap(),
+                    "seed {seed}: a cache file without its object"
+                );
+            }
+        }
+    }
+    println!("{failed} runs failed, {succeeded} succeeded");
+    assert!(failed > 0, "the faults hit something");
+    // With a working endpoint, the rest goes.
+    let report = store.garbage_collect_s3(&cached, &options).unwrap();
+    assert_eq!(report.missing_chunks, 0);
+    assert!(
+        old.iter()
+            .all(|d| !clean.chunk_exists(&ChunkDigest::new(*d)).unwrap())
+    );
+    assert_eq!(content_verify_clean(&store), 12);
+}
