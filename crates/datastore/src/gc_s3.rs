@@ -201,7 +201,7 @@ impl DataStore {
         let referenced_seen = sweep.referenced_seen;
         drop(sweep);
         bucket.chunk_objects = listing.listed;
-        bucket.skipped_keys = listing.skipped;
+        bucket.skipped_keys += listing.skipped;
 
         if mode == GcMode::Run {
             // The cache's copies and markers: nothing in it is the authority, so its counts
