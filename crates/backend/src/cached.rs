@@ -494,7 +494,7 @@ impl CachedBackend {
 
     /// Whether the cache file at `path` is the listed object already: a record of the same ETag
     /// and the same size.
-    fn is_current(&self, path: &BackendPath, meta: &ObjectMeta) -> bool {
+    pub(crate) fn is_current(&self, path: &BackendPath, meta: &ObjectMeta) -> bool {
         let Some(e_tag) = meta.e_tag.as_deref() else {
             return false;
         };

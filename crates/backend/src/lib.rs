@@ -5,6 +5,8 @@
 #![cfg_attr(not(feature = "s3"), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "s3")]
+mod bucket_chunks;
+#[cfg(feature = "s3")]
 mod cached;
 mod chunk;
 #[cfg(feature = "conformance")]
@@ -35,6 +37,8 @@ mod version;
 use std::fmt;
 use std::sync::Arc;
 
+#[cfg(feature = "s3")]
+pub use bucket_chunks::{ChunkListing, ChunkObject, ContentObject};
 #[cfg(feature = "s3")]
 pub use cached::{CachedBackend, REFRESH_LOCK, RefreshReport};
 pub use chunk::{BAD_CHUNK_SLOTS, ChunkDigest};

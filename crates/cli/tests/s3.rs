@@ -929,3 +929,47 @@ fn s3_a_missing_bucket_is_one_line_without_the_xml() {
         assert!(!line.contains('<'), "{command}: {line}");
     }
 }
+
+#[test]
+fn s3_gc_sweeps_the_bucket_and_status_counts_its_chunks() {
+    let Some(cfg) = config_or_skip("s3_gc_sweeps_the_bucket") else {
+        return;
+    };
+    let s3 = demo(cfg);
+    // The cache holds only PBS's empty markers: GC and status must judge from the bucket.
+    for (path, bytes) in common::tree_contents(&s3.local.path.join(".chunks")) {
+        if bytes.is_some() {
+            std::fs::write(s3.local.path.join(".chunks").join(path), b"").unwrap();
+        }
+    }
+    let dry = s3.run(&["--json", "gc", "--dry-run"]).json();
+    assert_eq!(dry["dry-run"], true, "{dry}");
+    assert_eq!(dry["bucket"]["requests"]["delete"], 0, "{dry}");
+    assert_eq!(dry["bucket"]["requests"]["put"], 0, "{dry}");
+    let doc = s3.run(&["--json", "gc"]).json();
+    println!("{doc}");
+    assert_eq!(doc["missing-chunks"], 0, "{doc}");
+    // Everything is younger than the cutoff: nothing goes.
+    assert_eq!(doc["status"]["removed-chunks"], 0, "{doc}");
+    assert!(
+        doc["bucket"]["chunk-objects"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+    assert!(
+        doc["bucket"]["requests"]["list"].as_u64().unwrap() >= 2,
+        "{doc}"
+    );
+    let status = s3.run(&["--json", "status"]).json();
+    assert!(status["chunk-bytes"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(
+        status["chunk-count"],
+        doc["status"]["disk-chunks"].as_u64().unwrap()
+            + doc["status"]["pending-chunks"].as_u64().unwrap(),
+        "{status} {doc}"
+    );
+    assert_eq!(status["last-gc"]["removed-chunks"], 0, "{status}");
+    let verify = s3.run(&["--json", "verify", "--read-data"]).json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    let text = s3.run(&["gc"]).ok().to_owned();
+    assert!(text.contains("bucket:"), "{text}");
+}

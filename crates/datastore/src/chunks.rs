@@ -84,7 +84,17 @@ impl DataStore {
                 source,
             })?;
         let encoded_size = blob.as_bytes().len() as u64;
-        match self.backend().insert_chunk(&chunk, blob.as_bytes()) {
+        let insert = || self.backend().insert_chunk(&chunk, blob.as_bytes());
+        // Behind a cache, the S3 GC of this process decides and deletes a batch of objects
+        // while it holds their shards: an upload that the bucket answers "duplicate" must not
+        // fall between its decision and its delete.
+        let inserted = match self.process_lock()? {
+            Some(lock) if !self.backend().capabilities().own_authority => {
+                lock.with_chunk(&digest, insert)
+            }
+            _ => insert(),
+        };
+        match inserted {
             Ok(ChunkInsert::Stored) => Ok(InsertedChunk {
                 digest,
                 duplicate: false,

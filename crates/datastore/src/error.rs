@@ -399,9 +399,15 @@ pub enum GcRefusal {
     /// The datastore has no local folder (a bare object store): there is neither a `.lock` nor
     /// atimes to mark with.
     NoLocalFolder,
-    /// The datastore is in object storage: keepsake does not sweep buckets yet, and a sweep of
-    /// the cache alone would be wrong.
+    /// [`DataStore::garbage_collect`](crate::DataStore::garbage_collect) on a datastore in
+    /// object storage: a sweep of the cache alone would be wrong, and the store holds its
+    /// backend only as a `dyn Backend`; call `DataStore::garbage_collect_s3` with the
+    /// `CachedBackend` the store was built with (feature `s3`).
     ObjectStorage,
+    /// A run in multi-host mode: a backup on another host can reuse a chunk uploaded before the
+    /// cutoff through its own cache, and nothing in the bucket shows that until its index is
+    /// uploaded, so no sweep of the bucket can be decided safely from here.
+    MultiHost,
     /// Setting a chunk's atime did not change it: marking would not protect anything, as PBS
     /// checks before it starts.
     AtimeUpdatesIgnored {
@@ -414,9 +420,12 @@ impl fmt::Display for GcRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GcRefusal::NoLocalFolder => f.write_str("the datastore has no local folder"),
-            GcRefusal::ObjectStorage => {
-                f.write_str("garbage collection of object storage is not supported yet")
-            }
+            GcRefusal::ObjectStorage => f.write_str(
+                "the datastore is in object storage: its bucket is swept by the S3 garbage collection",
+            ),
+            GcRefusal::MultiHost => f.write_str(
+                "several hosts share the bucket: a backup on another host could reuse a chunk the sweep removes",
+            ),
             GcRefusal::AtimeUpdatesIgnored { chunk } => write!(
                 f,
                 "the filesystem ignored an atime update of `{chunk}`: marking would not work"

@@ -39,7 +39,7 @@ pub const GC_STATUS_FILE_NAME: &str = ".gc-status";
 pub const DEFAULT_ATIME_CUTOFF_SECS: i64 = 24 * 3600 + 300;
 
 /// How far below the oldest writer's start the cutoff goes (PBS's 300 s).
-const WRITER_SLACK_SECS: i64 = 300;
+pub(crate) const WRITER_SLACK_SECS: i64 = 300;
 
 /// Whether GC removes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,20 +59,47 @@ pub enum GcMode {
 pub enum GcPhase {
     /// The lock is taken and the atime check passed; marking starts.
     Mark,
-    /// Marking is done; the cutoff is computed next and the sweep starts.
+    /// S3 only: the cache's indexes are marked; the bucket's indexes are read and marked.
+    MarkBucket,
+    /// Marking is done; the cutoff is computed next and the sweep starts (on S3: of the
+    /// bucket's chunk objects).
     Sweep,
+    /// S3 only: the bucket is swept; the cache's copies and markers are swept.
+    SweepCache,
 }
 
 /// Called at each [`GcPhase`] (from the thread that runs GC).
 pub type PhaseHook = Arc<dyn Fn(GcPhase) + Send + Sync>;
 
+/// How far a phase is ([`GcOptions::on_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcProgress {
+    /// The phase.
+    pub phase: GcPhase,
+    /// Units done in this phase: indexes read (marking), prefix folders swept (a local sweep),
+    /// objects listed (a bucket sweep).
+    pub done: u64,
+    /// The units known so far, when known (marking: the indexes found; it grows when a walk
+    /// finds more; a local sweep: the prefix folders). `None` for a bucket sweep, whose size
+    /// the listing only tells at its end.
+    pub total: Option<u64>,
+}
+
+/// Called with [`GcProgress`], from any of GC's threads, often (every index, prefix folder or
+/// listing page): it should be cheap, as a progress bar's update is, and must not write to the
+/// datastore (GC may hold the chunk locks that writers of this process wait for).
+pub type ProgressHook = Arc<dyn Fn(GcProgress) + Send + Sync>;
+
 /// How [`DataStore::garbage_collect`] runs.
 #[derive(Clone, Default)]
 pub struct GcOptions {
-    mode: GcMode,
+    pub(crate) mode: GcMode,
     threads: Option<usize>,
-    upid: Option<String>,
+    pub(crate) upid: Option<String>,
     on_phase: Option<PhaseHook>,
+    on_progress: Option<ProgressHook>,
+    cutoff_secs: Option<i64>,
 }
 
 impl fmt::Debug for GcOptions {
@@ -81,6 +108,7 @@ impl fmt::Debug for GcOptions {
             .field("mode", &self.mode)
             .field("threads", &self.threads)
             .field("upid", &self.upid)
+            .field("cutoff_secs", &self.cutoff_secs)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +135,36 @@ impl GcOptions {
         self
     }
 
+    /// How much older than phase 1's start an unreferenced chunk must be to be removed (PBS's
+    /// `gc-atime-cutoff` tuning option; default [`DEFAULT_ATIME_CUTOFF_SECS`]). keepsake's own
+    /// decisions do not depend on it being long (a marked chunk is kept whatever its atime, and
+    /// writers of this process lower it), but PBS writers that relied on a chunk before the GC
+    /// started, and on S3 uploads in flight, are protected only by it: keep PBS's default
+    /// outside tests.
+    #[must_use]
+    pub fn atime_cutoff_secs(mut self, secs: u64) -> Self {
+        self.cutoff_secs = Some(i64::try_from(secs).unwrap_or(i64::MAX / 2));
+        self
+    }
+
+    /// Called as each phase advances (see [`GcProgress`]): for progress bars.
+    #[must_use]
+    pub fn on_progress(mut self, hook: ProgressHook) -> Self {
+        self.on_progress = Some(hook);
+        self
+    }
+
+    pub(crate) fn progress(&self, phase: GcPhase, done: u64, total: Option<u64>) {
+        if let Some(hook) = &self.on_progress {
+            hook(GcProgress { phase, done, total });
+        }
+    }
+
+    /// The cutoff for a phase 1 that started at `started` (before writers lower it).
+    pub(crate) fn cutoff_at(&self, started: i64) -> i64 {
+        started.saturating_sub(self.cutoff_secs.unwrap_or(DEFAULT_ATIME_CUTOFF_SECS))
+    }
+
     /// Called when GC enters each phase: for progress display, and for tests that act between
     /// phases (a backup started during marking).
     #[must_use]
@@ -115,7 +173,7 @@ impl GcOptions {
         self
     }
 
-    fn thread_count(&self) -> usize {
+    pub(crate) fn thread_count(&self) -> usize {
         self.threads.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -123,7 +181,7 @@ impl GcOptions {
         })
     }
 
-    fn enter(&self, phase: GcPhase) {
+    pub(crate) fn enter(&self, phase: GcPhase) {
         if let Some(hook) = &self.on_phase {
             hook(phase);
         }
@@ -185,7 +243,32 @@ pub struct GcReport {
     /// Distinct chunks referenced by the indexes.
     pub referenced_chunks: u64,
     /// Referenced chunks that are not in the chunk store (their `.bad` copies, if any, are kept).
+    /// On S3: referenced chunks the bucket's listing did not show.
     pub missing_chunks: u64,
+    /// On S3 ([`DataStore::garbage_collect_s3`]): what the bucket side did, with its requests.
+    #[cfg(feature = "s3")]
+    pub bucket: Option<crate::gc_s3::BucketGc>,
+}
+
+impl GcReport {
+    #[cfg(feature = "s3")]
+    pub(crate) fn new(
+        mode: GcMode,
+        status: GcStatus,
+        (started, cutoff): (i64, i64),
+        (referenced_chunks, missing_chunks): (u64, u64),
+        bucket: Option<crate::gc_s3::BucketGc>,
+    ) -> Self {
+        Self {
+            mode,
+            status,
+            started,
+            cutoff,
+            referenced_chunks,
+            missing_chunks,
+            bucket,
+        }
+    }
 }
 
 impl DataStore {
@@ -269,7 +352,7 @@ impl DataStore {
         let missing = self.mark(&root, options, &marked, &mut status)?;
 
         options.enter(GcPhase::Sweep);
-        let mut cutoff = started - DEFAULT_ATIME_CUTOFF_SECS;
+        let mut cutoff = options.cutoff_at(started);
         if let Some(oldest) = guard
             .as_ref()
             .and_then(ExclusiveProcessGuard::oldest_writer)
@@ -284,6 +367,7 @@ impl DataStore {
             cutoff,
             started,
             mode: options.mode,
+            progress: (options, GcPhase::Sweep),
         };
         sweep.run(options.thread_count(), &mut status)?;
 
@@ -301,6 +385,8 @@ impl DataStore {
             cutoff,
             referenced_chunks: marked.len(),
             missing_chunks: missing,
+            #[cfg(feature = "s3")]
+            bucket: None,
         })
     }
 
@@ -328,7 +414,7 @@ impl DataStore {
     /// touched; otherwise marks would protect nothing. Uses the chunk of 4 MiB of zeros (PBS
     /// uses it too), inserted if missing; setting its atime back is safe because marking follows
     /// and a GC that dies before it removes nothing.
-    fn check_atime_updates(&self, started: i64) -> Result<()> {
+    pub(crate) fn check_atime_updates(&self, started: i64) -> Result<()> {
         let zero = self.insert_chunk(&vec![0u8; 4 * 1024 * 1024], Encryption::None)?;
         let rel = ChunkDigest::new(zero.digest).local_path();
         let file = self
@@ -371,7 +457,7 @@ impl DataStore {
 
     /// Phase 1: reads every index (in parallel), touches each distinct chunk once; walks again
     /// until no index is new. Returns how many referenced chunks are missing.
-    fn mark(
+    pub(crate) fn mark(
         &self,
         root: &Path,
         options: &GcOptions,
@@ -381,6 +467,7 @@ impl DataStore {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
         let missing = AtomicU64::new(0);
         let chunks = &ChunkDir::open(root)?;
+        let read = AtomicU64::new(0);
         loop {
             let mut fresh = Vec::new();
             for (file, id) in find_indexes(root)? {
@@ -404,6 +491,8 @@ impl DataStore {
                             let result = self.mark_index(root, chunks, file, options.mode, marked);
                             match result {
                                 Ok(Some((size, gone))) => {
+                                    let done = read.fetch_add(1, Ordering::Relaxed) + 1;
+                                    options.progress(GcPhase::Mark, done, Some(seen.len() as u64));
                                     files.fetch_add(1, Ordering::Relaxed);
                                     bytes.fetch_add(size, Ordering::Relaxed);
                                     missing.fetch_add(gone, Ordering::Relaxed);
@@ -490,7 +579,7 @@ impl DataStore {
 /// `.chunks`, open: chunks are touched, looked at and removed relative to it, by names built on
 /// the stack (a path walk of two components per chunk instead of the whole store path, and no
 /// allocation). Opened without following a symlink: a `.chunks` that is one fails GC.
-struct ChunkDir {
+pub(crate) struct ChunkDir {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -499,7 +588,7 @@ struct ChunkDir {
 const CHUNK_NAME_MAX: usize = 4 + 1 + 64 + 6 + 1;
 
 impl ChunkDir {
-    fn open(root: &Path) -> Result<Self> {
+    pub(crate) fn open(root: &Path) -> Result<Self> {
         let path = root.join(CHUNK_DIR_NAME);
         let fd = rustix::fs::open(
             &path,
@@ -627,17 +716,19 @@ fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
 }
 
 /// Phase 2 over `.chunks`.
-struct Sweep<'a> {
-    chunks: &'a ChunkDir,
-    marked: &'a DigestSet,
-    guard: Option<&'a ExclusiveProcessGuard>,
-    cutoff: i64,
-    started: i64,
-    mode: GcMode,
+pub(crate) struct Sweep<'a> {
+    pub(crate) chunks: &'a ChunkDir,
+    pub(crate) marked: &'a DigestSet,
+    pub(crate) guard: Option<&'a ExclusiveProcessGuard>,
+    pub(crate) cutoff: i64,
+    pub(crate) started: i64,
+    pub(crate) mode: GcMode,
+    /// The options (for progress) and the phase to report it under.
+    pub(crate) progress: (&'a GcOptions, GcPhase),
 }
 
 impl Sweep<'_> {
-    fn run(&self, threads: usize, status: &mut GcStatus) -> Result<()> {
+    pub(crate) fn run(&self, threads: usize, status: &mut GcStatus) -> Result<()> {
         let io = |source: Errno| Error::Io {
             path: self.chunks.path.clone(),
             source: source.into(),
@@ -651,6 +742,7 @@ impl Sweep<'_> {
             }
         }
         let next = AtomicUsize::new(0);
+        let swept = AtomicU64::new(0);
         let total: Mutex<(GcStatus, Option<Error>)> = Mutex::new(Default::default());
         std::thread::scope(|scope| {
             for _ in 0..threads.min(prefixes.len()).max(1) {
@@ -666,6 +758,9 @@ impl Sweep<'_> {
                             next.store(usize::MAX / 2, Ordering::Relaxed);
                             break;
                         }
+                        let done = swept.fetch_add(1, Ordering::Relaxed) + 1;
+                        let (options, phase) = self.progress;
+                        options.progress(phase, done, Some(prefixes.len() as u64));
                     }
                     let mut total = total.lock().unwrap_or_else(PoisonError::into_inner);
                     add(&mut total.0, &mine);
@@ -784,7 +879,7 @@ fn add(total: &mut GcStatus, part: &GcStatus) {
 }
 
 /// A chunk file name: 64 hex (a chunk) or `<64 hex>.<digit>.bad` (a bad one).
-fn parse_chunk_name(name: &str) -> Option<([u8; 32], bool)> {
+pub(crate) fn parse_chunk_name(name: &str) -> Option<([u8; 32], bool)> {
     let (hex, bad) = match name.len() {
         64 => (name, false),
         70 if name.as_bytes()[64] == b'.' && name.ends_with(".bad") => (&name[..64], true),
@@ -820,12 +915,12 @@ impl Hasher for DigestHasher {
 const SET_SHARDS: usize = 64;
 
 /// The digests seen in phase 1: 32 bytes each plus the table's slack, sharded for the threads.
-struct DigestSet {
+pub(crate) struct DigestSet {
     shards: Vec<Mutex<HashSet<[u8; 32], BuildHasherDefault<DigestHasher>>>>,
 }
 
 impl DigestSet {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             shards: (0..SET_SHARDS).map(|_| Mutex::default()).collect(),
         }
@@ -839,21 +934,21 @@ impl DigestSet {
     }
 
     /// Whether `digest` was new.
-    fn insert(&self, digest: &[u8; 32]) -> bool {
+    pub(crate) fn insert(&self, digest: &[u8; 32]) -> bool {
         self.shard(digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(*digest)
     }
 
-    fn contains(&self, digest: &[u8; 32]) -> bool {
+    pub(crate) fn contains(&self, digest: &[u8; 32]) -> bool {
         self.shard(digest)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(digest)
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len() as u64)

@@ -4,6 +4,8 @@ mod chunks;
 mod error;
 mod fsck;
 mod gc;
+#[cfg(feature = "s3")]
+mod gc_s3;
 mod group;
 mod hold;
 mod info;
@@ -32,9 +34,11 @@ pub use error::{
 };
 pub use fsck::{FsckOptions, FsckReport};
 pub use gc::{
-    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
-    PhaseHook, StoreUsage,
+    DEFAULT_ATIME_CUTOFF_SECS, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcProgress,
+    GcReport, GcStatus, PhaseHook, ProgressHook, StoreUsage,
 };
+#[cfg(feature = "s3")]
+pub use gc_s3::{BucketGc, S3_DELETE_BATCH};
 pub use group::{DestroyStats, ExistingOwner, Group, Unfinished};
 pub use info::{BackupInfo, SortOrder};
 pub use journal::{Intent, Phase};

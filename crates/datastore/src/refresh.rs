@@ -93,7 +93,7 @@ pub struct CacheRefresh {
 }
 
 impl DataStore {
-    fn check_is_own_backend(&self, cached: &CachedBackend) -> Result<()> {
+    pub(crate) fn check_is_own_backend(&self, cached: &CachedBackend) -> Result<()> {
         let own = self.given_backend() as *const dyn Backend;
         if std::ptr::addr_eq(own, cached as *const CachedBackend) {
             Ok(())

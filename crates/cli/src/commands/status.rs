@@ -1,5 +1,6 @@
 //! `keepsake status`: the datastore's usage (filesystem, chunks, logical bytes, deduplication
-//! factor) and the last garbage collection's result, from `DataStore::usage`. Reads only.
+//! factor) and the last garbage collection's result, from `DataStore::usage` (on S3
+//! `DataStore::usage_s3`: the chunks as the bucket lists them). Reads only.
 
 use std::process::ExitCode;
 
@@ -40,7 +41,10 @@ pub(crate) fn status(ctx: &Ctx<'_>) -> Result<ExitCode> {
     let session = ctx.open_read()?;
     let store = &session.store;
     let spinner = ctx.out.spinner("reading indexes and listing chunks");
-    let usage = store.usage();
+    let usage = match &session.cached {
+        Some(cached) => store.usage_s3(cached),
+        None => store.usage(),
+    };
     spinner.finish_and_clear();
     let usage = usage.with_context(|| format!("cannot measure datastore {}", store.name()))?;
     let doc = StatusDoc {
