@@ -7,12 +7,16 @@
 //! target snapshot is finished only once every file and chunk it needs is there. Each snapshot is
 //! written under the target's writer locks (the group lock, the snapshot lock and PBS's shared
 //! process lock on `.lock`), as a backup would be.
+//!
+//! With [`RemoveVanished::Remove`], target snapshots gone from the source are removed once every
+//! selected snapshot was copied; each removal is decided under the target snapshot's locks, from
+//! the source's authority, right before it happens.
 
 use std::collections::HashSet;
 
 use keepsake_backend::{ChunkDigest, ChunkInsert};
 use keepsake_hierarchy::{
-    Authid, BackupNamespace, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
+    Authid, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
 };
 use keepsake_manifest::blob::DataBlob;
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
@@ -21,6 +25,7 @@ use keepsake_manifest::manifest::BackupManifest;
 use crate::chunks::chunk_path;
 use crate::error::{Error, Result};
 use crate::group::{Group, Unfinished};
+use crate::hold::HeldSnapshot;
 use crate::info::SortOrder;
 use crate::snapshot::Snapshot;
 use crate::store::DataStore;
@@ -34,6 +39,19 @@ pub enum SyncProtection {
     Ignore,
     /// A snapshot protected in the source is protected in the target once it is finished there.
     Copy,
+}
+
+/// Whether sync removes target snapshots that are gone from the source (PBS's `remove-vanished`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RemoveVanished {
+    /// Target snapshots the source no longer has stay (as PBS's default).
+    #[default]
+    Keep,
+    /// Finished, unprotected target snapshots in the synced scope (the mapped namespaces, the
+    /// groups the filters select) that the source does not have are removed, after every
+    /// selected snapshot was copied. Protected ones stay and are counted.
+    Remove,
 }
 
 /// What to sync, and how. [`Default`] syncs everything from the source's root namespace into the
@@ -59,6 +77,8 @@ pub struct SyncOptions {
     pub owner: Option<Authid>,
     /// Whether protection is copied (default: not, as in PBS).
     pub protection: SyncProtection,
+    /// Whether target snapshots gone from the source are removed (default: not, as in PBS).
+    pub remove_vanished: RemoveVanished,
 }
 
 /// What a sync did.
@@ -84,6 +104,11 @@ pub struct SyncReport {
     pub files: u64,
     /// Bytes of those files.
     pub file_bytes: u64,
+    /// Target snapshots removed because the source no longer has them
+    /// ([`RemoveVanished::Remove`]).
+    pub removed_vanished: usize,
+    /// Target snapshots gone from the source that stayed because they are protected.
+    pub vanished_protected: usize,
 }
 
 impl DataStore {
@@ -104,6 +129,16 @@ impl DataStore {
     /// snapshot (or, if the writer could clean up, none); the next run removes it and copies the
     /// snapshot again. Group notes are copied once a group's snapshots are; protection only with
     /// [`SyncProtection::Copy`].
+    ///
+    /// With [`RemoveVanished::Remove`], once everything was copied (a sync that failed before
+    /// removes nothing), every finished target snapshot in the synced scope (the target
+    /// namespaces below `options.target_ns` to `options.max_depth`, the groups passing the
+    /// filters, and with `options.owner` only groups it owns) that the source does not list is
+    /// removed. Each removal is decided under the target snapshot's locks (snapshot and manifest
+    /// lock, as [`Snapshot::destroy`] takes them) right before it: the snapshot is still
+    /// finished, the source's authority (on S3 the bucket, not its cache) does not have it, and
+    /// it is not protected (a protected one is counted in [`SyncReport::vanished_protected`]
+    /// and stays). Unfinished target snapshots are never removed as vanished.
     ///
     /// # Errors
     /// The first error stops the sync (what was finished before stays): [`Error::NotFound`] for a
@@ -138,6 +173,9 @@ impl DataStore {
             }
             run.report.namespaces += 1;
             run.namespace(&ns, &target_ns)?;
+        }
+        if options.remove_vanished == RemoveVanished::Remove {
+            run.remove_vanished()?;
         }
         Ok(run.report)
     }
@@ -324,6 +362,96 @@ impl Run<'_> {
             Err(e) => return Err(Error::backend(&rel, e)),
         }
         self.known.insert(*digest);
+        Ok(())
+    }
+
+    /// Removes the target snapshots in the synced scope that the source no longer has (see
+    /// [`DataStore::sync_from`]).
+    fn remove_vanished(&mut self) -> Result<()> {
+        let options = self.options;
+        if !self.target.namespace_exists(&options.target_ns)? {
+            return Ok(());
+        }
+        let anchor_depth = options.target_ns.depth();
+        for ns in self
+            .target
+            .iter_namespaces_recursive(&options.target_ns, options.max_depth)?
+        {
+            let ns = ns?;
+            let below = ns.components().get(anchor_depth..).unwrap_or_default();
+            let mut source_ns = Some(options.source_ns.clone());
+            for component in below {
+                source_ns = source_ns.and_then(|n| n.child(component).ok());
+            }
+            // A target namespace no source namespace can map to (too deep) is not the sync's
+            // to judge: nothing there is removed.
+            let Some(source_ns) = source_ns else {
+                continue;
+            };
+            let mut groups = Vec::new();
+            for group in self.target.iter_groups(&ns)? {
+                let group = group?;
+                if group.matches(&options.group_filter) {
+                    groups.push(group);
+                }
+            }
+            groups.sort_by(|a, b| a.name().cmp(b.name()));
+            for group in groups {
+                if let Some(owner) = &options.owner {
+                    if &group.owner()? != owner {
+                        continue;
+                    }
+                }
+                let from = self.source.group(&source_ns, group.name());
+                self.remove_vanished_in(&group, &from)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_vanished_in(&mut self, target: &Group, source: &Group) -> Result<()> {
+        // The whole source listing, from the authority, or nothing is removed (an error stops
+        // here): a snapshot missing from a stale cache or a failed listing is not gone.
+        let in_source: HashSet<BackupTime> = crate::moves::snapshot_times_authoritative(source)?
+            .into_iter()
+            .collect();
+        let mut backups = target.list_backups()?;
+        crate::info::BackupInfo::sort(&mut backups, SortOrder::OldestFirst);
+        let mut removed = false;
+        for info in backups {
+            if !info.is_finished() || in_source.contains(&info.snapshot.time()) {
+                continue;
+            }
+            if info.protected {
+                self.report.vanished_protected += 1;
+                continue;
+            }
+            let snapshot = self.target.snapshot(target.ns(), &info.snapshot);
+            let held = HeldSnapshot::take(snapshot.clone())?;
+            // Decided again under the locks, which keep a writer, a destroy and a protect away.
+            if !snapshot.is_finished()? {
+                continue;
+            }
+            let from = self.source.snapshot(source.ns(), &info.snapshot);
+            if from.exists()? || crate::moves::exists_authoritative(&from)? {
+                continue;
+            }
+            match snapshot.remove_now(Some(&held)) {
+                Ok(()) => {
+                    held.release_gone();
+                    self.report.removed_vanished += 1;
+                    removed = true;
+                }
+                Err(Error::Protected { .. }) => self.report.vanished_protected += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if removed {
+            if let Ok(guard) = target.lock() {
+                // Best effort, as a destroy does: a group with snapshots left stays.
+                let _ = target.remove_folder(guard);
+            }
+        }
         Ok(())
     }
 }
