@@ -13,6 +13,8 @@
 //! the source's authority, right before it happens.
 
 use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
 
 use keepsake_backend::{ChunkDigest, ChunkInsert};
 use keepsake_hierarchy::{
@@ -54,9 +56,13 @@ pub enum RemoveVanished {
     Remove,
 }
 
+/// Called with the counts so far as a sync goes on (after each chunk and each snapshot copied),
+/// for a progress display; it runs on the syncing thread, so it should be quick.
+pub type SyncProgressHook = Arc<dyn Fn(&SyncReport) + Send + Sync>;
+
 /// What to sync, and how. [`Default`] syncs everything from the source's root namespace into the
 /// target's root namespace, every group, keeping the source's owners.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct SyncOptions {
     /// The source namespace to start from (the anchor).
@@ -79,6 +85,24 @@ pub struct SyncOptions {
     pub protection: SyncProtection,
     /// Whether target snapshots gone from the source are removed (default: not, as in PBS).
     pub remove_vanished: RemoveVanished,
+    /// Progress reports, if wanted.
+    pub on_progress: Option<SyncProgressHook>,
+}
+
+impl fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("source_ns", &self.source_ns)
+            .field("target_ns", &self.target_ns)
+            .field("max_depth", &self.max_depth)
+            .field("group_filter", &self.group_filter)
+            .field("transfer_last", &self.transfer_last)
+            .field("owner", &self.owner)
+            .field("protection", &self.protection)
+            .field("remove_vanished", &self.remove_vanished)
+            .field("on_progress", &self.on_progress.as_ref().map(|_| "hook"))
+            .finish()
+    }
 }
 
 /// What a sync did.
@@ -324,10 +348,17 @@ impl Run<'_> {
         let finished = writer.finish_raw(&manifest_raw)?;
         self.count_file(&manifest_raw);
         self.report.snapshots += 1;
+        self.progress();
         if self.options.protection == SyncProtection::Copy && from.is_protected()? {
             finished.set_protected(true)?;
         }
         Ok(())
+    }
+
+    fn progress(&self) {
+        if let Some(hook) = &self.options.on_progress {
+            hook(&self.report);
+        }
     }
 
     fn count_file(&mut self, raw: &[u8]) {
@@ -357,6 +388,7 @@ impl Run<'_> {
             Ok(ChunkInsert::Stored) => {
                 self.report.chunks += 1;
                 self.report.chunk_bytes += blob.as_bytes().len() as u64;
+                self.progress();
             }
             Ok(ChunkInsert::Duplicate) => self.report.chunks_present += 1,
             Err(e) => return Err(Error::backend(&rel, e)),

@@ -12,6 +12,7 @@ mod moves;
 mod prune;
 mod status;
 mod store;
+pub(crate) mod sync;
 mod verify;
 
 use std::process::ExitCode;
@@ -286,6 +287,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Refresh => store::refresh(&ctx),
         Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
         Command::Status => status::status(&ctx),
+        Command::Sync(args) => sync::sync(&ctx, args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();
