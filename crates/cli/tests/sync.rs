@@ -70,7 +70,11 @@ fn verify_clean(run: Run) {
 fn local_to_local_copies_what_was_selected_once() {
     let source = Store::demo();
     let target = init("target1");
-    let doc = sync(&target, &source, &[]);
+    let doc = sync(
+        &target,
+        &source,
+        &["--group-workers", "3", "--chunk-workers", "4"],
+    );
     let want = unprotected(finished(source.run(&[
         "--json",
         "snapshots",

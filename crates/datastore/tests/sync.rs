@@ -502,3 +502,39 @@ fn a_failed_sync_removes_nothing() {
         .collect();
     assert_eq!(after, before);
 }
+
+/// Groups and chunks in parallel: whatever the worker counts, the same target and the same
+/// report (each chunk checked, copied and counted once, though groups share chunks).
+#[test]
+fn parallel_workers_give_the_same_target_and_report() {
+    use std::num::NonZeroUsize;
+    let source = generated();
+    // Groups in two namespaces share chunks: the same image in vm/100 and vm/101.
+    backup(&source.store, &ns("a"), "vm/100", 0);
+    let mut reports = Vec::new();
+    for (groups, chunks) in [(1, 1), (4, 8), (3, 2), (8, 1)] {
+        let target = common::local();
+        let mut options = SyncOptions::default();
+        options.group_workers = NonZeroUsize::new(groups);
+        options.chunk_workers = NonZeroUsize::new(chunks);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = progress.clone();
+        options.on_progress = Some(std::sync::Arc::new(move |r: &SyncReport| {
+            seen.lock().unwrap().push(r.snapshots);
+        }));
+        let report = target.store.sync_from(&source.store, &options).unwrap();
+        assert_eq!(listing(&target.store), listing(&source.store));
+        same_files(&source.store, &target.store, str::to_owned);
+        verify_clean(&target.store);
+        // Progress went up to the end.
+        assert_eq!(
+            progress.lock().unwrap().iter().max().copied(),
+            Some(report.snapshots)
+        );
+        reports.push(report);
+    }
+    assert_eq!(reports[0].chunks_present, 0, "{:?}", reports[0]);
+    for r in &reports[1..] {
+        assert_eq!(r, &reports[0]);
+    }
+}

@@ -8,6 +8,7 @@
 //! S3 credentials come from the same environment variables for both sides. The source is opened
 //! read-only: sync takes shared snapshot locks there and writes nothing.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,6 +94,13 @@ pub(crate) struct SyncArgs {
     /// after everything was copied; a sync that fails removes nothing.
     #[arg(long)]
     remove_vanished: bool,
+    /// How many groups are copied at a time (default 2).
+    #[arg(long, value_name = "N")]
+    group_workers: Option<NonZeroUsize>,
+    /// How many chunks each group's worker copies at a time (default 8; more hides an object
+    /// store's latency).
+    #[arg(long, value_name = "N")]
+    chunk_workers: Option<NonZeroUsize>,
 }
 
 /// `--protection`.
@@ -173,6 +181,8 @@ pub(crate) fn sync(ctx: &Ctx<'_>, args: &SyncArgs) -> Result<ExitCode> {
     } else {
         RemoveVanished::Keep
     };
+    options.group_workers = args.group_workers;
+    options.chunk_workers = args.chunk_workers;
     let spinner = ctx.out.spinner("syncing");
     let progress = spinner.clone();
     options.on_progress = Some(Arc::new(move |report: &SyncReport| {
