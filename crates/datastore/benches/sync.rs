@@ -25,7 +25,8 @@ const CHANGED: usize = 8;
 
 /// A small xorshift generator: incompressible data without a dependency.
 fn fill(seed: u64, out: &mut [u8]) {
-    let mut x = seed | 1;
+    // Spread first: nearby seeds must not give the same stream.
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     for word in out.chunks_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;
