@@ -167,8 +167,10 @@ impl DataStore {
     /// `client.log.blob` byte for byte, and the manifest last, as stored (notes, verify state and
     /// signature included). A sync stopped before the manifest leaves an unfinished target
     /// snapshot (or, if the writer could clean up, none); the next run removes it and copies the
-    /// snapshot again. Group notes are copied once a group's snapshots are; protection only with
-    /// [`SyncProtection::Copy`].
+    /// snapshot again. Group notes are copied once a group's snapshots are (and into a target
+    /// group of the sync's owner whose snapshots are all there, so that a run killed before them
+    /// is completed); protection only with [`SyncProtection::Copy`] (also set on a finished
+    /// target snapshot that lacks it, for the same reason).
     ///
     /// Groups are copied by up to `options.group_workers` threads, and each copies up to
     /// `options.chunk_workers` chunks at a time. Each distinct chunk is checked (and copied or
@@ -390,13 +392,29 @@ impl Run<'_> {
                 return Ok(());
             }
             if after.is_some_and(|after| info.snapshot.time() <= after) {
+                // Not copied again; but protection set by a run killed between the manifest and
+                // the marker is completed here.
+                if self.options.protection == SyncProtection::Copy && info.protected {
+                    let to = self.target.snapshot(target.ns(), &info.snapshot);
+                    if to.is_finished()? && !to.is_protected()? {
+                        to.set_protected(true)?;
+                    }
+                }
                 continue;
             }
             let from = self.source.snapshot(source.ns(), &info.snapshot);
             self.snapshot(&from, &target, &owner)?;
             copied = true;
         }
-        if copied {
+        // Notes go with the copied snapshots; and into a group of this owner that a run killed
+        // after its last snapshot left without them.
+        let ours = copied
+            || match target.owner() {
+                Ok(current) => current == owner,
+                Err(Error::NotFound { .. }) => false,
+                Err(e) => return Err(e),
+            };
+        if ours {
             if let Some(notes) = source.notes()? {
                 if target.notes()?.as_deref() != Some(notes.as_str()) {
                     target.set_notes(&notes)?;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use keepsake_backend::SyncLevel;
 use keepsake_datastore::{
-    ChunkVerification, DataStore, Encryption, SnapshotOutcome, SyncOptions, VerifyOptions,
-    VerifyScope,
+    ChunkVerification, DataStore, Encryption, SnapshotOutcome, SyncOptions, SyncProtection,
+    VerifyOptions, VerifyScope,
 };
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 
@@ -43,6 +43,13 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// Protection copied too: a kill between a manifest and its marker must be completed as well.
+fn options() -> SyncOptions {
+    let mut options = SyncOptions::default();
+    options.protection = SyncProtection::Copy;
+    options
 }
 
 fn ns(s: &str) -> BackupNamespace {
@@ -111,10 +118,14 @@ fn make_source(dir: &Path) -> DataStore {
         backup(&store, "", "ct/2000", day);
         backup(&store, "a", "host/web", day);
     }
-    store
-        .group(&ns(""), &"vm/100".parse().unwrap())
-        .set_notes("notes\n")
-        .unwrap();
+    let vm = store.group(&ns(""), &"vm/100".parse().unwrap());
+    vm.set_notes("notes\n").unwrap();
+    for info in vm.list_backups().unwrap() {
+        store
+            .snapshot(&ns(""), &info.snapshot)
+            .set_protected(true)
+            .unwrap();
+    }
     store
 }
 
@@ -142,7 +153,12 @@ fn contents(store: &DataStore) -> BTreeMap<String, Vec<u8>> {
                 }
                 files.sort();
                 files.dedup();
-                out.insert(format!("{n}:{}", info.snapshot), Vec::new());
+                let protected = if info.protected {
+                    b"protected".to_vec()
+                } else {
+                    Vec::new()
+                };
+                out.insert(format!("{n}:{}", info.snapshot), protected);
                 for file in files {
                     out.insert(
                         format!("{n}:{}/{file}", info.snapshot),
@@ -205,7 +221,7 @@ fn child(dir: &Path, round: &Path) {
     let source = open_source(dir);
     let target = open_target(round);
     std::fs::write(round.join("ready"), b"").unwrap();
-    target.sync_from(&source, &SyncOptions::default()).unwrap();
+    target.sync_from(&source, &options()).unwrap();
     std::fs::write(round.join("done"), b"").unwrap();
 }
 
@@ -223,9 +239,7 @@ fn a_sync_killed_anywhere_is_completed_by_the_next_run() {
     let reference_dir = dir.path().join("reference");
     let reference = create_target(&reference_dir);
     let started = Instant::now();
-    let full = reference
-        .sync_from(&source, &SyncOptions::default())
-        .unwrap();
+    let full = reference.sync_from(&source, &options()).unwrap();
     // The kills are spread over about one run; the span shrinks when a kill comes after the
     // child's sync ended and grows slowly when it lands inside, so that most kills interrupt.
     let mut span = started.elapsed().max(Duration::from_millis(5));
@@ -283,12 +297,12 @@ fn a_sync_killed_anywhere_is_completed_by_the_next_run() {
         finished_are_complete(&target, &format!("round {rounds}, after the kill"));
         // The next run completes it into exactly the reference.
         let report = target
-            .sync_from(&source, &SyncOptions::default())
+            .sync_from(&source, &options())
             .unwrap_or_else(|e| panic!("round {rounds}: {e:?}"));
         replaced += report.replaced_unfinished;
         same(&contents(&target), &want, &format!("round {rounds}"));
         verify_content(&target, &format!("round {rounds}, completed"));
-        let again = target.sync_from(&source, &SyncOptions::default()).unwrap();
+        let again = target.sync_from(&source, &options()).unwrap();
         assert_eq!(
             (again.snapshots, again.chunks, again.replaced_unfinished),
             (0, 0, 0),
