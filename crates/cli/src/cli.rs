@@ -47,7 +47,7 @@ pub(crate) struct Cli {
 
 /// Options every command takes (before or after the command name). They have their own heading
 /// in every `--help`, apart from the options of the command.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub(crate) struct GlobalArgs {
     /// The datastore folder (for an S3 datastore: its local cache folder).
@@ -484,6 +484,13 @@ pub(crate) enum Command {
         dry_run: bool,
     },
 
+    /// Copy namespaces, groups and snapshots from another datastore (local or S3) into this one
+    /// (local or S3), as PBS's pull sync job: only snapshots newer than the target group's last,
+    /// only the chunks the target lacks; a snapshot is visible in the target once complete, so
+    /// an interrupted sync is completed by the next run.
+    #[command(after_help = crate::commands::sync::EXAMPLES)]
+    Sync(crate::commands::sync::SyncArgs),
+
     /// The datastore's usage: filesystem used and free, chunks stored, the archive bytes the
     /// indexes describe, the deduplication factor, and the last garbage collection's result.
     #[command(after_help = "Examples:\n  \
@@ -641,7 +648,7 @@ pub(crate) struct PruneArgs {
 }
 
 /// A namespace on the command line: `a/b`, and `/` (or `""`) for the root.
-fn namespace(text: &str) -> Result<BackupNamespace, String> {
+pub(crate) fn namespace(text: &str) -> Result<BackupNamespace, String> {
     if text == "/" {
         return Ok(BackupNamespace::root());
     }

@@ -65,7 +65,10 @@ pub use snapshot::Snapshot;
 pub use store::{
     Access, CHUNK_DIR_NAME, CHUNK_PREFIX_DIRS, DataStore, DataStoreBuilder, LOCK_FILE_NAME,
 };
-pub use sync::{SyncOptions, SyncProtection, SyncReport};
+pub use sync::{
+    DEFAULT_CHUNK_WORKERS, DEFAULT_GROUP_WORKERS, RemoveVanished, SyncOptions, SyncProgressHook,
+    SyncProtection, SyncReport,
+};
 pub use verify::{
     ChunkProgress, ChunkVerification, ContentStats, Problem, Reverify, SnapshotOutcome,
     SnapshotVerification, VerifyOptions, VerifyProgress, VerifyReport, VerifyScope,

@@ -490,7 +490,8 @@ impl Snapshot {
     }
 }
 
-fn exists_authoritative(snapshot: &Snapshot) -> Result<bool> {
+/// Whether the snapshot exists in the authority (on S3: the bucket).
+pub(crate) fn exists_authoritative(snapshot: &Snapshot) -> Result<bool> {
     let p = snapshot.relative_path();
     snapshot
         .store()

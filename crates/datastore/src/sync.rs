@@ -7,12 +7,20 @@
 //! target snapshot is finished only once every file and chunk it needs is there. Each snapshot is
 //! written under the target's writer locks (the group lock, the snapshot lock and PBS's shared
 //! process lock on `.lock`), as a backup would be.
+//!
+//! With [`RemoveVanished::Remove`], target snapshots gone from the source are removed once every
+//! selected snapshot was copied; each removal is decided under the target snapshot's locks, from
+//! the source's authority, right before it happens.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use keepsake_backend::{ChunkDigest, ChunkInsert};
 use keepsake_hierarchy::{
-    Authid, BackupNamespace, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
+    Authid, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
 };
 use keepsake_manifest::blob::DataBlob;
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
@@ -21,6 +29,7 @@ use keepsake_manifest::manifest::BackupManifest;
 use crate::chunks::chunk_path;
 use crate::error::{Error, Result};
 use crate::group::{Group, Unfinished};
+use crate::hold::HeldSnapshot;
 use crate::info::SortOrder;
 use crate::snapshot::Snapshot;
 use crate::store::DataStore;
@@ -36,9 +45,26 @@ pub enum SyncProtection {
     Copy,
 }
 
+/// Whether sync removes target snapshots that are gone from the source (PBS's `remove-vanished`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RemoveVanished {
+    /// Target snapshots the source no longer has stay (as PBS's default).
+    #[default]
+    Keep,
+    /// Finished, unprotected target snapshots in the synced scope (the mapped namespaces, the
+    /// groups the filters select) that the source does not have are removed, after every
+    /// selected snapshot was copied. Protected ones stay and are counted.
+    Remove,
+}
+
+/// Called with the counts so far as a sync goes on (after each chunk and each snapshot copied),
+/// for a progress display; it runs on the syncing thread, so it should be quick.
+pub type SyncProgressHook = Arc<dyn Fn(&SyncReport) + Send + Sync>;
+
 /// What to sync, and how. [`Default`] syncs everything from the source's root namespace into the
 /// target's root namespace, every group, keeping the source's owners.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct SyncOptions {
     /// The source namespace to start from (the anchor).
@@ -59,6 +85,40 @@ pub struct SyncOptions {
     pub owner: Option<Authid>,
     /// Whether protection is copied (default: not, as in PBS).
     pub protection: SyncProtection,
+    /// Whether target snapshots gone from the source are removed (default: not, as in PBS).
+    pub remove_vanished: RemoveVanished,
+    /// How many groups are copied at a time (default [`DEFAULT_GROUP_WORKERS`]; PBS 4.2's
+    /// sync jobs have the same knob).
+    pub group_workers: Option<NonZeroUsize>,
+    /// How many chunks each group's worker copies at a time (default
+    /// [`DEFAULT_CHUNK_WORKERS`]): what hides an object store's request latency.
+    pub chunk_workers: Option<NonZeroUsize>,
+    /// Progress reports, if wanted.
+    pub on_progress: Option<SyncProgressHook>,
+}
+
+/// Groups copied at a time when [`SyncOptions::group_workers`] is not set.
+pub const DEFAULT_GROUP_WORKERS: usize = 2;
+
+/// Chunks copied at a time per group worker when [`SyncOptions::chunk_workers`] is not set.
+pub const DEFAULT_CHUNK_WORKERS: usize = 8;
+
+impl fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("source_ns", &self.source_ns)
+            .field("target_ns", &self.target_ns)
+            .field("max_depth", &self.max_depth)
+            .field("group_filter", &self.group_filter)
+            .field("transfer_last", &self.transfer_last)
+            .field("owner", &self.owner)
+            .field("protection", &self.protection)
+            .field("remove_vanished", &self.remove_vanished)
+            .field("group_workers", &self.group_workers)
+            .field("chunk_workers", &self.chunk_workers)
+            .field("on_progress", &self.on_progress.as_ref().map(|_| "hook"))
+            .finish()
+    }
 }
 
 /// What a sync did.
@@ -84,6 +144,11 @@ pub struct SyncReport {
     pub files: u64,
     /// Bytes of those files.
     pub file_bytes: u64,
+    /// Target snapshots removed because the source no longer has them
+    /// ([`RemoveVanished::Remove`]).
+    pub removed_vanished: usize,
+    /// Target snapshots gone from the source that stayed because they are protected.
+    pub vanished_protected: usize,
 }
 
 impl DataStore {
@@ -102,8 +167,26 @@ impl DataStore {
     /// `client.log.blob` byte for byte, and the manifest last, as stored (notes, verify state and
     /// signature included). A sync stopped before the manifest leaves an unfinished target
     /// snapshot (or, if the writer could clean up, none); the next run removes it and copies the
-    /// snapshot again. Group notes are copied once a group's snapshots are; protection only with
-    /// [`SyncProtection::Copy`].
+    /// snapshot again. Group notes are copied once a group's snapshots are (and into a target
+    /// group of the sync's owner whose snapshots are all there, so that a run killed before them
+    /// is completed); protection only with [`SyncProtection::Copy`] (also set on a finished
+    /// target snapshot that lacks it, for the same reason).
+    ///
+    /// Groups are copied by up to `options.group_workers` threads, and each copies up to
+    /// `options.chunk_workers` chunks at a time. Each distinct chunk is checked (and copied or
+    /// touched) by one worker only; a worker that needs a chunk another is copying waits for it,
+    /// so no snapshot's manifest is written before all its chunks are there. The report is the
+    /// same whatever the order the workers finish in.
+    ///
+    /// With [`RemoveVanished::Remove`], once everything was copied (a sync that failed before
+    /// removes nothing), every finished target snapshot in the synced scope (the target
+    /// namespaces below `options.target_ns` to `options.max_depth`, the groups passing the
+    /// filters, and with `options.owner` only groups it owns) that the source does not list is
+    /// removed. Each removal is decided under the target snapshot's locks (snapshot and manifest
+    /// lock, as [`Snapshot::destroy`] takes them) right before it: the snapshot is still
+    /// finished, the source's authority (on S3 the bucket, not its cache) does not have it, and
+    /// it is not protected (a protected one is counted in [`SyncReport::vanished_protected`]
+    /// and stays). Unfinished target snapshots are never removed as vanished.
     ///
     /// # Errors
     /// The first error stops the sync (what was finished before stays): [`Error::NotFound`] for a
@@ -121,13 +204,18 @@ impl DataStore {
                 path: options.source_ns.to_string(),
             });
         }
-        let mut run = Run {
+        let run = Run {
             target: self,
             source,
             options,
-            report: SyncReport::default(),
-            known: HashSet::new(),
+            report: Mutex::new(SyncReport::default()),
+            chunks: Mutex::new(HashMap::new()),
+            chunk_settled: Condvar::new(),
+            stop: AtomicBool::new(false),
         };
+        // The plan first (namespaces made where a group goes), so that the groups can be
+        // copied in parallel and counted the same way whatever the order they finish in.
+        let mut jobs = Vec::new();
         let anchor_depth = options.source_ns.depth();
         for ns in source.iter_namespaces_recursive(&options.source_ns, options.max_depth)? {
             let ns = ns?;
@@ -136,44 +224,125 @@ impl DataStore {
             for component in below {
                 target_ns = target_ns.child(component)?;
             }
-            run.report.namespaces += 1;
-            run.namespace(&ns, &target_ns)?;
+            run.with_report(|r| r.namespaces += 1);
+            let mut groups = Vec::new();
+            for group in source.iter_groups(&ns)? {
+                let group = group?;
+                if group.matches(&options.group_filter) {
+                    groups.push(group);
+                }
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            run.ensure_namespace(&target_ns)?;
+            groups.sort_by(|a, b| a.name().cmp(b.name()));
+            run.with_report(|r| r.groups += groups.len());
+            jobs.extend(groups.into_iter().map(|g| (g, target_ns.clone())));
         }
-        Ok(run.report)
+        let workers = options
+            .group_workers
+            .map_or(DEFAULT_GROUP_WORKERS, NonZeroUsize::get);
+        in_parallel(&jobs, workers, &run.stop, |(group, target_ns)| {
+            run.group(group, target_ns)
+        })?;
+        let mut run = run;
+        if options.remove_vanished == RemoveVanished::Remove {
+            run.remove_vanished()?;
+        }
+        Ok(run.into_report())
     }
 }
 
-/// One sync run's state.
+/// Runs `work` on every item with up to `workers` threads, items handed out in order. The first
+/// error sets `stop` (no further item starts, and the work checks it between steps) and is
+/// returned; of several, the one of the earliest item.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    workers: usize,
+    stop: &AtomicBool,
+    work: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let workers = workers.min(items.len());
+    if workers <= 1 {
+        for item in items {
+            if let Err(e) = work(item) {
+                stop.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    let errors: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else {
+                        break;
+                    };
+                    if let Err(e) = work(item) {
+                        stop.store(true, Ordering::SeqCst);
+                        lock(&errors).push((i, e));
+                    }
+                }
+            });
+        }
+    });
+    let mut errors = errors.into_inner().unwrap_or_else(PoisonError::into_inner);
+    errors.sort_by_key(|(i, _)| *i);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A mutex's guard; a panic elsewhere leaves counts and chunk states still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where a chunk is in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// A worker is checking or copying it; the others wait for it.
+    InFlight,
+    /// The target has it (found or copied in this run).
+    Settled,
+}
+
+/// One sync run's state, shared by its workers.
 struct Run<'a> {
     target: &'a DataStore,
     source: &'a DataStore,
     options: &'a SyncOptions,
-    report: SyncReport,
+    report: Mutex<SyncReport>,
     // Chunks found in or copied to the target in this run: consecutive snapshots share most of
-    // theirs, and one check (and touch) per run is enough (GC's atime cutoff is a day).
-    known: HashSet<[u8; 32]>,
+    // theirs, and one check (and touch) per run is enough (GC's atime cutoff is a day). Each
+    // digest is claimed by one worker, so it is checked, copied and counted once.
+    chunks: Mutex<HashMap<[u8; 32], ChunkState>>,
+    chunk_settled: Condvar,
+    // Set by the first error: the other workers stop at their next step.
+    stop: AtomicBool,
 }
 
 impl Run<'_> {
-    fn namespace(&mut self, ns: &BackupNamespace, target_ns: &BackupNamespace) -> Result<()> {
-        let mut groups = Vec::new();
-        for group in self.source.iter_groups(ns)? {
-            let group = group?;
-            if group.matches(&self.options.group_filter) {
-                groups.push(group);
-            }
-        }
-        if groups.is_empty() {
-            return Ok(());
-        }
-        // The namespace (and its parents) is made only where a group is to be copied into it.
-        self.ensure_namespace(target_ns)?;
-        groups.sort_by(|a, b| a.name().cmp(b.name()));
-        for group in groups {
-            self.report.groups += 1;
-            self.group(&group, target_ns)?;
-        }
-        Ok(())
+    fn report_mut(&mut self) -> &mut SyncReport {
+        self.report
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with_report(&self, change: impl FnOnce(&mut SyncReport)) {
+        change(&mut lock(&self.report));
+    }
+
+    fn into_report(self) -> SyncReport {
+        self.report
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn ensure_namespace(&self, ns: &BackupNamespace) -> Result<()> {
@@ -195,7 +364,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn group(&mut self, source: &Group, target_ns: &BackupNamespace) -> Result<()> {
+    fn group(&self, source: &Group, target_ns: &BackupNamespace) -> Result<()> {
         let target = self.target.group(target_ns, source.name());
         let mut candidates: Vec<_> = source
             .list_backups()?
@@ -219,14 +388,33 @@ impl Run<'_> {
         };
         let mut copied = false;
         for info in candidates {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             if after.is_some_and(|after| info.snapshot.time() <= after) {
+                // Not copied again; but protection set by a run killed between the manifest and
+                // the marker is completed here.
+                if self.options.protection == SyncProtection::Copy && info.protected {
+                    let to = self.target.snapshot(target.ns(), &info.snapshot);
+                    if to.is_finished()? && !to.is_protected()? {
+                        to.set_protected(true)?;
+                    }
+                }
                 continue;
             }
             let from = self.source.snapshot(source.ns(), &info.snapshot);
             self.snapshot(&from, &target, &owner)?;
             copied = true;
         }
-        if copied {
+        // Notes go with the copied snapshots; and into a group of this owner that a run killed
+        // after its last snapshot left without them.
+        let ours = copied
+            || match target.owner() {
+                Ok(current) => current == owner,
+                Err(Error::NotFound { .. }) => false,
+                Err(e) => return Err(e),
+            };
+        if ours {
             if let Some(notes) = source.notes()? {
                 if target.notes()?.as_deref() != Some(notes.as_str()) {
                     target.set_notes(&notes)?;
@@ -236,7 +424,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn snapshot(&mut self, from: &Snapshot, target: &Group, owner: &Authid) -> Result<()> {
+    fn snapshot(&self, from: &Snapshot, target: &Group, owner: &Authid) -> Result<()> {
         // The source snapshot cannot be pruned while it is read.
         let _source_lock = from.lock_shared()?;
         let manifest_raw = from.read_file(MANIFEST_BLOB_NAME)?;
@@ -250,7 +438,7 @@ impl Run<'_> {
             // Not finished (the group's last finished snapshot is older): what an interrupted
             // sync or backup left. Destroy refuses it while a writer holds it.
             to.destroy()?;
-            self.report.replaced_unfinished += 1;
+            self.with_report(|r| r.replaced_unfinished += 1);
         }
         let mut writer = target.start_backup(owner, from.dir().time())?;
         for file in manifest.files() {
@@ -265,11 +453,12 @@ impl Run<'_> {
                 if index.archive_size() != file.size() || index.index_csum() != file.csum() {
                     return Err(Error::IndexMismatch { path });
                 }
-                for i in 0..index.chunk_count() {
-                    if let Some(digest) = index.digest(i) {
-                        self.chunk(digest)?;
-                    }
-                }
+                let mut digests: Vec<[u8; 32]> = (0..index.chunk_count())
+                    .filter_map(|i| index.digest(i).copied())
+                    .collect();
+                digests.sort_unstable();
+                digests.dedup();
+                self.chunks(&digests)?;
             }
             writer.add_raw_file(name, &raw)?;
             self.count_file(&raw);
@@ -285,27 +474,88 @@ impl Run<'_> {
         }
         let finished = writer.finish_raw(&manifest_raw)?;
         self.count_file(&manifest_raw);
-        self.report.snapshots += 1;
+        self.with_report(|r| r.snapshots += 1);
+        self.progress();
         if self.options.protection == SyncProtection::Copy && from.is_protected()? {
             finished.set_protected(true)?;
         }
         Ok(())
     }
 
-    fn count_file(&mut self, raw: &[u8]) {
-        self.report.files += 1;
-        self.report.file_bytes += raw.len() as u64;
+    fn progress(&self) {
+        if let Some(hook) = &self.options.on_progress {
+            let now = lock(&self.report).clone();
+            hook(&now);
+        }
     }
 
-    fn chunk(&mut self, digest: &[u8; 32]) -> Result<()> {
-        if self.known.contains(digest) {
-            return Ok(());
+    fn count_file(&self, raw: &[u8]) {
+        self.with_report(|r| {
+            r.files += 1;
+            r.file_bytes += raw.len() as u64;
+        });
+    }
+
+    /// Makes sure the target has every chunk of `digests` (distinct), with up to
+    /// `chunk_workers` copies at a time.
+    fn chunks(&self, digests: &[[u8; 32]]) -> Result<()> {
+        let workers = self
+            .options
+            .chunk_workers
+            .map_or(DEFAULT_CHUNK_WORKERS, NonZeroUsize::get);
+        // Its own stop flag: a chunk error ends this snapshot's copies; the caller's error
+        // then stops the run.
+        let stop = AtomicBool::new(self.stop.load(Ordering::SeqCst));
+        in_parallel(digests, workers, &stop, |digest| self.chunk(digest))
+    }
+
+    fn chunk(&self, digest: &[u8; 32]) -> Result<()> {
+        {
+            let mut states = lock(&self.chunks);
+            loop {
+                match states.get(digest) {
+                    Some(ChunkState::Settled) => return Ok(()),
+                    Some(ChunkState::InFlight) => {
+                        states = self
+                            .chunk_settled
+                            .wait(states)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    None => {
+                        states.insert(*digest, ChunkState::InFlight);
+                        break;
+                    }
+                }
+            }
         }
+        let result = self.copy_chunk(digest);
+        {
+            let mut states = lock(&self.chunks);
+            match result {
+                Ok(_) => states.insert(*digest, ChunkState::Settled),
+                // Another worker that needs it tries again.
+                Err(_) => states.remove(digest),
+            };
+        }
+        self.chunk_settled.notify_all();
+        match result? {
+            Some(bytes) => {
+                self.with_report(|r| {
+                    r.chunks += 1;
+                    r.chunk_bytes += bytes;
+                });
+                self.progress();
+            }
+            None => self.with_report(|r| r.chunks_present += 1),
+        }
+        Ok(())
+    }
+
+    /// Copies one chunk the target lacks: `Some(stored bytes)`, or `None` if it had it.
+    fn copy_chunk(&self, digest: &[u8; 32]) -> Result<Option<u64>> {
         let chunk = ChunkDigest::new(*digest);
         if self.target.chunk_known(&chunk)? {
-            self.report.chunks_present += 1;
-            self.known.insert(*digest);
-            return Ok(());
+            return Ok(None);
         }
         let rel = chunk_path(digest);
         let raw = self.source.read_chunk(digest)?;
@@ -316,14 +566,99 @@ impl Run<'_> {
             source,
         })?;
         match self.target.backend().insert_chunk(&chunk, blob.as_bytes()) {
-            Ok(ChunkInsert::Stored) => {
-                self.report.chunks += 1;
-                self.report.chunk_bytes += blob.as_bytes().len() as u64;
-            }
-            Ok(ChunkInsert::Duplicate) => self.report.chunks_present += 1,
-            Err(e) => return Err(Error::backend(&rel, e)),
+            Ok(ChunkInsert::Stored) => Ok(Some(blob.as_bytes().len() as u64)),
+            Ok(ChunkInsert::Duplicate) => Ok(None),
+            Err(e) => Err(Error::backend(&rel, e)),
         }
-        self.known.insert(*digest);
+    }
+
+    /// Removes the target snapshots in the synced scope that the source no longer has (see
+    /// [`DataStore::sync_from`]).
+    fn remove_vanished(&mut self) -> Result<()> {
+        let options = self.options;
+        if !self.target.namespace_exists(&options.target_ns)? {
+            return Ok(());
+        }
+        let anchor_depth = options.target_ns.depth();
+        for ns in self
+            .target
+            .iter_namespaces_recursive(&options.target_ns, options.max_depth)?
+        {
+            let ns = ns?;
+            let below = ns.components().get(anchor_depth..).unwrap_or_default();
+            let mut source_ns = Some(options.source_ns.clone());
+            for component in below {
+                source_ns = source_ns.and_then(|n| n.child(component).ok());
+            }
+            // A target namespace no source namespace can map to (too deep) is not the sync's
+            // to judge: nothing there is removed.
+            let Some(source_ns) = source_ns else {
+                continue;
+            };
+            let mut groups = Vec::new();
+            for group in self.target.iter_groups(&ns)? {
+                let group = group?;
+                if group.matches(&options.group_filter) {
+                    groups.push(group);
+                }
+            }
+            groups.sort_by(|a, b| a.name().cmp(b.name()));
+            for group in groups {
+                if let Some(owner) = &options.owner {
+                    if &group.owner()? != owner {
+                        continue;
+                    }
+                }
+                let from = self.source.group(&source_ns, group.name());
+                self.remove_vanished_in(&group, &from)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_vanished_in(&mut self, target: &Group, source: &Group) -> Result<()> {
+        // The whole source listing, from the authority, or nothing is removed (an error stops
+        // here): a snapshot missing from a stale cache or a failed listing is not gone.
+        let in_source: HashSet<BackupTime> = crate::moves::snapshot_times_authoritative(source)?
+            .into_iter()
+            .collect();
+        let mut backups = target.list_backups()?;
+        crate::info::BackupInfo::sort(&mut backups, SortOrder::OldestFirst);
+        let mut removed = false;
+        for info in backups {
+            if !info.is_finished() || in_source.contains(&info.snapshot.time()) {
+                continue;
+            }
+            if info.protected {
+                self.report_mut().vanished_protected += 1;
+                continue;
+            }
+            let snapshot = self.target.snapshot(target.ns(), &info.snapshot);
+            let held = HeldSnapshot::take(snapshot.clone())?;
+            // Decided again under the locks, which keep a writer, a destroy and a protect away.
+            if !snapshot.is_finished()? {
+                continue;
+            }
+            let from = self.source.snapshot(source.ns(), &info.snapshot);
+            if from.exists()? || crate::moves::exists_authoritative(&from)? {
+                continue;
+            }
+            match snapshot.remove_now(Some(&held)) {
+                Ok(()) => {
+                    held.release_gone();
+                    self.report_mut().removed_vanished += 1;
+                    removed = true;
+                }
+                Err(Error::Protected { .. }) => self.report_mut().vanished_protected += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if removed {
+            if let Ok(guard) = target.lock() {
+                // Best effort, as a destroy does: a group with snapshots left stays.
+                let _ = target.remove_folder(guard);
+            }
+        }
         Ok(())
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use keepsake_backend::{Backend, LocalBackend, SyncLevel};
 use keepsake_datastore::{
-    ChunkVerification, DataStore, Encryption, SyncOptions, SyncProtection, SyncReport,
-    VerifyOptions, VerifyScope,
+    ChunkVerification, DataStore, Encryption, RemoveVanished, SyncOptions, SyncProtection,
+    SyncReport, VerifyOptions, VerifyScope,
 };
 use keepsake_hierarchy::{
     Authid, BackupGroup, BackupNamespace, BackupTime, GroupFilter, MANIFEST_BLOB_NAME,
@@ -322,4 +322,219 @@ fn local_to_a_bucket_behind_the_cache_and_back() {
     assert_eq!(listing(&back.store), listing(&source.store));
     same_files(&source.store, &back.store, str::to_owned);
     verify_clean(&back.store);
+}
+
+fn time(day: i64) -> BackupTime {
+    BackupTime::from_epoch(BASE + day * DAY).unwrap()
+}
+
+fn snap(store: &DataStore, n: &str, g: &str, day: i64) -> keepsake_datastore::Snapshot {
+    let dir = keepsake_hierarchy::BackupDir::new(g.parse().unwrap(), time(day));
+    store.snapshot(&ns(n), &dir)
+}
+
+fn keys(store: &DataStore) -> Vec<String> {
+    listing(store)
+        .into_keys()
+        .map(|(n, s)| format!("{n}:{s}"))
+        .collect()
+}
+
+fn key(n: &str, g: &str, day: i64) -> String {
+    format!("{n}:{g}/{}", time(day))
+}
+
+#[test]
+fn remove_vanished_stays_in_scope_and_never_removes_a_protected_snapshot() {
+    let source = generated();
+    let target = common::local();
+    target
+        .store
+        .sync_from(&source.store, &SyncOptions::default())
+        .unwrap();
+    // The target's own group, which the source never had: gone from the source as far as a
+    // sync can tell (PBS's remove-vanished removes such groups too).
+    backup(&target.store, &ns(""), "host/own", 0);
+    snap(&target.store, "", "vm/100", 1)
+        .set_protected(true)
+        .unwrap();
+    for (n, g, day) in [
+        ("", "vm/100", 0),
+        ("", "vm/100", 1),
+        ("a", "vm/101", 0),
+        ("a/b/c", "vm/103", 0),
+    ] {
+        snap(&source.store, n, g, day).destroy().unwrap();
+    }
+    source
+        .store
+        .group(&ns(""), &"ct/200".parse().unwrap())
+        .destroy()
+        .unwrap();
+    let before = keys(&target.store);
+
+    let mut options = SyncOptions::default();
+    options.max_depth = Some(1);
+    options.group_filter = vec!["exclude:group:vm/101".parse::<GroupFilter>().unwrap()];
+    // Not asked for: nothing is removed.
+    let kept = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!((kept.removed_vanished, kept.vanished_protected), (0, 0));
+    assert_eq!(keys(&target.store), before);
+
+    options.remove_vanished = RemoveVanished::Remove;
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.snapshots, 0, "{report:?}");
+    assert_eq!(report.removed_vanished, 5, "{report:?}");
+    assert_eq!(report.vanished_protected, 1, "{report:?}");
+    let want: Vec<String> = before
+        .into_iter()
+        .filter(|k| {
+            ![
+                key("", "vm/100", 0),
+                key("", "ct/200", 0),
+                key("", "ct/200", 1),
+                key("", "ct/200", 2),
+                key("", "host/own", 0),
+            ]
+            .contains(k)
+        })
+        .collect();
+    assert_eq!(keys(&target.store), want);
+    // Kept: the protected one, the filtered group's and the one beyond the depth.
+    for kept in [
+        key("", "vm/100", 1),
+        key("a", "vm/101", 0),
+        key("a/b/c", "vm/103", 0),
+    ] {
+        assert!(want.contains(&kept), "{kept}");
+    }
+    // Emptied groups are gone with their owner.
+    assert!(
+        !target
+            .store
+            .group(&ns(""), &"ct/200".parse().unwrap())
+            .exists()
+            .unwrap()
+    );
+    verify_clean(&target.store);
+
+    let again = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!((again.removed_vanished, again.vanished_protected), (0, 1));
+    assert_eq!(keys(&target.store), want);
+}
+
+#[test]
+fn remove_vanished_with_an_owner_only_touches_the_owners_groups() {
+    let source = generated();
+    let target = common::local();
+    let mut options = SyncOptions::default();
+    options.owner = Some("sync@pbs".parse().unwrap());
+    options.group_filter = vec!["group:vm/100".parse::<GroupFilter>().unwrap()];
+    target.store.sync_from(&source.store, &options).unwrap();
+    // root@pam's own group in the target, which the source does not have.
+    backup(&target.store, &ns(""), "vm/999", 0);
+    snap(&source.store, "", "vm/100", 0).destroy().unwrap();
+    options.group_filter.clear();
+    options.transfer_last = Some(0);
+    options.remove_vanished = RemoveVanished::Remove;
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.removed_vanished, 1, "{report:?}");
+    assert!(snap(&target.store, "", "vm/999", 0).exists().unwrap());
+    assert!(!snap(&target.store, "", "vm/100", 0).exists().unwrap());
+}
+
+/// A source whose cache lost a snapshot that its bucket still has: the snapshot is not gone,
+/// and its target copy stays.
+#[test]
+fn remove_vanished_asks_the_sources_authority_not_its_cache() {
+    let source = common::cached_memory();
+    for day in 0..3 {
+        backup(&source.store, &ns(""), "vm/100", day);
+    }
+    let target = common::local();
+    target
+        .store
+        .sync_from(&source.store, &SyncOptions::default())
+        .unwrap();
+    let gone = snap(&source.store, "", "vm/100", 1);
+    std::fs::remove_dir_all(source.root().join(gone.relative_path())).unwrap();
+    assert_eq!(
+        source
+            .store
+            .group(&ns(""), &"vm/100".parse().unwrap())
+            .list_backups()
+            .unwrap()
+            .len(),
+        2
+    );
+    let mut options = SyncOptions::default();
+    options.remove_vanished = RemoveVanished::Remove;
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.removed_vanished, 0, "{report:?}");
+    assert_eq!(listing(&target.store).len(), 3);
+}
+
+/// A sync that fails before its end (here a source chunk is missing) removes nothing.
+#[test]
+fn a_failed_sync_removes_nothing() {
+    let source = generated();
+    let target = common::local();
+    target
+        .store
+        .sync_from(&source.store, &SyncOptions::default())
+        .unwrap();
+    snap(&source.store, "", "vm/100", 0).destroy().unwrap();
+    backup(&source.store, &ns(""), "vm/100", 7);
+    // The new snapshot's own chunks (the changed tail) are gone from the source.
+    let index = snap(&source.store, "", "vm/100", 7)
+        .read_file("root.pxar.didx")
+        .unwrap();
+    let index = keepsake_manifest::index::IndexFile::from_slice(&index).unwrap();
+    let digest = *keepsake_manifest::index::ChunkIndex::digest(&index, 0).unwrap();
+    std::fs::remove_file(source.root().join(keepsake_datastore::chunk_path(&digest))).unwrap();
+    let before = keys(&target.store);
+    let mut options = SyncOptions::default();
+    options.remove_vanished = RemoveVanished::Remove;
+    assert!(target.store.sync_from(&source.store, &options).is_err());
+    let after: Vec<String> = keys(&target.store)
+        .into_iter()
+        .filter(|k| !k.contains(&time(7).to_string()))
+        .collect();
+    assert_eq!(after, before);
+}
+
+/// Groups and chunks in parallel: whatever the worker counts, the same target and the same
+/// report (each chunk checked, copied and counted once, though groups share chunks).
+#[test]
+fn parallel_workers_give_the_same_target_and_report() {
+    use std::num::NonZeroUsize;
+    let source = generated();
+    // Groups in two namespaces share chunks: the same image in vm/100 and vm/101.
+    backup(&source.store, &ns("a"), "vm/100", 0);
+    let mut reports = Vec::new();
+    for (groups, chunks) in [(1, 1), (4, 8), (3, 2), (8, 1)] {
+        let target = common::local();
+        let mut options = SyncOptions::default();
+        options.group_workers = NonZeroUsize::new(groups);
+        options.chunk_workers = NonZeroUsize::new(chunks);
+        let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = progress.clone();
+        options.on_progress = Some(std::sync::Arc::new(move |r: &SyncReport| {
+            seen.lock().unwrap().push(r.snapshots);
+        }));
+        let report = target.store.sync_from(&source.store, &options).unwrap();
+        assert_eq!(listing(&target.store), listing(&source.store));
+        same_files(&source.store, &target.store, str::to_owned);
+        verify_clean(&target.store);
+        // Progress went up to the end.
+        assert_eq!(
+            progress.lock().unwrap().iter().max().copied(),
+            Some(report.snapshots)
+        );
+        reports.push(report);
+    }
+    assert_eq!(reports[0].chunks_present, 0, "{:?}", reports[0]);
+    for r in &reports[1..] {
+        assert_eq!(r, &reports[0]);
+    }
 }

@@ -13,6 +13,7 @@ mod moves;
 mod prune;
 mod status;
 mod store;
+pub(crate) mod sync;
 mod verify;
 
 use std::process::ExitCode;
@@ -288,6 +289,7 @@ pub(crate) fn run(cli: &Cli, out: Output) -> Result<ExitCode> {
         Command::Gc { dry_run } => gc::gc(&ctx, *dry_run),
         Command::Status => status::status(&ctx),
         Command::Docs { dir } => docs::docs(&ctx, dir),
+        Command::Sync(args) => sync::sync(&ctx, args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();
