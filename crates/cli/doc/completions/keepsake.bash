@@ -82,6 +82,9 @@ _keepsake() {
             keepsake,status)
                 cmd="keepsake__subcmd__status"
                 ;;
+            keepsake,sync)
+                cmd="keepsake__subcmd__sync"
+                ;;
             keepsake,tree)
                 cmd="keepsake__subcmd__tree"
                 ;;
@@ -157,6 +160,9 @@ _keepsake() {
             keepsake__subcmd__help,status)
                 cmd="keepsake__subcmd__help__subcmd__status"
                 ;;
+            keepsake__subcmd__help,sync)
+                cmd="keepsake__subcmd__help__subcmd__sync"
+                ;;
             keepsake__subcmd__help,tree)
                 cmd="keepsake__subcmd__help__subcmd__tree"
                 ;;
@@ -230,7 +236,7 @@ _keepsake() {
 
     case "${cmd}" in
         keepsake)
-            opts="-v -q -h -V --store --name --datastore --pbs-config-dir --pbs-run-dir --s3-endpoint --s3-bucket --s3-region --multi-host --lease-secs --lock-root --lock-scheme --lock-wait --sync-level --json --ns --keyfile --verbose --quiet --help --version init demo key tree ns groups snapshots show owner notes protect unprotect forget move verify cat prune locks fsck completions docs refresh gc status help"
+            opts="-v -q -h -V --store --name --datastore --pbs-config-dir --pbs-run-dir --s3-endpoint --s3-bucket --s3-region --multi-host --lease-secs --lock-root --lock-scheme --lock-wait --sync-level --json --ns --keyfile --verbose --quiet --help --version init demo key tree ns groups snapshots show owner notes protect unprotect forget move verify cat prune locks fsck completions docs refresh gc sync status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -912,7 +918,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__help)
-            opts="init demo key tree ns groups snapshots show owner notes protect unprotect forget move verify cat prune locks fsck completions docs refresh gc status help"
+            opts="init demo key tree ns groups snapshots show owner notes protect unprotect forget move verify cat prune locks fsck completions docs refresh gc sync status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1290,6 +1296,20 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__help__subcmd__sync)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -2816,6 +2836,140 @@ _keepsake() {
                 return 0
             fi
             case "${prev}" in
+                --store)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --datastore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbs-config-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pbs-run-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-bucket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-region)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease-secs)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-scheme)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --sync-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keyfile)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keepsake__subcmd__sync)
+            opts="-v -q -h --from --from-name --from-datastore --from-s3-bucket --from-s3-endpoint --from-s3-region --from-lock-root --to-ns --max-depth --group --transfer-last --owner --protection --remove-vanished --group-workers --chunk-workers --store --name --datastore --pbs-config-dir --pbs-run-dir --s3-endpoint --s3-bucket --s3-region --multi-host --lease-secs --lock-root --lock-scheme --lock-wait --sync-level --json --ns --keyfile --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-datastore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-s3-bucket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-s3-endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-s3-region)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from-lock-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to-ns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-depth)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --transfer-last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --protection)
+                    COMPREPLY=($(compgen -W "ignore copy" -- "${cur}"))
+                    return 0
+                    ;;
+                --group-workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chunk-workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --store)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
