@@ -5,10 +5,10 @@
 //! |---|---|
 //! | `iter_groups` → `list_backups` (10,000 snapshots) | a `std::fs::read_dir` walk of the same folders |
 //! | `Snapshot::load_manifest` | `openat2(RESOLVE_BENEATH \| RESOLVE_NO_SYMLINKS)` + read + close, a reused zstd decode and the JSON parse into `BackupManifest` |
-//! | `Snapshot::set_protected(true)` | the snapshot lock (open + flock + close), `openat2` + `O_CREAT \| O_EXCL` + close (+ the folder's fsync for `filesystem`) |
+//! | `Snapshot::set_protected(true)` | the snapshot lock (PBS 4's protocol, bare: see below), `openat2` + `O_CREAT \| O_EXCL` + close (+ the folder's fsync for `filesystem`) |
 //! | `Snapshot::set_protected(false)` | the snapshot lock, `openat2` of the folder + `unlinkat` + close (+ fsync) |
 //! | `Snapshot::update_manifest` | the manifest lock, read + decode + parse, encode (reused zstd context), temp file + rename |
-//! | `Snapshot::lock`, `lock_shared`, `Group::lock` | open + flock + close of the same lock file |
+//! | `Snapshot::lock`, `lock_shared`, `Group::lock` | PBS 4's lock protocol, bare: open + flock + `fstat` + `stat` of the path (the check that the lock file was not removed since it was opened) + close of the same lock file; a second line puts them next to a bare open + flock + close |
 //!
 //! After criterion's figures, a second pass alternates batches of each operation and its floor
 //! (so that machine noise hits both alike) and prints the medians and their ratio: the figures
@@ -357,6 +357,7 @@ fn load_manifest_floor(f: &Fixture, state: &mut Decode, path: &str) {
     );
 }
 
+/// A bare flock: open + flock + close.
 fn raw_lock(path: &Path, operation: FlockOperation) {
     let fd = rfs::open(
         path,
@@ -368,8 +369,26 @@ fn raw_lock(path: &Path, operation: FlockOperation) {
     drop(fd);
 }
 
+/// PBS 4's lock protocol, bare: open + flock, then `fstat` of the descriptor and `stat` of the
+/// path (the same inode, or the lock file was removed since it was opened and the lock protects
+/// nothing), close. What a lock that is correct beside PBS 4 cannot avoid: the floor of the lock
+/// operations and of those that take a lock.
+fn protocol_lock(path: &Path, operation: FlockOperation) {
+    let fd = rfs::open(
+        path,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::APPEND | OFlags::CREATE,
+        Mode::from_raw_mode(0o660),
+    )
+    .expect("open");
+    rfs::flock(&fd, operation).expect("flock");
+    let held = rfs::fstat(&fd).expect("fstat");
+    let named = rfs::stat(path).expect("stat");
+    assert_eq!((held.st_dev, held.st_ino), (named.st_dev, named.st_ino));
+    drop(fd);
+}
+
 fn create_floor(f: &Fixture, level: SyncLevel, i: usize) {
-    raw_lock(&f.marker_lock(i), FlockOperation::NonBlockingLockExclusive);
+    protocol_lock(&f.marker_lock(i), FlockOperation::NonBlockingLockExclusive);
     let folder = f.markers[i % f.markers.len()].relative_path(&BackupNamespace::root());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mode = Mode::from_raw_mode(0o644);
@@ -391,7 +410,7 @@ fn create_floor(f: &Fixture, level: SyncLevel, i: usize) {
 }
 
 fn unlink_floor(f: &Fixture, level: SyncLevel, i: usize) {
-    raw_lock(&f.marker_lock(i), FlockOperation::NonBlockingLockExclusive);
+    protocol_lock(&f.marker_lock(i), FlockOperation::NonBlockingLockExclusive);
     let folder = f.markers[i % f.markers.len()].relative_path(&BackupNamespace::root());
     let dir = rfs::openat2(
         &f.root_fd,
@@ -425,6 +444,11 @@ fn update_manifest_floor(f: &Fixture, state: &mut Decode, path: &str, n: u64) {
     )
     .expect("open");
     rfs::flock(&lock, FlockOperation::NonBlockingLockExclusive).expect("flock");
+    let (held, named) = (
+        rfs::fstat(&lock).expect("fstat"),
+        rfs::stat(&f.manifest_lock).expect("stat"),
+    );
+    assert_eq!((held.st_dev, held.st_ino), (named.st_dev, named.st_ino));
     read_beneath(&f.root_fd, path, &mut state.raw);
     let mut manifest =
         BackupManifest::from_blob_bytes_with(&mut state.codec, &state.raw, &mut state.json)
@@ -553,30 +577,40 @@ fn pairs(f: &Fixture) -> Vec<Pair<'_>> {
         ours: Box::new(|n| timed(|| update_manifest(f, n))),
         floor: Box::new(move |n| timed(|| update_manifest_floor(f, &mut state, &path, n))),
     });
-    pairs.push(Pair {
-        name: "Snapshot::lock".into(),
-        batch: 1_000,
-        ours: Box::new(|_| timed(|| snapshot_lock(f))),
-        floor: Box::new(|_| {
-            timed(|| raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockExclusive))
-        }),
-    });
-    pairs.push(Pair {
-        name: "Snapshot::lock_shared".into(),
-        batch: 1_000,
-        ours: Box::new(|_| timed(|| snapshot_lock_shared(f))),
-        floor: Box::new(|_| {
-            timed(|| raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockShared))
-        }),
-    });
-    pairs.push(Pair {
-        name: "Group::lock".into(),
-        batch: 1_000,
-        ours: Box::new(|_| timed(|| group_lock(f))),
-        floor: Box::new(|_| {
-            timed(|| raw_lock(&f.group_lock, FlockOperation::NonBlockingLockExclusive))
-        }),
-    });
+    let locks: [(&str, &Path, FlockOperation, fn(&Fixture)); 3] = [
+        (
+            "Snapshot::lock",
+            &f.snapshot_lock,
+            FlockOperation::NonBlockingLockExclusive,
+            snapshot_lock,
+        ),
+        (
+            "Snapshot::lock_shared",
+            &f.snapshot_lock,
+            FlockOperation::NonBlockingLockShared,
+            snapshot_lock_shared,
+        ),
+        (
+            "Group::lock",
+            &f.group_lock,
+            FlockOperation::NonBlockingLockExclusive,
+            group_lock,
+        ),
+    ];
+    for (name, file, operation, lock) in locks {
+        pairs.push(Pair {
+            name: name.into(),
+            batch: 1_000,
+            ours: Box::new(move |_| timed(|| lock(f))),
+            floor: Box::new(move |_| timed(|| protocol_lock(file, operation))),
+        });
+        pairs.push(Pair {
+            name: format!("{name}, against a bare flock (no protocol check)"),
+            batch: 1_000,
+            ours: Box::new(move |_| timed(|| lock(f))),
+            floor: Box::new(move |_| timed(|| raw_lock(file, operation))),
+        });
+    }
     pairs
 }
 
@@ -675,13 +709,18 @@ fn count(f: &Fixture, operation: &str, n: usize) {
             "update_manifest" => update_manifest(f, i as u64),
             "update_manifest.floor" => update_manifest_floor(f, &mut state, &path, i as u64),
             "lock" => snapshot_lock(f),
-            "lock.floor" => raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockExclusive),
+            "lock.floor" => {
+                protocol_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockExclusive)
+            }
+            "lock.bare" => raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockExclusive),
             "lock_shared" => snapshot_lock_shared(f),
             "lock_shared.floor" => {
-                raw_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockShared)
+                protocol_lock(&f.snapshot_lock, FlockOperation::NonBlockingLockShared)
             }
             "group_lock" => group_lock(f),
-            "group_lock.floor" => raw_lock(&f.group_lock, FlockOperation::NonBlockingLockExclusive),
+            "group_lock.floor" => {
+                protocol_lock(&f.group_lock, FlockOperation::NonBlockingLockExclusive)
+            }
             other => panic!("unknown operation {other}"),
         }
     }

@@ -11,8 +11,8 @@
 //!
 //! | phase | floor |
 //! |---|---|
-//! | 1, mark | a `read_dir` walk finding the indexes, a read of each, its digests collected and deduplicated (sort), then one `utimensat` per distinct chunk, relative to an open `.chunks`: reads and touches on as many threads as GC |
-//! | 2, sweep | a `getdents64` scan of every prefix folder of `.chunks` (open relative to `.chunks`) plus an `fstatat` of each chunk relative to its folder (GC needs each chunk's atime and size: `.gc-status` records the bytes), on as many threads as GC; the bare `getdents64` scan is printed too |
+//! | 1, mark | a `read_dir` walk finding the indexes, a read of each, its digests collected and deduplicated (sort), then one `utimensat` per distinct chunk, relative to an open `.chunks` (names built in place): reads and touches on as many threads as GC |
+//! | 2, sweep | a `getdents64` scan of every prefix folder of `.chunks` (open relative to `.chunks`) plus an `fstatat` of each chunk relative to its folder (GC needs each chunk's atime and size: `.gc-status` records the bytes) and an `unlinkat` of each old one (the same 10,000 planted before it), on as many threads as GC; the bare `getdents64` scan is printed too |
 //!
 //! After criterion's figures (whole GC, whole floor), a second pass alternates GC runs and floor
 //! runs and prints the medians per phase and their ratios: the figures docs/BENCHMARKS.md reports.
@@ -172,11 +172,7 @@ impl Store {
     /// Unreferenced chunks, three days old: a run removes them all.
     fn plant_garbage(&self) {
         let past = Timespec {
-            tv_sec: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_secs() as i64
-                - 3 * 86_400,
+            tv_sec: now() - 3 * 86_400,
             tv_nsec: 0,
         };
         let times = Timestamps {
@@ -285,10 +281,18 @@ impl Store {
             for part in digests.chunks(per.max(1)) {
                 let (fd, now) = (&self.chunks_fd, &now);
                 scope.spawn(move || {
+                    // `abcd/<64 hex>` and a NUL, built in place.
+                    let mut name = [0u8; 70];
                     for digest in part {
-                        let hex = hex(digest);
-                        rfs::utimensat(fd, format!("{}/{hex}", &hex[..4]), now, AtFlags::empty())
-                            .expect("touch");
+                        for (i, b) in digest.iter().enumerate() {
+                            let digits = b"0123456789abcdef";
+                            name[5 + 2 * i] = digits[usize::from(b >> 4)];
+                            name[6 + 2 * i] = digits[usize::from(b & 15)];
+                        }
+                        name.copy_within(5..9, 0);
+                        name[4] = b'/';
+                        let name = std::ffi::CStr::from_bytes_with_nul(&name).expect("name");
+                        rfs::utimensat(fd, name, now, AtFlags::empty()).expect("touch");
                     }
                 });
             }
@@ -298,6 +302,7 @@ impl Store {
 
     /// Phase 2's floor: the scan, with an `fstatat` per chunk or without.
     fn sweep_floor(&self, stat: Stat) -> Duration {
+        let cutoff = now() - 86_400;
         let started = Instant::now();
         let mut prefixes = Vec::new();
         let mut dir = rfs::Dir::read_from(&self.chunks_fd).expect("list .chunks");
@@ -316,6 +321,7 @@ impl Store {
                     let fd = &self.chunks_fd;
                     scope.spawn(move || {
                         let mut files = 0;
+                        let cutoff = cutoff;
                         for prefix in part {
                             let folder = rfs::openat(
                                 fd,
@@ -336,14 +342,17 @@ impl Store {
                             if stat == Stat::Each {
                                 let folder = entries.fd().expect("fd");
                                 for name in &names {
-                                    std::hint::black_box(
-                                        rfs::statat(
-                                            folder,
-                                            name.as_c_str(),
-                                            AtFlags::SYMLINK_NOFOLLOW,
-                                        )
-                                        .expect("stat"),
-                                    );
+                                    let stat = rfs::statat(
+                                        folder,
+                                        name.as_c_str(),
+                                        AtFlags::SYMLINK_NOFOLLOW,
+                                    )
+                                    .expect("stat");
+                                    // The planted garbage: removed, as GC removes it.
+                                    if stat.st_atime < cutoff {
+                                        rfs::unlinkat(folder, name.as_c_str(), AtFlags::empty())
+                                            .expect("unlink");
+                                    }
                                 }
                             }
                         }
@@ -362,6 +371,13 @@ impl Store {
 enum Stat {
     Each,
     None,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 fn hex(digest: &[u8; 32]) -> String {
@@ -390,7 +406,10 @@ fn criterion_pass(c: &mut Criterion, s: &Store) {
     group.bench_function("floor", |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| s.mark_floor() + s.sweep_floor(Stat::Each))
+                .map(|_| {
+                    s.plant_garbage();
+                    s.mark_floor() + s.sweep_floor(Stat::Each)
+                })
                 .sum()
         })
     });
@@ -406,6 +425,7 @@ fn alternating_pass(s: &Store) {
         let (mark, sweep) = s.gc();
         runs.0.push(mark);
         runs.1.push(sweep);
+        s.plant_garbage();
         floors.0.push(s.mark_floor());
         floors.1.push(s.sweep_floor(Stat::Each));
         floors.2.push(s.sweep_floor(Stat::None));
