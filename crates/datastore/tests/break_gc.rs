@@ -331,7 +331,7 @@ struct SlowSource {
 }
 
 fn slow_source(chunk: &[u8], delay: Duration) -> SlowSource {
-    use keepsake_backend::{CachedBackend, LocalBackend, SyncLevel};
+    use keepsake_backend::{CachedBackend, LocalBackend, ObjectBackend, SyncLevel};
     use std::sync::Arc;
     let memory: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::memory::InMemory::new());
@@ -592,7 +592,7 @@ impl object_store::ObjectStore for AgedStore {
 
 /// A datastore on an in-memory bucket that lists its objects two days old, behind a cache.
 fn aged_target() -> common::TestStore {
-    use keepsake_backend::{CachedBackend, LocalBackend, SyncLevel};
+    use keepsake_backend::{CachedBackend, LocalBackend, ObjectBackend, SyncLevel};
     use std::sync::Arc;
     let remote =
         ObjectBackend::with_store(Arc::new(AgedStore::new(Duration::ZERO)), "teststore").unwrap();
