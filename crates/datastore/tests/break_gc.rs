@@ -22,46 +22,82 @@ use rustix::fs::FlockOperation;
 const HELPER_VAR: &str = "KEEPSAKE_BREAK_GC_HELPER";
 const HELPER_TEST: &str = "lock_helper";
 
-/// Not a test of its own: the child process that holds PBS's shared process lock (this binary,
-/// re-executed with [`HELPER_VAR`] set to the path of `.lock`), as a PBS backup writer does,
-/// until its stdin closes.
+/// Not a test of its own: the child process the lock tests start (this binary, re-executed with
+/// [`HELPER_VAR`] set to `<mode>:<path of .lock>`).
+/// - `hold-shared`: takes a shared fcntl lock as a PBS writer does, prints `held`, and keeps it
+///   until its stdin closes.
+/// - `try-exclusive`: tries PBS GC's exclusive fcntl lock once, prints `busy` or `free`.
 #[test]
 fn lock_helper() {
-    let Ok(path) = std::env::var(HELPER_VAR) else {
+    let Ok(spec) = std::env::var(HELPER_VAR) else {
         return;
     };
+    let (mode, path) = spec.split_once(':').unwrap();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .unwrap();
-    rustix::fs::fcntl_lock(file.as_fd(), FlockOperation::NonBlockingLockShared).unwrap();
     let out = std::io::stdout();
-    writeln!(out.lock(), "held").unwrap();
-    out.lock().flush().unwrap();
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
+    match mode {
+        "hold-shared" => {
+            rustix::fs::fcntl_lock(file.as_fd(), FlockOperation::NonBlockingLockShared).unwrap();
+            writeln!(out.lock(), "held").unwrap();
+            out.lock().flush().unwrap();
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+        "try-exclusive" => {
+            let state = match rustix::fs::fcntl_lock(
+                file.as_fd(),
+                FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => "free",
+                Err(_) => "busy",
+            };
+            writeln!(out.lock(), "{state}").unwrap();
+        }
+        other => panic!("unknown helper mode {other}"),
+    }
 }
 
-/// Starts the helper on `lock_file` and waits until it holds the lock.
-fn pbs_writer_elsewhere(lock_file: &Path) -> std::process::Child {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn helper(mode: &str, lock_file: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
         .args([HELPER_TEST, "--exact", "--test-threads=1", "--quiet"])
-        .env(HELPER_VAR, lock_file)
+        .env(HELPER_VAR, format!("{mode}:{}", lock_file.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The first line the helper prints that is one of `words` (the test harness prints its own).
+fn helper_says(child: &mut std::process::Child, words: &[&str]) -> String {
     let mut reader = BufReader::new(child.stdout.as_mut().unwrap());
     loop {
         let mut line = String::new();
         assert!(reader.read_line(&mut line).unwrap() > 0, "helper ended");
-        if line.trim() == "held" {
-            break;
+        let word = line.trim();
+        if words.contains(&word) {
+            return word.to_owned();
         }
     }
+}
+
+/// Starts the helper holding a shared lock on `lock_file`, once it holds it.
+fn pbs_writer_elsewhere(lock_file: &Path) -> std::process::Child {
+    let mut child = helper("hold-shared", lock_file);
+    helper_says(&mut child, &["held"]);
     child
+}
+
+/// Whether another process could take GC's exclusive lock now (`busy` or `free`).
+fn try_exclusive_elsewhere(lock_file: &Path) -> String {
+    let mut child = helper("try-exclusive", lock_file);
+    let said = helper_says(&mut child, &["busy", "free"]);
+    child.wait().unwrap();
+    said
 }
 
 const DAY: i64 = 24 * 3600;
@@ -673,4 +709,77 @@ fn s3_a_backup_through_a_second_cache_during_the_sweep_keeps_its_chunks() {
             .unwrap(),
         "the bucket lost the chunk of a snapshot finished through the other cache: {report:?}"
     );
+}
+
+/// fcntl locks belong to the process: closing any descriptor of `.lock` in this process drops
+/// GC's exclusive lock, and a PBS writer elsewhere could then start beside the sweep. What an
+/// operator's tool may run beside a GC in the same process must not open and close `.lock`.
+#[test]
+fn operations_beside_a_running_gc_keep_its_process_lock() {
+    use keepsake_datastore::{CacheCheck, FsckOptions, GcPhase};
+    use std::sync::{Arc, Mutex};
+    for t in [common::local(), common::cached_memory()] {
+        backup(&t.store, "vm/1", T0, "root.pxar.didx", 3, 3);
+        let lock = t.root().join(".lock");
+        let said: Arc<Mutex<Vec<(&'static str, String)>>> = Arc::default();
+        let (store, cached, slot, lock_file, root, locks) = (
+            t.store.clone(),
+            t.cached.clone(),
+            said.clone(),
+            lock.clone(),
+            t.root(),
+            t.dir.path().join("locks"),
+        );
+        let on_phase = Arc::new(move |phase: GcPhase| {
+            if phase != GcPhase::Mark {
+                return;
+            }
+            let check = |what: &'static str| {
+                slot.lock()
+                    .unwrap()
+                    .push((what, try_exclusive_elsewhere(&lock_file)));
+            };
+            check("gc itself");
+            store.usage().unwrap();
+            check("usage");
+            let _ = store.fsck(&FsckOptions::default()).unwrap();
+            check("fsck");
+            let _ = verify_problems(&store);
+            check("verify");
+            store.gc_status().unwrap();
+            check("gc_status");
+            let dry = GcOptions::default().mode(GcMode::DryRun);
+            match &cached {
+                Some(cached) => {
+                    store.garbage_collect_s3(cached, &dry).unwrap();
+                    check("dry run");
+                    store.check_cache(cached, CacheCheck::Contents).unwrap();
+                    check("check_cache");
+                    store.usage_s3(cached).unwrap();
+                    check("usage_s3");
+                }
+                None => {
+                    store.garbage_collect(&dry).unwrap();
+                    check("dry run");
+                    let other = DataStore::builder("teststore", &root)
+                        .lock_root(&locks)
+                        .open()
+                        .unwrap();
+                    let _ = other.usage().unwrap();
+                    drop(other);
+                    check("another DataStore object");
+                }
+            }
+        });
+        let options = GcOptions::default().on_phase(on_phase);
+        match &t.cached {
+            Some(cached) => drop(t.store.garbage_collect_s3(cached, &options).unwrap()),
+            None => drop(t.store.garbage_collect(&options).unwrap()),
+        }
+        assert_eq!(said.lock().unwrap().len(), 7, "{}", t.kind);
+        for (what, state) in said.lock().unwrap().iter() {
+            assert_eq!(state, "busy", "{}: after {what}", t.kind);
+        }
+        assert_eq!(try_exclusive_elsewhere(&lock), "free", "{}", t.kind);
+    }
 }
