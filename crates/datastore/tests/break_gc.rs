@@ -776,7 +776,7 @@ fn operations_beside_a_running_gc_keep_its_process_lock() {
             Some(cached) => drop(t.store.garbage_collect_s3(cached, &options).unwrap()),
             None => drop(t.store.garbage_collect(&options).unwrap()),
         }
-        assert_eq!(said.lock().unwrap().len(), 7, "{}", t.kind);
+        assert!(said.lock().unwrap().len() >= 7, "{}", t.kind);
         for (what, state) in said.lock().unwrap().iter() {
             assert_eq!(state, "busy", "{}: after {what}", t.kind);
         }
