@@ -861,3 +861,77 @@ fn a_huge_hostile_index_is_refused_without_reading_it_whole() {
         read >> 20
     );
 }
+
+/// Every file below `root` with its size, mtime and (for chunks) atime.
+fn tree(root: &Path) -> Vec<(PathBuf, u64, i64, Option<i64>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            let chunk = path.components().any(|c| c.as_os_str() == ".chunks");
+            out.push((
+                path,
+                meta.len(),
+                meta.mtime(),
+                (chunk && meta.is_file()).then(|| meta.atime()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Held: a dry run (local and S3) changes no file, no chunk's atime and no bucket object.
+#[test]
+fn a_dry_run_changes_nothing() {
+    for t in [common::local(), aged_target()] {
+        backup(&t.store, "vm/1", T0, "root.pxar.didx", 3, 3);
+        t.store
+            .insert_chunk(b"unreferenced", Encryption::None)
+            .unwrap();
+        age_all(&t.root());
+        let before = tree(&t.root());
+        let objects = |t: &common::TestStore| {
+            t.cached.as_ref().map(|c| {
+                let mut all = Vec::new();
+                c.remote()
+                    .for_each_chunk_page(|page| {
+                        all.extend(page.into_iter().map(|o| o.path.to_string()));
+                        Ok(())
+                    })
+                    .unwrap();
+                all.sort();
+                all
+            })
+        };
+        let bucket_before = objects(&t);
+        let dry = GcOptions::default().mode(GcMode::DryRun);
+        let report = match &t.cached {
+            Some(cached) => t.store.garbage_collect_s3(cached, &dry).unwrap(),
+            None => t.store.garbage_collect(&dry).unwrap(),
+        };
+        assert!(report.status.removed_chunks >= 1, "{}: {report:?}", t.kind);
+        assert_eq!(tree(&t.root()), before, "{}", t.kind);
+        assert_eq!(objects(&t), bucket_before, "{}", t.kind);
+    }
+}
+
+/// Held: a run that fails in the sweep (a stray file where a prefix folder belongs) reports the
+/// error and writes no `.gc-status`.
+#[test]
+fn a_failed_run_writes_no_status() {
+    let t = common::local();
+    backup(&t.store, "vm/1", T0, "root.pxar.didx", 3, 3);
+    std::fs::write(t.root().join(".chunks/abcd"), b"not a folder").unwrap();
+    age_all(&t.root());
+    let result = t.store.garbage_collect(&GcOptions::default());
+    assert!(result.is_err(), "{result:?}");
+    assert!(!t.root().join(".gc-status").exists());
+    assert!(verify_problems(&t.store).is_empty());
+}
