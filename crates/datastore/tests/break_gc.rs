@@ -935,3 +935,40 @@ fn a_failed_run_writes_no_status() {
     assert!(!t.root().join(".gc-status").exists());
     assert!(verify_problems(&t.store).is_empty());
 }
+
+/// Held: a backup through a second `DataStore` object of the same store in this process,
+/// started after marking and reusing an old unreferenced chunk, keeps it (both objects share
+/// one process lock: the writer lowers the cutoff and touches the chunk under the shard).
+#[test]
+fn a_backup_through_a_second_datastore_object_during_the_sweep_keeps_its_chunks() {
+    use keepsake_datastore::GcPhase;
+    use std::sync::Arc;
+    let t = common::local();
+    let data = vec![7u8; 2000];
+    t.store.insert_chunk(&data, Encryption::None).unwrap();
+    age_all(&t.root());
+    let second = DataStore::builder("teststore", t.root())
+        .lock_root(t.dir.path().join("locks"))
+        .open()
+        .unwrap();
+    let on_phase = Arc::new(move |phase: GcPhase| {
+        if phase == GcPhase::Sweep {
+            let group = second.group(&BackupNamespace::root(), &"vm/5".parse().unwrap());
+            let mut w = group
+                .start_backup(&owner(), BackupTime::from_epoch(T0).unwrap())
+                .unwrap();
+            w.add_dynamic_archive("root.pxar.didx", vec![data.clone()], Encryption::None)
+                .unwrap();
+            w.finish().unwrap();
+        }
+    });
+    let report = t
+        .store
+        .garbage_collect(&GcOptions::default().on_phase(on_phase))
+        .unwrap();
+    assert_eq!(
+        verify_problems(&t.store),
+        Vec::<String>::new(),
+        "{report:?}"
+    );
+}
