@@ -740,6 +740,16 @@ fn operations_beside_a_running_gc_keep_its_process_lock() {
                     .push((what, try_exclusive_elsewhere(&lock_file)));
             };
             check("gc itself");
+            // A second run in this process (another thread, the same objects) is refused.
+            let second = match &cached {
+                Some(cached) => store.garbage_collect_s3(cached, &GcOptions::default()),
+                None => store.garbage_collect(&GcOptions::default()),
+            };
+            assert!(
+                matches!(second, Err(keepsake_datastore::Error::ProcessLocked { .. })),
+                "{second:?}"
+            );
+            check("a second run refused");
             store.usage().unwrap();
             check("usage");
             let _ = store.fsck(&FsckOptions::default()).unwrap();
@@ -776,7 +786,7 @@ fn operations_beside_a_running_gc_keep_its_process_lock() {
             Some(cached) => drop(t.store.garbage_collect_s3(cached, &options).unwrap()),
             None => drop(t.store.garbage_collect(&options).unwrap()),
         }
-        assert!(said.lock().unwrap().len() >= 7, "{}", t.kind);
+        assert!(said.lock().unwrap().len() >= 8, "{}", t.kind);
         for (what, state) in said.lock().unwrap().iter() {
             assert_eq!(state, "busy", "{}: after {what}", t.kind);
         }
