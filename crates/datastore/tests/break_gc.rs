@@ -982,3 +982,45 @@ fn a_backup_through_a_second_datastore_object_during_the_sweep_keeps_its_chunks(
         "{report:?}"
     );
 }
+
+/// Held: odd entries in `.chunks` (names of a chunk's length that are not UTF-8 or hold
+/// multi-byte characters, a folder or a symlink under a chunk's name, an uppercase prefix
+/// folder) neither panic GC nor lead it out of the datastore; the referenced chunks stay.
+#[test]
+fn odd_entries_in_chunks_neither_panic_nor_leave_the_store() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let t = common::local();
+    backup(&t.store, "vm/1", T0, "root.pxar.didx", 3, 3);
+    let outside = t.dir.path().join("outside");
+    std::fs::write(&outside, b"not the datastore's").unwrap();
+    age(&outside, now() - 3 * DAY);
+    let prefix = t.root().join(".chunks/0000");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let mut latin = vec![b'a'; 62];
+    latin.extend_from_slice(&[0xff, 0xfe]);
+    std::fs::write(prefix.join(OsStr::from_bytes(&latin)), b"x").unwrap();
+    let wide = format!("{}é.0.bad", "a".repeat(62)); // 70 bytes, byte 64 is '.'
+    assert_eq!(wide.len(), 69 + 1);
+    std::fs::write(prefix.join(&wide), b"x").unwrap();
+    let hex = "0000".to_owned() + &"1".repeat(60);
+    std::fs::create_dir(prefix.join(&hex)).unwrap();
+    let linked = "0000".to_owned() + &"2".repeat(60);
+    std::os::unix::fs::symlink(&outside, prefix.join(&linked)).unwrap();
+    let upper = t.root().join(".chunks/ABCD");
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::write(upper.join("abcd".to_owned() + &"3".repeat(60)), b"x").unwrap();
+    age_all(&t.root());
+
+    let report = t.store.garbage_collect(&GcOptions::default()).unwrap();
+    assert!(outside.exists(), "{report:?}");
+    assert!(prefix.join(&hex).is_dir());
+    assert!(
+        std::fs::symlink_metadata(prefix.join(&linked))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(verify_problems(&t.store).is_empty());
+    t.store.usage().unwrap();
+}
