@@ -1024,3 +1024,46 @@ fn odd_entries_in_chunks_neither_panic_nor_leave_the_store() {
     assert!(verify_problems(&t.store).is_empty());
     t.store.usage().unwrap();
 }
+
+/// Held on S3: groups moved (copy and delete in the bucket) while GC reads the bucket's indexes
+/// are read again under their new keys; nothing they reference is deleted.
+#[test]
+fn s3_groups_moved_while_the_bucket_indexes_are_read_keep_their_chunks() {
+    use keepsake_datastore::{GcPhase, GcProgress, Merge};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = aged_target();
+    let cached = t.cached.clone().unwrap();
+    backup(&t.store, "vm/1", T0, "root.pxar.didx", 10, 3);
+    backup(&t.store, "vm/2", T0, "root.pxar.didx", 50, 3);
+    let b: BackupNamespace = "b".parse().unwrap();
+    t.store.create_namespace(&b).unwrap();
+    age_all(&t.root());
+    let store = t.store.clone();
+    let moved = Arc::new(AtomicBool::new(false));
+    let did_move = moved.clone();
+    let on_progress = Arc::new(move |p: GcProgress| {
+        if p.phase == GcPhase::MarkBucket && !moved.swap(true, Ordering::SeqCst) {
+            for group in ["vm/1", "vm/2"] {
+                store
+                    .group(&BackupNamespace::root(), &group.parse().unwrap())
+                    .move_to(&b, Merge::Never)
+                    .unwrap();
+            }
+        }
+    });
+    let report = t
+        .store
+        .garbage_collect_s3(
+            &cached,
+            &GcOptions::default().threads(1).on_progress(on_progress),
+        )
+        .unwrap();
+    assert!(did_move.load(Ordering::SeqCst));
+    assert_eq!(report.status.removed_chunks, 0, "{report:?}");
+    assert_eq!(
+        verify_problems(&t.store),
+        Vec::<String>::new(),
+        "{report:?}"
+    );
+}
