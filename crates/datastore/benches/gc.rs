@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use keepsake_backend::SyncLevel;
 use keepsake_datastore::{DataStore, Encryption, GcOptions, GcPhase};
 use keepsake_hierarchy::{Authid, BackupGroup, BackupNamespace, BackupTime};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -75,6 +76,8 @@ fn chunk_data(group: usize, slot: usize, version: usize) -> Vec<u8> {
 struct Store {
     root: PathBuf,
     store: DataStore,
+    /// The same folder at sync level `none`, for planting garbage quickly (untimed).
+    planter: DataStore,
     chunks_fd: OwnedFd,
     groups: usize,
 }
@@ -104,6 +107,11 @@ fn store(groups: usize) -> Store {
         .lock_root(lock_root(&root))
         .open()
         .expect("open the bench store");
+    let planter = DataStore::builder("bench", &root)
+        .lock_root(lock_root(&root))
+        .sync_level(SyncLevel::None)
+        .open()
+        .expect("open the bench store");
     let chunks_fd = rfs::open(
         root.join(".chunks"),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -113,6 +121,7 @@ fn store(groups: usize) -> Store {
     Store {
         root,
         store,
+        planter,
         chunks_fd,
         groups,
     }
@@ -181,7 +190,7 @@ impl Store {
         };
         for i in 0..GARBAGE {
             let inserted = self
-                .store
+                .planter
                 .insert_chunk(&chunk_data(usize::MAX >> 8, i, 0), Encryption::None)
                 .expect("plant");
             let hex = hex(&inserted.digest);

@@ -414,6 +414,10 @@ pub enum GcRefusal {
         /// The chunk used for the check (relative path).
         chunk: String,
     },
+    /// The datastore's `.lock` is missing. Every datastore has one from its creation on; one
+    /// that is gone may have been removed while a backup of another process holds it, and a new
+    /// one would not exclude that backup.
+    NoLockFile,
 }
 
 impl fmt::Display for GcRefusal {
@@ -425,6 +429,9 @@ impl fmt::Display for GcRefusal {
             ),
             GcRefusal::MultiHost => f.write_str(
                 "several hosts share the bucket: a backup on another host could reuse a chunk the sweep removes",
+            ),
+            GcRefusal::NoLockFile => f.write_str(
+                "the datastore's `.lock` is missing: a backup running elsewhere may still hold the removed one (create an empty `.lock` once none runs)",
             ),
             GcRefusal::AtimeUpdatesIgnored { chunk } => write!(
                 f,
@@ -467,6 +474,12 @@ pub enum ArgumentProblem {
     /// A verify outcome would be recorded in manifests without the chunk contents having been
     /// read: PBS's verify jobs skip snapshots recorded `ok`, so only a content verify may say so.
     RecordWithoutContent,
+    /// An archive name starting with `.`: PBS's garbage collection skips hidden names, so it
+    /// would remove the archive's chunks.
+    HiddenArchiveName {
+        /// The name given.
+        name: String,
+    },
 }
 
 impl fmt::Display for ArgumentProblem {
@@ -483,6 +496,10 @@ impl fmt::Display for ArgumentProblem {
                 "no lock root: call lock_root() (on a PBS host: keepsake_lock::PBS_LOCK_ROOT)",
             ),
             ArgumentProblem::EmptyBackup => f.write_str("a backup needs at least one file"),
+            ArgumentProblem::HiddenArchiveName { name } => write!(
+                f,
+                "archive name `{name}` starts with '.': PBS's garbage collection would not see it"
+            ),
             ArgumentProblem::NotThisStoresBackend => {
                 f.write_str("the cached backend given is not this datastore's backend")
             }

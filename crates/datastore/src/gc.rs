@@ -334,6 +334,11 @@ impl DataStore {
         let guard = match options.mode {
             GcMode::Run => {
                 self.require_writable("garbage collection")?;
+                // Never made here: a new `.lock` would not exclude a writer still holding a
+                // removed one.
+                if std::fs::symlink_metadata(root.join(crate::store::LOCK_FILE_NAME)).is_err() {
+                    return Err(refused(GcRefusal::NoLockFile));
+                }
                 let lock = self
                     .process_lock()?
                     .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
@@ -472,9 +477,13 @@ impl DataStore {
             let mut fresh = Vec::new();
             for (file, id) in find_indexes(root)? {
                 if seen.insert(id) {
-                    fresh.push(file);
+                    fresh.push((file, id));
                 }
             }
+            // Indexes gone between the walk and their read: pruned, or moved (a group or
+            // namespace move renames folders). Forgotten again, so that a later walk that finds
+            // one at its new place reads it.
+            let vanished: Mutex<Vec<(u64, u64)>> = Mutex::default();
             if fresh.is_empty() {
                 return Ok(missing.into_inner());
             }
@@ -487,7 +496,9 @@ impl DataStore {
                     scope.spawn(|| {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(file) = fresh.get(i) else { break };
+                            let Some((file, id)) = fresh.get(i) else {
+                                break;
+                            };
                             let result = self.mark_index(root, chunks, file, options.mode, marked);
                             match result {
                                 Ok(Some((size, gone))) => {
@@ -497,7 +508,10 @@ impl DataStore {
                                     bytes.fetch_add(size, Ordering::Relaxed);
                                     missing.fetch_add(gone, Ordering::Relaxed);
                                 }
-                                Ok(None) => {}
+                                Ok(None) => vanished
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .push(*id),
                                 Err(e) => {
                                     let mut slot =
                                         failure.lock().unwrap_or_else(PoisonError::into_inner);
@@ -516,6 +530,12 @@ impl DataStore {
             }
             status.index_file_count += files.into_inner();
             status.index_data_bytes += bytes.into_inner();
+            for id in vanished
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+            {
+                seen.remove(&id);
+            }
         }
     }
 
@@ -529,24 +549,28 @@ impl DataStore {
         mode: GcMode,
         marked: &DigestSet,
     ) -> Result<Option<(u64, u64)>> {
-        let bytes = match std::fs::read(file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Io {
-                    path: file.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        let index = IndexFile::from_bytes(bytes).map_err(|source| Error::Corrupt {
-            path: file
-                .strip_prefix(root)
-                .unwrap_or(file)
-                .display()
-                .to_string(),
+        let io = |source| Error::Io {
+            path: file.to_path_buf(),
             source,
-        })?;
+        };
+        let opened = match std::fs::File::open(file) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(io(source)),
+        };
+        let len = opened.metadata().map_err(io)?.len();
+        // Header first: a huge file that is no index is refused without being read whole.
+        let index =
+            IndexFile::read_from(std::io::BufReader::new(opened), len).map_err(|source| {
+                Error::Corrupt {
+                    path: file
+                        .strip_prefix(root)
+                        .unwrap_or(file)
+                        .display()
+                        .to_string(),
+                    source,
+                }
+            })?;
         let mut missing = 0;
         let mut size = 0;
         for chunk in index.chunks() {
@@ -661,9 +685,9 @@ impl ChunkDir {
     }
 }
 
-/// Every `.fidx`/`.didx` below `root` with its (device, inode), skipping every path component
-/// that starts with `.` (so `.chunks`), as PBS's walk does; a top-level `lost+found` that cannot
-/// be read is skipped.
+/// Every `.fidx`/`.didx` below `root` with its (device, inode), hidden ones included, skipping
+/// the folders whose name starts with `.` (so `.chunks`), as PBS's walk does; a top-level
+/// `lost+found` that cannot be read is skipped.
 fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -692,16 +716,18 @@ fn find_indexes(root: &Path) -> Result<Vec<(PathBuf, (u64, u64))>> {
             };
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') {
-                continue;
-            }
+            let hidden = name.starts_with('.');
             // The entry's type from the listing (a symlink is neither); only an index is looked
             // at, for its device and inode (the walk's identity of it, see `mark`).
             let Ok(kind) = entry.file_type() else {
                 continue; // gone meanwhile
             };
+            // Hidden folders (`.chunks` above all) hold no snapshot. A hidden index file is
+            // marked all the same: PBS's walk skips it, but marking more never loses anything.
             if kind.is_dir() {
-                stack.push(entry.path());
+                if !hidden {
+                    stack.push(entry.path());
+                }
             } else if kind.is_file() && (name.ends_with(".fidx") || name.ends_with(".didx")) {
                 let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
                     continue; // gone meanwhile
@@ -836,8 +862,14 @@ impl Sweep<'_> {
             // run the set only repeats what the atime says (a chunk marked but with an old
             // atime, whatever the cause, is kept).
             let referenced = !bad && self.marked.contains(&digest);
-            let bad_kept_by_mark =
-                bad && self.mode == GcMode::DryRun && self.marked.contains(&digest);
+            // A run touches the bad copies of a referenced chunk only while the good copy is
+            // missing (see `mark_index`); a dry run, which touches nothing, counts the same.
+            let bad_kept_by_mark = bad
+                && self.mode == GcMode::DryRun
+                && self.marked.contains(&digest)
+                && !CString::new(&name.to_bytes()[..64]).is_ok_and(|good| {
+                    statat(fd, good.as_c_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                });
             if !referenced && !bad_kept_by_mark && atime < self.cutoff {
                 if self.mode == GcMode::Run {
                     match unlinkat(fd, name.as_c_str(), AtFlags::empty()) {

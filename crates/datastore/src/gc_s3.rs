@@ -141,6 +141,10 @@ impl DataStore {
         let guard = match mode {
             GcMode::Run => {
                 self.require_writable("garbage collection")?;
+                // Never made here (see `garbage_collect`).
+                if std::fs::symlink_metadata(root.join(crate::store::LOCK_FILE_NAME)).is_err() {
+                    return Err(refused(GcRefusal::NoLockFile));
+                }
                 let lock = self
                     .process_lock()?
                     .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
@@ -304,11 +308,17 @@ impl DataStore {
     }
 }
 
-/// An index file PBS's walk would read: `.fidx`/`.didx`, no hidden path component.
+/// An index file to mark: `.fidx`/`.didx`, in no hidden folder. A hidden index file is marked
+/// (PBS's walk skips it, but marking more never loses anything), as in the local walk.
 fn is_index_object(object: &ContentObject) -> bool {
     let name = object.path.file_name().unwrap_or_default();
+    let folders = object.path.components().count().saturating_sub(1);
     (name.ends_with(".fidx") || name.ends_with(".didx"))
-        && !object.path.components().any(|c| c.starts_with('.'))
+        && !object
+            .path
+            .components()
+            .take(folders)
+            .any(|c| c.starts_with('.'))
 }
 
 /// Phase 2: the state of the bucket sweep across listing pages.

@@ -531,5 +531,12 @@ fn check_name(name: &str) -> Result<()> {
         .map_err(|source| Error::Encode {
             path: name.to_owned(),
             source,
-        })
+        })?;
+    // PBS's GC walk skips hidden names: a hidden index would lose its chunks to it.
+    if name.starts_with('.') {
+        return Err(Error::InvalidArgument(ArgumentProblem::HiddenArchiveName {
+            name: name.to_owned(),
+        }));
+    }
+    Ok(())
 }

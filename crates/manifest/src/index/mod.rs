@@ -144,6 +144,25 @@ impl IndexFile {
         }
     }
 
+    /// Reads an index of either kind, `len` bytes (the file length), from `reader`: the magic
+    /// and the header are checked against `len` before the entries are read, so a file that is
+    /// no index, or whose header does not match its length, is refused after its first bytes
+    /// rather than read whole (a huge hostile file costs no memory).
+    ///
+    /// # Errors
+    /// As [`from_bytes`](Self::from_bytes); [`Error::BadIndexSize`] for a reader that ends
+    /// early or holds more.
+    pub fn read_from<R: Read>(mut reader: R, len: u64) -> Result<Self> {
+        let mut magic = [0u8; 8];
+        let got = read_up_to(&mut reader, &mut magic)?;
+        let format = sniff(&magic[..got])?;
+        let reader = (&magic[..got]).chain(reader);
+        match format {
+            Format::FixedIndex => FixedIndex::read_from(reader, len).map(IndexFile::Fixed),
+            _ => DynamicIndex::read_from(reader, len).map(IndexFile::Dynamic),
+        }
+    }
+
     /// Reads an index of either kind from a slice (copied once checked).
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
         match sniff(bytes)? {
@@ -161,6 +180,20 @@ impl IndexFile {
 }
 
 /// Tells the index kind from the magic.
+/// Fills `buf` from `reader` as far as it goes; how many bytes it got.
+fn read_up_to<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::Io(e)),
+        }
+    }
+    Ok(got)
+}
+
 fn sniff(bytes: &[u8]) -> Result<Format> {
     // The error has to name a format; a short or unknown file is reported as a fixed index, the kind
     // tried first.
