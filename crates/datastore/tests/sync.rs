@@ -596,12 +596,12 @@ fn counted_sync(
 /// nothing.
 #[test]
 fn an_s3_target_lists_its_bucket_once_and_sends_a_put_per_object_written() {
-    let source = generated();
     let targets = [common::cached_memory()]
         .into_iter()
         .chain(common::cached_s3("sync-requests"));
     for target in targets {
         let kind = target.kind;
+        let source = generated();
         // First run: an empty bucket.
         let (first, _) = counted_sync(&target, &source.store, 10, 1);
         assert_eq!(first.snapshots, 15, "{kind}");
