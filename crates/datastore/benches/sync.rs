@@ -65,7 +65,10 @@ fn backup_day(store: &DataStore, per_group: usize, day: usize) {
         for d in 1..=day {
             for c in 0..CHANGED {
                 let at = (c * (per_group / CHANGED) + d - 1) * CHUNK;
-                fill(0xd1ff + (d * 10_000 + g * 100 + c) as u64, &mut image[at..at + CHUNK]);
+                fill(
+                    0xd1ff + (d * 10_000 + g * 100 + c) as u64,
+                    &mut image[at..at + CHUNK],
+                );
             }
         }
         let group: BackupGroup = format!("vm/{}", 100 + g).parse().unwrap();

@@ -8,6 +8,9 @@
 //! written under the target's writer locks (the group lock, the snapshot lock and PBS's shared
 //! process lock on `.lock`), as a backup would be.
 //!
+//! Into an S3 target the bucket's chunk keys are listed once per run instead of asking for each
+//! chunk (see [`DataStore::sync_from`] and `BucketChunks` for why relying on the listing is safe).
+//!
 //! With [`RemoveVanished::Remove`], target snapshots gone from the source are removed once every
 //! selected snapshot was copied; each removal is decided under the target snapshot's locks, from
 //! the source's authority, right before it happens.
@@ -181,6 +184,14 @@ impl DataStore {
     /// touched) by one worker only; a worker that needs a chunk another is copying waits for it,
     /// so no snapshot's manifest is written before all its chunks are there. The report is the
     /// same whatever the order the workers finish in.
+    ///
+    /// Into an S3 target (a [`CachedBackend`](keepsake_backend::CachedBackend)) no chunk is
+    /// asked for: one in the cache is touched; at the first chunk the cache lacks, the bucket's
+    /// chunk keys are listed once ([`Backend::list_bucket_chunks`], a request per 1,000), a
+    /// listed chunk gets a cache marker without a request and any other is uploaded with the
+    /// create-only insert. For that the run holds the target's shared process lock from the
+    /// listing to its end (a GC in another process is refused meanwhile), and a chunk is taken
+    /// from the listing only while no GC of this process has run since; otherwise it is uploaded.
     ///
     /// With [`RemoveVanished::Remove`], once everything was copied (a sync that failed before
     /// removes nothing), every finished target snapshot in the synced scope (the target
