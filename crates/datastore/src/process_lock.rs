@@ -252,3 +252,33 @@ impl Drop for ExclusiveProcessGuard {
         self.lock.release_exclusive();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch sync relies on: unchanged while no GC of this process starts, `None` while one
+    /// runs, and different after one ran, whether writers hold the lock or not.
+    #[test]
+    fn the_gc_epoch_changes_with_every_gc_of_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.path().join(".lock"))
+            .unwrap();
+        let lock = ProcessLock::for_file(OwnedFd::from(file), "store").unwrap();
+        assert_eq!(lock.gc_epoch(), Some(0));
+        let writer = lock.shared(1_000).unwrap();
+        assert_eq!(lock.gc_epoch(), Some(0));
+        let gc = lock.exclusive().unwrap();
+        assert_eq!(lock.gc_epoch(), None);
+        drop(gc);
+        assert_eq!(lock.gc_epoch(), Some(1));
+        drop(writer);
+        drop(lock.exclusive().unwrap());
+        assert_eq!(lock.gc_epoch(), Some(2));
+    }
+}
