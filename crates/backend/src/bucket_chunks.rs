@@ -208,6 +208,37 @@ mod tests {
     }
 
     #[test]
+    fn bucket_chunks_are_listed_as_digests_bad_copies_and_strays_left_out() {
+        use crate::{Backend, ChunkDigest, LocalBackend, SyncLevel, WriteMode};
+        let backend = ObjectBackend::in_memory("store1").unwrap();
+        let kept = ChunkDigest::new([1; 32]);
+        let bad = ChunkDigest::new([2; 32]);
+        backend.insert_chunk(&kept, b"kept").unwrap();
+        backend.insert_chunk(&bad, b"bad").unwrap();
+        backend.quarantine_chunk(&bad).unwrap();
+        // A chunk name in another chunk's folder is not where a read looks for it.
+        let stray = format!(".chunks/0000/{}", ChunkDigest::new([3; 32]));
+        backend
+            .write(&BackendPath::new(&stray).unwrap(), b"x", WriteMode::Replace)
+            .unwrap();
+        let mut seen = Vec::new();
+        let handed = backend
+            .list_bucket_chunks(&mut |page| {
+                seen.extend_from_slice(page);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!((handed, seen), (Some(1), vec![kept]));
+        // A cache forwards to its bucket; a local folder has nothing to list.
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
+        let cache = LocalBackend::open(dir.path(), SyncLevel::None).unwrap();
+        let cached = CachedBackend::new(cache, backend);
+        assert_eq!(cached.list_bucket_chunks(&mut |_| Ok(())).unwrap(), Some(1));
+        assert_eq!(local.list_bucket_chunks(&mut |_| Ok(())).unwrap(), None);
+    }
+
+    #[test]
     fn listing_and_deleting_chunk_objects() {
         use crate::{Backend, ChunkDigest};
         let backend = ObjectBackend::in_memory("store1").unwrap();

@@ -655,6 +655,14 @@ impl Backend for CachedBackend {
         Some(&self.cache)
     }
 
+    /// The bucket's listing (the cache is not asked).
+    fn list_bucket_chunks(
+        &self,
+        each: &mut dyn FnMut(&[ChunkDigest]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        self.remote.list_bucket_chunks(each)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             sorted_listing: false,

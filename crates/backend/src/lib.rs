@@ -520,6 +520,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
         let _ = hostname;
         Ok(())
     }
+
+    /// For a datastore in object storage: one listing of the bucket's `.chunks/` (a request per
+    /// 1,000 keys; never a cache), `each` called with the digests of a page's chunk objects as
+    /// the listing advances. Keys that are not a chunk in its own prefix folder (`.bad` copies,
+    /// other names) are left out. Returns how many digests were handed over.
+    ///
+    /// `Ok(None)`, without calling `each`, from backends that are not in object storage: there
+    /// [`chunk_exists`](Self::chunk_exists) costs no request, so a listing saves nothing. A
+    /// wrapper around another backend should forward it, or its users ask chunk by chunk.
+    ///
+    /// The listing is a picture of the moment each page was fetched: a caller that relies on it
+    /// later must keep the chunks from being removed meanwhile (see the datastore's sync).
+    ///
+    /// # Errors
+    /// Backend errors from a listing request; `each`'s errors end the listing and are returned.
+    fn list_bucket_chunks(
+        &self,
+        each: &mut dyn FnMut(&[ChunkDigest]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        let _ = each;
+        Ok(None)
+    }
 }
 
 /// What [`Backend::insert_chunk`] did.
@@ -602,6 +624,12 @@ macro_rules! forward_backend {
             }
             fn host_local(&self) -> Option<&LocalBackend> {
                 (**self).host_local()
+            }
+            fn list_bucket_chunks(
+                &self,
+                each: &mut dyn FnMut(&[ChunkDigest]) -> Result<()>,
+            ) -> Result<Option<u64>> {
+                (**self).list_bucket_chunks(each)
             }
         }
     )*};

@@ -623,6 +623,27 @@ impl Backend for ObjectBackend {
         self.write_in_use(hostname)
     }
 
+    /// [`ObjectBackend::for_each_chunk_page`], each chunk object's name parsed.
+    fn list_bucket_chunks(
+        &self,
+        each: &mut dyn FnMut(&[ChunkDigest]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        let mut handed = 0u64;
+        let mut digests = Vec::new();
+        self.for_each_chunk_page(|page| {
+            digests.clear();
+            digests.extend(page.iter().filter_map(|object| {
+                let name = object.path.file_name()?;
+                let digest: ChunkDigest = name.parse().ok()?;
+                // A chunk outside its own folder is not where a read would look for it.
+                (object.path == digest.local_path()).then_some(digest)
+            }));
+            handed += digests.len() as u64;
+            each(&digests)
+        })?;
+        Ok(Some(handed))
+    }
+
     fn insert_chunk(&self, digest: &ChunkDigest, blob: &[u8]) -> Result<ChunkInsert> {
         let key = self.inner.layout.chunk_key(digest);
         let store = Arc::clone(&self.inner.store);

@@ -1,7 +1,9 @@
 //! Sync of a generated local datastore (≥ 1 GiB of distinct chunks) into an S3 datastore on the
 //! test server (moto; `cargo xtask bench` starts it): S3 requests against the objects written,
 //! and the time next to a bare parallel upload of the same chunk files in the same run (16
-//! threads, plain PUTs, nothing checked); then a second sync with nothing changed.
+//! threads, plain PUTs, nothing checked); then a second sync with nothing changed, and a third
+//! after a new snapshot per group, from a cache that lost its chunk files (the bucket's listing
+//! tells which chunks are there).
 //!
 //! Prints one line per figure; without `KEEPSAKE_S3_ENDPOINT` it says so and does nothing. Set
 //! `KEEPSAKE_SYNC_BENCH_MIB` to change the size (default 1,152 MiB of distinct chunks).
@@ -37,44 +39,53 @@ fn fill(seed: u64, out: &mut [u8]) {
 }
 
 /// The source: `GROUPS` groups of two snapshots; the second shares all but `CHANGED` chunks.
-fn make_source(dir: &Path, mib: usize) -> DataStore {
+fn make_source(dir: &Path, mib: usize) -> (DataStore, usize) {
     let store = DataStore::builder("source", dir.join("source"))
         .lock_root(dir.join("source-locks"))
         .sync_level(SyncLevel::None)
         .chunk_prefix_dirs(false)
         .create()
         .expect("create the source");
-    let owner: Authid = "root@pam".parse().unwrap();
     let per_group = ((mib << 20) / GROUPS / CHUNK)
         .saturating_sub(CHANGED)
         .max(CHANGED);
+    for day in 0..2 {
+        backup_day(&store, per_group, day);
+    }
+    (store, per_group)
+}
+
+/// Each group's snapshot of `day`: the image of day 0 with `CHANGED` chunks changed on each
+/// later day.
+fn backup_day(store: &DataStore, per_group: usize, day: usize) {
+    let owner: Authid = "root@pam".parse().unwrap();
     let mut image = vec![0u8; per_group * CHUNK];
     for g in 0..GROUPS {
         fill(0x5eed + g as u64, &mut image);
+        for d in 1..=day {
+            for c in 0..CHANGED {
+                let at = (c * (per_group / CHANGED) + d - 1) * CHUNK;
+                fill(
+                    0xd1ff + (d * 10_000 + g * 100 + c) as u64,
+                    &mut image[at..at + CHUNK],
+                );
+            }
+        }
         let group: BackupGroup = format!("vm/{}", 100 + g).parse().unwrap();
         let handle = store.group(&BackupNamespace::root(), &group);
-        for day in 0..2i64 {
-            if day == 1 {
-                for c in 0..CHANGED {
-                    let at = c * (per_group / CHANGED) * CHUNK;
-                    fill(0xd1ff + (g * 100 + c) as u64, &mut image[at..at + CHUNK]);
-                }
-            }
-            let time = BackupTime::from_epoch(1_717_600_000 + day * 86_400).unwrap();
-            let mut w = handle.start_backup(&owner, time).expect("backup");
-            w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)
-                .expect("blob");
-            w.add_fixed_archive(
-                "drive-scsi0.img.fidx",
-                &image,
-                CHUNK as u64,
-                Encryption::None,
-            )
-            .expect("image");
-            w.finish().expect("finish");
-        }
+        let time = BackupTime::from_epoch(1_717_600_000 + day as i64 * 86_400).unwrap();
+        let mut w = handle.start_backup(&owner, time).expect("backup");
+        w.add_blob("qemu-server.conf.blob", b"memory: 2048\n", Encryption::None)
+            .expect("blob");
+        w.add_fixed_archive(
+            "drive-scsi0.img.fidx",
+            &image,
+            CHUNK as u64,
+            Encryption::None,
+        )
+        .expect("image");
+        w.finish().expect("finish");
     }
-    store
 }
 
 fn s3_target(config: &S3Config, prefix: &str, dir: &Path) -> (DataStore, ObjectBackend) {
@@ -133,7 +144,7 @@ fn main() {
         .unwrap_or(1_152);
     let dir = tempfile::tempdir().expect("temporary folder");
     let started = Instant::now();
-    let source = make_source(dir.path(), mib);
+    let (source, per_group) = make_source(dir.path(), mib);
     println!(
         "sync bench: generated a {mib} MiB source ({GROUPS} groups of 2 snapshots) in {:.1?}",
         started.elapsed()
@@ -154,8 +165,8 @@ fn main() {
     let written = objects(&remote) - before_objects + report.chunks as usize;
     line(
         &format!(
-            "first run ({} snapshots, {} chunks, default workers)",
-            report.snapshots, report.chunks
+            "first run ({} snapshots, {} chunks, default workers, bucket listing of {} chunks)",
+            report.snapshots, report.chunks, report.bucket_chunks_listed
         ),
         seconds,
         report.chunk_bytes + report.file_bytes,
@@ -221,6 +232,32 @@ fn main() {
         "sync bench, second run (nothing changed): {:.2} s, {} requests ({requests})",
         started.elapsed().as_secs_f64(),
         requests.total()
+    );
+
+    // A new snapshot per group, and a cache that lost its chunk files (a new cache over the
+    // bucket, or an evicted one): the listing, not a request per chunk, says which are there.
+    backup_day(&source, per_group, 2);
+    std::fs::remove_dir_all(cache.join(".chunks")).expect("cache chunks");
+    std::fs::create_dir(cache.join(".chunks")).expect("cache chunks");
+    let before_objects = objects(&remote);
+    let before = remote.requests();
+    let started = Instant::now();
+    let third = target
+        .sync_from(&source, &SyncOptions::default())
+        .expect("sync a new snapshot");
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = remote.requests() - before;
+    let written = objects(&remote) - before_objects + third.chunks as usize;
+    line(
+        &format!(
+            "third run ({} new snapshots, {} chunks new, {} in the bucket but not the cache; \
+             bucket listing of {} chunks)",
+            third.snapshots, third.chunks, third.chunks_present, third.bucket_chunks_listed
+        ),
+        seconds,
+        third.chunk_bytes + third.file_bytes,
+        requests,
+        written,
     );
 }
 

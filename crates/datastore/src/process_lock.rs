@@ -39,6 +39,8 @@ struct State {
     next_id: u64,
     /// The exclusive holder's view: the oldest writer start seen since it took the lock.
     exclusive: Option<Option<i64>>,
+    /// How many times this process took the exclusive lock (GC runs started here).
+    exclusive_taken: u64,
 }
 
 /// The lock files known in this process: (device, inode) → lock object.
@@ -125,9 +127,21 @@ impl ProcessLock {
             ProcessLockMode::Exclusive,
         )?;
         state.exclusive = Some(state.shared.values().copied().min());
+        state.exclusive_taken += 1;
         Ok(ExclusiveProcessGuard {
             lock: Arc::clone(self),
         })
+    }
+
+    /// Which GC of this process was the last to start: `None` while one runs, else how many
+    /// started so far. The same value at two moments means that no GC of this process removed
+    /// anything in between (a GC removes only while it holds the exclusive lock).
+    pub(crate) fn gc_epoch(&self) -> Option<u64> {
+        let state = unpoison(self.state.lock());
+        match state.exclusive {
+            Some(_) => None,
+            None => Some(state.exclusive_taken),
+        }
     }
 
     /// Runs `f` while no writer of this process can decide that the chunk `digest` exists.
@@ -236,5 +250,35 @@ impl ExclusiveProcessGuard {
 impl Drop for ExclusiveProcessGuard {
     fn drop(&mut self) {
         self.lock.release_exclusive();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoch sync relies on: unchanged while no GC of this process starts, `None` while one
+    /// runs, and different after one ran, whether writers hold the lock or not.
+    #[test]
+    fn the_gc_epoch_changes_with_every_gc_of_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.path().join(".lock"))
+            .unwrap();
+        let lock = ProcessLock::for_file(OwnedFd::from(file), "store").unwrap();
+        assert_eq!(lock.gc_epoch(), Some(0));
+        let writer = lock.shared(1_000).unwrap();
+        assert_eq!(lock.gc_epoch(), Some(0));
+        let gc = lock.exclusive().unwrap();
+        assert_eq!(lock.gc_epoch(), None);
+        drop(gc);
+        assert_eq!(lock.gc_epoch(), Some(1));
+        drop(writer);
+        drop(lock.exclusive().unwrap());
+        assert_eq!(lock.gc_epoch(), Some(2));
     }
 }

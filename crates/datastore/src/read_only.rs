@@ -79,6 +79,12 @@ impl Backend for ReadOnlyBackend {
     fn bucket_state(&self) -> Result<Option<BucketState>> {
         self.inner.bucket_state()
     }
+    fn list_bucket_chunks(
+        &self,
+        each: &mut dyn FnMut(&[ChunkDigest]) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        self.inner.list_bucket_chunks(each)
+    }
     fn mark_in_use(&self, _hostname: &str) -> Result<()> {
         refuse(&BackendPath::root())
     }

@@ -8,6 +8,9 @@
 //! written under the target's writer locks (the group lock, the snapshot lock and PBS's shared
 //! process lock on `.lock`), as a backup would be.
 //!
+//! Into an S3 target the bucket's chunk keys are listed once per run instead of asking for each
+//! chunk (see [`DataStore::sync_from`] and `BucketChunks` for why relying on the listing is safe).
+//!
 //! With [`RemoveVanished::Remove`], target snapshots gone from the source are removed once every
 //! selected snapshot was copied; each removal is decided under the target snapshot's locks, from
 //! the source's authority, right before it happens.
@@ -18,7 +21,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use keepsake_backend::{ChunkDigest, ChunkInsert};
+use keepsake_backend::{Backend, ChunkDigest, ChunkInsert, WriteMode};
 use keepsake_hierarchy::{
     Authid, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME, GroupFilter, MANIFEST_BLOB_NAME,
 };
@@ -26,11 +29,12 @@ use keepsake_manifest::blob::DataBlob;
 use keepsake_manifest::index::{ChunkIndex, IndexFile};
 use keepsake_manifest::manifest::BackupManifest;
 
-use crate::chunks::chunk_path;
+use crate::chunks::{Touch, chunk_path};
 use crate::error::{Error, Result};
 use crate::group::{Group, Unfinished};
 use crate::hold::HeldSnapshot;
 use crate::info::SortOrder;
+use crate::process_lock::SharedProcessGuard;
 use crate::snapshot::Snapshot;
 use crate::store::DataStore;
 
@@ -149,6 +153,9 @@ pub struct SyncReport {
     pub removed_vanished: usize,
     /// Target snapshots gone from the source that stayed because they are protected.
     pub vanished_protected: usize,
+    /// Chunks the target's bucket listing showed (an S3 target lists its bucket once, at the
+    /// first chunk its cache does not hold; 0 when no listing was needed or the target is local).
+    pub bucket_chunks_listed: u64,
 }
 
 impl DataStore {
@@ -177,6 +184,14 @@ impl DataStore {
     /// touched) by one worker only; a worker that needs a chunk another is copying waits for it,
     /// so no snapshot's manifest is written before all its chunks are there. The report is the
     /// same whatever the order the workers finish in.
+    ///
+    /// Into an S3 target (a [`CachedBackend`](keepsake_backend::CachedBackend)) no chunk is
+    /// asked for: one in the cache is touched; at the first chunk the cache lacks, the bucket's
+    /// chunk keys are listed once ([`Backend::list_bucket_chunks`], a request per 1,000), a
+    /// listed chunk gets a cache marker without a request and any other is uploaded with the
+    /// create-only insert. For that the run holds the target's shared process lock from the
+    /// listing to its end (a GC in another process is refused meanwhile), and a chunk is taken
+    /// from the listing only while no GC of this process has run since; otherwise it is uploaded.
     ///
     /// With [`RemoveVanished::Remove`], once everything was copied (a sync that failed before
     /// removes nothing), every finished target snapshot in the synced scope (the target
@@ -211,6 +226,7 @@ impl DataStore {
             report: Mutex::new(SyncReport::default()),
             chunks: Mutex::new(HashMap::new()),
             chunk_settled: Condvar::new(),
+            chunk_check: Mutex::new(None),
             stop: AtomicBool::new(false),
         };
         // The plan first (namespaces made where a group goes), so that the groups can be
@@ -313,6 +329,44 @@ enum ChunkState {
     Settled,
 }
 
+/// How a sync run decides about a chunk that the target's cache (if any) does not hold.
+enum ChunkCheck {
+    /// Chunk by chunk, as a backup does: asked of the backend, then inserted (a local target; an
+    /// object store without a cache or a listing).
+    PerChunk,
+    /// From one listing of the target's bucket (see [`BucketChunks`]).
+    Bucket(BucketChunks),
+}
+
+/// The chunk keys of an S3 target's bucket, listed once per run, and what keeps relying on them
+/// safe until the run ends.
+///
+/// A listed chunk is taken as stored (an empty cache marker is made for it, whose fresh atime
+/// keeps a later GC away, as a backup's touch does); one that is not listed is uploaded with the
+/// backend's create-only insert, which reports a chunk another writer uploaded meanwhile as a
+/// duplicate and overwrites nothing. No chunk costs a HEAD. The listing can only be stale by a
+/// deletion, and only a GC deletes chunks:
+/// - a GC of another process on this host needs PBS's process lock exclusively: the shared hold
+///   taken before the listing and kept for the run refuses it until the run ends (and one that
+///   runs already makes the sync fail with [`Error::ProcessLocked`], as a backup would);
+/// - a GC of this process does not exclude writers, so each listed chunk is trusted only if no
+///   GC of this process ran or runs since the listing (its process-lock epoch is unchanged),
+///   checked under the chunk's shard lock, which that GC holds from its decision to delete a
+///   chunk until the delete returned; a GC that starts after the check finds the marker younger
+///   than its cutoff (lowered to the run's hold − 5 min). Otherwise the chunk is uploaded.
+///
+/// GCs on other hosts are refused in multi-host mode; other caches of the same bucket are the
+/// stale-marker case a HEAD before an upload could not cover either.
+struct BucketChunks {
+    /// Sorted and distinct: 32 bytes a chunk.
+    digests: Vec<[u8; 32]>,
+    /// This process's GC epoch when the listing started; `None` (a GC of this process was
+    /// running then): nothing listed is trusted.
+    gc_epoch: Option<u64>,
+    /// PBS's shared process lock, taken before the listing, held until the run ends.
+    _hold: SharedProcessGuard,
+}
+
 /// One sync run's state, shared by its workers.
 struct Run<'a> {
     target: &'a DataStore,
@@ -324,6 +378,8 @@ struct Run<'a> {
     // digest is claimed by one worker, so it is checked, copied and counted once.
     chunks: Mutex<HashMap<[u8; 32], ChunkState>>,
     chunk_settled: Condvar,
+    // How chunks the target's cache lacks are decided, settled at the first such chunk.
+    chunk_check: Mutex<Option<Arc<ChunkCheck>>>,
     // Set by the first error: the other workers stop at their next step.
     stop: AtomicBool,
 }
@@ -553,18 +609,122 @@ impl Run<'_> {
 
     /// Copies one chunk the target lacks: `Some(stored bytes)`, or `None` if it had it.
     fn copy_chunk(&self, digest: &[u8; 32]) -> Result<Option<u64>> {
+        // Behind a cache (an S3 target) the bucket is listed instead of asked chunk by chunk.
+        if self.target.backend().capabilities().own_authority {
+            return self.copy_chunk_asking(digest);
+        }
+        let (Some(lock), Some(cache)) = (
+            self.target.process_lock()?,
+            self.target.backend().host_local(),
+        ) else {
+            return self.copy_chunk_asking(digest);
+        };
+        let chunk = ChunkDigest::new(*digest);
+        let rel = chunk.local_path();
+        // The cache first, without a request: a copy or marker there means the object is in
+        // the bucket (GC removes the cache file before the object, under the shard), and its
+        // touch keeps a GC away as a backup's reuse does.
+        if lock.with_chunk(digest, || self.target.touch_local(&rel))? == Touch::Touched {
+            return Ok(None);
+        }
+        let check = self.chunk_check()?;
+        let ChunkCheck::Bucket(bucket) = &*check else {
+            return self.copy_chunk_asking(digest);
+        };
+        if bucket.digests.binary_search(digest).is_ok() {
+            let relied_on = lock.with_chunk(digest, || {
+                if bucket.gc_epoch.is_none() || lock.gc_epoch() != bucket.gc_epoch {
+                    return Ok(false);
+                }
+                match cache.write(&rel, b"", WriteMode::CreateOnly) {
+                    Ok(_) | Err(keepsake_backend::Error::AlreadyExists { .. }) => Ok(true),
+                    Err(e) => Err(Error::backend(rel.as_str(), e)),
+                }
+            })?;
+            if relied_on {
+                return Ok(None);
+            }
+        }
+        // Not listed (or the listing is not to be trusted any more): uploaded without asking;
+        // the create-only insert tells a duplicate. Under the shard, so that a GC of this process
+        // never deletes the object between a "duplicate" answer and the cache copy.
+        let blob = self.read_source_chunk(digest)?;
+        let inserted = lock.with_chunk(digest, || {
+            self.target.backend().insert_chunk(&chunk, blob.as_bytes())
+        });
+        match inserted {
+            Ok(ChunkInsert::Stored) => Ok(Some(blob.as_bytes().len() as u64)),
+            Ok(ChunkInsert::Duplicate) => Ok(None),
+            Err(e) => Err(Error::backend(rel.as_str(), e)),
+        }
+    }
+
+    /// How chunks the target's cache lacks are decided: settled once per run (the bucket listed
+    /// if the target has one), the other workers waiting for it.
+    fn chunk_check(&self) -> Result<Arc<ChunkCheck>> {
+        let mut slot = lock(&self.chunk_check);
+        if let Some(check) = &*slot {
+            return Ok(Arc::clone(check));
+        }
+        let check = Arc::new(self.list_bucket()?);
+        *slot = Some(Arc::clone(&check));
+        Ok(check)
+    }
+
+    /// Lists the target's bucket (see [`BucketChunks`]), or says to ask chunk by chunk.
+    fn list_bucket(&self) -> Result<ChunkCheck> {
+        let Some(process_lock) = self.target.process_lock()? else {
+            return Ok(ChunkCheck::PerChunk);
+        };
+        // Before the listing: from here on no GC of another process runs, and the epoch tells
+        // whether one of this process did.
+        let hold = process_lock.shared(crate::writer::epoch_now())?;
+        let gc_epoch = process_lock.gc_epoch();
+        let mut digests = Vec::new();
+        let listed = self
+            .target
+            .backend()
+            .list_bucket_chunks(&mut |page| {
+                if gc_epoch.is_some() {
+                    digests.extend(page.iter().map(|d| *d.as_bytes()));
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::backend(".chunks", e))?;
+        let Some(listed) = listed else {
+            return Ok(ChunkCheck::PerChunk);
+        };
+        digests.sort_unstable();
+        digests.dedup();
+        digests.shrink_to_fit();
+        self.with_report(|r| r.bucket_chunks_listed = listed);
+        Ok(ChunkCheck::Bucket(BucketChunks {
+            digests,
+            gc_epoch,
+            _hold: hold,
+        }))
+    }
+
+    /// A source chunk's stored bytes, its CRC checked.
+    fn read_source_chunk(&self, digest: &[u8; 32]) -> Result<DataBlob> {
+        let raw = self.source.read_chunk(digest)?;
+        // The CRC at least: a chunk damaged in the source is not spread to the target. Its
+        // digest cannot be checked without decoding (nor at all when encrypted without the key).
+        DataBlob::from_raw(raw).map_err(|source| Error::Corrupt {
+            path: chunk_path(digest),
+            source,
+        })
+    }
+
+    /// [`Run::copy_chunk`] as a backup decides: the target asked whether it has the chunk (and
+    /// touching it if so), then a create-only insert.
+    fn copy_chunk_asking(&self, digest: &[u8; 32]) -> Result<Option<u64>> {
         let chunk = ChunkDigest::new(*digest);
         if self.target.chunk_known(&chunk)? {
             return Ok(None);
         }
         let rel = chunk_path(digest);
-        let raw = self.source.read_chunk(digest)?;
-        // The CRC at least: a chunk damaged in the source is not spread to the target. Its
-        // digest cannot be checked without decoding (nor at all when encrypted without the key).
-        let blob = DataBlob::from_raw(raw).map_err(|source| Error::Corrupt {
-            path: rel.clone(),
-            source,
-        })?;
+        let blob = self.read_source_chunk(digest)?;
         match self.target.backend().insert_chunk(&chunk, blob.as_bytes()) {
             Ok(ChunkInsert::Stored) => Ok(Some(blob.as_bytes().len() as u64)),
             Ok(ChunkInsert::Duplicate) => Ok(None),

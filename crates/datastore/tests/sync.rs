@@ -538,3 +538,109 @@ fn parallel_workers_give_the_same_target_and_report() {
         assert_eq!(r, &reports[0]);
     }
 }
+
+/// The objects the bucket holds (metadata and chunks).
+fn bucket_objects(remote: &keepsake_backend::ObjectBackend) -> usize {
+    let mut chunks = 0u64;
+    remote
+        .list_bucket_chunks(&mut |page| {
+            chunks += page.len() as u64;
+            Ok(())
+        })
+        .unwrap();
+    remote
+        .list_files_authoritative(&keepsake_backend::BackendPath::root())
+        .unwrap()
+        .len()
+        + chunks as usize
+}
+
+/// One sync into an S3 target, its requests checked: a PUT per object written, and no HEAD for
+/// any chunk. What is not per chunk stays: `owner_checks` snapshots go into a group the target
+/// has already, where the writer's create-only owner write is answered "exists" (one PUT that
+/// writes nothing) and the cache's owner copy is refreshed (HEAD and GET); setting group notes
+/// asks the bucket first (`notes_heads`). Returns the report and the requests.
+fn counted_sync(
+    target: &common::TestStore,
+    source: &DataStore,
+    owner_checks: u64,
+    notes_heads: u64,
+) -> (SyncReport, keepsake_backend::RequestCounts) {
+    let remote = target.cached.as_ref().unwrap().remote();
+    let objects = bucket_objects(remote);
+    let before = remote.requests();
+    let report = target
+        .store
+        .sync_from(source, &SyncOptions::default())
+        .unwrap();
+    let requests = remote.requests() - before;
+    let written = bucket_objects(remote) - objects;
+    assert_eq!(
+        requests.head,
+        owner_checks + notes_heads,
+        "{}: {requests} {report:?}",
+        target.kind
+    );
+    assert_eq!(
+        requests.put,
+        written as u64 + owner_checks,
+        "{}: {requests} {report:?}",
+        target.kind
+    );
+    (report, requests)
+}
+
+/// Into an S3 target the bucket's chunks are listed once per run, at the first chunk the cache
+/// lacks: a chunk in the cache or the listing costs no request, one in neither a create-only
+/// PUT; no chunk is asked for with a HEAD. A run that finds every chunk in the cache lists
+/// nothing.
+#[test]
+fn an_s3_target_lists_its_bucket_once_and_sends_a_put_per_object_written() {
+    let targets = [common::cached_memory()]
+        .into_iter()
+        .chain(common::cached_s3("sync-requests"));
+    for target in targets {
+        let kind = target.kind;
+        let source = generated();
+        // First run: an empty bucket.
+        let (first, _) = counted_sync(&target, &source.store, 10, 1);
+        assert_eq!(first.snapshots, 15, "{kind}");
+        assert!(
+            first.chunks > 0 && first.bucket_chunks_listed == 0,
+            "{first:?}"
+        );
+
+        // Second run: new snapshots whose chunks are partly in the cache, partly new.
+        backup(&source.store, &ns(""), "vm/100", 5);
+        backup(&source.store, &ns("a"), "vm/101", 5);
+        let (second, requests) = counted_sync(&target, &source.store, 2, 0);
+        assert_eq!(second.snapshots, 2, "{kind}");
+        assert!(second.chunks > 0 && second.chunks_present > 0, "{second:?}");
+        assert_eq!(second.bucket_chunks_listed, first.chunks, "{second:?}");
+        assert!(requests.list >= 1, "{kind}: {requests}");
+
+        // The cache lost its chunk files (evicted, or a new cache): the listing, not a request
+        // per chunk, tells which the bucket has, and the cache gets markers for them.
+        std::fs::remove_dir_all(target.root().join(".chunks")).unwrap();
+        std::fs::create_dir(target.root().join(".chunks")).unwrap();
+        backup(&source.store, &ns(""), "vm/100", 6);
+        let (third, _) = counted_sync(&target, &source.store, 1, 0);
+        assert_eq!(third.snapshots, 1, "{kind}");
+        assert!(third.chunks_present > 0, "{third:?}");
+        assert_eq!(
+            third.bucket_chunks_listed,
+            first.chunks + second.chunks,
+            "{third:?}"
+        );
+
+        // Nothing new: no chunk is looked at, so nothing is listed and nothing asked.
+        let (fourth, requests) = counted_sync(&target, &source.store, 0, 0);
+        assert_eq!((fourth.snapshots, fourth.chunks), (0, 0), "{kind}");
+        assert_eq!(fourth.bucket_chunks_listed, 0, "{kind}");
+        assert_eq!(requests.list + requests.put, 0, "{kind}: {requests}");
+
+        assert_eq!(listing(&target.store), listing(&source.store), "{kind}");
+        same_files(&source.store, &target.store, str::to_owned);
+        verify_clean(&target.store);
+    }
+}
