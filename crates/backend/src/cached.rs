@@ -512,6 +512,16 @@ impl CachedBackend {
         record.is_some_and(|record| record.is_about(path) && record.e_tag() == Some(e_tag))
     }
 
+    /// The bytes of the cache copy of `file` if they are the bucket's version `e_tag`: its record
+    /// names that ETag and was made for exactly these bytes (SHA-256), so a copy rewritten in
+    /// place, even with the same size and attributes, is not taken for it. `None` otherwise:
+    /// read the bucket's.
+    pub fn cached_copy_of(&self, file: &BackendPath, e_tag: &str) -> Option<Vec<u8>> {
+        let (local, attribute) = self.cache.read_with_attribute(file, ATTRIBUTE).ok()?;
+        let recorded = self.recorded_version(file, &local.version, attribute.as_deref())?;
+        (recorded.e_tag() == Some(e_tag)).then_some(local.data)
+    }
+
     /// Downloads `objects` into the cache (in place, records included, no per-file fsync);
     /// returns how many.
     fn download(&self, objects: Vec<(Path, BackendPath)>) -> Result<u64> {

@@ -270,10 +270,11 @@ impl DataStore {
                 options.progress(GcPhase::MarkBucket, read.len() as u64, Some(total));
                 // A cache copy that cannot be read (changed since the listing) is read from the
                 // bucket instead.
-                let bytes = if object.cached {
-                    std::fs::read(cached.cache().local_path(&object.path)).ok()
-                } else {
-                    None
+                // The cache's bytes only where their record says, by content, that they are the
+                // listed version: a copy changed behind the backend's back is not trusted.
+                let bytes = match (&object.e_tag, object.cached) {
+                    (Some(e_tag), true) => cached.cached_copy_of(&object.path, e_tag),
+                    _ => None,
                 };
                 let bytes = match bytes {
                     Some(bytes) => bytes,

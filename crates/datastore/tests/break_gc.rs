@@ -257,7 +257,6 @@ fn s3_an_archive_whose_name_starts_with_a_dot_keeps_its_chunks() {
 /// another valid index of the same size still counts as the bucket's version: the bucket's
 /// index is never read and its chunks are deleted from the bucket.
 #[test]
-#[ignore = "finding: a cache copy rewritten in place decides the bucket's deletions"]
 fn s3_a_cache_copy_rewritten_in_place_does_not_decide_the_bucket_sweep() {
     let t = common::cached_memory();
     let cached = t.cached.clone().unwrap();
@@ -437,7 +436,6 @@ fn slow_source(chunk: &[u8], delay: Duration) -> SlowSource {
 /// `DataStore::insert_chunk` does: the bucket answers "duplicate", the cache gets a copy, the
 /// snapshot is written, and the batch's DeleteObjects then removes the object its index needs.
 #[test]
-#[ignore = "finding: a sync during S3 GC relies on an object the pending delete batch removes"]
 fn s3_a_sync_during_the_sweep_keeps_the_objects_it_relies_on() {
     use keepsake_datastore::{GcPhase, SyncOptions};
     use std::sync::{Arc, Mutex};
@@ -676,7 +674,7 @@ fn aged_target() -> common::TestStore {
 /// the object is deleted under the finished snapshot. Multi-host mode refuses GC for this; a
 /// second cache without it is not detected and the run goes on.
 #[test]
-#[ignore = "finding: a second cache of the same bucket is not detected; its backup loses a reused chunk"]
+#[ignore = "known limit, documented: two caches of one bucket without --multi-host are not detected; a backup through the other cache can lose a reused chunk to GC"]
 fn s3_a_backup_through_a_second_cache_during_the_sweep_keeps_its_chunks() {
     use keepsake_backend::{CachedBackend, LocalBackend, SyncLevel};
     use keepsake_datastore::GcPhase;
