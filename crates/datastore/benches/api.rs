@@ -510,6 +510,9 @@ fn timed(f: impl FnOnce()) -> Duration {
     started.elapsed()
 }
 
+/// A lock operation: its name, its lock file, the flock it takes, the call.
+type LockCase<'a> = (&'static str, &'a Path, FlockOperation, fn(&Fixture));
+
 fn pairs(f: &Fixture) -> Vec<Pair<'_>> {
     let path = f.manifest_path();
     let mut pairs = Vec::new();
@@ -577,7 +580,7 @@ fn pairs(f: &Fixture) -> Vec<Pair<'_>> {
         ours: Box::new(|n| timed(|| update_manifest(f, n))),
         floor: Box::new(move |n| timed(|| update_manifest_floor(f, &mut state, &path, n))),
     });
-    let locks: [(&str, &Path, FlockOperation, fn(&Fixture)); 3] = [
+    let locks: [LockCase<'_>; 3] = [
         (
             "Snapshot::lock",
             &f.snapshot_lock,
