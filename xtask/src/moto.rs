@@ -17,6 +17,35 @@ const MOTO_PACKAGES: &[&str] = &["moto[s3]==5.2.5", "flask", "flask-cors"];
 /// The bucket every S3 test uses; tests isolate themselves by key prefix.
 pub(crate) const BUCKET: &str = "keepsake-test";
 
+/// moto's server as `moto_server -H 127.0.0.1 -p 0` runs it, with one change: the writes to
+/// one key (PUT, POST, DELETE on the same path) are handled one at a time. moto checks S3's
+/// conditions (`If-None-Match: *`, `If-Match`) and then stores without a lock, so two concurrent
+/// conditional writes of one key could both succeed, where S3 decides them atomically; the
+/// create-only chunk, compare-and-swap and lease tests rely on S3's behaviour. Reads and writes
+/// of other keys go on concurrently, so timing-bound tests see moto's usual latency (a global
+/// lock made them fail).
+const KEYED_SERVER: &str = r#"
+import collections, os, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+os.environ.setdefault("MOTO_PORT", "0")
+app = DomainDispatcherApplication(create_backend_app)
+app.debug = True
+guard = threading.Lock()
+locks = collections.defaultdict(threading.Lock)
+def keyed(environ, start_response):
+    if environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+        return app(environ, start_response)
+    key = environ.get("HTTP_HOST", "") + environ.get("PATH_INFO", "")
+    with guard:
+        lock = locks[key]
+    with lock:
+        return list(app(environ, start_response))
+run_simple("127.0.0.1", 0, keyed, threaded=True, request_handler=MotoRequestHandler)
+"#;
+
 pub(crate) struct MotoServer {
     child: Child,
     endpoint: String,
@@ -26,8 +55,8 @@ impl MotoServer {
     /// Installs moto if needed, starts it on a free loopback port and creates the test bucket.
     pub(crate) fn start(root: &Path) -> Result<Self> {
         let venv = ensure_installed(root)?;
-        let mut child = Command::new(venv.join("bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        let mut child = Command::new(venv.join("bin/python"))
+            .args(["-c", KEYED_SERVER])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

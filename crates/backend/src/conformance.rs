@@ -212,6 +212,11 @@ pub fn write_read_replace(backend: &dyn Backend) {
     let read = backend.read(&file).unwrap();
     assert_eq!(read.data, b"root@pam\n");
     assert_eq!(
+        backend.read_data(&file).unwrap(),
+        read.data,
+        "read_data reads the same"
+    );
+    assert_eq!(
         read.version, v1,
         "a read returns the version the write returned"
     );
@@ -229,6 +234,7 @@ pub fn write_read_replace(backend: &dyn Backend) {
     let blob = p("vm/100/2024-06-05T15:06:40Z/index.json.blob");
     backend.write(&blob, &binary, WriteMode::Replace).unwrap();
     assert_eq!(backend.read(&blob).unwrap().data, binary);
+    assert_eq!(backend.read_data(&blob).unwrap(), binary);
 
     let empty = p("vm/100/2024-06-05T15:06:40Z/.protected");
     backend.write(&empty, b"", WriteMode::CreateOnly).unwrap();
@@ -636,6 +642,7 @@ pub fn not_found(backend: &dyn Backend) {
     for missing in ["vm/101/owner", "vm/100/notes", "ct/1/owner"] {
         let missing = p(missing);
         assert_err!(backend.read(&missing), Error::NotFound { .. });
+        assert_err!(backend.read_data(&missing), Error::NotFound { .. });
         assert_err!(backend.stat(&missing), Error::NotFound { .. });
         assert_err!(backend.remove_file(&missing), Error::NotFound { .. });
         assert_err!(backend.list(&missing), Error::NotFound { .. });

@@ -236,6 +236,16 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// [`Error::NotFound`] if there is no file at `file`.
     fn read(&self, file: &BackendPath) -> Result<FileContents>;
 
+    /// Reads a whole file without its version, for a reader that will not write it back: the
+    /// local backend then skips hashing the content for a version nobody asks for. The same
+    /// bytes and errors as [`read`](Self::read).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no file at `file`.
+    fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
+        self.read(file).map(|contents| contents.data)
+    }
+
     /// Writes a whole file atomically (see the contract) and returns the new version.
     ///
     /// # Errors
@@ -564,6 +574,9 @@ macro_rules! forward_backend {
             }
             fn read(&self, file: &BackendPath) -> Result<FileContents> {
                 (**self).read(file)
+            }
+            fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
+                (**self).read_data(file)
             }
             fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
                 (**self).write(file, data, mode)

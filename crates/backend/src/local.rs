@@ -652,6 +652,67 @@ impl LocalBackend {
         Ok((Version::of_content(data), outcome))
     }
 
+    /// Creates the empty marker file `file` (a `.protected`) in its folder, which must exist: it
+    /// is never made, so a marker cannot bring back a folder removed meanwhile. In place with
+    /// `O_CREAT | O_EXCL` (see [`Backend::write`]'s empty create-only files), beneath the root
+    /// without following links, the folder fsynced per sync level; `Ok(false)`
+    /// if the file was there already. For callers that serialize every change of the marker
+    /// with a lock of their own (a snapshot's lock, as PBS does).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the folder is missing; [`Error::RefusedPath`] for a link on the way;
+    /// [`Error::Io`].
+    pub fn create_marker(&self, file: &BackendPath) -> Result<bool> {
+        let (folder, name) = split_file(file)?;
+        match self.create_empty(file, &folder, name) {
+            Ok(Created::Yes) => return Ok(true),
+            Err(Error::AlreadyExists { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+            Ok(Created::TakeTheLongWay) => {}
+        }
+        // The walk names the error (a missing folder, a link); it makes no folder.
+        let parent = self.open_dir(&folder, false)?;
+        let mode = Mode::from_raw_mode(FILE_MODE);
+        let fd = match rfs::openat(&parent, name, TEMP_FLAGS, mode) {
+            Ok(fd) => fd,
+            Err(Errno::EXIST) => return Ok(false),
+            Err(e) => return Err(self.io_error(file, e)),
+        };
+        if let Err(source) = self.apply_owner(&fd, FILE_MODE) {
+            drop(fd);
+            // Ours (O_EXCL): taken back rather than left with the wrong owner.
+            let _ = rfs::unlinkat(&parent, name, AtFlags::empty());
+            return Err(Error::Io {
+                path: self.local_path(file),
+                source,
+            });
+        }
+        drop(fd);
+        self.sync_dir(&parent, &folder)?;
+        Ok(true)
+    }
+
+    /// Removes the marker file `file` (a `.protected`): one `unlinkat` in its folder, the folder
+    /// fsynced per sync level. No compare-and-swap lock on the file as
+    /// [`Backend::remove_file`] takes: a marker is only ever created or removed, never
+    /// rewritten, and the caller serializes those with a lock of its own.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such file; [`Error::Io`].
+    pub fn remove_marker(&self, file: &BackendPath) -> Result<()> {
+        let (folder, name) = split_file(file)?;
+        let parent = self.open_dir(&folder, false).map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
+            e => e,
+        })?;
+        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
+            Err(e) => return Err(self.io_error(file, e)),
+        }
+        self.sync_dir(&parent, &folder)
+    }
+
     /// Creates the empty file `file` (`folder/name`) in place: an empty file cannot be seen
     /// half-written, so it needs no temporary file and rename (a `.protected` marker). Made with
     /// `O_CREAT | O_EXCL`, so exactly one concurrent creator wins, beneath the root without
@@ -1154,6 +1215,11 @@ impl Backend for LocalBackend {
     fn read(&self, file: &BackendPath) -> Result<FileContents> {
         let (fd, st) = self.open_regular(file)?;
         self.read_open(file, fd, &st)
+    }
+
+    fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
+        let (fd, st) = self.open_regular(file)?;
+        self.read_all(file, fd.as_fd(), Some(&st))
     }
 
     /// As [`Backend::read`] without the version: a chunk is never compared and swapped, and

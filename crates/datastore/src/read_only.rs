@@ -37,6 +37,9 @@ impl Backend for ReadOnlyBackend {
     fn read(&self, file: &BackendPath) -> Result<FileContents> {
         self.inner.read(file)
     }
+    fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
+        self.inner.read_data(file)
+    }
     fn write(&self, file: &BackendPath, _data: &[u8], _mode: WriteMode) -> Result<Version> {
         refuse(file)
     }

@@ -136,6 +136,29 @@ impl Snapshot {
         let guard = self.lock()?;
         let backend = self.store.backend();
         let marker = self.file(PROTECTED_MARKER_FILENAME)?;
+        if let (true, Some(local)) = (backend.capabilities().own_authority, backend.host_local()) {
+            // A local store: the marker made or removed in place, under the snapshot lock that
+            // serializes every change of it (PBS's too). A missing folder is never made, so no
+            // separate look is needed for a snapshot destroyed meanwhile.
+            self.store.require_writable("protection change")?;
+            self.store.check_fence(&guard)?;
+            let missing = || Error::NotFound {
+                what: "snapshot",
+                path: self.relative_path(),
+            };
+            let result = if protected {
+                local.create_marker(&marker).map(|_| ())
+            } else {
+                match local.remove_marker(&marker) {
+                    Err(keepsake_backend::Error::NotFound { .. }) if self.exists()? => Ok(()),
+                    other => other,
+                }
+            };
+            return match result {
+                Err(keepsake_backend::Error::NotFound { .. }) => Err(missing()),
+                other => other.map_err(|e| Error::backend(marker.as_str(), e)),
+            };
+        }
         if !protected && backend.capabilities().own_authority {
             // A marker removed was in the snapshot, so it exists: ask only when there was none.
             self.store.check_fence(&guard)?;
@@ -202,8 +225,7 @@ impl Snapshot {
         let file = self.file(name)?;
         self.store
             .backend()
-            .read(&file)
-            .map(|c| c.data)
+            .read_data(&file)
             .map_err(|e| Error::from_backend("file", file.as_str(), e))
     }
 
@@ -214,12 +236,12 @@ impl Snapshot {
     /// parse.
     pub fn load_manifest(&self) -> Result<BackupManifest> {
         let file = self.file(MANIFEST_BLOB_NAME)?;
-        let contents = self
+        let data = self
             .store
             .backend()
-            .read(&file)
+            .read_data(&file)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
-        decode_manifest(&contents.data).map_err(|source| self.corrupt_manifest(source))
+        decode_manifest(&data).map_err(|source| self.corrupt_manifest(source))
     }
 
     fn corrupt_manifest(&self, source: keepsake_manifest::Error) -> Error {
