@@ -549,3 +549,46 @@ fn read_only_datastore_refuses_writes() {
         .unwrap();
     assert_eq!(report.snapshots.len(), 1);
 }
+
+/// A store opened `Access::ReadOnly` (what `keepsake` does for read-only commands and in PBS's
+/// read-only maintenance mode): protection is neither set nor cleared, even through the local
+/// backend's in-place markers, and a snapshot destroyed meanwhile gets no marker that would bring
+/// its folder back.
+#[test]
+fn protection_markers_respect_read_only_access_and_missing_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = builder(tmp.path()).create().unwrap();
+    let root = BackupNamespace::root();
+    let d = backup(&store, &root, "vm/100", 1_700_000_000);
+    let st = tmp.path().join("store");
+    let marker = st.join(d.relative_path(&root)).join(".protected");
+    let read_only = builder(tmp.path())
+        .access(keepsake_datastore::Access::ReadOnly)
+        .open()
+        .unwrap();
+    let err = read_only
+        .snapshot(&root, &d)
+        .set_protected(true)
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
+    assert!(!marker.exists());
+    store.snapshot(&root, &d).set_protected(true).unwrap();
+    assert!(marker.is_file());
+    let err = read_only
+        .snapshot(&root, &d)
+        .set_protected(false)
+        .unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
+    assert!(marker.is_file());
+
+    // Gone meanwhile: NotFound, and no folder made for the marker.
+    let gone = BackupDir::new(group("vm/100"), time(1_600_000_000));
+    for protected in [true, false] {
+        let err = store
+            .snapshot(&root, &gone)
+            .set_protected(protected)
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    }
+    assert!(!st.join(gone.relative_path(&root)).exists());
+}
