@@ -331,23 +331,7 @@ impl DataStore {
         }
         let root = local.root().to_path_buf();
         let started = epoch_now();
-        let guard = match options.mode {
-            GcMode::Run => {
-                self.require_writable("garbage collection")?;
-                // Never made here: a new `.lock` would not exclude a writer still holding a
-                // removed one.
-                if std::fs::symlink_metadata(root.join(crate::store::LOCK_FILE_NAME)).is_err() {
-                    return Err(refused(GcRefusal::NoLockFile));
-                }
-                let lock = self
-                    .process_lock()?
-                    .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
-                let guard = lock.exclusive()?;
-                self.check_atime_updates(started)?;
-                Some(guard)
-            }
-            GcMode::DryRun => None,
-        };
+        let guard = self.gc_guard(&root, options.mode, started)?;
         options.enter(GcPhase::Mark);
         let marked = DigestSet::new();
         let mut status = GcStatus {
@@ -393,6 +377,34 @@ impl DataStore {
             #[cfg(feature = "s3")]
             bucket: None,
         })
+    }
+
+    /// What a run takes before marking (none for a dry run): a writable store, its `.lock`
+    /// (never made here: a new one would not exclude a writer still holding a removed one),
+    /// PBS's process lock exclusively, and atime updates that work.
+    pub(crate) fn gc_guard(
+        &self,
+        root: &Path,
+        mode: GcMode,
+        started: i64,
+    ) -> Result<Option<ExclusiveProcessGuard>> {
+        if mode == GcMode::DryRun {
+            return Ok(None);
+        }
+        let refused = |refusal| Error::GcRefused {
+            store: self.name().to_owned(),
+            refusal,
+        };
+        self.require_writable("garbage collection")?;
+        if std::fs::symlink_metadata(root.join(crate::store::LOCK_FILE_NAME)).is_err() {
+            return Err(refused(GcRefusal::NoLockFile));
+        }
+        let lock = self
+            .process_lock()?
+            .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
+        let guard = lock.exclusive()?;
+        self.check_atime_updates(started)?;
+        Ok(Some(guard))
     }
 
     /// The last GC's result from `.gc-status` (written by PBS or keepsake), `None` if there is

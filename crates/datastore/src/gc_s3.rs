@@ -138,22 +138,7 @@ impl DataStore {
         let before = cached.remote().requests();
         let root = cached.cache().root().to_path_buf();
         let started = epoch_now();
-        let guard = match mode {
-            GcMode::Run => {
-                self.require_writable("garbage collection")?;
-                // Never made here (see `garbage_collect`).
-                if std::fs::symlink_metadata(root.join(crate::store::LOCK_FILE_NAME)).is_err() {
-                    return Err(refused(GcRefusal::NoLockFile));
-                }
-                let lock = self
-                    .process_lock()?
-                    .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
-                let guard = lock.exclusive()?;
-                self.check_atime_updates(started)?;
-                Some(guard)
-            }
-            GcMode::DryRun => None,
-        };
+        let guard = self.gc_guard(&root, mode, started)?;
 
         options.enter(GcPhase::Mark);
         let marked = DigestSet::new();
