@@ -84,29 +84,37 @@ impl DataStore {
                 source,
             })?;
         let encoded_size = blob.as_bytes().len() as u64;
-        let insert = || self.backend().insert_chunk(&chunk, blob.as_bytes());
-        // Behind a cache, the S3 GC of this process decides and deletes a batch of objects
-        // while it holds their shards: an upload that the bucket answers "duplicate" must not
-        // fall between its decision and its delete.
-        let inserted = match self.process_lock()? {
-            Some(lock) if !self.backend().capabilities().own_authority => {
-                lock.with_chunk(&digest, insert)
-            }
-            _ => insert(),
-        };
-        match inserted {
-            Ok(ChunkInsert::Stored) => Ok(InsertedChunk {
+        Ok(match self.store_encoded_chunk(&chunk, blob.as_bytes())? {
+            ChunkInsert::Stored => InsertedChunk {
                 digest,
                 duplicate: false,
                 encoded_size,
-            }),
-            Ok(ChunkInsert::Duplicate) => Ok(InsertedChunk {
+            },
+            ChunkInsert::Duplicate => InsertedChunk {
                 digest,
                 duplicate: true,
                 encoded_size: 0,
-            }),
-            Err(e) => Err(Error::backend(&rel, e)),
-        }
+            },
+        })
+    }
+
+    /// Stores a chunk's encoded bytes (a DataBlob) with the backend's create-only insert.
+    /// Behind a cache, the S3 GC of this process decides and deletes a batch of objects while it
+    /// holds their shards: an upload that the bucket answers "duplicate" must not fall between
+    /// its decision and its delete, so the insert runs under the chunk's shard there.
+    pub(crate) fn store_encoded_chunk(
+        &self,
+        chunk: &ChunkDigest,
+        blob: &[u8],
+    ) -> Result<ChunkInsert> {
+        let insert = || self.backend().insert_chunk(chunk, blob);
+        let inserted = match self.process_lock()? {
+            Some(lock) if !self.backend().capabilities().own_authority => {
+                lock.with_chunk(chunk.as_bytes(), insert)
+            }
+            _ => insert(),
+        };
+        inserted.map_err(|e| Error::backend(&chunk_path(chunk.as_bytes()), e))
     }
 
     /// Whether the chunk is stored, touching it if so ([`DataStore::touch_if_stored`]) under

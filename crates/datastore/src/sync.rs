@@ -717,18 +717,16 @@ impl Run<'_> {
     }
 
     /// [`Run::copy_chunk`] as a backup decides: the target asked whether it has the chunk (and
-    /// touching it if so), then a create-only insert.
+    /// touching it if so), then the insert a backup makes ([`DataStore::store_encoded_chunk`]).
     fn copy_chunk_asking(&self, digest: &[u8; 32]) -> Result<Option<u64>> {
         let chunk = ChunkDigest::new(*digest);
         if self.target.chunk_known(&chunk)? {
             return Ok(None);
         }
-        let rel = chunk_path(digest);
         let blob = self.read_source_chunk(digest)?;
-        match self.target.backend().insert_chunk(&chunk, blob.as_bytes()) {
-            Ok(ChunkInsert::Stored) => Ok(Some(blob.as_bytes().len() as u64)),
-            Ok(ChunkInsert::Duplicate) => Ok(None),
-            Err(e) => Err(Error::backend(&rel, e)),
+        match self.target.store_encoded_chunk(&chunk, blob.as_bytes())? {
+            ChunkInsert::Stored => Ok(Some(blob.as_bytes().len() as u64)),
+            ChunkInsert::Duplicate => Ok(None),
         }
     }
 
