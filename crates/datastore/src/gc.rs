@@ -39,7 +39,7 @@ pub const GC_STATUS_FILE_NAME: &str = ".gc-status";
 pub const DEFAULT_ATIME_CUTOFF_SECS: i64 = 24 * 3600 + 300;
 
 /// How far below the oldest writer's start the cutoff goes (PBS's 300 s).
-pub(crate) const WRITER_SLACK_SECS: i64 = 300;
+const WRITER_SLACK_SECS: i64 = 300;
 
 /// Whether GC removes anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,9 +160,14 @@ impl GcOptions {
         }
     }
 
-    /// The cutoff for a phase 1 that started at `started` (before writers lower it).
-    pub(crate) fn cutoff_at(&self, started: i64) -> i64 {
-        started.saturating_sub(self.cutoff_secs.unwrap_or(DEFAULT_ATIME_CUTOFF_SECS))
+    /// The cutoff for a phase 1 that started at `started`, lowered to 5 minutes before the
+    /// start of the oldest writer of this process that ran during the GC (`guard`'s).
+    pub(crate) fn cutoff(&self, started: i64, guard: Option<&ExclusiveProcessGuard>) -> i64 {
+        let cutoff = started.saturating_sub(self.cutoff_secs.unwrap_or(DEFAULT_ATIME_CUTOFF_SECS));
+        match guard.and_then(ExclusiveProcessGuard::oldest_writer) {
+            Some(oldest) => cutoff.min(oldest - WRITER_SLACK_SECS),
+            None => cutoff,
+        }
     }
 
     /// Called when GC enters each phase: for progress display, and for tests that act between
@@ -341,13 +346,7 @@ impl DataStore {
         let missing = self.mark(&root, options, &marked, &mut status)?;
 
         options.enter(GcPhase::Sweep);
-        let mut cutoff = options.cutoff_at(started);
-        if let Some(oldest) = guard
-            .as_ref()
-            .and_then(ExclusiveProcessGuard::oldest_writer)
-        {
-            cutoff = cutoff.min(oldest - WRITER_SLACK_SECS);
-        }
+        let cutoff = options.cutoff(started, guard.as_ref());
         let chunks = ChunkDir::open(&root)?;
         let sweep = Sweep {
             chunks: &chunks,

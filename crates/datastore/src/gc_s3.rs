@@ -40,7 +40,7 @@ use keepsake_manifest::index::{ChunkIndex, IndexFile};
 use crate::error::{Error, GcRefusal, Result};
 use crate::gc::{
     ChunkDir, DigestSet, GC_STATUS_FILE_NAME, GcMode, GcOptions, GcPhase, GcReport, GcStatus,
-    Sweep, WRITER_SLACK_SECS, parse_chunk_name,
+    Sweep, parse_chunk_name,
 };
 use crate::process_lock::ExclusiveProcessGuard;
 use crate::store::{CHUNK_DIR_NAME, DataStore, path};
@@ -154,13 +154,7 @@ impl DataStore {
         self.mark_bucket_indexes(cached, options, &marked, &mut status, &mut bucket)?;
 
         options.enter(GcPhase::Sweep);
-        let mut cutoff = options.cutoff_at(started);
-        if let Some(oldest) = guard
-            .as_ref()
-            .and_then(ExclusiveProcessGuard::oldest_writer)
-        {
-            cutoff = cutoff.min(oldest - WRITER_SLACK_SECS);
-        }
+        let cutoff = options.cutoff(started, guard.as_ref());
         let mut sweep = BucketSweep {
             store: self,
             cached,
