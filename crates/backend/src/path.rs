@@ -55,14 +55,7 @@ impl BackendPath {
     /// # Errors
     /// [`Error::RefusedPath`] naming the first rule the path breaks.
     pub fn new(path: &str) -> Result<Self> {
-        if path.len() > MAX_PATH_LEN {
-            return Err(Error::refused(path, "longer than 1024 bytes"));
-        }
-        if !path.is_empty() {
-            for component in path.split('/') {
-                check_component(component).map_err(|reason| Error::refused(path, reason))?;
-            }
-        }
+        check_path(path)?;
         Ok(Self {
             raw: path.to_owned(),
         })
@@ -183,7 +176,14 @@ pub(crate) fn check_component(component: &str) -> std::result::Result<(), &'stat
     if component.contains('/') {
         return Err("a component cannot contain `/`");
     }
-    if component.chars().any(char::is_control) {
+    // Control characters are C0 and DEL (single bytes) and C1 (U+0080..=U+009F, which UTF-8
+    // writes as 0xC2 0x80..=0x9F): a byte scan, with `char` decoding only for non-ASCII names.
+    let controls = if component.is_ascii() {
+        component.bytes().any(|b| b.is_ascii_control())
+    } else {
+        component.chars().any(char::is_control)
+    };
+    if controls {
         return Err("NUL and control characters are not allowed");
     }
     Ok(())
@@ -203,6 +203,29 @@ impl TryFrom<&str> for BackendPath {
     fn try_from(s: &str) -> Result<Self> {
         Self::new(s)
     }
+}
+
+/// As [`BackendPath::new`], keeping the string instead of copying it.
+impl TryFrom<String> for BackendPath {
+    type Error = Error;
+
+    fn try_from(raw: String) -> Result<Self> {
+        check_path(&raw)?;
+        Ok(Self { raw })
+    }
+}
+
+/// The rules of [`BackendPath::new`].
+fn check_path(path: &str) -> Result<()> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(Error::refused(path, "longer than 1024 bytes"));
+    }
+    if !path.is_empty() {
+        for component in path.split('/') {
+            check_component(component).map_err(|reason| Error::refused(path, reason))?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for BackendPath {
@@ -268,6 +291,11 @@ mod tests {
 
     fn check(input: &str, ok: bool) {
         assert_eq!(BackendPath::new(input).is_ok(), ok, "{input:?}");
+        assert_eq!(
+            BackendPath::try_from(input.to_owned()).is_ok(),
+            ok,
+            "{input:?}"
+        );
     }
 
     #[test]

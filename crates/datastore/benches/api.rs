@@ -12,7 +12,8 @@
 //!
 //! After criterion's figures, a second pass alternates batches of each operation and its floor
 //! (so that machine noise hits both alike) and prints the medians and their ratio: the figures
-//! docs/BENCHMARKS.md reports.
+//! docs/BENCHMARKS.md reports. `KEEPSAKE_BENCH_ONLY=<text>` limits that pass to the operations
+//! whose name contains the text (criterion's own filter argument limits the first pass).
 //!
 //! With `KEEPSAKE_COUNT=<operation>` and `KEEPSAKE_COUNT_N=<n>` the binary instead sets up the
 //! same fixture, runs the operation (or `<operation>.floor`) `n` times between two marker calls
@@ -647,7 +648,11 @@ fn alternating_pass(f: &Fixture) {
     eprintln!("\nmedians of {rounds} alternating batches (per call):");
     eprintln!("| operation | keepsake | floor | ratio |\n|---|---|---|---|");
     let mut n = 1_000_000u64;
+    let only = std::env::var("KEEPSAKE_BENCH_ONLY").unwrap_or_default();
     for mut pair in pairs(f) {
+        if !pair.name.contains(only.as_str()) {
+            continue;
+        }
         let (mut ours, mut floor) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             for (run, into) in [(&mut pair.ours, &mut ours), (&mut pair.floor, &mut floor)] {

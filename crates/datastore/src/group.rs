@@ -15,7 +15,7 @@ use crate::hold::{HeldGroup, Seen, drop_lock_file};
 use crate::info::BackupInfo;
 use crate::iter::Snapshots;
 use crate::journal::Intent;
-use crate::store::{DataStore, path};
+use crate::store::{DataStore, owned_path, path};
 
 /// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`, plus the names).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -108,7 +108,7 @@ impl Group {
     }
 
     fn file(&self, name: &str) -> Result<keepsake_backend::BackendPath> {
-        path(&self.group.file_path(&self.ns, name)?)
+        owned_path(self.group.file_path(&self.ns, name)?)
     }
 
     /// Whether the group folder exists (snapshots or not).

@@ -17,7 +17,7 @@ use crate::error::{Error, Leftover, Result};
 use crate::group::Group;
 use crate::hold::HeldSnapshot;
 use crate::info::BackupInfo;
-use crate::store::{DataStore, path};
+use crate::store::{DataStore, owned_path, path};
 
 /// A handle on a snapshot in a datastore (`vm/100/<time>` in a namespace). Cheap to clone; the
 /// snapshot need not exist.
@@ -72,7 +72,7 @@ impl Snapshot {
     }
 
     pub(crate) fn file(&self, name: &str) -> Result<BackendPath> {
-        path(&self.dir.file_path(&self.ns, name)?)
+        owned_path(self.dir.file_path(&self.ns, name)?)
     }
 
     fn file_exists(&self, name: &str) -> Result<bool> {

@@ -619,6 +619,17 @@ pub(crate) fn path(p: &str) -> Result<BackendPath> {
     BackendPath::new(p).map_err(|e| Error::backend(p, e))
 }
 
+/// [`path`] of a string built for it, without copying it.
+pub(crate) fn owned_path(p: String) -> Result<BackendPath> {
+    BackendPath::try_from(p).map_err(|e| {
+        let shown = match &e {
+            keepsake_backend::Error::RefusedPath { path, .. } => path.clone(),
+            _ => String::new(),
+        };
+        Error::backend(&shown, e)
+    })
+}
+
 /// This host's node name as PBS writes it into `.in-use`: the `uname` node name up to its first
 /// dot.
 fn host_node_name() -> String {

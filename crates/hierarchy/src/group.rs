@@ -197,13 +197,32 @@ impl BackupGroup {
 
     /// Path of the group folder relative to the datastore root: `[<ns path>/]<type>/<id>`.
     pub fn relative_path(&self, ns: &BackupNamespace) -> String {
-        ns.join_path(&self.to_string())
+        let mut out = String::with_capacity(self.path_len(ns));
+        self.push_path(ns, &mut out);
+        out
     }
 
     /// Path of a file directly in the group folder (`owner`, `notes`), relative to the datastore root.
     pub fn file_path(&self, ns: &BackupNamespace, file_name: &str) -> Result<String> {
         crate::archive::check_file_name(file_name)?;
-        Ok(format!("{}/{file_name}", self.relative_path(ns)))
+        let mut out = String::with_capacity(self.path_len(ns) + 1 + file_name.len());
+        self.push_path(ns, &mut out);
+        out.push('/');
+        out.push_str(file_name);
+        Ok(out)
+    }
+
+    /// Appends [`BackupGroup::relative_path`] to `out`.
+    pub(crate) fn push_path(&self, ns: &BackupNamespace, out: &mut String) {
+        ns.push_path_prefix(out);
+        out.push_str(self.ty.as_str());
+        out.push('/');
+        out.push_str(self.id.as_str());
+    }
+
+    /// How many bytes [`BackupGroup::push_path`] appends.
+    pub(crate) fn path_len(&self, ns: &BackupNamespace) -> usize {
+        ns.path_prefix_len() + self.ty.as_str().len() + 1 + self.id.as_str().len()
     }
 }
 

@@ -209,13 +209,20 @@ impl BackupNamespace {
         path
     }
 
-    /// `<path>/<rest>`, or `rest` alone for the root namespace.
-    pub(crate) fn join_path(&self, rest: &str) -> String {
-        if self.is_root() {
-            rest.to_owned()
-        } else {
-            format!("{}/{rest}", self.path())
+    /// Appends the relative path form and, unless this is the root, a `/`: the start of the path
+    /// of anything in the namespace, built into one string.
+    pub(crate) fn push_path_prefix(&self, out: &mut String) {
+        for c in &self.components {
+            out.push_str(NAMESPACE_DIR_NAME);
+            out.push('/');
+            out.push_str(c);
+            out.push('/');
         }
+    }
+
+    /// Room for what [`BackupNamespace::push_path_prefix`] appends (a few bytes more when nested).
+    pub(crate) fn path_prefix_len(&self) -> usize {
+        self.name_len + (NAMESPACE_DIR_NAME.len() + 2) * self.depth()
     }
 }
 

@@ -56,14 +56,32 @@ impl BackupDir {
 
     /// Path of the snapshot folder relative to the datastore root: `[<ns path>/]<type>/<id>/<time>`.
     pub fn relative_path(&self, ns: &BackupNamespace) -> String {
-        ns.join_path(&self.to_string())
+        let mut out = String::with_capacity(self.path_len(ns));
+        self.push_path(ns, &mut out);
+        out
     }
 
     /// Path of a file inside the snapshot folder, relative to the datastore root. The file name must be
     /// a plain name (see [`check_file_name`](crate::check_file_name)).
     pub fn file_path(&self, ns: &BackupNamespace, file_name: &str) -> Result<String> {
         crate::archive::check_file_name(file_name)?;
-        Ok(format!("{}/{file_name}", self.relative_path(ns)))
+        // One string of the right size: every read of a snapshot file starts here.
+        let mut out = String::with_capacity(self.path_len(ns) + 1 + file_name.len());
+        self.push_path(ns, &mut out);
+        out.push('/');
+        out.push_str(file_name);
+        Ok(out)
+    }
+
+    fn push_path(&self, ns: &BackupNamespace, out: &mut String) {
+        self.group.push_path(ns, out);
+        out.push('/');
+        self.time.push_to(out);
+    }
+
+    /// `<group path>/` and the 20 bytes of the time.
+    fn path_len(&self, ns: &BackupNamespace) -> usize {
+        self.group.path_len(ns) + 21
     }
 }
 

@@ -116,19 +116,44 @@ impl BackupTime {
     }
 }
 
+impl BackupTime {
+    /// `YYYY-MM-DDTHH:MM:SSZ`, digit by digit: every path to a snapshot file is built from it, and
+    /// `fmt`'s padding machinery costs more than the file's read (the range check of
+    /// [`BackupTime::from_epoch`] keeps the year within four digits).
+    pub(crate) fn rfc3339(self) -> [u8; 20] {
+        let dt = self.to_utc_datetime();
+        let mut out = *b"0000-00-00T00:00:00Z";
+        let two = |out: &mut [u8; 20], at: usize, v: i8| {
+            // Month, day, hour, minute and second are 0..=60: two digits.
+            let v = v.unsigned_abs();
+            out[at] = b'0' + v / 10;
+            out[at + 1] = b'0' + v % 10;
+        };
+        let year = dt.year().unsigned_abs();
+        out[0] = b'0' + (year / 1000 % 10) as u8;
+        out[1] = b'0' + (year / 100 % 10) as u8;
+        out[2] = b'0' + (year / 10 % 10) as u8;
+        out[3] = b'0' + (year % 10) as u8;
+        two(&mut out, 5, dt.month());
+        two(&mut out, 8, dt.day());
+        two(&mut out, 11, dt.hour());
+        two(&mut out, 14, dt.minute());
+        two(&mut out, 17, dt.second());
+        out
+    }
+
+    /// Appends `YYYY-MM-DDTHH:MM:SSZ` to `out`.
+    pub(crate) fn push_to(self, out: &mut String) {
+        let bytes = self.rfc3339();
+        // Only ASCII digits and separators were written.
+        out.push_str(std::str::from_utf8(&bytes).unwrap_or_default());
+    }
+}
+
 impl fmt::Display for BackupTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dt = self.to_utc_datetime();
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            dt.year(),
-            dt.month(),
-            dt.day(),
-            dt.hour(),
-            dt.minute(),
-            dt.second()
-        )
+        let bytes = self.rfc3339();
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -210,5 +235,22 @@ mod tests {
         assert!(BackupTime::from_epoch(i64::MAX).is_err());
         assert_eq!(BackupTime::MIN.to_string(), "0000-01-01T00:00:00Z");
         assert_eq!(BackupTime::MAX.to_string(), "9999-12-31T23:59:59Z");
+    }
+
+    proptest::proptest! {
+        /// The digit-by-digit form is `fmt`'s padded form of the same calendar fields.
+        #[test]
+        fn digits_match_fmt(epoch in MIN_EPOCH..=MAX_EPOCH) {
+            let t = BackupTime::from_epoch(epoch).unwrap();
+            let dt = t.to_utc_datetime();
+            let padded = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                dt.year(), dt.month(), dt.day(), dt.hour(), dt.minute(), dt.second()
+            );
+            proptest::prop_assert_eq!(t.to_string(), padded.clone());
+            let mut pushed = String::from("x/");
+            t.push_to(&mut pushed);
+            proptest::prop_assert_eq!(pushed, format!("x/{padded}"));
+        }
     }
 }
