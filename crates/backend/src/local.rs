@@ -111,7 +111,9 @@ const TEMP_INFIX: &str = ".tmp_";
 ///   kernel then refuses links and escapes itself); any failure of that falls back to the walk,
 ///   which names the error. Reads look at the whole path first (`fstatat`, never opening a
 ///   device or FIFO), then open the file with one such `openat2` and check with `fstat` that it
-///   is the regular file they looked at. (The root itself may be a symbolic link: it is
+///   is the regular file they looked at; reads that return bytes only (`read_data`, chunks)
+///   read instead at most the size the look saw, and accept exactly that size. (The root
+///   itself may be a symbolic link: it is
 ///   resolved once, when opening.) Listings report links as
 ///   [`EntryKind::Other`], and tree removal unlinks them without following.
 /// - **Writes**: a temporary file `.<name>.tmp_<hex>` in the same folder, fsynced per
@@ -854,6 +856,68 @@ impl LocalBackend {
         (same && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((fd, st))
     }
 
+    /// The content of the regular file `file`, for reads that return only bytes
+    /// ([`Backend::read_data`], [`Backend::read_chunk`]): the fast path of
+    /// [`LocalBackend::open_regular_beneath`] without its `fstat`, else the checked open.
+    fn read_bytes(&self, file: &BackendPath) -> Result<Vec<u8>> {
+        if let Some(data) = self.read_beneath_bounded(file) {
+            return Ok(data);
+        }
+        let (fd, st) = self.open_regular(file)?;
+        self.read_all(file, fd.as_fd(), Some(&st))
+    }
+
+    /// The look and the one `openat2` of [`LocalBackend::open_regular_beneath`], then reads of
+    /// at most one byte more than the size the look saw, accepted only when they end at exactly
+    /// that size. The `fstat` that would confirm the open found the file the look saw is not
+    /// needed here: what can be swapped in between is a file of that size (any reader after
+    /// the swap reads the same bytes), a FIFO (opened without blocking: it yields what its
+    /// writer, who could as well have written the file, writes, at most that many bytes), or
+    /// a device, which only a process allowed to make device nodes can place (the checked open
+    /// would have opened it as well: its `fstat` comes after the open). Anything else (another
+    /// size, a read error, a link, no `openat2`) is `None`: the checked open then decides and
+    /// names the error.
+    fn read_beneath_bounded(&self, file: &BackendPath) -> Option<Vec<u8>> {
+        if file.is_root() || !self.openat2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let seen = rfs::statat(
+            &self.root_fd,
+            file.as_str(),
+            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        )
+        .ok()?;
+        if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        let size = usize::try_from(seen.st_size).ok()?;
+        let fd = match rfs::openat2(
+            &self.root_fd,
+            file.as_str(),
+            READ_FLAGS,
+            Mode::empty(),
+            BENEATH,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOSYS | Errno::PERM) => {
+                self.openat2.store(false, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        // Room for the size and the one byte that would show the file is longer.
+        let limit = size.checked_add(1)?;
+        let mut data = Vec::with_capacity(limit);
+        while data.len() < limit {
+            match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut data)) {
+                Ok(0) => break,
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(_) => return None,
+            }
+        }
+        (data.len() == size).then_some(data)
+    }
+
     /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
     fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
         let data = self.read_all(file, fd.as_fd(), Some(st))?;
@@ -1218,16 +1282,13 @@ impl Backend for LocalBackend {
     }
 
     fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
-        let (fd, st) = self.open_regular(file)?;
-        self.read_all(file, fd.as_fd(), Some(&st))
+        self.read_bytes(file)
     }
 
     /// As [`Backend::read`] without the version: a chunk is never compared and swapped, and
     /// hashing megabytes for a version nobody asks for would double the cost of reading data.
     fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
-        let file = digest.local_path();
-        let (fd, st) = self.open_regular(&file)?;
-        self.read_all(&file, fd.as_fd(), Some(&st))
+        self.read_bytes(&digest.local_path())
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {

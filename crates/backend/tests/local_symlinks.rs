@@ -268,3 +268,57 @@ fn names_that_are_not_paths_are_skipped_by_listings() {
         .collect();
     assert_eq!(names, ["100"]);
 }
+
+/// The reads that return bytes only (`read_data`, the path behind chunk reads) take a shorter
+/// path than `read` (no `fstat` after the open): they refuse the same links and special files,
+/// read nothing outside, and read a regular file whole whatever its size.
+#[test]
+fn byte_reads_refuse_what_reads_refuse() {
+    let t = planted();
+    let outside_before = snapshot(&t.outside);
+    let b = &t.backend;
+    for path in [
+        "vm/owner",
+        "vm/vm/100/owner",
+        "ct/100/owner",
+        "ct/100/vm/100/owner",
+        "host/a/snap/owner",
+        "host/a/owner",
+        "host/a/notes",
+    ] {
+        assert_refused(b.read_data(&p(path)), &format!("read_data {path}"));
+    }
+    fs::create_dir_all(t.store.join("odd")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        t.store.join("odd/fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    assert_refused(b.read_data(&p("odd/fifo")), "read_data fifo");
+    // A character device (the null device's numbers), where this process may make one: never
+    // read as a file.
+    if rustix::fs::mknodat(
+        rustix::fs::CWD,
+        t.store.join("odd/null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        rustix::fs::makedev(1, 3),
+    )
+    .is_ok()
+    {
+        assert_refused(b.read_data(&p("odd/null")), "read_data device");
+    }
+    assert!(matches!(
+        b.read_data(&p("odd/missing")),
+        Err(Error::NotFound { .. })
+    ));
+    for size in [0, 1, 4095, 4096, 4097, 1 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        fs::write(t.store.join("odd/file"), &data).unwrap();
+        assert_eq!(b.read_data(&p("odd/file")).unwrap(), data, "{size} bytes");
+    }
+    assert_eq!(snapshot(&t.outside), outside_before);
+}
