@@ -139,7 +139,7 @@ pub(crate) struct GlobalArgs {
 
     /// Wait up to SECS for each busy lock (a group or snapshot another process has locked), as
     /// borg's --lock-wait; then fail as without it (exit code 4, `locked`). Default: fail at
-    /// once, as PBS does. `fsck --repair` waits too.
+    /// once, as PBS does. `fsck --repair` waits too, and `gc` for a running backup.
     #[arg(
         long,
         global = true,

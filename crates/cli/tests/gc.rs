@@ -73,3 +73,53 @@ fn gc_removes_old_garbage_and_keeps_what_is_referenced() {
     assert_eq!(status["last-gc"]["removed-chunks"], 0, "{status}");
     assert!(store.run(&["status"]).ok().contains("deduplication factor"));
 }
+
+/// A backup holding PBS's process lock (shared, on `.lock`) keeps `gc` out: at once by default
+/// (exit code 4, `locked`, nothing removed), and with `--lock-wait` until the backup ends.
+#[test]
+fn gc_beside_a_running_backup_fails_locked_or_waits_with_lock_wait() {
+    use std::os::fd::AsFd;
+    use std::time::Instant;
+
+    let store = Store::fixture();
+    let garbage = store
+        .path
+        .join(".chunks/abcd")
+        .join(format!("abcd{}", "1".repeat(60)));
+    std::fs::create_dir_all(garbage.parent().unwrap()).unwrap();
+    std::fs::write(&garbage, b"garbage").unwrap();
+    age_chunks(&store.path);
+
+    // A PBS writer's lock: a shared open-file-description fcntl lock, which another process
+    // (the binary) sees as busy.
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .open(store.path.join(".lock"))
+        .unwrap();
+    rustix::fs::fcntl_lock(
+        lock.as_fd(),
+        rustix::fs::FlockOperation::NonBlockingLockShared,
+    )
+    .unwrap();
+
+    let run = store.run(&["gc"]);
+    let line = run.fails(4);
+    assert!(line.contains("process lock"), "{line}");
+    assert!(garbage.exists(), "a refused GC removes nothing");
+    let run = store.run(&["--lock-wait", "1", "gc"]);
+    assert!(run.fails(4).contains("process lock"), "{run:?}");
+    assert!(garbage.exists());
+
+    // The backup ends while GC waits.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(lock);
+    });
+    let started = Instant::now();
+    let doc = store.run(&["--json", "--lock-wait", "30", "gc"]).json();
+    release.join().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(doc["status"]["removed-chunks"], 1, "{doc}");
+    assert!(!garbage.exists());
+}

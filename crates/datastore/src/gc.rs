@@ -401,7 +401,18 @@ impl DataStore {
         let lock = self
             .process_lock()?
             .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
-        let guard = lock.exclusive()?;
+        // The builder's lock wait covers this lock too (PBS's GC fails at once): a backup that
+        // ends within the wait lets the GC start.
+        let deadline = std::time::Instant::now() + self.lock_wait();
+        let guard = loop {
+            match lock.exclusive() {
+                Err(Error::ProcessLocked { .. }) if std::time::Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
+                }
+                taken => break taken?,
+            }
+        };
         self.check_atime_updates(started)?;
         Ok(Some(guard))
     }

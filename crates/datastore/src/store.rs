@@ -169,7 +169,9 @@ impl DataStoreBuilder {
     /// operation waits longer itself), instead of failing at once as PBS's do (the default,
     /// zero). For a tool run by hand or by cron beside other writers, as borg's `--lock-wait`.
     /// The wait is the locker's own (blocking, or its retry schedule for leases); past it, the
-    /// usual [`Error::Locked`].
+    /// usual [`Error::Locked`]. Garbage collection waits as long for PBS's process lock
+    /// (retrying every 100 ms while a backup holds it), then fails with
+    /// [`Error::ProcessLocked`].
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
@@ -590,6 +592,11 @@ impl DataStore {
 }
 
 impl DataStore {
+    /// The builder's [`DataStoreBuilder::lock_wait`].
+    pub(crate) fn lock_wait(&self) -> Duration {
+        self.inner.lock_wait
+    }
+
     /// PBS's process lock on `<store>/.lock` (this process's one object for that file), or
     /// `None` for a datastore without a local folder (a bare object store has no `.lock`).
     pub(crate) fn process_lock(&self) -> Result<Option<Arc<ProcessLock>>> {
