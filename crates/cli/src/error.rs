@@ -24,6 +24,45 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A failure a command decides itself, before the library is asked, with the kind the library
+/// would have given it: a namespace removal that would destroy groups it was not told to destroy
+/// or a namespace that exists already (`refused`), a missing parent namespace (`not-found`).
+#[derive(Debug)]
+pub(crate) struct Decided {
+    /// Its kind (and so its exit code).
+    pub(crate) kind: Kind,
+    /// The line for the operator.
+    pub(crate) message: String,
+}
+
+impl Decided {
+    /// A change the datastore's rules refuse (exit code 6).
+    pub(crate) fn refused(message: String) -> anyhow::Error {
+        Decided {
+            kind: Kind::Refused,
+            message,
+        }
+        .into()
+    }
+
+    /// Something named that does not exist (exit code 3).
+    pub(crate) fn not_found(message: String) -> anyhow::Error {
+        Decided {
+            kind: Kind::NotFound,
+            message,
+        }
+        .into()
+    }
+}
+
+impl fmt::Display for Decided {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Decided {}
+
 /// An error and what the operator can do about it, printed after it (`…: the target exists and
 /// merging was not requested; pass --merge to …`). The error stays reachable for its kind.
 #[derive(Debug)]
@@ -130,13 +169,18 @@ fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
     if cause.is::<UsageError>() {
         return Some(Kind::Usage);
     }
+    if let Some(decided) = cause.downcast_ref::<Decided>() {
+        return Some(decided.kind);
+    }
     if let Some(advice) = cause.downcast_ref::<Advice>() {
         return Some(kind(&advice.error));
     }
     if let Some(e) = cause.downcast_ref::<D>() {
         return match e {
-            D::NotFound { .. } => Some(Kind::NotFound),
-            D::Locked { .. } => Some(Kind::Locked),
+            D::NotFound { .. } | D::NotADatastore { .. } | D::NotInBucket { .. } => {
+                Some(Kind::NotFound)
+            }
+            D::Locked { .. } | D::ProcessLocked { .. } | D::LeaseLost { .. } => Some(Kind::Locked),
             D::Protected { .. } => Some(Kind::Protected),
             D::AlreadyExists { .. }
             | D::MoveRefused { .. }
@@ -147,7 +191,10 @@ fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
             | D::TimeNotNewer { .. }
             | D::ReadOnly { .. }
             | D::RecoveryPending { .. }
-            | D::SignatureWouldBreak { .. } => Some(Kind::Refused),
+            | D::SignatureWouldBreak { .. }
+            | D::GcRefused { .. }
+            | D::Precondition { .. }
+            | D::S3Cache { .. } => Some(Kind::Refused),
             D::Corrupt { .. }
             | D::ChunkCorrupt { .. }
             | D::IndexMismatch { .. }

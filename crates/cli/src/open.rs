@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keepsake_backend::{
     Backend, BackendPath, BucketState, CachedBackend, LocalBackend, ObjectBackend, S3Config,
     SyncLevel,
@@ -28,7 +28,7 @@ use keepsake_lock::{DirLocker, FileLocker, FileOwner, LockScheme, LockTarget};
 use keepsake_manifest::crypt::CryptConfig;
 
 use crate::cli::GlobalArgs;
-use crate::error::UsageError;
+use crate::error::{Decided, UsageError};
 
 /// Where the datastore is and how to reach it, from the global options.
 #[derive(Debug, Clone)]
@@ -365,11 +365,10 @@ impl StoreSpec {
     /// endpoint, bucket and credentials work.
     fn require_remote(&self, remote: &ObjectBackend, config: &S3Config) -> Result<()> {
         if !bucket_state(remote, config)?.holds_datastore() {
-            bail!(
+            return Err(Decided::not_found(format!(
                 "no datastore `{}` in bucket `{}` (create it with `keepsake init`, or check --name)",
-                self.name,
-                config.bucket
-            );
+                self.name, config.bucket
+            )));
         }
         Ok(())
     }
@@ -377,7 +376,7 @@ impl StoreSpec {
     /// Opens an existing datastore, read-only or read-write (see [`Access`]).
     pub(crate) fn open(&self, access: Access) -> Result<Session> {
         if self.path.exists() && !self.path.is_dir() {
-            bail!(
+            return Err(Decided::not_found(format!(
                 "{} is not a folder: --store names the datastore folder{}",
                 self.path.display(),
                 if self.is_s3() {
@@ -385,17 +384,20 @@ impl StoreSpec {
                 } else {
                     ""
                 }
-            );
+            )));
         }
         if !self.path.is_dir() {
             if self.is_s3() {
-                bail!(
+                return Err(Decided::not_found(format!(
                     "the local cache folder {} does not exist: run `keepsake refresh` to fill it \
                      from the bucket",
                     self.path.display()
-                );
+                )));
             }
-            bail!("datastore folder {} does not exist", self.path.display());
+            return Err(Decided::not_found(format!(
+                "datastore folder {} does not exist",
+                self.path.display()
+            )));
         }
         tracing::debug!(store = %self.describe(), "opening datastore");
         let operation = self.enter(access, self.file_owner())?;
@@ -419,11 +421,11 @@ impl StoreSpec {
             .with_context(|| format!("cache folder {}", self.path.display()))?;
         let lock = BackendPath::new(keepsake_datastore::LOCK_FILE_NAME)?;
         if !cache.exists(&lock)? {
-            bail!(
+            return Err(Decided::not_found(format!(
                 "the local cache {} of datastore `{}` is empty: run `keepsake refresh` first",
                 self.path.display(),
                 self.name
-            );
+            )));
         }
         // The cache knows whose it is: another bucket's (or endpoint's) cache is refused.
         let cached = Arc::new(
@@ -460,15 +462,18 @@ impl StoreSpec {
     /// hold a datastore of this name).
     pub(crate) fn create(&self, chunk_prefix_dirs: bool) -> Result<Session> {
         if self.path.exists() && !self.path.is_dir() {
-            bail!("{} exists and is not a folder", self.path.display());
+            return Err(Decided::refused(format!(
+                "{} exists and is not a folder",
+                self.path.display()
+            )));
         }
         let Some(config) = &self.s3 else {
             if self.path.join(CHUNK_DIR_NAME).is_dir() {
-                bail!(
+                return Err(Decided::refused(format!(
                     "{} is already a datastore: open it with --store, or give an empty folder to \
                      create a new one",
                     self.path.display()
-                );
+                )));
             }
             let store = self
                 .builder()
@@ -495,19 +500,16 @@ impl StoreSpec {
         // new cache folder behind.
         let bucket = bucket_state(&remote, config)?;
         if bucket.in_use.is_marked() {
-            bail!(
+            return Err(Decided::refused(format!(
                 "bucket `{}` already contains datastore `{}` {}{join}",
-                config.bucket,
-                self.name,
-                bucket.in_use
-            );
+                config.bucket, self.name, bucket.in_use
+            )));
         }
         if bucket.holds_content {
-            bail!(
+            return Err(Decided::refused(format!(
                 "bucket `{}` holds a datastore `{}` already{join}",
-                config.bucket,
-                self.name
-            );
+                config.bucket, self.name
+            )));
         }
         check_empty_folder(&self.path)?;
         if self.is_multi_host() {
@@ -680,10 +682,10 @@ fn check_empty_folder(path: &Path) -> Result<()> {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if !(name.starts_with('.') || name == "lost+found") {
-            bail!(
+            return Err(Decided::refused(format!(
                 "{} is not empty (found `{name}`): a new datastore needs an empty folder",
                 path.display()
-            );
+            )));
         }
     }
     Ok(())

@@ -246,7 +246,7 @@ fn owner_reads_sets_and_refuses_to_replace_without_force() {
     let before = store.contents();
     let line = store
         .run(&["owner", "vm/100", "backup@pbs"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(
         line.contains("--force") && line.contains("root@pam"),
@@ -297,7 +297,7 @@ fn notes_of_groups_and_snapshots() {
     let before = store.contents();
     let line = store
         .run(&["notes", "vm/100/2024-06-07T15:06:40Z", "--set", "x"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(line.contains("unfinished"), "{line}");
     assert_eq!(store.contents(), before);
@@ -364,10 +364,10 @@ fn forget_snapshots_and_groups_keeps_protected_ones() {
 fn namespaces_are_created_and_removed() {
     let store = Store::fixture();
     let before = store.contents();
-    let line = store.run(&["ns", "create", "a/b"]).fails(1).to_owned();
+    let line = store.run(&["ns", "create", "a/b"]).fails(3).to_owned();
     assert!(line.contains("`a`") && line.contains("--parents"), "{line}");
     assert_eq!(store.contents(), before);
-    let line = store.run(&["ns", "create", "prod"]).fails(1).to_owned();
+    let line = store.run(&["ns", "create", "prod"]).fails(6).to_owned();
     assert!(line.contains("exists already"), "{line}");
 
     let doc = store
@@ -381,7 +381,7 @@ fn namespaces_are_created_and_removed() {
 
     // Groups in it: refused without --delete-groups, nothing touched.
     let before = store.contents();
-    let line = store.run(&["ns", "remove", "prod"]).fails(1).to_owned();
+    let line = store.run(&["ns", "remove", "prod"]).fails(6).to_owned();
     assert!(
         line.contains("--delete-groups") && line.contains("ns/prod/host/myhost"),
         "{line}"
@@ -585,7 +585,7 @@ fn a_missing_or_foreign_store_is_an_error_and_is_not_created() {
             .arg(dir.path().join("locks"))
             .arg("groups"),
     );
-    let line = run.fails(1);
+    let line = run.fails(3);
     assert!(
         line.contains("store9") && line.contains("does not exist"),
         "{line}"
@@ -604,7 +604,7 @@ fn a_missing_or_foreign_store_is_an_error_and_is_not_created() {
             .arg(dir.path().join("locks"))
             .args(["owner", "vm/100", "root@pam"]),
     );
-    assert!(run.fails(1).contains("not a datastore"), "{run:?}");
+    assert!(run.fails(3).contains("not a datastore"), "{run:?}");
     assert_eq!(common::tree_contents(&missing), before);
 
     // No store at all.

@@ -98,7 +98,7 @@ fn init_creates_a_datastore_with_its_chunk_folders() {
     let before = store.contents();
     let line = store
         .run(&["init", "--skip-chunk-dirs"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(line.contains("is already a datastore"), "{line}");
     assert_eq!(store.contents(), before);
@@ -165,7 +165,7 @@ fn demo_makes_a_sample_datastore_and_prints_its_tree() {
     // A second demo into the same folder is refused and changes nothing.
     let before = store.contents();
     let run = common::run(&mut cmd);
-    assert!(run.fails(1).contains("not empty"), "{run:?}");
+    assert!(run.fails(6).contains("not empty"), "{run:?}");
     assert_eq!(store.contents(), before);
 }
 

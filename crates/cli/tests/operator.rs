@@ -104,7 +104,7 @@ fn setting_the_owner_a_group_has_needs_no_force() {
     );
     let line = store
         .run(&["owner", "vm/100", "backup@pbs"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(line.contains("pass --force"), "{line}");
 }
@@ -117,13 +117,13 @@ fn store_paths_that_are_no_datastore_folder() {
     let mut cmd = keepsake();
     cmd.arg("--store").arg(&file).arg("groups");
     let run = common::run(&mut cmd);
-    let line = run.fails(1);
+    let line = run.fails(3);
     assert!(
         line.ends_with("a-file is not a folder: --store names the datastore folder"),
         "{line}"
     );
     let before = store.contents();
-    let line = store.run(&["init"]).fails(1).to_owned();
+    let line = store.run(&["init"]).fails(6).to_owned();
     assert!(line.contains("is already a datastore"), "{line}");
     assert_eq!(store.contents(), before);
 }

@@ -242,7 +242,7 @@ fn s3_every_command_on_a_demo_datastore() {
         name: s3.name.clone(),
         cfg: s3.cfg.clone(),
     };
-    let line = fresh.run(&["groups"]).fails(1).to_owned();
+    let line = fresh.run(&["groups"]).fails(3).to_owned();
     assert!(line.contains("refresh"), "{line}");
     let report = fresh.run(&["--json", "refresh"]).json();
     assert!(report["downloaded"].as_u64().unwrap() > 10, "{report}");
@@ -278,7 +278,7 @@ fn s3_init_makes_an_empty_datastore_once() {
     let bucket = s3.bucket();
     let line = other
         .run(&["init", "--skip-chunk-dirs"])
-        .fails(1)
+        .fails(6)
         .to_owned();
     assert!(line.contains("in use by host"), "{line}");
     assert_eq!(s3.bucket(), bucket);
@@ -307,7 +307,7 @@ fn s3_bad_input_changes_neither_bucket_nor_cache() {
         (&["protect", "vm/100/2024-06-0"], 2, "2024-06-0"),
         (&["--ns", "../prod", "prune", "--keep-last", "1"], 2, ".."),
         (&["forget", "vm/100/2024-06-01T02:00:00Z"], 5, "protected"),
-        (&["ns", "remove", "prod"], 1, "--delete-groups"),
+        (&["ns", "remove", "prod"], 6, "--delete-groups"),
     ];
     for (args, code, needle) in cases {
         let run = s3.run(args);
@@ -328,7 +328,7 @@ fn s3_bad_input_changes_neither_bucket_nor_cache() {
     std::fs::create_dir_all(&other.local.path).unwrap();
     let run = other.run(&["owner", "vm/100", "root@pam"]);
     assert!(
-        run.fails(1).contains("no datastore `nosuchstore1`"),
+        run.fails(3).contains("no datastore `nosuchstore1`"),
         "{run:?}"
     );
     let mut cmd = s3.local.cmd(&[]);
@@ -524,7 +524,7 @@ fn s3_multi_host_two_hosts_share_a_datastore() {
     // A second `init` of it, even in multi-host mode, is refused and points at `refresh`.
     let c = a.other_host();
     let bucket = a.bucket();
-    let line = c.multi(&["init"]).fails(1).to_owned();
+    let line = c.multi(&["init"]).fails(6).to_owned();
     assert!(
         line.contains("in use by host") && line.contains("keepsake refresh"),
         "{line}"

@@ -237,7 +237,7 @@ fn bad_sources_are_usage_errors_and_change_nothing() {
     assert!(target.run(&["sync"]).fails(2).contains("--from"));
     // A source folder that is not there.
     let mut cmd = target.cmd(&["sync", "--from", "/nonexistent/store9"]);
-    common::run(&mut cmd).fails(1);
+    common::run(&mut cmd).fails(3);
     assert_eq!(target.contents(), before);
 }
 

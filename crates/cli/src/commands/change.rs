@@ -6,14 +6,14 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keepsake_datastore::{ExistingOwner, GroupsInside};
 use keepsake_hierarchy::{Authid, BackupNamespace};
 use serde::Serialize;
 
 use super::facts::{groups_of, namespaces};
 use super::{Ctx, Writes, existing_group, existing_snapshot, require_ns};
-use crate::error::{EXIT_FAILURE, UsageError};
+use crate::error::{Decided, EXIT_FAILURE, UsageError};
 use crate::target::{GroupArg, SnapshotArg, TargetArg};
 
 /// Ends a command that did part of its work: the report is printed already, the reason goes to
@@ -36,7 +36,7 @@ pub(crate) fn ns_create(ctx: &Ctx<'_>, ns: &BackupNamespace, parents: bool) -> R
     let session = ctx.open_write()?;
     let store = &session.store;
     if store.namespace_exists(ns)? && !parents {
-        bail!("namespace `{ns}` exists already");
+        return Err(Decided::refused(format!("namespace `{ns}` exists already")));
     }
     let mut missing = Vec::new();
     for depth in 1..=ns.depth() {
@@ -47,7 +47,9 @@ pub(crate) fn ns_create(ctx: &Ctx<'_>, ns: &BackupNamespace, parents: bool) -> R
     }
     if let Some(parent) = missing.iter().find(|m| *m != ns) {
         if !parents {
-            bail!("namespace `{parent}` does not exist (pass --parents to create it too)");
+            return Err(Decided::not_found(format!(
+                "namespace `{parent}` does not exist (pass --parents to create it too)"
+            )));
         }
     }
     for n in &missing {
@@ -103,13 +105,13 @@ pub(crate) fn ns_remove(
             groups.extend(groups_of(store, &n, &[])?);
         }
         if let Some(first) = groups.first() {
-            bail!(
+            return Err(Decided::refused(format!(
                 "namespace `{ns}` holds {} group{} (`{}`{}): pass --delete-groups to destroy them",
                 groups.len(),
                 if groups.len() == 1 { "" } else { "s" },
                 first.relative_path(),
                 if groups.len() > 1 { ", …" } else { "" }
-            );
+            )));
         }
     }
     let spinner = ctx.out.spinner(format!("removing namespace {ns}"));
@@ -216,10 +218,10 @@ pub(crate) fn owner(
                     let current = group
                         .owner()
                         .map_or_else(|_| "unreadable".to_owned(), |o| o.to_string());
-                    bail!(
+                    return Err(Decided::refused(format!(
                         "group `{}` has an owner already ({current}): pass --force to replace it",
                         group.relative_path()
-                    );
+                    )));
                 }
                 Err(e) => {
                     return Err(e).with_context(|| {
@@ -291,10 +293,10 @@ pub(crate) fn notes(
             let (ns, dir) = arg.resolve(ctx.ns_arg(), &session.store)?;
             let snapshot = existing_snapshot(&session.store, &ns, &dir)?;
             if !snapshot.is_finished()? {
-                bail!(
+                return Err(Decided::refused(format!(
                     "snapshot `{}` is unfinished: its notes live in the manifest, which it does not have",
                     snapshot.relative_path()
-                );
+                )));
             }
             if change {
                 snapshot.set_notes(new_text.as_deref()).with_context(|| {

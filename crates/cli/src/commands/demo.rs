@@ -9,7 +9,7 @@ use keepsake_manifest::blob::Compression;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use keepsake_backend::{BackendPath, WriteMode};
 use keepsake_hierarchy::{
     Authid, BackupDir, BackupGroup, BackupNamespace, BackupTime, CLIENT_LOG_BLOB_NAME,
@@ -19,7 +19,7 @@ use keepsake_manifest::manifest::{VerifyOutcome, VerifyState};
 
 use super::Ctx;
 use super::inspect::{read_tree, tree_lines};
-use crate::error::UsageError;
+use crate::error::{Decided, UsageError};
 use crate::open::StoreSpec;
 
 /// 2024-06-01T02:00:00Z, the first demo backup.
@@ -190,10 +190,10 @@ pub(crate) fn demo(ctx: &Ctx<'_>, dir: &Path) -> Result<ExitCode> {
     }
     let spec = StoreSpec::from_args(&ctx.cli.global, Some(dir), Access::ReadWrite)?;
     if spec.path.is_dir() && std::fs::read_dir(&spec.path)?.next().is_some() {
-        bail!(
+        return Err(Decided::refused(format!(
             "{} is not empty: demo makes a new datastore in a missing or empty folder",
             spec.path.display()
-        );
+        )));
     }
     // The sample holds no chunk-heavy data: chunk inserts make the prefix folders they need.
     let session = spec.create(false)?;
