@@ -193,6 +193,7 @@ fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
             | D::RecoveryPending { .. }
             | D::SignatureWouldBreak { .. }
             | D::GcRefused { .. }
+            | D::SyncSourceEmpty { .. }
             | D::Precondition { .. }
             | D::S3Cache { .. } => Some(Kind::Refused),
             D::Corrupt { .. }

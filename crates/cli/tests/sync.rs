@@ -221,6 +221,53 @@ fn the_pbs_fixture_as_source() {
     nothing_copied(&again);
 }
 
+/// `--remove-vanished` from a source without any group in scope (here a new, empty datastore:
+/// a wrong `--from`) refuses before removing anything, exit code 6, and says what to check;
+/// `--allow-empty-source` removes, and needs `--remove-vanished`.
+#[test]
+fn remove_vanished_from_an_empty_source_is_refused_unless_allowed() {
+    let source = Store::demo();
+    let target = init("target4");
+    sync(&target, &source, &[]);
+    let before = target.contents();
+    let empty = init("empty4");
+    let mut cmd = target.cmd(&["sync", "--remove-vanished", "--from"]);
+    cmd.arg(&empty.path)
+        .arg("--from-lock-root")
+        .arg(&empty.lock_root);
+    let run = common::run(&mut cmd);
+    let line = run.fails(6).to_owned();
+    assert!(
+        line.contains("no group") && line.contains("--allow-empty-source"),
+        "{line}"
+    );
+    assert_eq!(target.contents(), before);
+
+    let mut cmd = target.cmd(&["sync", "--allow-empty-source", "--from"]);
+    cmd.arg(&empty.path)
+        .arg("--from-lock-root")
+        .arg(&empty.lock_root);
+    assert!(
+        common::run(&mut cmd).fails(2).contains("--remove-vanished"),
+        "--allow-empty-source alone"
+    );
+    assert_eq!(target.contents(), before);
+
+    let doc = sync(
+        &target,
+        &empty,
+        &[
+            "--remove-vanished",
+            "--allow-empty-source",
+            "--max-depth",
+            "0",
+        ],
+    );
+    assert!(doc["removed-vanished"].as_u64().unwrap() > 0, "{doc:#}");
+    let left = finished(target.run(&["--json", "snapshots"]));
+    assert!(left.iter().all(|(_, _, protected)| *protected), "{left:?}");
+}
+
 #[test]
 fn bad_sources_are_usage_errors_and_change_nothing() {
     let source = Store::demo();

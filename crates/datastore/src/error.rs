@@ -363,6 +363,26 @@ pub enum Error {
         pid: Option<i32>,
     },
 
+    /// [`RemoveVanished::Remove`](crate::RemoveVanished::Remove) found no group at all in the
+    /// source's synced scope while target snapshots there would be removed: the mark of a
+    /// source named by mistake (an empty datastore, the wrong namespace), which would empty the
+    /// target's scope. Nothing was removed (what the run copied stays);
+    /// [`RemoveVanished::RemoveEvenIfSourceEmpty`](crate::RemoveVanished::RemoveEvenIfSourceEmpty)
+    /// removes them.
+    #[error(
+        "sync from datastore {source_store}: the source holds no group in namespace `{source_ns}` \
+         (with the depth and filters given), and removing vanished snapshots would remove every \
+         snapshot of the target's scope ({first} first): refused"
+    )]
+    SyncSourceEmpty {
+        /// The source datastore.
+        source_store: String,
+        /// The source namespace synced from (`""` for the root).
+        source_ns: String,
+        /// The first target snapshot that would have been removed (relative path).
+        first: String,
+    },
+
     /// Garbage collection was refused before anything changed.
     #[error("datastore {store}: garbage collection refused: {refusal}")]
     GcRefused {

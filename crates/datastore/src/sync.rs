@@ -59,7 +59,14 @@ pub enum RemoveVanished {
     /// Finished, unprotected target snapshots in the synced scope (the mapped namespaces, the
     /// groups the filters select) that the source does not have are removed, after every
     /// selected snapshot was copied. Protected ones stay and are counted.
+    ///
+    /// Unlike PBS's remove-vanished, a source without any group in the synced scope (an empty
+    /// datastore or namespace, named by mistake) removes nothing: the sync fails with
+    /// [`Error::SyncSourceEmpty`] before its first removal.
     Remove,
+    /// As [`RemoveVanished::Remove`], also when the source holds no group in the synced scope
+    /// (PBS's behaviour): every unprotected target snapshot in scope is then removed.
+    RemoveEvenIfSourceEmpty,
 }
 
 /// Called with the counts so far as a sync goes on (after each chunk and each snapshot copied),
@@ -201,7 +208,10 @@ impl DataStore {
     /// lock, as [`Snapshot::destroy`] takes them) right before it: the snapshot is still
     /// finished, the source's authority (on S3 the bucket, not its cache) does not have it, and
     /// it is not protected (a protected one is counted in [`SyncReport::vanished_protected`]
-    /// and stays). Unfinished target snapshots are never removed as vanished.
+    /// and stays). Unfinished target snapshots are never removed as vanished. When the source's
+    /// scope holds no group at all, [`RemoveVanished::Remove`] fails with
+    /// [`Error::SyncSourceEmpty`] instead of removing the first one (a source named by mistake
+    /// would otherwise empty the target); [`RemoveVanished::RemoveEvenIfSourceEmpty`] removes.
     ///
     /// # Errors
     /// The first error stops the sync (what was finished before stays): [`Error::NotFound`] for a
@@ -210,7 +220,7 @@ impl DataStore {
     /// busy; [`Error::ProcessLocked`] while another process collects the target's garbage;
     /// [`Error::Corrupt`] or [`Error::IndexMismatch`] for a damaged source chunk, index or
     /// manifest; [`Error::Invalid`] when a mapped namespace would be too deep;
-    /// [`Error::Backend`].
+    /// [`Error::SyncSourceEmpty`] (see above); [`Error::Backend`].
     pub fn sync_from(&self, source: &DataStore, options: &SyncOptions) -> Result<SyncReport> {
         self.require_writable("sync")?;
         if !source.namespace_exists(&options.source_ns)? {
@@ -263,7 +273,7 @@ impl DataStore {
             run.group(group, target_ns)
         })?;
         let mut run = run;
-        if options.remove_vanished == RemoveVanished::Remove {
+        if options.remove_vanished != RemoveVanished::Keep {
             run.remove_vanished()?;
         }
         Ok(run.into_report())
@@ -800,6 +810,15 @@ impl Run<'_> {
             let from = self.source.snapshot(source.ns(), &info.snapshot);
             if from.exists()? || crate::moves::exists_authoritative(&from)? {
                 continue;
+            }
+            if self.options.remove_vanished == RemoveVanished::Remove
+                && self.report_mut().groups == 0
+            {
+                return Err(Error::SyncSourceEmpty {
+                    source_store: self.source.name().to_owned(),
+                    source_ns: self.options.source_ns.to_string(),
+                    first: snapshot.relative_path(),
+                });
             }
             match snapshot.remove_now(Some(&held)) {
                 Ok(()) => {

@@ -443,6 +443,57 @@ fn remove_vanished_with_an_owner_only_touches_the_owners_groups() {
     assert!(!snap(&target.store, "", "vm/100", 0).exists().unwrap());
 }
 
+/// A source without any group in the synced scope (an empty datastore, an empty namespace:
+/// most often a source named by mistake) removes nothing with `Remove`: the sync fails before
+/// its first removal. `RemoveEvenIfSourceEmpty` removes, as PBS does; protected snapshots stay.
+#[test]
+fn remove_vanished_refuses_to_empty_the_target_from_an_empty_source() {
+    let target = common::local();
+    target
+        .store
+        .sync_from(&generated().store, &SyncOptions::default())
+        .unwrap();
+    snap(&target.store, "", "vm/100", 2)
+        .set_protected(true)
+        .unwrap();
+    let before = keys(&target.store);
+    let empty = common::local();
+    empty.store.create_namespace(&ns("a")).unwrap();
+
+    let mut options = SyncOptions::default();
+    options.remove_vanished = RemoveVanished::Remove;
+    let err = target.store.sync_from(&empty.store, &options).unwrap_err();
+    assert!(
+        matches!(&err, keepsake_datastore::Error::SyncSourceEmpty { first, .. } if first.starts_with("ct/200/")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(keys(&target.store), before);
+    // An empty namespace of the source, mapped onto a full one of the target: the same.
+    options.source_ns = ns("a");
+    options.target_ns = ns("a");
+    let err = target.store.sync_from(&empty.store, &options).unwrap_err();
+    assert!(
+        matches!(err, keepsake_datastore::Error::SyncSourceEmpty { .. }),
+        "{err:?}"
+    );
+    assert_eq!(keys(&target.store), before);
+    // Asked for: everything unprotected in scope goes.
+    options.remove_vanished = RemoveVanished::RemoveEvenIfSourceEmpty;
+    let report = target.store.sync_from(&empty.store, &options).unwrap();
+    assert_eq!(report.removed_vanished, 9, "{report:?}");
+    options.source_ns = ns("");
+    options.target_ns = ns("");
+    options.max_depth = Some(0);
+    let report = target.store.sync_from(&empty.store, &options).unwrap();
+    assert_eq!(
+        (report.removed_vanished, report.vanished_protected),
+        (5, 1),
+        "{report:?}"
+    );
+    assert_eq!(keys(&target.store), vec![key("", "vm/100", 2)]);
+}
+
 /// A source whose cache lost a snapshot that its bucket still has: the snapshot is not gone,
 /// and its target copy stays.
 #[test]

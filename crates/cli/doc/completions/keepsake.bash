@@ -2904,7 +2904,7 @@ _keepsake() {
             return 0
             ;;
         keepsake__subcmd__sync)
-            opts="-v -q -h --from --from-name --from-datastore --from-s3-bucket --from-s3-endpoint --from-s3-region --from-lock-root --to-ns --max-depth --group --transfer-last --owner --protection --remove-vanished --group-workers --chunk-workers --store --name --datastore --pbs-config-dir --pbs-run-dir --s3-endpoint --s3-bucket --s3-region --multi-host --lease-secs --lock-root --lock-scheme --lock-wait --sync-level --json --ns --keyfile --verbose --quiet --help"
+            opts="-v -q -h --from --from-name --from-datastore --from-s3-bucket --from-s3-endpoint --from-s3-region --from-lock-root --to-ns --max-depth --group --transfer-last --owner --protection --remove-vanished --allow-empty-source --group-workers --chunk-workers --store --name --datastore --pbs-config-dir --pbs-run-dir --s3-endpoint --s3-bucket --s3-region --multi-host --lease-secs --lock-root --lock-scheme --lock-wait --sync-level --json --ns --keyfile --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -22,7 +22,7 @@ use crate::cli::namespace;
 use serde::Serialize;
 
 use super::{Ctx, ns_label};
-use crate::error::UsageError;
+use crate::error::{Advice, UsageError};
 use crate::open::StoreSpec;
 use crate::output::human_size;
 
@@ -94,6 +94,11 @@ pub(crate) struct SyncArgs {
     /// after everything was copied; a sync that fails removes nothing.
     #[arg(long)]
     remove_vanished: bool,
+    /// With --remove-vanished: remove also when the source holds no group at all in the synced
+    /// namespaces (without it such a sync refuses to remove, exit code 6: an empty source is
+    /// more often a wrong --from or --from-ns than a source emptied on purpose).
+    #[arg(long, requires = "remove_vanished")]
+    allow_empty_source: bool,
     /// How many groups are copied at a time (default 2).
     #[arg(long, value_name = "N")]
     group_workers: Option<NonZeroUsize>,
@@ -176,7 +181,9 @@ pub(crate) fn sync(ctx: &Ctx<'_>, args: &SyncArgs) -> Result<ExitCode> {
         ProtectionArg::Ignore => SyncProtection::Ignore,
         ProtectionArg::Copy => SyncProtection::Copy,
     };
-    options.remove_vanished = if args.remove_vanished {
+    options.remove_vanished = if args.allow_empty_source {
+        RemoveVanished::RemoveEvenIfSourceEmpty
+    } else if args.remove_vanished {
         RemoveVanished::Remove
     } else {
         RemoveVanished::Keep
@@ -195,6 +202,14 @@ pub(crate) fn sync(ctx: &Ctx<'_>, args: &SyncArgs) -> Result<ExitCode> {
     }));
     let result = target.store.sync_from(&source.store, &options);
     spinner.finish_and_clear();
+    let result = result.map_err(|e| match e {
+        e @ keepsake_datastore::Error::SyncSourceEmpty { .. } => anyhow::Error::new(Advice {
+            error: e.into(),
+            advice: "check --from and --from-ns; pass --allow-empty-source to remove them all"
+                .to_owned(),
+        }),
+        e => e.into(),
+    });
     let report = result.with_context(|| {
         format!(
             "sync from {} into {} failed (what was finished stays; run it again to complete it)",
