@@ -102,6 +102,20 @@ pub enum Error {
         found: Box<CacheIdentity>,
     },
 
+    /// A file to be read whole is larger than the reader allows (see
+    /// [`Backend::read_data_max`](crate::Backend::read_data_max) and
+    /// [`MAX_WHOLE_FILE_READ`](crate::MAX_WHOLE_FILE_READ)), or too large for memory: refused
+    /// before it is read where its size is known first.
+    #[error("`{path}` is too large to read whole: {size} bytes, at most {limit} allowed")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size, or the bytes seen before the read stopped.
+        size: u64,
+        /// The most the read allowed.
+        limit: u64,
+    },
+
     /// The local filesystem failed.
     #[error("filesystem error at {}", path.display())]
     Io {

@@ -46,7 +46,7 @@ pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use in_use::{BucketState, InUse};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
-pub use local::{LocalBackend, SyncLevel};
+pub use local::{LocalBackend, MAX_WHOLE_FILE_READ, SyncLevel};
 pub use marker::cache_identity;
 #[cfg(feature = "s3")]
 pub use object::{ObjectBackend, WRITE_TOKEN_METADATA};
@@ -244,6 +244,26 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// [`Error::NotFound`] if there is no file at `file`.
     fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
         self.read(file).map(|contents| contents.data)
+    }
+
+    /// As [`read_data`](Self::read_data), for a file whose kind bounds its size (a blob is at
+    /// most PBS's 128 MiB and a header): a larger file is [`Error::TooLarge`], refused before it
+    /// is read where the backend can tell its size first (the local backend can: a hostile
+    /// sparse file of a terabyte costs nothing), else after.
+    ///
+    /// # Errors
+    /// As [`read_data`](Self::read_data); [`Error::TooLarge`].
+    fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
+        let data = self.read_data(file)?;
+        let size = data.len() as u64;
+        if size > max {
+            return Err(Error::TooLarge {
+                path: file.to_string(),
+                size,
+                limit: max,
+            });
+        }
+        Ok(data)
     }
 
     /// Writes a whole file atomically (see the contract) and returns the new version.
@@ -577,6 +597,9 @@ macro_rules! forward_backend {
             }
             fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
                 (**self).read_data(file)
+            }
+            fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
+                (**self).read_data_max(file, max)
             }
             fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
                 (**self).write(file, data, mode)

@@ -92,6 +92,12 @@ const BENEATH: rfs::ResolveFlags = rfs::ResolveFlags::BENEATH
     .union(rfs::ResolveFlags::NO_SYMLINKS)
     .union(rfs::ResolveFlags::NO_MAGICLINKS);
 
+/// The most a whole-file read of the local backend returns (4 GiB: the index of an image of
+/// some 500 TiB). A larger file, or one whose room cannot be allocated, is
+/// [`Error::TooLarge`], never an abort for want of memory: a hostile sparse file claims any size
+/// for free.
+pub const MAX_WHOLE_FILE_READ: u64 = 4 << 30;
+
 /// PBS's mode for the files of a datastore, set explicitly when an owner is given.
 const FILE_MODE: u32 = 0o644;
 /// PBS's mode for the folders of a datastore, set explicitly when an owner is given.
@@ -614,7 +620,7 @@ impl LocalBackend {
                         return Err(Error::Precondition { path: file.clone() });
                     }
                 };
-                let current = self.read_all(file, locked.as_fd(), None)?;
+                let current = self.read_all(file, locked.as_fd(), None, MAX_WHOLE_FILE_READ)?;
                 if Version::of_content(&current) != *expected {
                     return Err(Error::Precondition { path: file.clone() });
                 }
@@ -825,6 +831,15 @@ impl LocalBackend {
     /// never does. `None` for anything else (missing, a link, not regular, changed in between,
     /// no `openat2`): the walk then decides and names the error.
     fn open_regular_beneath(&self, file: &BackendPath) -> Option<(OwnedFd, rfs::Stat)> {
+        let (fd, seen) = self.look_and_open_beneath(file)?;
+        let st = rfs::fstat(&fd).ok()?;
+        let same = st.st_dev == seen.st_dev && st.st_ino == seen.st_ino;
+        (same && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((fd, st))
+    }
+
+    /// The look at the whole path (a regular file, or `None`) and the one `openat2` of the fast
+    /// reads; the descriptor and what the look saw.
+    fn look_and_open_beneath(&self, file: &BackendPath) -> Option<(OwnedFd, rfs::Stat)> {
         if file.is_root() || !self.openat2.load(Ordering::Relaxed) {
             return None;
         }
@@ -837,34 +852,31 @@ impl LocalBackend {
         if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
             return None;
         }
-        let fd = match rfs::openat2(
+        match rfs::openat2(
             &self.root_fd,
             file.as_str(),
             READ_FLAGS,
             Mode::empty(),
             BENEATH,
         ) {
-            Ok(fd) => fd,
+            Ok(fd) => Some((fd, seen)),
             Err(Errno::NOSYS | Errno::PERM) => {
                 self.openat2.store(false, Ordering::Relaxed);
-                return None;
+                None
             }
-            Err(_) => return None,
-        };
-        let st = rfs::fstat(&fd).ok()?;
-        let same = st.st_dev == seen.st_dev && st.st_ino == seen.st_ino;
-        (same && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then_some((fd, st))
+            Err(_) => None,
+        }
     }
 
     /// The content of the regular file `file`, for reads that return only bytes
     /// ([`Backend::read_data`], [`Backend::read_chunk`]): the fast path of
     /// [`LocalBackend::open_regular_beneath`] without its `fstat`, else the checked open.
-    fn read_bytes(&self, file: &BackendPath) -> Result<Vec<u8>> {
-        if let Some(data) = self.read_beneath_bounded(file) {
+    fn read_bytes(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
+        if let Some(data) = self.read_beneath_bounded(file, max) {
             return Ok(data);
         }
         let (fd, st) = self.open_regular(file)?;
-        self.read_all(file, fd.as_fd(), Some(&st))
+        self.read_all(file, fd.as_fd(), Some(&st), max)
     }
 
     /// The look and the one `openat2` of [`LocalBackend::open_regular_beneath`], then reads of
@@ -877,37 +889,17 @@ impl LocalBackend {
     /// would have opened it as well: its `fstat` comes after the open). Anything else (another
     /// size, a read error, a link, no `openat2`) is `None`: the checked open then decides and
     /// names the error.
-    fn read_beneath_bounded(&self, file: &BackendPath) -> Option<Vec<u8>> {
-        if file.is_root() || !self.openat2.load(Ordering::Relaxed) {
-            return None;
-        }
-        let seen = rfs::statat(
-            &self.root_fd,
-            file.as_str(),
-            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
-        )
-        .ok()?;
-        if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
-            return None;
-        }
-        let size = usize::try_from(seen.st_size).ok()?;
-        let fd = match rfs::openat2(
-            &self.root_fd,
-            file.as_str(),
-            READ_FLAGS,
-            Mode::empty(),
-            BENEATH,
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::NOSYS | Errno::PERM) => {
-                self.openat2.store(false, Ordering::Relaxed);
-                return None;
-            }
-            Err(_) => return None,
-        };
+    fn read_beneath_bounded(&self, file: &BackendPath, max: u64) -> Option<Vec<u8>> {
+        let (fd, seen) = self.look_and_open_beneath(file)?;
+        // Too large (the checked open names it) or negative.
+        let size = u64::try_from(seen.st_size)
+            .ok()
+            .filter(|&size| size <= max)?;
+        let size = usize::try_from(size).ok()?;
         // Room for the size and the one byte that would show the file is longer.
         let limit = size.checked_add(1)?;
-        let mut data = Vec::with_capacity(limit);
+        let mut data = Vec::new();
+        data.try_reserve_exact(limit).ok()?;
         while data.len() < limit {
             match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut data)) {
                 Ok(0) => break,
@@ -920,27 +912,46 @@ impl LocalBackend {
 
     /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
     fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
-        let data = self.read_all(file, fd.as_fd(), Some(st))?;
+        let data = self.read_all(file, fd.as_fd(), Some(st), MAX_WHOLE_FILE_READ)?;
         let version = Version::of_content(&data);
         Ok(FileContents { data, version })
     }
 
     /// Reads what is left of the file behind `fd`, with room for `st`'s size from the start.
+    /// At most `max` bytes ([`Error::TooLarge`] beyond, and where the room cannot be allocated):
+    /// a size above `max` is refused before anything is read.
     fn read_all(
         &self,
         file: &BackendPath,
         fd: BorrowedFd<'_>,
         st: Option<&rfs::Stat>,
+        max: u64,
     ) -> Result<Vec<u8>> {
+        let too_large = |size: u64| Error::TooLarge {
+            path: file.to_string(),
+            size,
+            limit: max,
+        };
+        let size = st.map_or(0, |st| u64::try_from(st.st_size).unwrap_or(0));
+        if size > max {
+            return Err(too_large(size));
+        }
         // Room for the size and one byte more, so that the read finding the end needs no
         // growth; and no `read_to_end`, which asks the size again (`statx`, `lseek`).
-        let room = st.map_or(8 * 1024, |st| {
-            usize::try_from(st.st_size).unwrap_or(0).saturating_add(1)
-        });
-        let mut data = Vec::with_capacity(room);
+        let room = if st.is_some() {
+            usize::try_from(size.saturating_add(1)).unwrap_or(usize::MAX)
+        } else {
+            8 * 1024
+        };
+        let mut data = Vec::new();
+        data.try_reserve_exact(room).map_err(|_| too_large(size))?;
         loop {
+            if data.len() as u64 > max {
+                return Err(too_large(data.len() as u64));
+            }
             if data.len() == data.capacity() {
-                data.reserve(data.len().max(8 * 1024));
+                data.try_reserve(data.len().max(8 * 1024))
+                    .map_err(|_| too_large(data.len() as u64))?;
             }
             match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut data)) {
                 Ok(0) => break,
@@ -1282,13 +1293,18 @@ impl Backend for LocalBackend {
     }
 
     fn read_data(&self, file: &BackendPath) -> Result<Vec<u8>> {
-        self.read_bytes(file)
+        self.read_bytes(file, MAX_WHOLE_FILE_READ)
+    }
+
+    /// The size the look (or `fstat`) saw decides before anything is read or allocated.
+    fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
+        self.read_bytes(file, max.min(MAX_WHOLE_FILE_READ))
     }
 
     /// As [`Backend::read`] without the version: a chunk is never compared and swapped, and
     /// hashing megabytes for a version nobody asks for would double the cost of reading data.
     fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
-        self.read_bytes(&digest.local_path())
+        self.read_bytes(&digest.local_path(), MAX_WHOLE_FILE_READ)
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {

@@ -322,3 +322,42 @@ fn byte_reads_refuse_what_reads_refuse() {
     }
     assert_eq!(snapshot(&t.outside), outside_before);
 }
+
+/// A hostile sparse file claims any size for free: whole-file reads refuse it by its size,
+/// before reading or allocating anything (an abort for want of memory would end a whole
+/// listing), and a reader that knows the kind's bound refuses less.
+#[test]
+fn huge_sparse_files_are_refused_before_they_are_read() {
+    let t = planted();
+    fs::create_dir_all(t.store.join("big")).unwrap();
+    let huge = fs::File::create(t.store.join("big/huge")).unwrap();
+    huge.set_len(1 << 40).unwrap();
+    fs::write(t.store.join("big/small"), vec![7u8; 1000]).unwrap();
+    let b = &t.backend;
+    let too_large = |result: Result<Vec<u8>, Error>, limit: u64| match result {
+        Err(Error::TooLarge {
+            size, limit: got, ..
+        }) => {
+            assert_eq!((size, got), (1 << 40, limit));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    };
+    too_large(
+        b.read_data(&p("big/huge")),
+        keepsake_backend::MAX_WHOLE_FILE_READ,
+    );
+    too_large(
+        b.read(&p("big/huge")).map(|c| c.data),
+        keepsake_backend::MAX_WHOLE_FILE_READ,
+    );
+    too_large(b.read_data_max(&p("big/huge"), 4096), 4096);
+    assert!(matches!(
+        b.read_data_max(&p("big/small"), 999),
+        Err(Error::TooLarge {
+            size: 1000,
+            limit: 999,
+            ..
+        })
+    ));
+    assert_eq!(b.read_data_max(&p("big/small"), 1000).unwrap().len(), 1000);
+}

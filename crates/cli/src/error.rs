@@ -211,6 +211,7 @@ fn cause_kind(cause: &(dyn std::error::Error + 'static)) -> Option<Kind> {
         return match e {
             B::NotFound { .. } => Some(Kind::NotFound),
             B::Busy { .. } => Some(Kind::Locked),
+            B::TooLarge { .. } => Some(Kind::Invalid),
             B::Backend { .. } => Some(Kind::S3),
             B::AlreadyExists { .. } | B::Precondition { .. } => Some(Kind::Refused),
             _ => None,

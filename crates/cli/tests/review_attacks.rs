@@ -600,3 +600,52 @@ fn a_foreign_lock_root_never_bypasses_pbs_locks() {
         "forgot a snapshot PBS holds: {run:?}"
     );
 }
+
+/// FOUND (fixed): a hostile sparse manifest of a terabyte (free to make) aborted `show`, and
+/// the whole `snapshots` listing with it, for want of memory: the read allocated the size the
+/// file claimed. Now a manifest larger than PBS's largest blob is refused by its size before
+/// it is read (`invalid`, exit 7), the listing shows the other snapshots, and a sparse owner
+/// file is refused the same way.
+#[test]
+fn a_huge_sparse_manifest_or_owner_is_refused_not_an_abort() {
+    let store = Store::demo();
+    let snap = CT200[1];
+    let manifest = store.path.join(snap).join("index.json.blob");
+    std::fs::File::options()
+        .write(true)
+        .open(&manifest)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let run = store.run(&["show", snap]);
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("index.json.blob` is too large to read whole"),
+        "{run:?}"
+    );
+    // PBS's largest blob (an encrypted header and 128 MiB) is the bound, not the backend's
+    // general one.
+    assert!(run.stderr.contains("at most 134217772 allowed"), "{run:?}");
+    let run = store.run(&["--json", "snapshots", "ct/200"]);
+    assert!(run.code == 0 || run.code == 1, "{run:?}");
+    assert!(
+        run.stdout.contains(CT200[0].split('/').nth(2).unwrap()),
+        "{run:?}"
+    );
+    let verify = store.run(&["--json", "verify", "ct/200"]);
+    assert_eq!(verify.code, 1, "{verify:?}");
+
+    let owner = store.path.join("ct/200/owner");
+    std::fs::File::options()
+        .write(true)
+        .open(&owner)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let run = store.run(&["owner", "ct/200"]);
+    assert_eq!(run.code, 7, "{run:?}");
+    assert!(run.stderr.contains("too large to read whole"), "{run:?}");
+    let run = store.run(&["--json", "groups"]);
+    assert!(run.code >= 0, "killed by a signal: {run:?}");
+}

@@ -10,7 +10,7 @@ use keepsake_hierarchy::{
     PROTECTED_MARKER_FILENAME,
 };
 use keepsake_lock::{LockGuard, LockMode, LockTarget, MANIFEST_LOCK_TIMEOUT};
-use keepsake_manifest::blob::{BlobCodec, Compression, DataBlob};
+use keepsake_manifest::blob::{BlobCodec, Compression, DataBlob, MAX_RAW_BLOB_SIZE};
 use keepsake_manifest::manifest::{BackupManifest, VerifyState};
 
 use crate::error::{Error, Leftover, Result};
@@ -221,12 +221,20 @@ impl Snapshot {
     }
 
     /// Reads a file of the snapshot as stored (raw bytes).
+    ///
+    /// A blob (`*.blob`) larger than PBS's largest ([`MAX_RAW_BLOB_SIZE`]) is refused before it
+    /// is read, any other file past [`keepsake_backend::MAX_WHOLE_FILE_READ`]
+    /// ([`keepsake_backend::Error::TooLarge`] inside [`Error::Backend`]): a hostile sparse file
+    /// claims any size for free.
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
         let file = self.file(name)?;
-        self.store
-            .backend()
-            .read_data(&file)
-            .map_err(|e| Error::from_backend("file", file.as_str(), e))
+        let backend = self.store.backend();
+        let read = if name.ends_with(".blob") {
+            backend.read_data_max(&file, MAX_RAW_BLOB_SIZE as u64)
+        } else {
+            backend.read_data(&file)
+        };
+        read.map_err(|e| Error::from_backend("file", file.as_str(), e))
     }
 
     /// Loads and parses the manifest (`index.json.blob`).
@@ -239,7 +247,7 @@ impl Snapshot {
         let data = self
             .store
             .backend()
-            .read_data(&file)
+            .read_data_max(&file, MAX_RAW_BLOB_SIZE as u64)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
         decode_manifest(&data).map_err(|source| self.corrupt_manifest(source))
     }
