@@ -196,7 +196,7 @@ fn remove_vanished_with_depth_excluding_every_source_group_is_refused() {
 /// `from.exists()` first, which the stale cache answers "yes": nothing is removed. (The
 /// target is kept by the stale cache, not by the guard.)
 #[test]
-fn remove_vanished_from_a_bucket_emptied_behind_a_stale_cache_empties_the_target() {
+fn remove_vanished_from_a_bucket_emptied_behind_a_stale_cache_keeps_the_target() {
     let source = common::cached_memory();
     for day in 0..3 {
         backup(&source.store, &ns(""), "vm/100", day);
@@ -227,9 +227,10 @@ fn remove_vanished_from_a_bucket_emptied_behind_a_stale_cache_empties_the_target
     );
 }
 
-/// "Wait as long as it takes" (`Duration::MAX`, or the CLI's `--lock-wait` at its u64 maximum)
-/// makes `Instant::now() + wait` overflow in the GC's wait: a panic instead of a GC, before any
-/// lock is even tried. Every other lock of the store takes the same builder value.
+/// "Wait as long as it takes" (`DataStoreBuilder::lock_wait(Duration::MAX)`, a natural value for
+/// a library user) makes `Instant::now() + wait` overflow in the GC's wait: a panic instead of a
+/// GC, before any lock is even tried. (The CLI caps `--lock-wait` at a week, so only library
+/// users reach it; the builder's doc sets no bound.)
 #[test]
 #[ignore = "finding: gc_guard panics (Instant overflow) with a very long lock_wait"]
 fn gc_with_an_unbounded_lock_wait_does_not_panic() {
