@@ -381,3 +381,80 @@ fn a_sparse_manifest_in_the_s3_cache_is_refused_before_it_is_read() {
         grown >> 20
     );
 }
+
+/// HOLDS: paths built in one string at the extremes: a namespace of the largest depth and
+/// length, a backup id of the largest length, a file name of the largest length, and the
+/// earliest and latest times. Each path is the one the plain `format!` of its parts gives, is a
+/// valid backend path, and a snapshot there is written, listed and read back. Non-ASCII ids and
+/// namespace names are refused when parsed (PBS's safe-id is ASCII), before any path is built.
+#[test]
+fn paths_at_the_largest_depth_and_lengths_are_built_as_formatted() {
+    use keepsake_hierarchy::{MAX_BACKUP_ID_LENGTH, MAX_NAMESPACE_DEPTH, MAX_NAMESPACE_LENGTH};
+    let t = common::local();
+    // Seven components, the namespace as long as allowed (separators included or not, the
+    // longest that parses).
+    let mut name = String::new();
+    for len in (1..=MAX_NAMESPACE_LENGTH).rev() {
+        let per = (len - (MAX_NAMESPACE_DEPTH - 1)) / MAX_NAMESPACE_DEPTH;
+        if per == 0 {
+            continue;
+        }
+        let candidate: Vec<String> = (0..MAX_NAMESPACE_DEPTH)
+            .map(|i| format!("{}", (b'a' + i as u8) as char).repeat(per))
+            .collect();
+        let candidate = candidate.join("/");
+        if candidate.parse::<BackupNamespace>().is_ok() {
+            name = candidate;
+            break;
+        }
+    }
+    let deep: BackupNamespace = name.parse().unwrap();
+    assert_eq!(deep.depth(), MAX_NAMESPACE_DEPTH);
+    for depth in 1..=MAX_NAMESPACE_DEPTH {
+        let n: BackupNamespace = name
+            .split('/')
+            .take(depth)
+            .collect::<Vec<_>>()
+            .join("/")
+            .parse()
+            .unwrap();
+        t.store.create_namespace(&n).unwrap();
+    }
+    let id = "i".repeat(MAX_BACKUP_ID_LENGTH);
+    let group: BackupGroup = format!("host/{id}").parse().unwrap();
+    let file_name = format!(
+        "{}.blob",
+        "f".repeat(keepsake_hierarchy::MAX_FILE_NAME_LENGTH - 5)
+    );
+    for epoch in [BackupTime::MIN.epoch(), BackupTime::MAX.epoch(), BASE] {
+        let time = BackupTime::from_epoch(epoch).unwrap();
+        let dir = BackupDir::new(group.clone(), time);
+        let formatted = format!("{}/host/{id}/{time}", deep.path());
+        assert_eq!(dir.relative_path(&deep), formatted);
+        assert_eq!(
+            dir.file_path(&deep, &file_name).unwrap(),
+            format!("{formatted}/{file_name}")
+        );
+        assert_eq!(
+            group.file_path(&deep, "owner").unwrap(),
+            format!("{}/host/{id}/owner", deep.path())
+        );
+        assert!(BackendPath::new(&dir.file_path(&deep, &file_name).unwrap()).is_ok());
+    }
+    let handle = t.store.group(&deep, &group);
+    let mut w = handle.start_backup(&owner(), time(0)).unwrap();
+    w.add_blob(&file_name, b"deep\n", Encryption::None).unwrap();
+    w.finish().unwrap();
+    let snap = t
+        .store
+        .snapshot(&deep, &BackupDir::new(group.clone(), time(0)));
+    assert!(snap.is_finished().unwrap());
+    snap.load_manifest().unwrap();
+    assert!(!snap.read_file(&file_name).unwrap().is_empty());
+    assert_eq!(handle.owner().unwrap(), owner());
+    assert_eq!(handle.list_backups().unwrap().len(), 1);
+    for bad in ["host/vm-ü", "host/\u{85}x"] {
+        assert!(bad.parse::<BackupGroup>().is_err(), "{bad}");
+    }
+    assert!("a/ü".parse::<BackupNamespace>().is_err());
+}
