@@ -490,3 +490,39 @@ fn a_sparse_manifest_is_refused_before_an_update_reads_it() {
         grown >> 20
     );
 }
+
+/// HOLDS: the other stale cache: an S3 source whose cache lost its groups (the bucket still has
+/// them). Both `Remove` and `RemoveEvenIfSourceEmpty` ask the bucket before each removal, so
+/// nothing is removed, and the guard is never reached. (The sync then reports success with
+/// nothing copied although the bucket holds snapshots: it reads the source's cache, as
+/// documented, and `keepsake refresh` is the cure.)
+#[test]
+fn remove_vanished_from_a_source_whose_cache_lost_its_groups_removes_nothing() {
+    let source = common::cached_memory();
+    for day in 0..2 {
+        backup(&source.store, &ns(""), "vm/100", day);
+    }
+    let target = common::local();
+    target
+        .store
+        .sync_from(&source.store, &SyncOptions::default())
+        .unwrap();
+    let before = snapshots(&target.store);
+    std::fs::remove_dir_all(source.root().join("vm")).unwrap();
+    assert!(
+        snapshots(&source.store).is_empty(),
+        "the cache lists nothing"
+    );
+
+    let err = target
+        .store
+        .sync_from(&source.store, &remove())
+        .unwrap_err();
+    assert!(matches!(err, Error::SyncSourceEmpty { .. }), "{err:?}");
+    assert_eq!(snapshots(&target.store), before);
+    let mut options = remove();
+    options.remove_vanished = RemoveVanished::RemoveEvenIfSourceEmpty;
+    let report = target.store.sync_from(&source.store, &options).unwrap();
+    assert_eq!(report.removed_vanished, 0, "{report:?}");
+    assert_eq!(snapshots(&target.store), before);
+}
