@@ -51,12 +51,11 @@ fn gc_with_a_week_of_lock_wait_runs_at_once() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
 
-/// `sync --remove-vanished` from a source named by mistake that holds one group folder and no
-/// snapshot (a host whose first backup is running, or whose snapshots were all pruned): the
-/// refusal counts groups, not snapshots, so the sync succeeds (exit 0) and the whole target is
-/// gone, without `--allow-empty-source`.
+/// FOUND (fixed): `sync --remove-vanished` from a source named by mistake that holds one group
+/// folder and no snapshot (a host whose first backup is running, or whose snapshots were all
+/// pruned): the refusal counted groups, not snapshots, so the sync succeeded (exit 0) and the
+/// whole target was gone, without `--allow-empty-source`.
 #[test]
-#[ignore = "finding: sync --remove-vanished from a source with a group but no snapshot exits 0 and empties the target"]
 fn remove_vanished_from_a_source_with_no_snapshot_is_refused() {
     let source = Store::demo();
     let target = init("target");

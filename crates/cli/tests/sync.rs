@@ -238,7 +238,7 @@ fn remove_vanished_from_an_empty_source_is_refused_unless_allowed() {
     let run = common::run(&mut cmd);
     let line = run.fails(6).to_owned();
     assert!(
-        line.contains("no group") && line.contains("--allow-empty-source"),
+        line.contains("no snapshot") && line.contains("--allow-empty-source"),
         "{line}"
     );
     assert_eq!(target.contents(), before);

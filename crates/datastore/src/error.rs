@@ -363,14 +363,14 @@ pub enum Error {
         pid: Option<i32>,
     },
 
-    /// [`RemoveVanished::Remove`](crate::RemoveVanished::Remove) found no group at all in the
-    /// source's synced scope while target snapshots there would be removed: the mark of a
+    /// [`RemoveVanished::Remove`](crate::RemoveVanished::Remove) found no finished snapshot at
+    /// all in the source's synced scope while target snapshots there would be removed: the mark of a
     /// source named by mistake (an empty datastore, the wrong namespace), which would empty the
     /// target's scope. Nothing was removed (what the run copied stays);
     /// [`RemoveVanished::RemoveEvenIfSourceEmpty`](crate::RemoveVanished::RemoveEvenIfSourceEmpty)
     /// removes them.
     #[error(
-        "sync from datastore {source_store}: the source holds no group in namespace `{source_ns}` \
+        "sync from datastore {source_store}: the source holds no snapshot in namespace `{source_ns}` \
          (with the depth and filters given), and removing vanished snapshots would remove every \
          snapshot of the target's scope ({first} first): refused"
     )]

@@ -403,11 +403,16 @@ impl DataStore {
             .ok_or_else(|| refused(GcRefusal::NoLocalFolder))?;
         // The builder's lock wait covers this lock too (PBS's GC fails at once): a backup that
         // ends within the wait lets the GC start.
-        let deadline = std::time::Instant::now() + self.lock_wait();
+        // A wait too long to represent (`Duration::MAX`) waits forever, as the other locks do.
+        let wait = self.lock_wait();
+        let deadline = std::time::Instant::now().checked_add(wait);
         let guard = loop {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(std::time::Instant::now()),
+                None => wait,
+            };
             match lock.exclusive() {
-                Err(Error::ProcessLocked { .. }) if std::time::Instant::now() < deadline => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                Err(Error::ProcessLocked { .. }) if !left.is_zero() => {
                     std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
                 }
                 taken => break taken?,

@@ -60,12 +60,12 @@ pub enum RemoveVanished {
     /// groups the filters select) that the source does not have are removed, after every
     /// selected snapshot was copied. Protected ones stay and are counted.
     ///
-    /// Unlike PBS's remove-vanished, a source without any group in the synced scope (an empty
-    /// datastore or namespace, named by mistake) removes nothing: the sync fails with
-    /// [`Error::SyncSourceEmpty`] before its first removal.
+    /// Unlike PBS's remove-vanished, a source without any finished snapshot in the synced scope
+    /// (an empty datastore or namespace, named by mistake, or one whose groups hold nothing yet)
+    /// removes nothing: the sync fails with [`Error::SyncSourceEmpty`] before its first removal.
     Remove,
-    /// As [`RemoveVanished::Remove`], also when the source holds no group in the synced scope
-    /// (PBS's behaviour): every unprotected target snapshot in scope is then removed.
+    /// As [`RemoveVanished::Remove`], also when the source holds no finished snapshot in the
+    /// synced scope (PBS's behaviour): every unprotected target snapshot in scope is then removed.
     RemoveEvenIfSourceEmpty,
 }
 
@@ -140,6 +140,9 @@ pub struct SyncReport {
     pub namespaces: usize,
     /// Source groups that passed the filters.
     pub groups: usize,
+    /// Finished source snapshots in those groups (before `transfer_last`): what the source
+    /// holds in the synced scope.
+    pub source_snapshots: usize,
     /// Snapshots copied (finished in the target by this run).
     pub snapshots: usize,
     /// Unfinished target snapshots (left by an interrupted sync or backup) removed and copied
@@ -209,7 +212,7 @@ impl DataStore {
     /// finished, the source's authority (on S3 the bucket, not its cache) does not have it, and
     /// it is not protected (a protected one is counted in [`SyncReport::vanished_protected`]
     /// and stays). Unfinished target snapshots are never removed as vanished. When the source's
-    /// scope holds no group at all, [`RemoveVanished::Remove`] fails with
+    /// scope holds no finished snapshot at all, [`RemoveVanished::Remove`] fails with
     /// [`Error::SyncSourceEmpty`] instead of removing the first one (a source named by mistake
     /// would otherwise empty the target); [`RemoveVanished::RemoveEvenIfSourceEmpty`] removes.
     ///
@@ -437,6 +440,7 @@ impl Run<'_> {
             .into_iter()
             .filter(|info| info.is_finished())
             .collect();
+        self.with_report(|r| r.source_snapshots += candidates.len());
         crate::info::BackupInfo::sort(&mut candidates, SortOrder::OldestFirst);
         if let Some(last) = self.options.transfer_last {
             let skip = candidates.len().saturating_sub(last);
@@ -812,7 +816,7 @@ impl Run<'_> {
                 continue;
             }
             if self.options.remove_vanished == RemoveVanished::Remove
-                && self.report_mut().groups == 0
+                && self.report_mut().source_snapshots == 0
             {
                 return Err(Error::SyncSourceEmpty {
                     source_store: self.source.name().to_owned(),

@@ -94,7 +94,7 @@ pub(crate) struct SyncArgs {
     /// after everything was copied; a sync that fails removes nothing.
     #[arg(long)]
     remove_vanished: bool,
-    /// With --remove-vanished: remove also when the source holds no group at all in the synced
+    /// With --remove-vanished: remove also when the source holds no snapshot at all in the synced
     /// namespaces (without it such a sync refuses to remove, exit code 6: an empty source is
     /// more often a wrong --from or --from-ns than a source emptied on purpose).
     #[arg(long, requires = "remove_vanished")]
