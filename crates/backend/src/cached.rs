@@ -9,6 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 
+use crate::check_size;
 use crate::chunk::ChunkDigest;
 use crate::error::{Error, Result};
 use crate::in_use::BucketState;
@@ -709,6 +710,21 @@ impl Backend for CachedBackend {
             None => None,
         };
         self.fetch(file, seen)
+    }
+
+    /// A cache copy larger than `max` is not read (one `stat` first): the bucket's copy is,
+    /// and refused in turn when it is too large. (A hostile sparse cache file claims any size.)
+    fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
+        let cached_size = self.cache.stat(file).ok().and_then(|stat| stat.size);
+        let contents = match cached_size {
+            Some(size) if size > max => {
+                let seen = None;
+                self.fetch(file, seen)?
+            }
+            _ => self.read(file)?,
+        };
+        check_size(file, contents.data.len(), max)?;
+        Ok(contents.data)
     }
 
     /// One GET; the cache copy is rewritten with its record (not when it holds exactly that

@@ -46,7 +46,7 @@ pub use error::{Error, Result};
 pub use identity::{CACHE_MARKER, CacheIdentity};
 pub use in_use::{BucketState, InUse};
 pub use keep::{KeepFilter, KeepPlan, PROTECTED_GROUP_FILES, PROTECTED_MARKER};
-pub use local::{LocalBackend, MAX_WHOLE_FILE_READ, SyncLevel};
+pub use local::{LocalBackend, MAX_CHUNK_READ, MAX_WHOLE_FILE_READ, SyncLevel};
 pub use marker::cache_identity;
 #[cfg(feature = "s3")]
 pub use object::{ObjectBackend, WRITE_TOKEN_METADATA};
@@ -255,15 +255,19 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// As [`read_data`](Self::read_data); [`Error::TooLarge`].
     fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
         let data = self.read_data(file)?;
-        let size = data.len() as u64;
-        if size > max {
-            return Err(Error::TooLarge {
-                path: file.to_string(),
-                size,
-                limit: max,
-            });
-        }
+        check_size(file, data.len(), max)?;
         Ok(data)
+    }
+
+    /// As [`read_authoritative`](Self::read_authoritative), bounded as
+    /// [`read_data_max`](Self::read_data_max) is (a manifest read to be updated).
+    ///
+    /// # Errors
+    /// As [`read_authoritative`](Self::read_authoritative); [`Error::TooLarge`].
+    fn read_authoritative_max(&self, file: &BackendPath, max: u64) -> Result<FileContents> {
+        let contents = self.read_authoritative(file)?;
+        check_size(file, contents.data.len(), max)?;
+        Ok(contents)
     }
 
     /// Writes a whole file atomically (see the contract) and returns the new version.
@@ -583,6 +587,19 @@ pub enum ChunkInsert {
     Duplicate,
 }
 
+/// [`Error::TooLarge`] for `len` bytes read from `file` past `max`.
+pub(crate) fn check_size(file: &BackendPath, len: usize, max: u64) -> Result<()> {
+    let size = len as u64;
+    if size > max {
+        return Err(Error::TooLarge {
+            path: file.to_string(),
+            size,
+            limit: max,
+        });
+    }
+    Ok(())
+}
+
 macro_rules! forward_backend {
     ($($wrapper:ty),*) => {$(
         impl<T: Backend + ?Sized> Backend for $wrapper {
@@ -600,6 +617,13 @@ macro_rules! forward_backend {
             }
             fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
                 (**self).read_data_max(file, max)
+            }
+            fn read_authoritative_max(
+                &self,
+                file: &BackendPath,
+                max: u64,
+            ) -> Result<FileContents> {
+                (**self).read_authoritative_max(file, max)
             }
             fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<Version> {
                 (**self).write(file, data, mode)

@@ -92,11 +92,16 @@ const BENEATH: rfs::ResolveFlags = rfs::ResolveFlags::BENEATH
     .union(rfs::ResolveFlags::NO_SYMLINKS)
     .union(rfs::ResolveFlags::NO_MAGICLINKS);
 
-/// The most a whole-file read of the local backend returns (4 GiB: the index of an image of
-/// some 500 TiB). A larger file, or one whose room cannot be allocated, is
+/// The most a whole-file read returns, locally and from an object store (4 GiB: the index of an
+/// image of some 500 TiB). A larger file, or one whose room cannot be allocated, is
 /// [`Error::TooLarge`], never an abort for want of memory: a hostile sparse file claims any size
 /// for free.
 pub const MAX_WHOLE_FILE_READ: u64 = 4 << 30;
+
+/// The most a chunk file read returns: a chunk is a blob, and PBS's largest blob is 128 MiB
+/// of data and an encrypted header (keepsake-manifest's `MAX_RAW_BLOB_SIZE`, which a test of
+/// the datastore checks this against).
+pub const MAX_CHUNK_READ: u64 = 128 * 1024 * 1024 + 44;
 
 /// PBS's mode for the files of a datastore, set explicitly when an owner is given.
 const FILE_MODE: u32 = 0o644;
@@ -912,7 +917,18 @@ impl LocalBackend {
 
     /// Reads the whole file behind `fd` (opened by [`LocalBackend::open_regular`]).
     fn read_open(&self, file: &BackendPath, fd: OwnedFd, st: &rfs::Stat) -> Result<FileContents> {
-        let data = self.read_all(file, fd.as_fd(), Some(st), MAX_WHOLE_FILE_READ)?;
+        self.read_open_max(file, fd, st, MAX_WHOLE_FILE_READ)
+    }
+
+    /// [`LocalBackend::read_open`] of at most `max` bytes.
+    fn read_open_max(
+        &self,
+        file: &BackendPath,
+        fd: OwnedFd,
+        st: &rfs::Stat,
+        max: u64,
+    ) -> Result<FileContents> {
+        let data = self.read_all(file, fd.as_fd(), Some(st), max)?;
         let version = Version::of_content(&data);
         Ok(FileContents { data, version })
     }
@@ -1301,10 +1317,16 @@ impl Backend for LocalBackend {
         self.read_bytes(file, max.min(MAX_WHOLE_FILE_READ))
     }
 
+    /// The size `fstat` saw decides before anything is read or allocated.
+    fn read_authoritative_max(&self, file: &BackendPath, max: u64) -> Result<FileContents> {
+        let (fd, st) = self.open_regular(file)?;
+        self.read_open_max(file, fd, &st, max.min(MAX_WHOLE_FILE_READ))
+    }
+
     /// As [`Backend::read`] without the version: a chunk is never compared and swapped, and
     /// hashing megabytes for a version nobody asks for would double the cost of reading data.
     fn read_chunk(&self, digest: &ChunkDigest) -> Result<Vec<u8>> {
-        self.read_bytes(&digest.local_path(), MAX_WHOLE_FILE_READ)
+        self.read_bytes(&digest.local_path(), MAX_CHUNK_READ)
     }
 
     fn write(&self, file: &BackendPath, data: &[u8], mode: WriteMode) -> Result<crate::Version> {

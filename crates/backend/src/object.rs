@@ -790,10 +790,22 @@ impl Backend for ObjectBackend {
             let fetch = async {
                 let result = store.get(&get_key).await?;
                 let meta = result.meta.clone();
+                // The object's size first: one larger than any whole read is never fetched
+                // (its body is dropped unread).
+                if meta.size > crate::MAX_WHOLE_FILE_READ {
+                    return Ok(Err(meta.size));
+                }
                 let bytes = result.bytes().await?;
-                Ok::<_, object_store::Error>((bytes, meta))
+                Ok::<_, object_store::Error>(Ok((bytes, meta)))
             };
-            let (bytes, meta) = fetch.await.map_err(|e| map_error(e, &path, &get_key))?;
+            let (bytes, meta) = fetch
+                .await
+                .map_err(|e| map_error(e, &path, &get_key))?
+                .map_err(|size| Error::TooLarge {
+                    path: path.to_string(),
+                    size,
+                    limit: crate::MAX_WHOLE_FILE_READ,
+                })?;
             Ok(FileContents {
                 data: Vec::from(bytes),
                 version: Version::of_object(meta.e_tag, meta.version),

@@ -274,6 +274,7 @@ fn the_component_fast_path_refuses_what_the_char_rule_refuses() {
     }
 }
 
+/// FOUND (fixed: `MAX_CHUNK_READ`; the text below is what the review saw).
 /// A chunk is a blob (at most PBS's 128 MiB and a header; PBS's own chunks at most 16 MiB), yet
 /// `read_chunk` reads a chunk file with the 4 GiB bound of any file: a hostile sparse chunk
 /// file of 512 MiB is read whole and returned (the caller finds it corrupt only after holding
@@ -281,7 +282,6 @@ fn the_component_fast_path_refuses_what_the_char_rule_refuses() {
 /// sync, restore read ahead in parallel). The manifest got the blob bound in this session; the
 /// chunk, read far more often, did not.
 #[test]
-#[ignore = "finding: read_chunk has no blob-sized bound (a sparse chunk file up to 4 GiB is read whole)"]
 fn a_sparse_chunk_larger_than_any_blob_is_refused_before_it_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let backend = store(dir.path());

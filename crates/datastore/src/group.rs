@@ -17,6 +17,10 @@ use crate::iter::Snapshots;
 use crate::journal::Intent;
 use crate::store::{DataStore, owned_path, path};
 
+/// The largest owner file read: an auth id and its newline are far shorter (a hostile sparse
+/// file claims any size; it is refused by its size, before it is read).
+const MAX_OWNER_FILE_SIZE: u64 = 4096;
+
 /// What destroying groups and snapshots did (PBS's `BackupGroupDeleteStats`, plus the names).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -231,12 +235,12 @@ impl Group {
     /// [`Error::NotFound`] without an owner file; [`Error::InvalidOwner`] if it does not parse.
     pub fn owner(&self) -> Result<Authid> {
         let file = self.file(GROUP_OWNER_FILE_NAME)?;
-        let contents = self
+        let data = self
             .store
             .backend()
-            .read(&file)
+            .read_data_max(&file, MAX_OWNER_FILE_SIZE)
             .map_err(|e| Error::from_backend("owner", file.as_str(), e))?;
-        let text = String::from_utf8_lossy(&contents.data);
+        let text = String::from_utf8_lossy(&data);
         let first = text.lines().next().unwrap_or("").trim_end();
         first.parse().map_err(|source| Error::InvalidOwner {
             group: self.relative_path(),

@@ -43,6 +43,9 @@ impl Backend for ReadOnlyBackend {
     fn read_data_max(&self, file: &BackendPath, max: u64) -> Result<Vec<u8>> {
         self.inner.read_data_max(file, max)
     }
+    fn read_authoritative_max(&self, file: &BackendPath, max: u64) -> Result<FileContents> {
+        self.inner.read_authoritative_max(file, max)
+    }
     fn write(&self, file: &BackendPath, _data: &[u8], _mode: WriteMode) -> Result<Version> {
         refuse(file)
     }

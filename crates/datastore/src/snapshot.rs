@@ -269,7 +269,7 @@ impl Snapshot {
         let contents = self
             .store
             .backend()
-            .read_authoritative(&file)
+            .read_authoritative_max(&file, MAX_RAW_BLOB_SIZE as u64)
             .map_err(|e| Error::from_backend("manifest", file.as_str(), e))?;
         let manifest = decode_manifest(&contents.data).map_err(|source| Error::Corrupt {
             path: file.as_str().to_owned(),
