@@ -117,29 +117,39 @@ impl BackupTime {
 }
 
 impl BackupTime {
-    /// `YYYY-MM-DDTHH:MM:SSZ`, digit by digit: every path to a snapshot file is built from it, and
-    /// `fmt`'s padding machinery costs more than the file's read (the range check of
-    /// [`BackupTime::from_epoch`] keeps the year within four digits).
-    pub(crate) fn rfc3339(self) -> [u8; 20] {
-        let dt = self.to_utc_datetime();
-        let mut out = *b"0000-00-00T00:00:00Z";
-        let two = |out: &mut [u8; 20], at: usize, v: i8| {
-            // Month, day, hour, minute and second are 0..=60: two digits.
-            let v = v.unsigned_abs();
-            out[at] = b'0' + v / 10;
-            out[at + 1] = b'0' + v % 10;
+    /// `YYYY-MM-DDTHH:MM:SSZ` (what [`Display`](fmt::Display) writes) as bytes, digit by digit,
+    /// without the formatting machinery: every path to a snapshot file and every snapshot and
+    /// manifest lock path is built from it, and `fmt`'s padding costs more than the file's read.
+    /// The range check of [`BackupTime::from_epoch`] keeps the year within four digits.
+    pub fn rfc3339(self) -> [u8; 20] {
+        let days = self.0.div_euclid(86_400);
+        let secs = self.0.rem_euclid(86_400);
+        // Days to civil date (proleptic Gregorian), Howard Hinnant's algorithm.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+
+        let mut text = *b"0000-00-00T00:00:00Z";
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                // `value % 10` is a digit: years are 0..=9999 and the rest below 100.
+                text[i] = b'0' + (value.rem_euclid(10)) as u8;
+                value /= 10;
+            }
         };
-        let year = dt.year().unsigned_abs();
-        out[0] = b'0' + (year / 1000 % 10) as u8;
-        out[1] = b'0' + (year / 100 % 10) as u8;
-        out[2] = b'0' + (year / 10 % 10) as u8;
-        out[3] = b'0' + (year % 10) as u8;
-        two(&mut out, 5, dt.month());
-        two(&mut out, 8, dt.day());
-        two(&mut out, 11, dt.hour());
-        two(&mut out, 14, dt.minute());
-        two(&mut out, 17, dt.second());
-        out
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, secs / 3600);
+        put(14, 2, secs / 60 % 60);
+        put(17, 2, secs % 60);
+        text
     }
 
     /// Appends `YYYY-MM-DDTHH:MM:SSZ` to `out`.
@@ -237,16 +247,69 @@ mod tests {
         assert_eq!(BackupTime::MAX.to_string(), "9999-12-31T23:59:59Z");
     }
 
+    /// `fmt`'s padded form of jiff's calendar fields: the oracle of the digit-by-digit form.
+    fn padded(t: BackupTime) -> String {
+        let dt = t.to_utc_datetime();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second()
+        )
+    }
+
+    #[track_caller]
+    fn check_digits(epoch: i64) {
+        let t = BackupTime::from_epoch(epoch).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&t.rfc3339()).unwrap(),
+            padded(t),
+            "epoch {epoch}"
+        );
+    }
+
+    /// The civil-date arithmetic at the edges: the range's ends, the epoch, and every day around
+    /// the century leap rules, at a time of day that wanders; then a sample of the whole range.
+    #[test]
+    fn digits_match_the_calendar_at_the_edges() {
+        for epoch in [
+            MIN_EPOCH,
+            MIN_EPOCH + 1,
+            -1,
+            0,
+            1,
+            951_782_400,
+            951_868_799,
+            4_107_542_400,
+            MAX_EPOCH - 1,
+            MAX_EPOCH,
+        ] {
+            check_digits(epoch);
+        }
+        let day = |year: i64| (year - 1970) * 31_556_952 / 86_400;
+        let mut time_of_day = 0;
+        for year in [0, 100, 400, 1900, 2000, 2100, 9998] {
+            for d in day(year) - 400..day(year) + 400 {
+                check_digits((d * 86_400 + time_of_day).clamp(MIN_EPOCH, MAX_EPOCH));
+                time_of_day = (time_of_day + 7_919) % 86_400;
+            }
+        }
+        let mut epoch = MIN_EPOCH;
+        while epoch <= MAX_EPOCH {
+            check_digits(epoch);
+            epoch += 11 * 86_400 + 3_607;
+        }
+    }
+
     proptest::proptest! {
         /// The digit-by-digit form is `fmt`'s padded form of the same calendar fields.
         #[test]
         fn digits_match_fmt(epoch in MIN_EPOCH..=MAX_EPOCH) {
             let t = BackupTime::from_epoch(epoch).unwrap();
-            let dt = t.to_utc_datetime();
-            let padded = format!(
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-                dt.year(), dt.month(), dt.day(), dt.hour(), dt.minute(), dt.second()
-            );
+            let padded = padded(t);
             proptest::prop_assert_eq!(t.to_string(), padded.clone());
             let mut pushed = String::from("x/");
             t.push_to(&mut pushed);

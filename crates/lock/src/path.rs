@@ -221,45 +221,9 @@ fn ascii_string(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("escaped lock paths are ASCII")
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time in the years 0 to 9999 (what
-/// [`BackupTime`](keepsake_hierarchy::BackupTime) displays), without the formatting machinery: it
-/// is on the path of every snapshot and manifest lock. Tests compare it with `BackupTime`'s own
-/// text across the whole range.
-pub(crate) fn format_time(epoch: i64) -> [u8; 20] {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400);
-    // Days to civil date (proleptic Gregorian), Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-
-    let mut text = *b"0000-00-00T00:00:00Z";
-    let mut put = |at: usize, width: usize, mut value: i64| {
-        for i in (at..at + width).rev() {
-            // `value % 10` is a digit: years are 0..=9999 and the rest below 100.
-            text[i] = b'0' + (value.rem_euclid(10)) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, secs / 3600);
-    put(14, 2, secs / 60 % 60);
-    put(17, 2, secs % 60);
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keepsake_hierarchy::BackupTime;
 
     #[test]
     fn escapes_every_byte_class() {
@@ -343,51 +307,6 @@ mod tests {
             r"a\x5f", r"a\x2ex", "a b", "a:b", "ä",
         ] {
             assert_eq!(unescape_unit_path(bad), None, "{bad:?}");
-        }
-    }
-
-    #[track_caller]
-    fn check_time(epoch: i64) {
-        let expected = BackupTime::from_epoch(epoch).unwrap().to_string();
-        assert_eq!(
-            std::str::from_utf8(&format_time(epoch)).unwrap(),
-            expected,
-            "epoch {epoch}"
-        );
-    }
-
-    #[test]
-    fn time_text_matches_hierarchy_everywhere() {
-        let (min, max) = (BackupTime::MIN.epoch(), BackupTime::MAX.epoch());
-        for epoch in [
-            min,
-            min + 1,
-            -1,
-            0,
-            1,
-            951_782_400,
-            951_868_799,
-            4_107_542_400,
-            max - 1,
-            max,
-        ] {
-            check_time(epoch);
-        }
-        // Every day around the century leap rules, at a time of day that wanders...
-        let day = |year: i64| (year - 1970) * 31_556_952 / 86_400;
-        let mut time_of_day = 0;
-        for year in [0, 100, 400, 1900, 2000, 2100, 9998] {
-            for d in day(year) - 400..day(year) + 400 {
-                let epoch = (d * 86_400 + time_of_day).clamp(min, max);
-                check_time(epoch);
-                time_of_day = (time_of_day + 7_919) % 86_400;
-            }
-        }
-        // ...and a sample of the whole range.
-        let mut epoch = min;
-        while epoch <= max {
-            check_time(epoch);
-            epoch += 11 * 86_400 + 3_607;
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use keepsake_hierarchy::MANIFEST_LOCK_NAME;
 
 use crate::file::{HeldFile, LockKind, Wait, acquire, acquire_within, join};
-use crate::path::{format_time, push_lock_path};
+use crate::path::push_lock_path;
 use crate::{Error, FileOwner, HeldLock, LockGuard, LockMode, LockTarget, Locker, Result};
 
 /// The lock root of a PBS server (`/run/proxmox-backup/locks`, a tmpfs). Pass it as the lock root
@@ -225,7 +225,7 @@ impl FileLocker {
         };
         let ty = group.ty().as_str().as_bytes();
         let id = group.id().as_str().as_bytes();
-        match snapshot.map(|s| format_time(s.time().epoch())) {
+        match snapshot.map(|s| s.time().rfc3339()) {
             None => push_lock_path(&mut out, ns, &[ty, id]),
             Some(time) if matches!(target, LockTarget::Snapshot { .. }) => {
                 push_lock_path(&mut out, ns, &[ty, id, &time]);
