@@ -197,15 +197,10 @@ impl BackupNamespace {
 
     /// The relative path form `ns/a/ns/b` (`""` for the root), without a trailing `/`.
     pub fn path(&self) -> String {
-        let mut path = String::with_capacity(self.name_len + 3 * self.depth());
-        for (i, c) in self.components.iter().enumerate() {
-            if i > 0 {
-                path.push('/');
-            }
-            path.push_str(NAMESPACE_DIR_NAME);
-            path.push('/');
-            path.push_str(c);
-        }
+        let mut path = String::with_capacity(self.path_prefix_len());
+        self.push_path_prefix(&mut path);
+        // The prefix ends with the `/` before what lies in the namespace (none for the root).
+        path.pop();
         path
     }
 
