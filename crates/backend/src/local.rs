@@ -713,17 +713,7 @@ impl LocalBackend {
     /// # Errors
     /// [`Error::NotFound`] if there is no such file; [`Error::Io`].
     pub fn remove_marker(&self, file: &BackendPath) -> Result<()> {
-        let (folder, name) = split_file(file)?;
-        let parent = self.open_dir(&folder, false).map_err(|e| match e {
-            Error::NotFound { .. } => Error::NotFound { path: file.clone() },
-            e => e,
-        })?;
-        match rfs::unlinkat(&parent, name, AtFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => return Err(Error::NotFound { path: file.clone() }),
-            Err(e) => return Err(self.io_error(file, e)),
-        }
-        self.sync_dir(&parent, &folder)
+        self.unlink_unlocked(file)
     }
 
     /// Creates the empty file `file` (`folder/name`) in place: an empty file cannot be seen
@@ -1075,6 +1065,13 @@ impl LocalBackend {
     /// # Errors
     /// [`Error::NotFound`] if there is no such file; [`Error::RefusedPath`]; [`Error::Io`].
     pub fn remove_lock_file(&self, file: &BackendPath) -> Result<()> {
+        self.unlink_unlocked(file)
+    }
+
+    /// One `unlinkat` of `file` in its folder (opened beneath the root, never through a link),
+    /// the folder fsynced per sync level, without the compare-and-swap lock of
+    /// [`Backend::remove_file`]: for files whose callers serialize removals themselves.
+    fn unlink_unlocked(&self, file: &BackendPath) -> Result<()> {
         let (folder, name) = split_file(file)?;
         let parent = self.open_dir(&folder, false).map_err(|e| match e {
             Error::NotFound { .. } => Error::NotFound { path: file.clone() },
